@@ -1,0 +1,568 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Part 1: Toy models of superposition
+#
+# A neural network often has more things it would like to represent than it has dimensions
+# to represent them in. *Superposition* is the name for what it does then: it packs many
+# features into fewer dimensions, at the price of some interference between them. This part
+# rebuilds the central experiments of Elhage et al. (2022), *Toy Models of Superposition*,
+# small enough that every model here trains in seconds on a laptop CPU.
+#
+# **You will**
+# - write a toy model that compresses `feats` features into `d_hidden` dimensions and
+#   reconstructs them (`forward`), the sparse data it learns from (`generate_batch`) and
+#   its loss (`calculate_loss`);
+# - watch features arrange themselves as sparsity grows: dropped, antipodal pairs, pentagons;
+# - map the phase change between "not represented", "dedicated dimension" and "superposition";
+# - look inside a 100-feature model with 20 dimensions;
+# - see how correlated and anticorrelated features change the geometry.
+#
+# **Time:** about 2 hours. **How exercises work:** each exercise is a code cell with a
+# `raise NotImplementedError(...)` for you to replace. The cell after it runs a check
+# against the reference on random inputs; when something is wrong it names the most likely
+# mistake, and when everything is right it prints a line starting with ✔. Checks never
+# change your random state. Answers to the questions are folded under **Answer**.
+
+# %% tags=["workbook-setup"]
+
+# %% tags=["reference"]
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from part_utils.device import get_device
+
+# %%
+import ipywidgets as widgets
+import plotly.express as px
+import plotly.graph_objects as go
+from IPython.display import display
+
+import tests.part1_toy_models as checks
+from part_utils.modes import FAST_MODE, full_or_fast
+from part_utils.plotting import animate_features_in_2d, plot_features_in_2d, plot_features_in_Nd
+from part_utils.seeding import seed_everything
+from part_utils.section_artefacts import load_part1_explorer_grid
+from part_utils.training import cosine_decay_lr, train_self_supervised
+
+device = get_device()
+print(f"device: {device}, fast mode: {FAST_MODE}")
+
+# %% [markdown]
+# ## 1. The toy model
+#
+# Each input `x` has `feats` features. The model compresses it into a hidden vector of
+# `d_hidden < feats` dimensions and tries to recover it:
+#
+# $$h = W x, \qquad x' = \mathrm{ReLU}(W^\top h + b).$$
+#
+# The hidden layer is linear, so its basis carries no special meaning: only the *directions*
+# `W` gives each feature matter. The ReLU at the output is what makes superposition possible:
+# it can clip away small negative interference from other features.
+#
+# We train many small models at once. Every tensor has an `inst` (instance) dimension, and
+# each instance has its own **feature probability** (how often each feature is non-zero; the
+# *sparsity* is `S = 1 - p`) and **importance** (how much each feature's error counts in the
+# loss). Shapes: `W` is `[inst, d_hidden, feats]`, `b_final` is `[inst, feats]`, a batch is
+# `[batch, inst, feats]`. The constructor is given; read it before you start.
+
+# %% tags=["reference"]
+@dataclass
+class ToyModelConfig:
+    n_inst: int
+    n_features: int = 5
+    d_hidden: int = 2
+    n_correlated_pairs: int = 0
+    n_anticorrelated_pairs: int = 0
+
+
+class ToyModel(nn.Module):
+    """`n_inst` independent models `x' = ReLU(Wᵀ W x + b_final)`, trained in parallel."""
+
+    W: Float[Tensor, "inst d_hidden feats"]
+    b_final: Float[Tensor, "inst feats"]
+    feature_probability: Float[Tensor, "inst feats"]
+    importance: Float[Tensor, "inst feats"]
+
+    def __init__(
+        self,
+        cfg: ToyModelConfig,
+        feature_probability: float | Tensor = 0.01,
+        importance: float | Tensor = 1.0,
+        device: torch.device | None = None,
+    ) -> None:
+        """`feature_probability` and `importance` are scalars or anything that broadcasts to
+        [inst, feats]: shape [inst, 1] varies them by instance, [feats] by feature."""
+        super().__init__()
+        self.cfg = cfg
+        device = device if device is not None else get_device()
+        shape = (cfg.n_inst, cfg.n_features)
+        self.feature_probability = torch.broadcast_to(torch.as_tensor(feature_probability, dtype=torch.float32), shape).to(device)
+        self.importance = torch.broadcast_to(torch.as_tensor(importance, dtype=torch.float32), shape).to(device)
+        # Xavier-normal scale for each instance's [d_hidden, feats] matrix on its own.
+        std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
+        self.W = nn.Parameter(torch.randn(cfg.n_inst, cfg.d_hidden, cfg.n_features, device=device) * std)
+        self.b_final = nn.Parameter(torch.zeros(cfg.n_inst, cfg.n_features, device=device))
+
+
+# %% [markdown]
+# ### Exercise 1: `forward`
+#
+# Implement `h = W x` and `x' = ReLU(Wᵀ h + b_final)` for a batch of shape
+# `[batch, inst, feats]`, independently for every instance. `einops.einsum` with named axes
+# keeps this readable, e.g. `einsum(W, x, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")`;
+# a matmul works just as well.
+#
+# Each exercise is a function attached to the class in the same cell, so that you can write,
+# run and check one piece at a time.
+
+# %% tags=["reference"]
+def toy_model_forward(
+    self: ToyModel, features: Float[Tensor, "batch inst feats"]
+) -> Float[Tensor, "batch inst feats"]:
+    # BEGIN SOLUTION
+    hidden = einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")
+    out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
+    return F.relu(out + self.b_final)
+    # END SOLUTION
+
+
+ToyModel.forward = toy_model_forward
+
+# %%
+checks.test_forward(ToyModel)
+
+# %% [markdown]
+# ### Exercise 2: `generate_batch`
+#
+# Each feature of each instance is present independently with that instance's probability
+# for it, `self.feature_probability[inst, feat]`. A present feature has a magnitude drawn
+# uniformly from [0, 1]; an absent one is exactly 0. Return `[batch, inst, feats]` on the
+# model's device.
+#
+# The textbook way draws two uniform tensors: one decides presence, the other gives the
+# magnitude. The check accepts any correct way.
+#
+# <details><summary>Going further: one random draw is enough</summary>
+#
+# Draw `u` uniform on [0, 1). The feature is present when `u < p`, which happens with
+# probability `p`; and *given* that it is present, `u` is uniform on [0, p), so `u / p` is
+# uniform on [0, 1). One draw gives both presence and magnitude, which makes the training
+# loop measurably faster. The reference does this.
+# </details>
+
+# %% tags=["reference"]
+def toy_model_generate_batch(self: ToyModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+    # BEGIN SOLUTION
+    draws = torch.rand(batch_size, self.cfg.n_inst, self.cfg.n_features, device=self.W.device)
+    present = draws < self.feature_probability
+    return torch.where(present, draws / self.feature_probability, 0.0)
+    # END SOLUTION
+
+
+ToyModel.generate_batch = toy_model_generate_batch
+
+# %%
+checks.test_generate_batch(ToyModel)
+
+# %% [markdown]
+# ### Exercise 3: `calculate_loss`
+#
+# The loss is the importance-weighted squared error,
+#
+# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(x_{b,\text{inst},f} - x'_{b,\text{inst},f}\big)^2,$$
+#
+# averaged over the batch and the features, and **summed** over instances.
+#
+# <details><summary>Question: why sum over instances rather than average?</summary>
+#
+# The instances share nothing: instance `i`'s parameters only affect its own term. Summing
+# gives each instance exactly the gradient it would get if trained alone, whatever
+# `n_inst` is. Averaging would divide every instance's gradient by `n_inst` (Adam mostly
+# hides this, but plain SGD would not).
+# </details>
+
+# %% tags=["reference"]
+def toy_model_calculate_loss(
+    self: ToyModel,
+    out: Float[Tensor, "batch inst feats"],
+    batch: Float[Tensor, "batch inst feats"],
+) -> Float[Tensor, ""]:
+    # BEGIN SOLUTION
+    weighted_error = self.importance * (batch - out).pow(2)
+    return weighted_error.mean(dim=(0, 2)).sum()
+    # END SOLUTION
+
+
+ToyModel.calculate_loss = toy_model_calculate_loss
+
+# %%
+checks.test_calculate_loss(ToyModel)
+
+# %% [markdown]
+# ## 2. Five features in two dimensions
+#
+# Now train 16 instances of a model with 5 features and 2 hidden dimensions. Importance
+# decays as `0.9 ** i`, so feature 0 matters most. Feature probability goes from 1 (dense)
+# in the first instance down to 0.02 in the last. The training loop in `part_utils.training`
+# is lean: losses stay on the device and are only read at logging steps.
+#
+# In each small plot, a line from the origin is one column `W[:, i]`: where feature `i`
+# lives in the 2D hidden space. Colours follow importance (yellow: most important).
+
+# %%
+seed_everything(0)
+n_inst_2d = 16
+cfg_2d = ToyModelConfig(n_inst=n_inst_2d, n_features=5, d_hidden=2)
+importance_2d = 0.9 ** torch.arange(cfg_2d.n_features)
+probability_2d = 50 ** -torch.linspace(0, 1, n_inst_2d)[:, None]
+model_2d = ToyModel(cfg_2d, feature_probability=probability_2d, importance=importance_2d, device=device)
+
+W_snapshots = []
+log_2d = train_self_supervised(
+    model_2d,
+    steps=full_or_fast(6_000, 400),
+    lr=3e-3,
+    lr_schedule=cosine_decay_lr,
+    log_every=full_or_fast(100, 50),
+    snapshot=lambda: W_snapshots.append(model_2d.W.detach().cpu().clone()),
+    description="5 features in 2D",
+)
+titles_2d = [f"1 - S = {p:.3f}" for p in probability_2d.squeeze(1).tolist()]
+plot_features_in_2d(
+    model_2d.W, colours=importance_2d, title="5 features in 2D, sparser to the right", subplot_titles=titles_2d
+).show()
+
+# %% [markdown]
+# **What to look for.** With dense features (left) the model keeps the two most important
+# features on orthogonal axes and drops the rest: superposition would cost more in
+# interference than it gains. As features get sparser, less important features appear as
+# *antipodal pairs* (two features on one line, pointing opposite ways) and, at the sparse
+# end, all five share the plane as a pentagon.
+#
+# <details><summary>Question: why is an antipodal pair cheap when features are sparse?</summary>
+#
+# If features `i` and `j` sit at `W_j = -W_i`, then when only `i` is present, feature `j`'s
+# pre-activation is `-|W_i|² x_i < 0`, which the ReLU clips to zero: no error at all. The
+# pair only interferes when both are present at once, which happens with probability `p²`.
+# </details>
+#
+# The animation below replays training: press play or drag the slider. It runs in the
+# browser, so it keeps working in a saved HTML copy of this notebook.
+
+# %%
+animate_features_in_2d(
+    torch.stack(W_snapshots), log_2d.steps, colours=importance_2d, title="Training the 5-feature model", subplot_titles=titles_2d
+).show()
+
+# %% [markdown]
+# ## 3. Explore: feature probability and importance
+#
+# The arrangement depends on two knobs: how sparse the features are, and how fast importance
+# decays. The sliders below pick a pair from a grid of models trained in advance
+# (`section_data/part1_explorer_grid.npz`, made by `python -m part_utils.section_artefacts`),
+# so the picture responds instantly.
+#
+# Try: importance decay 1.0 (all features equal) at high sparsity. Then lower the decay at a
+# fixed sparsity, and watch which feature is dropped first.
+
+# %%
+explorer = load_part1_explorer_grid()
+probability_slider = widgets.SelectionSlider(
+    options=[(f"{p:.3g}", i) for i, p in enumerate(explorer.feature_probabilities)],
+    description="probability",
+    continuous_update=True,
+)
+decay_slider = widgets.SelectionSlider(
+    options=[(f"{d:.2f}", i) for i, d in enumerate(explorer.importance_decays)],
+    description="importance decay",
+    style={"description_width": "initial"},
+    continuous_update=True,
+)
+
+
+def show_explorer_choice(probability_index: int, decay_index: int) -> None:
+    decay = explorer.importance_decays[decay_index]
+    importance = torch.tensor(decay) ** torch.arange(explorer.n_features)
+    W = explorer.W[probability_index, decay_index][None]
+    title = f"p = {explorer.feature_probabilities[probability_index]:.3g}, importance = {decay:.2f}^i"
+    plot_features_in_2d(W, colours=importance, subplot_titles=[title], subplot_size=360).show()
+
+
+display(widgets.interactive(show_explorer_choice, probability_index=probability_slider, decay_index=decay_slider))
+
+# %% [markdown]
+# ## 4. The phase change
+#
+# How does one feature's fate depend on its importance and its sparsity? Take the smallest
+# interesting case: 2 features in 1 dimension. Feature 0 has importance 1; feature 1 has
+# relative importance `r`. Both are present with probability `p`. Each of the grid's cells is
+# one instance, and we classify what the model did with feature 1:
+#
+# - **not represented**: `‖W_1‖` is small (the model spends its one dimension on feature 0);
+# - **dedicated dimension**: feature 1 has the dimension to itself (feature 0 is dropped);
+# - **superposition**: both features are stored, antipodally, in the same dimension.
+
+# %%
+seed_everything(1)
+n_importance, n_density = full_or_fast((17, 17), (6, 6))
+relative_importance = torch.logspace(-1, 1, n_importance)
+density = torch.logspace(0, -2, n_density)
+grid_importance = torch.stack(
+    [torch.ones(n_density, n_importance), relative_importance.expand(n_density, n_importance)], dim=-1
+).reshape(-1, 2)
+grid_probability = density[:, None].expand(n_density, n_importance).reshape(-1, 1)
+cfg_phase = ToyModelConfig(n_inst=n_density * n_importance, n_features=2, d_hidden=1)
+model_phase = ToyModel(cfg_phase, feature_probability=grid_probability, importance=grid_importance, device=device)
+train_self_supervised(
+    model_phase, steps=full_or_fast(5_000, 300), lr=1e-2, lr_schedule=cosine_decay_lr, description="phase diagram"
+)
+
+# %% [markdown]
+# ### Exercise-free step: classify each instance
+#
+# `classify_extra_feature` turns each instance's `W` (shape `[1, 2]`) into one of the three
+# phases. The threshold 0.5 is generous: trained norms end up near 0 or near 1.
+
+# %% tags=["reference"]
+PHASES = ("not represented", "dedicated dimension", "superposition")
+
+
+def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"]) -> Tensor:
+    """0: feature 1 not represented; 1: feature 1 alone in the dimension; 2: both features, antipodally."""
+    norms = W.detach().norm(dim=1)
+    feature_0_kept, feature_1_kept = norms[:, 0] > 0.5, norms[:, 1] > 0.5
+    phase = torch.zeros(W.shape[0], dtype=torch.long, device=W.device)
+    phase[feature_1_kept & ~feature_0_kept] = 1
+    phase[feature_1_kept & feature_0_kept] = 2
+    return phase
+
+
+# %%
+phase = classify_extra_feature(model_phase.W).reshape(n_density, n_importance).cpu()
+phase_colours = ["#d9d9d9", "#1f77b4", "#d62728"]
+figure = go.Figure(
+    go.Heatmap(
+        z=phase.numpy(),
+        x=relative_importance.numpy(),
+        y=density.numpy(),
+        zmin=-0.5,
+        zmax=2.5,
+        colorscale=[[i / 3 + offset, colour] for i, colour in enumerate(phase_colours) for offset in (0, 1 / 3)],
+        colorbar={"tickvals": [0, 1, 2], "ticktext": list(PHASES)},
+        hovertemplate="relative importance %{x:.2f}, p = %{y:.3f}: %{text}<extra></extra>",
+        text=[[PHASES[c] for c in row] for row in phase.tolist()],
+    )
+)
+figure.update_xaxes(type="log", title="relative importance of feature 1")
+figure.update_yaxes(type="log", title="feature probability p (1 - sparsity)")
+figure.update_layout(title="What happens to feature 1 (2 features, 1 dimension)", width=700, height=520)
+figure.show()
+
+# %% [markdown]
+# **What to look for.** Three regions with sharp borders. When feature 1 is much less
+# important than feature 0 it is simply not represented. When it is more important it takes
+# the dimension and feature 0 is dropped. When features are sparse (small `p`) and the
+# importances are comparable, the model stores *both*, antipodally: that is superposition, and
+# the border where it appears is a phase change, not a gradual blend.
+#
+# <details><summary>Question: why does superposition need sparsity here?</summary>
+#
+# Storing both features in one dimension means that when both are present, each corrupts
+# the other's readout. With density `p` that happens a fraction `p²` of the time, while the
+# benefit (representing feature 1 at all) is paid out a fraction `p` of the time. The ratio
+# `p² / p = p` shrinks with sparsity, so at some sparsity the benefit wins.
+# </details>
+
+# %% [markdown]
+# ## 5. A hundred features in twenty dimensions
+#
+# Two dimensions are easy to draw; real models have many. Here are 100 features in 20
+# dimensions, importance decaying from 1 to 0.01, at several sparsities. For each instance:
+#
+# - the heatmap is `WᵀW`: entry `(i, j)` is the dot product of features `i` and `j`. A
+#   diagonal of ones and nothing else means "stored in orthogonal directions";
+#   off-diagonal colour means interference;
+# - the bars are each feature's norm `‖W_i‖` (is it represented?), coloured by how much it
+#   shares its dimensions with others: `Σ_{j≠i} (Ŵ_i · W_j)²`, dark for a dimension of its
+#   own and yellow for superposition.
+
+# %%
+seed_everything(2)
+probabilities_nd = torch.tensor(full_or_fast([1.0, 0.3, 0.1, 0.03, 0.01], [1.0, 0.03]))
+cfg_nd = ToyModelConfig(n_inst=len(probabilities_nd), n_features=100, d_hidden=20)
+model_nd = ToyModel(
+    cfg_nd,
+    feature_probability=probabilities_nd[:, None],
+    importance=100 ** -torch.linspace(0, 1, cfg_nd.n_features),
+    device=device,
+)
+train_self_supervised(
+    model_nd, steps=full_or_fast(8_000, 300), lr=3e-3, lr_schedule=cosine_decay_lr, description="100 features in 20D"
+)
+plot_features_in_Nd(
+    model_nd.W,
+    title="100 features in 20 dimensions",
+    subplot_titles=[f"1 - S = {p:.2f}" for p in probabilities_nd.tolist()],
+    row_height=320,
+).show()
+
+# %% [markdown]
+# **What to look for.** Dense features (`1 - S = 1`): exactly 20 features are represented,
+# each with a dimension of its own (a clean diagonal block, dark bars), and the other 80 are
+# dropped. As sparsity grows, more features get a non-zero norm, the heatmap fills with
+# off-diagonal structure, and the bars turn yellow: the model represents many more features
+# than it has dimensions.
+#
+# <details><summary>Question: which features are dropped first, and why?</summary>
+#
+# The least important ones (highest index). The loss weights each feature's error by its
+# importance, so when capacity is short the model gives up the features whose error costs
+# least.
+# </details>
+
+# %% [markdown]
+# ## 6. Correlated and anticorrelated features
+#
+# So far every feature was independent. Real features are not: some tend to occur together,
+# some exclude each other. Write two data generators. Both take `feature_probability` of shape
+# `[inst, pairs]` (one probability per pair) and return `[batch, inst, 2 * pairs]`, where
+# features `2k` and `2k + 1` form pair `k`. Magnitudes are uniform on [0, 1] and drawn
+# independently for each feature.
+#
+# ### Exercise 4: correlated pairs
+#
+# The two features of a pair are **always present together**: present with the pair's
+# probability `p`, absent together otherwise.
+
+# %% tags=["reference"]
+def generate_correlated_features(
+    batch_size: int, feature_probability: Float[Tensor, "inst pairs"]
+) -> Float[Tensor, "batch inst 2*pairs"]:
+    # BEGIN SOLUTION
+    n_inst, n_pairs = feature_probability.shape
+    device = feature_probability.device
+    pair_present = torch.rand(batch_size, n_inst, n_pairs, device=device) < feature_probability
+    magnitudes = torch.rand(batch_size, n_inst, n_pairs, 2, device=device)
+    return (magnitudes * pair_present[..., None]).flatten(-2)
+    # END SOLUTION
+
+
+# %%
+checks.test_generate_correlated_features(generate_correlated_features)
+
+# %% [markdown]
+# ### Exercise 5: anticorrelated pairs
+#
+# The two features of a pair are **never present together**, and each is still present with
+# probability `p` (so `p ≤ 1/2`).
+#
+# <details><summary>Hint</summary>
+#
+# First decide whether the pair is active, then which one of its two features it is. What
+# probability must "the pair is active" have so that each feature ends up with `p`?
+# </details>
+
+# %% tags=["reference"]
+def generate_anticorrelated_features(
+    batch_size: int, feature_probability: Float[Tensor, "inst pairs"]
+) -> Float[Tensor, "batch inst 2*pairs"]:
+    # BEGIN SOLUTION
+    assert (feature_probability <= 0.5).all(), "anticorrelated pairs need p <= 1/2"
+    n_inst, n_pairs = feature_probability.shape
+    device = feature_probability.device
+    pair_active = torch.rand(batch_size, n_inst, n_pairs, device=device) < 2 * feature_probability
+    first_chosen = torch.rand(batch_size, n_inst, n_pairs, device=device) < 0.5
+    which = torch.stack([first_chosen, ~first_chosen], dim=-1)
+    magnitudes = torch.rand(batch_size, n_inst, n_pairs, 2, device=device)
+    return (magnitudes * (pair_active[..., None] & which)).flatten(-2)
+    # END SOLUTION
+
+
+# %%
+checks.test_generate_anticorrelated_features(generate_anticorrelated_features)
+
+# %% [markdown]
+# A model whose `generate_batch` puts correlated pairs first, then anticorrelated pairs, then
+# independent features (given, using your two functions):
+
+# %% tags=["reference"]
+class CorrelatedToyModel(ToyModel):
+    """Features: correlated pairs first, then anticorrelated pairs, then independent features.
+
+    Each pair uses the probability of its first feature in `feature_probability`."""
+
+    def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+        n_correlated = 2 * self.cfg.n_correlated_pairs
+        n_paired = n_correlated + 2 * self.cfg.n_anticorrelated_pairs
+        blocks = []
+        if self.cfg.n_correlated_pairs:
+            blocks.append(generate_correlated_features(batch_size, self.feature_probability[:, 0:n_correlated:2]))
+        if self.cfg.n_anticorrelated_pairs:
+            blocks.append(generate_anticorrelated_features(batch_size, self.feature_probability[:, n_correlated:n_paired:2]))
+        if n_paired < self.cfg.n_features:
+            blocks.append(super().generate_batch(batch_size)[..., n_paired:])
+        return torch.cat(blocks, dim=-1)
+
+
+# %% [markdown]
+# Train two sets of models with 4 features in 2 dimensions: two correlated pairs, and two
+# anticorrelated pairs. Colours mark pairs: the two shades of blue are one pair, the two
+# shades of red the other.
+
+# %%
+seed_everything(3)
+pair_colours = ["#1f77b4", "#9ecae1", "#d62728", "#fc9272"]
+n_inst_pairs = full_or_fast(8, 4)
+pair_probability = 400 ** -torch.linspace(0.5, 1, n_inst_pairs)[:, None]
+pair_titles = [f"p = {p:.3f}" for p in pair_probability.squeeze(1).tolist()]
+pair_models = {}
+for name, pairs in {"correlated": (2, 0), "anticorrelated": (0, 2)}.items():
+    cfg_pairs = ToyModelConfig(n_inst=n_inst_pairs, n_features=4, d_hidden=2, n_correlated_pairs=pairs[0], n_anticorrelated_pairs=pairs[1])
+    pair_models[name] = CorrelatedToyModel(cfg_pairs, feature_probability=pair_probability, device=device)
+    train_self_supervised(
+        pair_models[name], steps=full_or_fast(5_000, 300), lr=3e-3, lr_schedule=cosine_decay_lr, description=f"{name} pairs"
+    )
+    plot_features_in_2d(
+        pair_models[name].W, colours=pair_colours, title=f"Two {name} pairs in 2D", subplot_titles=pair_titles, n_cols=n_inst_pairs
+    ).show()
+
+# %% [markdown]
+# **What to look for.** *Correlated* features avoid interfering with their partner: the two
+# features of a pair sit at right angles (and a model short of room may drop a whole
+# pair or merge it into one direction). *Anticorrelated* features are the opposite: the two
+# features of a pair sit *antipodally*, because they are never active together, so the ReLU
+# hides their interference completely.
+#
+# <details><summary>Question: why would superposition prefer anticorrelated features?</summary>
+#
+# Interference only costs loss when both features are active at once. Anticorrelated
+# features never are, so superposing them is free; correlated features always are, so
+# superposing them costs the most.
+# </details>
+#
+# ## Summary
+#
+# - A model with fewer dimensions than features can still represent them all when features
+#   are sparse, by storing them in almost-orthogonal directions and using the ReLU to clip
+#   interference: **superposition**.
+# - Whether a feature gets a dimension, shares one, or is dropped depends on its importance
+#   and sparsity, with sharp phase boundaries.
+# - Correlation changes the geometry: correlated features go orthogonal, anticorrelated
+#   features antipodal.
+#
+# Next, Part 2 gives the hidden layer a ReLU of its own, a *privileged basis*, and asks which
+# neurons end up polysemantic.

@@ -1,0 +1,1 @@
+"""Learner-facing checks (one module per part) and, under suite/, the workbook's own pytest suite."""
