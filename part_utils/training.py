@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from part_utils.progress import progress_bar
 
 LearningRateSchedule = Callable[[int, int], float]
 """Maps (step, total steps) to a multiplier of the base learning rate."""
@@ -68,7 +69,7 @@ def train_self_supervised(
     """Train `model` on batches it generates; log the loss (and an optional snapshot) every `log_every` steps."""
     optimizer = make_adam(model.parameters(), lr)
     log = TrainingLog()
-    progress = tqdm(range(steps), desc=description, mininterval=0.5)
+    progress = progress_bar(range(steps), description)
     for step in progress:
         step_lr = lr * lr_schedule(step, steps)
         for group in optimizer.param_groups:

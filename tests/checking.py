@@ -9,6 +9,7 @@ its message (no traceback into this module), and still stops "Run all".
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from part_utils.seeding import forked_rng
 
+CHECKS_DIR = Path(__file__).resolve().parent
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -97,12 +99,12 @@ def call_learner(function: Callable[..., R], *args: Any, what: str, **kwargs: An
 
 
 def _learner_location(error: BaseException) -> str:
-    """The innermost frame outside this package and outside torch, i.e. the learner's line."""
+    """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
     location = "your code"
     traceback = error.__traceback__
     while traceback is not None:
         filename = traceback.tb_frame.f_code.co_filename
-        if "/torch/" not in filename and "/tests/" not in filename and "/einops/" not in filename:
+        if Path(filename).resolve().parent != CHECKS_DIR and "-packages" not in filename:
             location = f"line {traceback.tb_lineno} of `{traceback.tb_frame.f_code.co_name}`"
         traceback = traceback.tb_next
     return location

@@ -17,6 +17,7 @@ from part_utils.shapes import expect_shape
 FeatureColours = str | Sequence[str] | Tensor | None
 """None (shade by feature index, like decaying importance), one colour for all, one colour
 per feature, or values of shape [feats] or [inst, feats] (e.g. importance) mapped to Viridis."""
+MAX_FIGURE_WIDTH = 1000  # pixels: wider figures get clipped in a JupyterLab or Colab output area
 
 
 def plot_features_in_2d(
@@ -26,7 +27,7 @@ def plot_features_in_2d(
     title: str | None = None,
     subplot_titles: Sequence[str] | None = None,
     n_cols: int | None = None,
-    subplot_size: int = 220,
+    subplot_size: int = 160,
 ) -> go.Figure:
     """One subplot per instance; each feature is a line from the origin to its 2D embedding."""
     sizes = expect_shape("W", W, "inst d_hidden feats", where="plot_features_in_2d", fixed={"d_hidden": 2})
@@ -48,7 +49,7 @@ def animate_features_in_2d(
     title: str | None = None,
     subplot_titles: Sequence[str] | None = None,
     n_cols: int | None = None,
-    subplot_size: int = 220,
+    subplot_size: int = 160,
 ) -> go.Figure:
     """Like plot_features_in_2d, with a slider over training snapshots."""
     sizes = expect_shape("W_history", W_history, "snapshots inst d_hidden feats", where="animate_features_in_2d", fixed={"d_hidden": 2})
@@ -142,7 +143,7 @@ def plot_features_in_Nd(
 def _grid_of_instances(
     n_inst: int, title: str | None, subplot_titles: Sequence[str] | None, n_cols: int | None, subplot_size: int
 ) -> tuple[go.Figure, int]:
-    n_cols = n_cols or min(n_inst, 8)
+    n_cols = n_cols or min(n_inst, max(1, MAX_FIGURE_WIDTH // subplot_size))  # fits a notebook column
     n_rows = -(-n_inst // n_cols)
     if subplot_titles is not None and len(subplot_titles) != n_inst:
         raise ValueError(f"got {len(subplot_titles)} subplot titles for {n_inst} instances.")

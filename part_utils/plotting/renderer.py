@@ -27,10 +27,11 @@ def _running_in_colab() -> bool:
 
 class OfflineRenderer(MimetypeRenderer):
     def __init__(self) -> None:
-        self.plotlyjs_sent = False
+        # plotly shallow-copies a renderer for every figure, so the flag lives in a shared dict.
+        self.session = {"plotlyjs_sent": False}
 
     def to_mimebundle(self, fig_dict: dict[str, Any]) -> dict[str, Any]:
-        inline_plotlyjs = _running_in_colab() or not self.plotlyjs_sent
+        inline_plotlyjs = _running_in_colab() or not self.session["plotlyjs_sent"]
         html = pio.to_html(
             fig_dict,
             include_plotlyjs=inline_plotlyjs,
@@ -40,7 +41,7 @@ class OfflineRenderer(MimetypeRenderer):
             default_height=525,
             validate=False,
         )
-        self.plotlyjs_sent = True
+        self.session["plotlyjs_sent"] = True
         figure_json = json.loads(pio.to_json(fig_dict, validate=False))
         return {"application/vnd.plotly.v1+json": figure_json, "text/html": html}
 

@@ -88,6 +88,13 @@ ToyModel.calculate_loss = toy_model_calculate_loss
 PHASES = ("not represented", "dedicated dimension", "superposition")
 
 
+@torch.no_grad()
+def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor, "inst"]:
+    """Each instance's importance-weighted squared error on one fresh batch."""
+    batch = model.generate_batch(batch_size)
+    return (model.importance * (batch - model(batch)).pow(2)).mean(dim=(0, 2))
+
+
 def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"]) -> Tensor:
     """0: feature 1 not represented; 1: feature 1 alone in the dimension; 2: both features, antipodally."""
     norms = W.detach().norm(dim=1)

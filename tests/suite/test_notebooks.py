@@ -1,0 +1,109 @@
+"""Exercise notebooks run up to their first stub, whose check says "not implemented";
+every executed solution notebook, exported to HTML, draws all its figures in headless
+Chromium with the network refused. (nbval runs the solution notebooks themselves.)"""
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import notebook_build
+from part_utils.html_export import export_offline_html
+from part_utils.notebook_runner import execute_notebook
+
+SOURCES = notebook_build.source_files()
+PARTS = [source.stem for source in SOURCES]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+
+def _until_first_check_after_a_stub(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The notebook cut after the first code cell that follows the first stub."""
+    code_cells = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    first_stub = next(i for i in code_cells if notebook_build.STUB in notebook.cells[i].source)
+    check_cell = next(i for i in code_cells if i > first_stub)
+    cut = nbformat.from_dict(notebook)
+    cut.cells = notebook.cells[: check_cell + 1]
+    return cut
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_exercise_notebook_runs_to_its_first_check_which_reports_not_implemented(part, tmp_path):
+    exercise = notebook_build.ROOT / "notebooks" / f"{part}.ipynb"
+    cut = _until_first_check_after_a_stub(nbformat.read(exercise, as_version=4))
+    path = exercise.parent / f".{part}.until-first-check.ipynb"  # beside the original, so setup finds the root
+    nbformat.write(cut, path)
+    try:
+        result = execute_notebook(path, fast=True, stop_on_error=False)
+    finally:
+        path.unlink()
+    errors = [
+        (index, output)
+        for index, cell in enumerate(result.notebook.cells)
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "error"
+    ]
+    assert errors, "the first check did not fail on a stub"
+    index, error = errors[0]
+    assert index == len(cut.cells) - 1, f"cell {index} failed before the first check: {error.ename}: {error.evalue}"
+    assert error.ename == "NotImplementedYet" and "is not implemented yet" in error.evalue
+    shown = "\n".join(error.traceback)
+    assert "Traceback" not in shown and len(error.traceback) == 1, "the learner should see one line, not a traceback"
+
+
+def _chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir):
+    executable = _chromium()
+    if executable is None:
+        if os.environ.get("WORKBOOK_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required (WORKBOOK_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI runs this test")
+    from playwright.sync_api import sync_playwright
+
+    result = execute_notebook(notebook_build.ROOT / "solutions" / f"{part}.ipynb", fast=True)
+    assert result.error is None, result.error
+    html_path = test_output_dir / f"{part}.html"
+    html_path.write_text(export_offline_html(result.notebook))
+    expected_figures = sum(
+        "application/vnd.plotly.v1+json" in output.get("data", {})
+        for cell in result.notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert expected_figures > 0
+
+    page_errors, refused = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+
+        def refuse_network(route):
+            if route.request.url.startswith(("file:", "data:", "blob:")):
+                return route.continue_()
+            refused.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", refuse_network)
+        page.goto(html_path.as_uri(), wait_until="load", timeout=120_000)
+        page.wait_for_function(
+            "n => document.querySelectorAll('.plotly-graph-div svg.main-svg').length >= n "
+            "&& [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('svg.main-svg'))",
+            arg=expected_figures,
+            timeout=120_000,
+        )
+        drawn = page.eval_on_selector_all(".plotly-graph-div", "divs => divs.map(d => !!d.querySelector('svg.main-svg'))")
+        page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
+        browser.close()
+    assert len(drawn) == expected_figures and all(drawn)
+    assert not page_errors, page_errors
+    assert not refused, f"the page tried to reach the network: {refused[:3]}"

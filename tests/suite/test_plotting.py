@@ -1,0 +1,111 @@
+"""The plotting helpers: shapes named in errors, figure structure, offline rendering."""
+
+import re
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+import torch
+
+from part_utils.plotting import animate_features_in_2d, build_animation, plot_features_in_2d, plot_features_in_Nd
+from part_utils.plotting.renderer import RENDERER_NAME, OfflineRenderer
+
+
+def test_plot_features_in_2d_draws_a_line_and_marker_per_feature():
+    W = torch.randn(3, 2, 5)
+    figure = plot_features_in_2d(W, colours=torch.rand(3, 5))
+    assert len(figure.data) == 3 * (5 + 1)  # per instance: a line per feature, then one trace of tip markers
+    lines = [trace for trace in figure.data if trace.mode == "lines"]
+    assert [list(line.x) for line in lines[:1]] == [[0.0, pytest.approx(W[0, 0, 0].item())]]
+    assert {trace.xaxis for trace in figure.data} == {"x", "x2", "x3"}
+
+
+def test_plot_features_in_2d_accepts_one_colour_or_a_list():
+    assert plot_features_in_2d(torch.randn(2, 2, 4), colours="red").data[0].line.color == "red"
+    colours = ["red", "green", "blue", "black"]
+    figure = plot_features_in_2d(torch.randn(2, 2, 4), colours=colours)
+    assert [trace.line.color for trace in figure.data if trace.mode == "lines"][:4] == colours
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda: plot_features_in_2d(torch.randn(3, 5)), r"plot_features_in_2d: `W` must have shape \[inst, d_hidden=2, feats\], got \(3, 5\)"),
+        (lambda: plot_features_in_2d(torch.randn(3, 3, 5)), r"\[inst, d_hidden=2, feats\], got \(3, 3, 5\)"),
+        (lambda: plot_features_in_2d([[1.0, 2.0]]), r"must be a torch.Tensor of shape \[inst, d_hidden=2, feats\]"),
+        (lambda: plot_features_in_2d(torch.randn(2, 2, 4), colours=torch.rand(3, 4)), r"colours"),
+        (lambda: animate_features_in_2d(torch.randn(4, 2, 5), [0, 1, 2, 3]), r"\[snapshots, inst, d_hidden=2, feats\]"),
+        (lambda: animate_features_in_2d(torch.randn(4, 1, 2, 5), [0, 1]), r"4 snapshots but 2 steps"),
+        (lambda: plot_features_in_Nd(torch.randn(20, 100)), r"\[inst, d_hidden, feats\]"),
+    ],
+)
+def test_wrong_shapes_name_the_expected_shape(call, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        call()
+
+
+def test_plot_features_in_Nd_colours_norms_by_superposition():
+    # Feature 0 and 1 share a direction; feature 2 has a dimension to itself.
+    W = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    figure = plot_features_in_Nd(W)
+    heatmap = next(trace for trace in figure.data if trace.type == "heatmap")
+    bars = next(trace for trace in figure.data if trace.type == "bar")
+    assert torch.allclose(torch.tensor(heatmap.z, dtype=torch.float32), W[0].T @ W[0])
+    assert list(bars.marker.color) == pytest.approx([1.0, 1.0, 0.0])
+
+
+def test_animation_has_frames_slider_buttons_and_fixed_axes():
+    history = torch.stack([torch.randn(2, 2, 5) * scale for scale in (0.1, 1.0, 3.0)])
+    figure = animate_features_in_2d(history, [0, 50, 100])
+    assert [frame.name for frame in figure.frames] == ["0", "50", "100"]
+    assert all(len(frame.data) == len(figure.data) for frame in figure.frames)
+    assert [step.label for step in figure.layout.sliders[0].steps] == ["0", "50", "100"]
+    assert [button.label for button in figure.layout.updatemenus[0].buttons] == ["▶ play", "❚❚ pause"]
+    limit = figure.layout.xaxis.range[1]
+    assert limit >= history.abs().max().item() and figure.layout.xaxis.range[0] == -limit
+
+
+def test_build_animation_fixes_each_axis_to_its_span_over_all_frames():
+    frames = [[go.Scatter(x=[0, 1], y=[0, step])] for step in (1.0, 5.0, -2.0)]
+    figure = build_animation(go.Figure(), frames, ["a", "b", "c"], axis_padding=0.0)
+    assert tuple(figure.layout.yaxis.range) == (-2.0, 5.0)
+    assert tuple(figure.layout.xaxis.range) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("frames", "labels", "pattern"),
+    [
+        ([], [], "empty"),
+        ([[go.Scatter(x=[1], y=[1])]], ["a", "b"], "1 frames but 2 labels"),
+        ([[go.Scatter(x=[1], y=[1])], []], ["a", "b"], "same number of traces"),
+    ],
+)
+def test_build_animation_refuses_inconsistent_frames(frames, labels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        build_animation(go.Figure(), frames, labels)
+
+
+def test_offline_renderer_is_the_default_and_inlines_plotly_once(monkeypatch):
+    assert pio.renderers.default == RENDERER_NAME
+    renderer = OfflineRenderer()
+    figure = plot_features_in_2d(torch.randn(1, 2, 3)).to_dict()
+    first, second = renderer.to_mimebundle(figure), renderer.to_mimebundle(figure)
+    assert set(first) == {"application/vnd.plotly.v1+json", "text/html"}
+    assert len(first["text/html"]) > 1_000_000 > len(second["text/html"])  # plotly.js travels once
+    for bundle in (first, second):
+        assert not re.search(r"<script[^>]+src=[\"']https?://", bundle["text/html"]), "a CDN script slipped in"
+        assert not re.search(r"<script[^>]+src=[^>]*mathjax", bundle["text/html"], re.I)
+    monkeypatch.setitem(__import__("sys").modules, "google.colab", object())
+    assert len(renderer.to_mimebundle(figure)["text/html"]) > 1_000_000  # Colab: every output is its own page
+
+
+def test_plotly_show_path_sends_plotlyjs_only_with_the_first_figure():
+    installed = pio.renderers[RENDERER_NAME]
+    pio.renderers[RENDERER_NAME] = OfflineRenderer()
+    try:
+        figure = plot_features_in_2d(torch.randn(1, 2, 3)).to_dict()
+        sizes = [len(pio.renderers._build_mime_bundle(figure)["text/html"]) for _ in range(3)]
+    finally:
+        pio.renderers[RENDERER_NAME] = installed
+        pio.renderers.default = RENDERER_NAME
+    assert sizes[0] > 1_000_000 > max(sizes[1:])
