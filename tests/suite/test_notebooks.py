@@ -2,6 +2,7 @@
 every executed solution notebook, exported to HTML, draws all its figures in headless
 Chromium with the network refused. (nbval runs the solution notebooks themselves.)"""
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import notebook_build
 from part_utils.html_export import export_offline_html
-from part_utils.notebook_runner import execute_notebook
+from part_utils.notebook_runner import ExecutionResult, execute_notebook
 
 SOURCES = notebook_build.source_files()
 PARTS = [source.stem for source in SOURCES]
@@ -56,6 +57,32 @@ def test_exercise_notebook_runs_to_its_first_check_which_reports_not_implemented
     assert "Traceback" not in shown and len(error.traceback) == 1, "the learner should see one line, not a traceback"
 
 
+@functools.cache
+def executed_solution(part: str) -> ExecutionResult:
+    result = execute_notebook(notebook_build.ROOT / "solutions" / f"{part}.ipynb", fast=True)
+    assert result.error is None, result.error
+    return result
+
+
+def _figure_data_and_text(notebook: nbformat.NotebookNode) -> list[object]:
+    """What a learner sees, minus plotly's random div ids: printed text and figure data."""
+    seen = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                seen.append(output.text)
+            elif "application/vnd.plotly.v1+json" in output.get("data", {}):
+                seen.append(output.data["application/vnd.plotly.v1+json"]["data"])
+    return seen
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_fast_mode_is_deterministic(part):
+    again = execute_notebook(notebook_build.ROOT / "solutions" / f"{part}.ipynb", fast=True)
+    assert again.error is None, again.error
+    assert _figure_data_and_text(again.notebook) == _figure_data_and_text(executed_solution(part).notebook)
+
+
 def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -69,8 +96,7 @@ def test_solution_figures_render_offline_in_headless_chromium(part, test_output_
         pytest.skip("Chromium is not installed (apt-get install chromium); CI runs this test")
     from playwright.sync_api import sync_playwright
 
-    result = execute_notebook(notebook_build.ROOT / "solutions" / f"{part}.ipynb", fast=True)
-    assert result.error is None, result.error
+    result = executed_solution(part)
     html_path = test_output_dir / f"{part}.html"
     html_path.write_text(export_offline_html(result.notebook))
     expected_figures = sum(
