@@ -71,8 +71,12 @@ def learner_callable(thing: object, name: str) -> Callable[..., Any]:
     if inspect.isfunction(thing):
         return thing
     owner = thing if inspect.isclass(thing) else type(thing)
-    candidate = getattr(owner, name, None)
-    if candidate is None or not callable(candidate):
+    candidate = inspect.getattr_static(owner, name, None)
+    if isinstance(candidate, property):  # e.g. W_dec_normalized: check its getter
+        candidate = candidate.fget
+    else:
+        candidate = getattr(owner, name, None)
+    if not inspect.isfunction(candidate):  # missing, or inherited from a builtin such as object.__init__
         raise CheckFailure(
             f"Expected your `{name}` function or the class that has it as a method, but got "
             f"{type(thing).__name__} `{thing!r:.60}`; pass e.g. `ToyModel` or the function itself."

@@ -1,7 +1,9 @@
 """Shared fixtures for the workbook's own test suite."""
 
+import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,44 @@ def test_output_dir(request: pytest.FixtureRequest) -> Path:
     folder = TEST_OUTPUT / re.sub(r"[^\w.-]+", "_", request.node.name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+
+class OfflinePage:
+    """A headless-Chromium page that refuses every network request and records page errors."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.refused: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.route("**/*", self._refuse_network)
+
+    def _refuse_network(self, route) -> None:
+        if route.request.url.startswith(("file:", "data:", "blob:")):
+            route.continue_()
+        else:
+            self.refused.append(route.request.url)
+            route.abort()
+
+
+@pytest.fixture
+def offline_page() -> Iterator[OfflinePage]:
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        if os.environ.get("WORKBOOK_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required (WORKBOOK_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI runs this test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield OfflinePage(browser.new_page(viewport={"width": 1300, "height": 900}))
+        finally:
+            browser.close()

@@ -3,9 +3,6 @@ every executed solution notebook, exported to HTML, draws all its figures in hea
 Chromium with the network refused. (nbval runs the solution notebooks themselves.)"""
 
 import functools
-import os
-import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -16,10 +13,6 @@ from part_utils.notebook_runner import ExecutionResult, execute_notebook
 
 SOURCES = notebook_build.source_files()
 PARTS = [source.stem for source in SOURCES]
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 
 
 def _until_first_check_after_a_stub(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -83,19 +76,8 @@ def test_fast_mode_is_deterministic(part):
     assert _figure_data_and_text(again.notebook) == _figure_data_and_text(executed_solution(part).notebook)
 
 
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.parametrize("part", PARTS)
-def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir):
-    executable = _chromium()
-    if executable is None:
-        if os.environ.get("WORKBOOK_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium is required (WORKBOOK_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
-        pytest.skip("Chromium is not installed (apt-get install chromium); CI runs this test")
-    from playwright.sync_api import sync_playwright
-
+def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir, offline_page):
     result = executed_solution(part)
     html_path = test_output_dir / f"{part}.html"
     html_path.write_text(export_offline_html(result.notebook))
@@ -107,29 +89,16 @@ def test_solution_figures_render_offline_in_headless_chromium(part, test_output_
     )
     assert expected_figures > 0
 
-    page_errors, refused = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("pageerror", lambda error: page_errors.append(str(error)))
-
-        def refuse_network(route):
-            if route.request.url.startswith(("file:", "data:", "blob:")):
-                return route.continue_()
-            refused.append(route.request.url)
-            return route.abort()
-
-        page.route("**/*", refuse_network)
-        page.goto(html_path.as_uri(), wait_until="load", timeout=120_000)
-        page.wait_for_function(
-            "n => document.querySelectorAll('.plotly-graph-div svg.main-svg').length >= n "
-            "&& [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('svg.main-svg'))",
-            arg=expected_figures,
-            timeout=120_000,
-        )
-        drawn = page.eval_on_selector_all(".plotly-graph-div", "divs => divs.map(d => !!d.querySelector('svg.main-svg'))")
-        page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
-        browser.close()
+    page = offline_page.page
+    page.goto(html_path.as_uri(), wait_until="load", timeout=120_000)
+    page.wait_for_function(
+        "n => document.querySelectorAll('.plotly-graph-div').length >= n "
+        "&& [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('svg.main-svg'))",
+        arg=expected_figures,
+        timeout=120_000,
+    )
+    drawn = page.eval_on_selector_all(".plotly-graph-div", "divs => divs.map(d => !!d.querySelector('svg.main-svg'))")
+    page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
     assert len(drawn) == expected_figures and all(drawn)
-    assert not page_errors, page_errors
-    assert not refused, f"the page tried to reach the network: {refused[:3]}"
+    assert not offline_page.errors, offline_page.errors
+    assert not offline_page.refused, f"the page tried to reach the network: {offline_page.refused[:3]}"

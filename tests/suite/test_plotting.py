@@ -57,8 +57,9 @@ def test_plot_features_in_Nd_colours_norms_by_superposition():
 def test_animation_has_frames_slider_buttons_and_fixed_axes():
     history = torch.stack([torch.randn(2, 2, 5) * scale for scale in (0.1, 1.0, 3.0)])
     figure = animate_features_in_2d(history, [0, 50, 100])
-    assert [frame.name for frame in figure.frames] == ["0", "50", "100"]
-    assert all(len(frame.data) == len(figure.data) for frame in figure.frames)
+    frames = figure.to_dict()["frames"]  # what plotly.js receives
+    assert [frame["name"] for frame in frames] == ["0", "50", "100"]
+    assert all(len(frame["data"]) == len(figure.data) for frame in frames)
     assert [step.label for step in figure.layout.sliders[0].steps] == ["0", "50", "100"]
     assert [button.label for button in figure.layout.updatemenus[0].buttons] == ["▶ play", "❚❚ pause"]
     limit = figure.layout.xaxis.range[1]
@@ -109,3 +110,11 @@ def test_plotly_show_path_sends_plotlyjs_only_with_the_first_figure():
         pio.renderers[RENDERER_NAME] = installed
         pio.renderers.default = RENDERER_NAME
     assert sizes[0] > 1_000_000 > max(sizes[1:])
+
+
+def test_build_animation_keeps_static_traces_out_of_the_frames():
+    figure = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], name="static"))
+    frames = [[go.Scatter(x=[0], y=[step])] for step in (1.0, 2.0)]
+    figure = build_animation(figure, frames, ["a", "b"])
+    assert figure.data[0].name == "static" and len(figure.data) == 2
+    assert all(list(frame.traces) == [1] for frame in figure.frames)

@@ -1,0 +1,176 @@
+"""Reference implementation for 04_toy_sae, generated from source/04_toy_sae.py.
+
+Do not edit: change the source and run `python workbook.py build`."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from part_utils.device import get_device
+from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+
+
+@dataclass
+class ToySAEConfig:
+    n_inst: int
+    d_in: int
+    d_sae: int
+    sparsity_coeff: float = 0.2
+    weight_normalize_eps: float = 1e-8
+    tied_weights: bool = False
+
+
+class ToySAE(nn.Module):
+    """`n_inst` independent SAEs on the hidden vectors of a frozen toy model."""
+
+    W_enc: Float[Tensor, "inst d_in d_sae"]
+    _W_dec: Float[Tensor, "inst d_sae d_in"] | None
+    b_enc: Float[Tensor, "inst d_sae"]
+    b_dec: Float[Tensor, "inst d_in"]
+
+    @property
+    def W_dec(self) -> Float[Tensor, "inst d_sae d_in"]:
+        return self._W_dec if self._W_dec is not None else self.W_enc.transpose(-1, -2)
+
+    def latent_axes(self) -> dict[str, int]:
+        """Which axis of each parameter indexes latents (used to reset optimiser state)."""
+        axes = {"W_enc": 2, "b_enc": 1}
+        if self._W_dec is not None:
+            axes["_W_dec"] = 1
+        return axes
+
+
+def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
+    nn.Module.__init__(self)
+    assert cfg.d_in == model.cfg.d_hidden, "the SAE reads the model's hidden layer"
+    self.cfg = cfg
+    self.model = model.requires_grad_(False)
+    device = model.W.device
+    self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_in, cfg.d_sae, device=device)))
+    self._W_dec = (
+        None
+        if cfg.tied_weights
+        else nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device)))
+    )
+    self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_sae, device=device))
+    self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_in, device=device))
+
+
+ToySAE.__init__ = toy_sae_init
+
+
+def toy_sae_W_dec_normalized(self: ToySAE) -> Float[Tensor, "inst d_sae d_in"]:
+    return self.W_dec / (self.W_dec.norm(dim=-1, keepdim=True) + self.cfg.weight_normalize_eps)
+
+
+ToySAE.W_dec_normalized = property(toy_sae_W_dec_normalized)
+
+
+def toy_sae_generate_batch(self: ToySAE, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
+    features = self.model.generate_batch(batch_size)
+    return einsum(self.model.W, features, "inst d_in feats, batch inst feats -> batch inst d_in")
+
+
+ToySAE.generate_batch = toy_sae_generate_batch
+
+
+def toy_sae_forward(
+    self: ToySAE, h: Float[Tensor, "batch inst d_in"]
+) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
+    h_centred = h - self.b_dec
+    acts = F.relu(einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc)
+    h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+    loss_dict = {
+        "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
+        "L_sparsity": acts.abs().sum(dim=-1),
+    }
+    loss = (loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]).mean(dim=0).sum()
+    return loss_dict, loss, acts, h_reconstructed
+
+
+ToySAE.forward = toy_sae_forward
+
+
+def max_cosine_similarity(
+    W_dec: Float[Tensor, "inst d_sae d_in"], feature_directions: Float[Tensor, "inst feats d_in"]
+) -> Float[Tensor, "inst feats"]:
+    decoder_unit = F.normalize(W_dec, dim=-1)
+    features_unit = F.normalize(feature_directions, dim=-1)
+    cosine = einsum(features_unit, decoder_unit, "inst feats d_in, inst d_sae d_in -> inst feats d_sae")
+    return cosine.max(dim=-1).values
+
+
+RECOVERED_AT = 0.99
+
+
+@torch.no_grad()
+def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
+    """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
+    h = sae.generate_batch(n_samples)
+    _, _, acts, h_reconstructed = sae(h)
+    best_cosine = max_cosine_similarity(sae.W_dec_normalized, feature_directions)
+    variance = (h - h.mean(dim=0)).pow(2).sum(dim=(0, 2))
+    return {
+        "mmcs": best_cosine.mean(dim=-1).cpu(),
+        "recovered": (best_cosine >= RECOVERED_AT).sum(dim=-1).cpu(),
+        "dead": ((acts > 0).sum(dim=0) == 0).sum(dim=-1).cpu(),
+        "l0": (acts > 0).float().sum(dim=-1).mean(dim=0).cpu(),
+        "fvu": ((h_reconstructed - h).pow(2).sum(dim=(0, 2)) / variance).cpu(),
+    }
+
+
+def toy_sae_resample_simple(
+    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float
+) -> Bool[Tensor, "inst d_sae"]:
+    dead = frac_active_in_window < 1e-8
+    n_dead = int(dead.sum())
+    directions = F.normalize(torch.randn(n_dead, self.cfg.d_in, device=self.W_enc.device), dim=-1)
+    inst_index, latent_index = dead.nonzero(as_tuple=True)
+    self.W_enc.data[inst_index, :, latent_index] = directions * resample_scale
+    if self._W_dec is not None:
+        self._W_dec.data[inst_index, latent_index] = directions
+    self.b_enc.data[dead] = 0.0
+    return dead
+
+
+ToySAE.resample_simple = toy_sae_resample_simple
+
+
+def toy_sae_resample_advanced(
+    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float, batch_size: int = 4_096
+) -> Bool[Tensor, "inst d_sae"]:
+    dead = frac_active_in_window < 1e-8
+    h = self.generate_batch(batch_size)
+    loss_dict, _, _, _ = self.forward(h)
+    squared_loss = loss_dict["L_reconstruction"].pow(2)  # [batch, inst]
+    resampled = torch.zeros_like(dead)
+    for inst in range(self.cfg.n_inst):
+        dead_latents = dead[inst].nonzero(as_tuple=True)[0]
+        weights = squared_loss[:, inst]
+        if len(dead_latents) == 0 or weights.sum() < 1e-12:
+            continue
+        chosen = torch.multinomial(weights, len(dead_latents), replacement=True)
+        directions = F.normalize(h[chosen, inst] - self.b_dec[inst], dim=-1)
+        live = ~dead[inst]
+        live_norm = self.W_enc[inst][:, live].norm(dim=0).mean() if live.any() else torch.tensor(1.0, device=h.device)
+        self.W_enc.data[inst][:, dead_latents] = directions.T * live_norm * resample_scale
+        if self._W_dec is not None:
+            self._W_dec.data[inst][dead_latents] = directions
+        self.b_enc.data[inst][dead_latents] = 0.0
+        resampled[inst, dead_latents] = True
+    return resampled
+
+
+ToySAE.resample_advanced = toy_sae_resample_advanced
+
+
+@torch.no_grad()
+def init_encoder_as_decoder_transpose(sae: ToySAE) -> None:
+    """Point each latent's encoder column along its (normalised) decoder row."""
+    if sae._W_dec is not None:
+        sae.W_enc.data.copy_(sae.W_dec_normalized.transpose(-1, -2))
