@@ -335,8 +335,8 @@ animate_sae_training(log_plain, feature_directions, instances=range(8), colour_b
 # **What to look for.** Some latents stop firing early: their encoder direction points away
 # from all the data, so ReLU outputs zero for every input, no gradient flows, and they never
 # come back. Those instances end with fewer than five live latents and at least one feature
-# with no decoder direction of its own. The firing frequencies tell the same story: a dead
-# latent's line drops to zero and stays there.
+# with no decoder direction of its own. The firing frequencies (log scale) tell the same
+# story: a dead latent's line drops to the bottom edge and stays there.
 
 # %%
 plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency per latent, no resampling").show()
@@ -486,8 +486,8 @@ animate_sae_training(log_advanced, feature_directions, instances=range(8), colou
 # resampling, and prints one row per recipe so you can compare. To see what each change does
 # alone, run `python workbook.py bench --sae` from a terminal: in our runs the encoder
 # initialisation alone, and the redundant-latent rule alone, each brought all 16 instances to
-# five features; the learning-rate decay alone raised the cosine similarities but did not
-# rescue the stuck instances.
+# five features; the learning-rate decay alone did not rescue the stuck instances (it helps
+# the others settle closer to their features once nothing is stuck).
 
 
 # %% tags=["reference"]

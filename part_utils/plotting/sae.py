@@ -103,11 +103,15 @@ def animate_sae_training(
 
 
 def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | None = None, title: str | None = None) -> go.Figure:
-    """Each latent's firing frequency (on the logged sample) over training, one subplot per instance."""
+    """Each latent's firing frequency (on the logged sample) over training, on a log scale; one subplot per instance.
+
+    A latent that did not fire on the sample sits on the bottom edge."""
     n_inst = log.h_sample.shape[1]
     chosen = list(range(n_inst) if instances is None else instances)
     steps = [snapshot.step for snapshot in log.snapshots]
     frequency = np.stack([snapshot.frac_active.numpy() for snapshot in log.snapshots])  # [snapshots, inst, d_sae]
+    floor = 0.5 / log.h_sample.shape[0]  # below one firing in the sample: drawn on the floor, i.e. dead
+    frequency = np.maximum(frequency, floor)
     n_cols = min(4, len(chosen))
     n_rows = -(-len(chosen) // n_cols)
     figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[f"inst {inst}" for inst in chosen], shared_yaxes=True)
@@ -127,6 +131,7 @@ def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | N
                 row=row,
                 col=column,
             )
+    figure.update_yaxes(type="log", range=[np.log10(floor) - 0.1, 0.05])
     figure.update_yaxes(title_text="fraction of inputs", col=1)
     figure.update_layout(title=title, height=230 * n_rows + 100, width=MAX_FIGURE_WIDTH)
     return figure
