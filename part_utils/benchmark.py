@@ -63,7 +63,7 @@ def toy_sae_recovery(*, steps: int = 20_000) -> None:
         "all three": (True, True, True),
     }
     print(f"\nToy SAE (16 inst, 5 feats in 2D, p 0.025, d_sae 5, lambda 0.2, batch 1024, lr 1e-3, {steps} steps):")
-    print(f"  {'resampling':<10}{'recipe':<32}{'all 5 & 0 dead':>15}{'dead':>6}{'MMCS':>8}{'seconds':>9}{'steps/s':>9}")
+    print(f"  {'resampling':<12}{'recipe':<32}{'all 5 & 0 dead':>15}{'dead':>6}{'MMCS':>8}{'seconds':>9}{'steps/s':>9}")
     for method in (None, "simple", "advanced"):
         for name, (encoder_init, decay, redundant) in recipes.items():
             if method is None and name not in ("classroom", "all three"):
@@ -91,7 +91,7 @@ def toy_sae_recovery(*, steps: int = 20_000) -> None:
             report = recovery_report(sae, features)
             complete = int(((report["recovered"] == 5) & (report["dead"] == 0)).sum())
             print(
-                f"  {str(method):<10}{name:<32}{complete:>12}/16{int(report['dead'].sum()):>6}{report['mmcs'].mean():>8.4f}"
+                f"  {str(method):<12}{name:<32}{complete:>12}/16{int(report['dead'].sum()):>6}{report['mmcs'].mean():>8.4f}"
                 f"{seconds:>9.1f}{steps / seconds:>9.0f}",
                 flush=True,
             )

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from part_utils.device import get_device
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+from part_utils.sae_training import SAETrainingLog, train_sae
 
 # %%
 import plotly.graph_objects as go
@@ -54,7 +55,6 @@ import tests.part4_toy_sae as checks
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting import plot_features_in_2d
 from part_utils.plotting.sae import animate_sae_training, plot_firing_frequencies, recovery_table
-from part_utils.sae_training import train_sae
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
@@ -141,6 +141,10 @@ class ToySAE(nn.Module):
         if self._W_dec is not None:
             axes["_W_dec"] = 1
         return axes
+
+    def optimize(self, **training: Any) -> SAETrainingLog:
+        """Train with Adam and optional resampling: see `part_utils.sae_training.train_sae` for the options."""
+        return train_sae(self, **training)
 
 
 # %% [markdown]
@@ -299,8 +303,9 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
 # %% [markdown]
 # ## 3. Training, and latents that die
 #
-# `train_sae` (in `part_utils/sae_training.py`, given) runs Adam on batches from your
-# `generate_batch`, logs snapshots for the animation and, when asked, resamples dead latents.
+# `sae.optimize(...)` (given; it calls `train_sae` in `part_utils/sae_training.py`) runs Adam
+# on batches from your `generate_batch`, logs snapshots for the animation and, when asked,
+# resamples dead latents.
 # We use 16 instances, `d_sae = 5` (one latent per true feature, no slack), λ = 0.2, batch
 # 1024 and learning rate 1e-3. First, no resampling.
 
@@ -314,7 +319,7 @@ resampling = {"resample_every": full_or_fast(2_500, 400), "resample_window": ful
 def train_toy_sae(seed: int, *, tied: bool = False, steps: int = sae_steps, **training: Any) -> tuple[ToySAE, Any]:
     seed_everything(seed)
     sae = ToySAE(ToySAEConfig(**{**sae_cfg.__dict__, "tied_weights": tied}), toy_model)
-    log = train_sae(sae, steps=steps, batch_size=1024, lr=1e-3, log_every=max(1, steps // 200), **training)
+    log = sae.optimize(steps=steps, batch_size=1024, lr=1e-3, log_every=max(1, steps // 200), **training)
     return sae, log
 
 
@@ -503,8 +508,7 @@ def train_improved(method: str, seed: int = 1) -> tuple[ToySAE, Any]:
     seed_everything(seed)
     sae = ToySAE(sae_cfg, toy_model)
     init_encoder_as_decoder_transpose(sae)
-    log = train_sae(
-        sae,
+    log = sae.optimize(
         steps=sae_steps,
         batch_size=1024,
         lr=1e-3,
@@ -565,8 +569,7 @@ def decoder_and_activation_sizes(sae: ToySAE) -> tuple[float, float]:
 seed_everything(2)
 sae_unnormalised = UnnormalisedToySAE(sae_cfg, toy_model)
 cheat_log = {"step": [], "decoder row norm": [], "mean active activation": []}
-_ = train_sae(
-    sae_unnormalised,
+_ = sae_unnormalised.optimize(
     steps=full_or_fast(6_000, 1_000),
     batch_size=1024,
     lr=1e-3,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from part_utils.device import get_device
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+from part_utils.sae_training import SAETrainingLog, train_sae
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ToySAE(nn.Module):
         if self._W_dec is not None:
             axes["_W_dec"] = 1
         return axes
+
+    def optimize(self, **training: Any) -> SAETrainingLog:
+        """Train with Adam and optional resampling: see `part_utils.sae_training.train_sae` for the options."""
+        return train_sae(self, **training)
 
 
 def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
