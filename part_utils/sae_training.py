@@ -16,7 +16,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from part_utils.progress import progress_bar
-from part_utils.training import LearningRateSchedule, constant_lr, make_adam
+from part_utils.training import LearningRateSchedule, constant_lr, make_adam, set_learning_rate
 
 ResampleMethod = Literal["simple", "advanced"] | None
 
@@ -116,8 +116,7 @@ def train_sae(
     progress = progress_bar(range(steps), description)
     for step in progress:
         step_lr = lr * lr_schedule(step, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
+        set_learning_rate(optimizer, step_lr)
         h = sae.generate_batch(batch_size)
         _, loss, acts, _ = sae(h)
         optimizer.zero_grad(set_to_none=True)

@@ -55,6 +55,11 @@ def make_adam(parameters: Any, lr: float, betas: tuple[float, float] = (0.9, 0.9
     return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=fused)
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def train_self_supervised(
     model: SelfSupervisedModel,
     *,
@@ -72,8 +77,7 @@ def train_self_supervised(
     progress = progress_bar(range(steps), description)
     for step in progress:
         step_lr = lr * lr_schedule(step, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
+        set_learning_rate(optimizer, step_lr)
         batch = model.generate_batch(batch_size)
         loss = model.calculate_loss(model(batch), batch)
         optimizer.zero_grad(set_to_none=True)

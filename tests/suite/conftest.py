@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_OUTPUT = ROOT / "test-output"
 
 
+def stub(*args: object, **kwargs: object) -> None:
+    """What an exercise looks like before the learner writes it."""
+    raise NotImplementedError("Exercise: write this part, run the cell, then run the check below.")
+
+
 class CheckRunner:
     """Runs a learner-facing check and reports its pass line or its failure message."""
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import tests.part1_toy_models as part1
+from tests.suite.conftest import stub
 from part_utils.reference.part1_toy_models import (
     ToyModel,
     generate_anticorrelated_features,
@@ -332,10 +333,6 @@ PAIR_CHECKS = [
     (part1.test_generate_correlated_features, "generate_correlated_features"),
     (part1.test_generate_anticorrelated_features, "generate_anticorrelated_features"),
 ]
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise: write this part, run the cell, then run the check below.")
 
 
 @pytest.mark.parametrize(("check", "name"), ALL_CHECKS)
