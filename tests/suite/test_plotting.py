@@ -118,3 +118,14 @@ def test_build_animation_keeps_static_traces_out_of_the_frames():
     figure = build_animation(figure, frames, ["a", "b"])
     assert figure.data[0].name == "static" and len(figure.data) == 2
     assert all(list(frame.traces) == [1] for frame in figure.frames)
+
+
+def test_plot_features_in_neurons_stacks_one_bar_trace_per_feature():
+    from part_utils.plotting.neurons import plot_features_in_neurons
+
+    W = torch.randn(2, 5, 3)
+    figure = plot_features_in_neurons(W, colours=torch.rand(3))
+    assert len(figure.data) == 2 * 3 and figure.layout.barmode == "relative"
+    assert list(figure.data[1].y) == pytest.approx(W[0, :, 1].tolist())
+    with pytest.raises(ValueError, match=r"\[inst, neurons, feats\]"):
+        plot_features_in_neurons(torch.randn(5, 3))

@@ -1,0 +1,256 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Part 2: Superposition in a privileged basis
+#
+# In Part 1 the hidden layer was linear, so only *directions* in it meant anything: rotate
+# the hidden space and the model is the same. Real networks apply a nonlinearity to each
+# neuron separately, and that singles out the neuron basis: it is **privileged**. Now it
+# makes sense to ask what each *neuron* represents. A neuron that responds to one feature is
+# **monosemantic**; one that responds to several is **polysemantic**.
+#
+# **You will**
+# - give the hidden layer a ReLU (`NeuronModel.forward`) and see features align with neurons;
+# - build a model that must *compute* a function, the absolute value, rather than just store
+#   its inputs (`NeuronComputationModel`: `forward`, `generate_batch`, `calculate_loss`);
+# - watch neurons become polysemantic as features get sparser.
+#
+# **Time:** about 1.5 hours. Exercises and checks work as in Part 1.
+
+# %% tags=["workbook-setup"]
+
+# %% tags=["reference"]
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+
+# %%
+import tests.part2_privileged_basis as checks
+from part_utils.device import get_device
+from part_utils.modes import FAST_MODE, full_or_fast
+from part_utils.plotting.neurons import plot_features_in_neurons
+from part_utils.seeding import seed_everything
+from part_utils.training import cosine_decay_lr, train_self_supervised
+
+device = get_device()
+print(f"device: {device}, fast mode: {FAST_MODE}")
+
+# %% [markdown]
+# ## 1. A ReLU on the hidden layer
+#
+# `NeuronModel` is Part 1's `ToyModel` with one change: `h = ReLU(W x)`. The output is
+# still `x' = ReLU(Wᵀ h + b_final)`. Shapes as before: `W [inst, d_hidden, feats]`, a batch
+# `[batch, inst, feats]`.
+
+# %% tags=["reference"]
+class NeuronModel(ToyModel):
+    """A toy model whose hidden layer has a ReLU: its neurons form a privileged basis."""
+
+
+def neuron_model_forward(self: NeuronModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+    # BEGIN SOLUTION
+    hidden = F.relu(einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
+    out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
+    return F.relu(out + self.b_final)
+    # END SOLUTION
+
+
+NeuronModel.forward = neuron_model_forward
+
+# %%
+checks.test_neuron_model_forward(NeuronModel)
+
+# %% [markdown]
+# Train 7 instances with 10 features and 5 neurons, importance `0.75 ** i`, from dense
+# features to very sparse ones. Each row of the figure is one instance; each bar is one
+# neuron, stacked from the weights it gives each feature (colour: importance, yellow the
+# most important). Positive weights stack up, negative ones down.
+
+# %%
+seed_everything(0)
+sparsities = torch.tensor([0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999])
+cfg_neurons = ToyModelConfig(n_inst=len(sparsities), n_features=10, d_hidden=5)
+importance_neurons = 0.75 ** torch.arange(cfg_neurons.n_features)
+neuron_model = NeuronModel(cfg_neurons, feature_probability=(1 - sparsities)[:, None], importance=importance_neurons, device=device)
+_ = train_self_supervised(
+    neuron_model, steps=full_or_fast(10_000, 500), lr=5e-3, lr_schedule=cosine_decay_lr, description="neuron model"
+)
+plot_features_in_neurons(
+    neuron_model.W,
+    colours=importance_neurons,
+    title="Which features each neuron reads (10 features, 5 neurons)",
+    subplot_titles=[f"S = {s:.3f}" for s in sparsities.tolist()],
+).show()
+
+# %% [markdown]
+# **What to look for.** Dense features (top): five neurons, five features, one each: every
+# bar is a single colour, the five most important features, and the rest are dropped. As
+# sparsity grows, bars start mixing colours: neurons become **polysemantic**, each reading
+# several features, and more features are represented in total. Read the part above zero: a
+# negative weight only switches the neuron off when that feature is present, which with
+# sparse features rarely matters, so those weights are loosely constrained and drift.
+#
+# <details><summary>Question: why do features align with neurons at all?</summary>
+#
+# With a ReLU on each neuron, a feature stored along a direction that mixes neurons gets
+# clipped differently in each of them, which distorts it. A feature stored on a single
+# neuron passes the ReLU intact (its activation is non-negative). With no interference to
+# trade off (dense features, nothing in superposition) the model puts each feature on its
+# own neuron. The basis is privileged because the nonlinearity acts neuron by neuron.
+# </details>
+#
+# ## 2. A model that computes
+#
+# Storing features is not the whole story: networks compute. `NeuronComputationModel` must
+# output the **absolute value** of each input feature:
+#
+# - inputs: each feature present with probability `p`, with a value uniform on **[-1, 1]**
+#   (absent features are 0);
+# - `h = ReLU(W1 x)`, `x' = ReLU(W2 h + b_final)`, with separate weights
+#   `W1 [inst, d_hidden, feats]` and `W2 [inst, feats, d_hidden]`;
+# - loss: the importance-weighted squared error between `x'` and `|x|`, averaged over batch
+#   and features, summed over instances.
+#
+# A ReLU network computes `|x| = ReLU(x) + ReLU(-x)` with two neurons per feature. The
+# question is what it does when it has fewer neurons than that.
+
+# %% tags=["reference"]
+class NeuronComputationModel(ToyModel):
+    """`x' = ReLU(W2 ReLU(W1 x) + b_final)`, trained to output |x|."""
+
+    W1: Float[Tensor, "inst d_hidden feats"]
+    W2: Float[Tensor, "inst feats d_hidden"]
+
+    def __init__(self, cfg: ToyModelConfig, feature_probability: float | Tensor = 0.01, importance: float | Tensor = 1.0, device: torch.device | None = None) -> None:
+        super().__init__(cfg, feature_probability, importance, device)
+        del self.W
+        std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
+        device = self.b_final.device
+        self.W1 = nn.Parameter(torch.randn(cfg.n_inst, cfg.d_hidden, cfg.n_features, device=device) * std)
+        self.W2 = nn.Parameter(torch.randn(cfg.n_inst, cfg.n_features, cfg.d_hidden, device=device) * std)
+
+
+# %% [markdown]
+# ### Exercise 2: `forward`
+
+# %% tags=["reference"]
+def computation_forward(self: NeuronComputationModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+    # BEGIN SOLUTION
+    hidden = F.relu(einsum(self.W1, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
+    out = einsum(self.W2, hidden, "inst feats d_hidden, batch inst d_hidden -> batch inst feats")
+    return F.relu(out + self.b_final)
+    # END SOLUTION
+
+
+NeuronComputationModel.forward = computation_forward
+
+# %%
+checks.test_computation_forward(NeuronComputationModel)
+
+# %% [markdown]
+# ### Exercise 3: `generate_batch`
+#
+# Like Part 1, but a present feature's value is uniform on [-1, 1].
+
+# %% tags=["reference"]
+def computation_generate_batch(self: NeuronComputationModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+    # BEGIN SOLUTION
+    shape = (batch_size, self.cfg.n_inst, self.cfg.n_features)
+    present = torch.rand(shape, device=self.b_final.device) < self.feature_probability
+    values = 2 * torch.rand(shape, device=self.b_final.device) - 1
+    return values * present
+    # END SOLUTION
+
+
+NeuronComputationModel.generate_batch = computation_generate_batch
+
+# %%
+checks.test_computation_generate_batch(NeuronComputationModel)
+
+# %% [markdown]
+# ### Exercise 4: `calculate_loss`
+#
+# The target is `|x|`, not `x`.
+
+# %% tags=["reference"]
+def computation_calculate_loss(
+    self: NeuronComputationModel, out: Float[Tensor, "batch inst feats"], batch: Float[Tensor, "batch inst feats"]
+) -> Float[Tensor, ""]:
+    # BEGIN SOLUTION
+    return (self.importance * (batch.abs() - out).pow(2)).mean(dim=(0, 2)).sum()
+    # END SOLUTION
+
+
+NeuronComputationModel.calculate_loss = computation_calculate_loss
+
+# %%
+checks.test_computation_calculate_loss(NeuronComputationModel)
+
+# %% [markdown]
+# Train 100 features with 40 neurons, importance `0.8 ** i`, at three sparsities. The plots
+# show `W1`: for each neuron, which inputs it reads, and with which sign. We show the 10 most
+# important features in colour and the rest in grey, and sort neurons by the feature they
+# read most.
+
+# %%
+seed_everything(1)
+computation_sparsities = torch.tensor(full_or_fast([0.0, 0.9, 0.99], [0.0, 0.99]))
+cfg_computation = ToyModelConfig(n_inst=len(computation_sparsities), n_features=100, d_hidden=40)
+importance_computation = 0.8 ** torch.arange(cfg_computation.n_features)
+computation_model = NeuronComputationModel(
+    cfg_computation, feature_probability=(1 - computation_sparsities)[:, None], importance=importance_computation, device=device
+)
+_ = train_self_supervised(
+    computation_model, steps=full_or_fast(8_000, 400), lr=3e-3, lr_schedule=cosine_decay_lr, description="computing |x|"
+)
+
+# %%
+def sorted_by_strongest_feature(W1: Float[Tensor, "inst d_hidden feats"], n_shown: int = 10) -> Tensor:
+    """The first `n_shown` features of W1, with each instance's neurons sorted by their strongest feature."""
+    shown = W1.detach()[..., :n_shown]
+    order = shown.abs().argmax(dim=-1).argsort(dim=-1)  # [inst, d_hidden]
+    return torch.gather(shown, 1, order[..., None].expand_as(shown))
+
+
+plot_features_in_neurons(
+    sorted_by_strongest_feature(computation_model.W1),
+    colours=importance_computation[:10],
+    title="Computing |x|: the 10 most important features in W1 (neurons sorted)",
+    subplot_titles=[f"S = {s:.2f}" for s in computation_sparsities.tolist()],
+    row_height=230,
+).show()
+
+# %% [markdown]
+# **What to look for.** Dense inputs (top): neurons come in monosemantic *pairs*, one
+# reading `+x_i` and one reading `-x_i` (a bar up and a bar down of the same colour): that is
+# `|x| = ReLU(x) + ReLU(-x)`, one feature per pair, for the most important features. With
+# sparse inputs, more features get computed than there are neuron pairs, and individual
+# neurons mix several features: polysemantic neurons appear once features rarely co-occur.
+#
+# <details><summary>Question: why does sparsity make polysemanticity cheap here too?</summary>
+#
+# A neuron that reads two features gives a wrong answer only when both are present at once,
+# which happens with probability about `p²`. When `p` is small, covering an extra feature
+# (worth about `p` of loss) is worth the rare collision.
+# </details>
+#
+# ## Summary
+#
+# - A per-neuron nonlinearity privileges the neuron basis: it becomes meaningful to ask what
+#   each neuron represents.
+# - Dense features: monosemantic neurons. Sparse features: superposition returns, now visible
+#   as polysemantic neurons.
+# - The same holds for models that compute: the absolute-value model uses neuron pairs when
+#   it can afford them and shares neurons when features are sparse.
+#
+# Next, Part 3 measures how much of a dimension each feature gets.
