@@ -35,9 +35,7 @@
 
 # %% tags=["reference"]
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import einsum
@@ -48,7 +46,6 @@ from part_utils.device import get_device
 
 # %%
 import ipywidgets as widgets
-import plotly.express as px
 import plotly.graph_objects as go
 from IPython.display import display
 

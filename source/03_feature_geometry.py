@@ -28,13 +28,13 @@
 # %% tags=["workbook-setup"]
 
 # %% tags=["reference"]
-import torch
 from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
 # %%
 import plotly.graph_objects as go
+import torch
 
 import tests.part3_feature_geometry as checks
 from part_utils.device import get_device

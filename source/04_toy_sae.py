@@ -44,16 +44,17 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from part_utils.device import get_device
-from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.sae_training import SAETrainingLog, train_sae
 
 # %%
 import plotly.graph_objects as go
 
 import tests.part4_toy_sae as checks
+from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting import plot_features_in_2d
+from part_utils.reference.part1_toy_models import ToyModelConfig
 from part_utils.plotting.sae import animate_sae_training, plot_firing_frequencies, recovery_table
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised

@@ -34,7 +34,7 @@ def animate_sae_training(
     unit length (encoder columns normalised), with the true features as grey lines.
     """
     n_inst = log.h_sample.shape[1]
-    sizes = expect_shape("feature_directions", feature_directions, "inst feats d_in", where="animate_sae_training", fixed={"inst": n_inst, "d_in": 2})
+    expect_shape("feature_directions", feature_directions, "inst feats d_in", where="animate_sae_training", fixed={"inst": n_inst, "d_in": 2})
     chosen = list(range(n_inst) if instances is None else instances)
     features = feature_directions.detach().float().cpu().numpy()
     features = features / np.linalg.norm(features, axis=-1, keepdims=True).clip(1e-12)

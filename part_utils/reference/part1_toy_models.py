@@ -3,9 +3,7 @@
 Do not edit: change the source and run `python workbook.py build`."""
 
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import einsum

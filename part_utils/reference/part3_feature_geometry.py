@@ -2,7 +2,6 @@
 
 Do not edit: change the source and run `python workbook.py build`."""
 
-import torch
 from einops import einsum
 from jaxtyping import Float
 from torch import Tensor

@@ -11,8 +11,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from part_utils.device import get_device
-from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
+from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.sae_training import SAETrainingLog, train_sae
 
 

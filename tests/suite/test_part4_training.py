@@ -5,7 +5,7 @@ import torch
 
 from part_utils.plotting.sae import animate_sae_training
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
-from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_report
+from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig
 from part_utils.sae_training import redundant_latents, reset_adam_moments, train_sae
 from part_utils.seeding import seed_everything
 from part_utils.training import make_adam, train_self_supervised
