@@ -832,8 +832,8 @@ pareto.show()
 #   pulls active latents towards zero and the reconstruction comes out short. Gated,
 #   JumpReLU, TopK and BatchTopK stay close to 1.0, since none of them charges for size.
 # - **The frontier.** At a similar L0 the L1 SAE has the highest FVU, and much of its error
-#   is that shrinkage. Gated, JumpReLU and BatchTopK reach several times lower error at the
-#   same sparsity.
+#   is that shrinkage. Gated, JumpReLU and BatchTopK reach lower error at the same
+#   sparsity, in most pairs several times lower.
 # - **Recovery is a different question.** Better reconstruction does not mean better
 #   features. Count the recovered instances and compare the MMCS column: in our full-mode
 #   runs the L1 SAE found all five features most often, while the other penalties often
@@ -844,7 +844,8 @@ pareto.show()
 #   it must fire a latent on *every* input, and most inputs here contain no feature at all.
 #   It copes by moving `b_dec`, after which its directions need not point at the features.
 #   BatchTopK avoids that, since its k is only an average.
-# - **Dead latents** stay rare: resampling (and AuxK for the TopK family) revives them.
+# - **Dead latents** are few (a fraction of one per instance on average): resampling (and
+#   AuxK for the TopK family) revives them.
 #
 # <details><summary>Question: which numbers would you trust on a real model, where the true
 # features are unknown?</summary>
