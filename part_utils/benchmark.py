@@ -1,9 +1,10 @@
-"""Benchmarks (not tests): `python workbook.py bench [--skip-full] [--parts 01 04] [--sae]`.
+"""Benchmarks (not tests): `python workbook.py bench [--skip-full] [--parts 01 04] [--sae] [--circuits]`.
 
 Prints the wall time of executing each solution notebook in full and fast mode, the
 training throughput of the toy model (16 instances, 5 features, d_hidden 2, batch 1024)
-for several CPU thread counts and, with --sae, Part 4's feature recovery for each
-resampling method and training recipe.
+for several CPU thread counts, with --sae, Part 4's feature recovery for each
+resampling method and training recipe and, with --circuits, Part 7's targets: the
+Jacobian between SAEs (loop against vectorised) and the three sparse decoders.
 """
 
 import argparse
@@ -97,6 +98,41 @@ def toy_sae_recovery(*, steps: int = 20_000) -> None:
             )
 
 
+def circuit_benchmarks() -> None:
+    """Part 7's targets on the default device, for each CPU thread count: the vectorised Jacobian
+    against the loop (64 tokens, k 32), and the three decoders (d_in 768, d_sae 49,152, k 32, 64 tokens)."""
+    from part_utils.activations import collect_activations
+    from part_utils.palindromes import load_palindrome_model, mlp_weights, palindrome_dataset
+    from part_utils.reference import part7_sae_circuits as part7
+    from part_utils.timing import format_bytes, measure
+
+    device = get_device()
+    model = load_palindrome_model(device=device)
+    W_in, b_in, W_out, _ = mlp_weights(model)
+    x = collect_activations(model, palindrome_dataset().train_tokens[:8], "blocks.0.mlp.hook_in").flatten(0, 1)[:64]
+    weights, mlp_pre, active_in, active_out = part7.random_circuit_case(W_in, b_in, W_out, x, d_sae=32 * W_in.shape[0], k=32)
+    products = part7.latent_products(weights)
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        print(f"\nPart 7 on {device}, {threads} thread(s)")
+        loop = measure(lambda: part7.jacobian_loop(weights, mlp_pre, active_in, active_out), device, warmup=1, min_runs=5, budget_seconds=0.0)
+        vectorised = measure(lambda: part7.jacobian_vectorised(products, mlp_pre, active_in, active_out), device, min_runs=50)
+        once = measure(lambda: part7.latent_products(weights), device, min_runs=50)
+        print(f"  Jacobian, 64 tokens, k 32, d_sae {32 * W_in.shape[0]}: loop {loop}")
+        print(f"  {'':<40}vectorised {vectorised}")
+        print(f"  {'':<40}latent_products {once}")
+        print(f"  speed-up {loop.median / vectorised.median:.0f}x ({loop.median / (vectorised.median + once.median):.0f}x counting latent_products)")
+        rows = part7.decoder_benchmark(device, d_in=768, d_sae=49_152, settings=[(64, 32)], warmup=3, min_runs=20, budget_seconds=2.0)
+        for row in rows:
+            memory = "n/a" if row["peak_bytes"] is None else format_bytes(row["peak_bytes"])
+            print(f"  decode, d_sae 49,152, k 32, 64 tokens, {row['decoder']:<24} median {row['median'] * 1e3:8.3f} ms"
+                  f" (IQR {row['q1'] * 1e3:.3f} to {row['q3'] * 1e3:.3f}, {row['runs']} runs), peak +{memory}")
+        medians = {row["decoder"]: row["median"] for row in rows}
+        print(f"  gather is {medians['dense scatter + matmul'] / medians['gather k rows']:.0f}x faster than dense", flush=True)
+    torch.set_num_threads(default_threads)
+
+
 def notebook_seconds(part: str, *, fast: bool) -> float:
     result = execute_notebook(ROOT / "solutions" / f"{part}.ipynb", fast=fast)
     if result.error is not None:
@@ -110,6 +146,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="*", help="notebook number prefixes, e.g. 01 04 (default: all)")
     parser.add_argument("--skip-notebooks", action="store_true")
     parser.add_argument("--sae", action="store_true", help="also run Part 4's SAE recovery benchmark (about 6 minutes)")
+    parser.add_argument("--circuits", action="store_true", help="also run Part 7's Jacobian and sparse-decoding benchmarks (about a minute)")
     args = parser.parse_args()
     os.environ["TQDM_DISABLE"] = "1"
     print(f"torch {torch.__version__}, device {get_device()}, {os.cpu_count()} CPUs")
@@ -122,6 +159,8 @@ def main() -> None:
     torch.set_num_threads(default_threads)
     if args.sae:
         toy_sae_recovery()
+    if args.circuits:
+        circuit_benchmarks()
 
     if args.skip_notebooks:
         return

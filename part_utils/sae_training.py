@@ -1,7 +1,8 @@
 """Training loop for SAEs on toy data, with dead-latent resampling and a log for animations.
 
 The SAE supplies `generate_batch(batch_size)`, `forward(h) -> (loss_dict, loss, acts, h_reconstructed)`,
-`resample_simple` / `resample_advanced` (each returning which latents it resampled),
+`resample_simple` / `resample_advanced` (each returning which latents it resampled), optionally
+`reset_latent_state(resampled)` for per-latent state beyond the weights (called after each resampling),
 `W_dec_normalized` and `latent_axes()` (which axis of each parameter indexes latents, so
 the optimiser's moments of resampled latents can be reset). Like the toy-model loop, it
 reads nothing back from the device except at log and resample steps.
@@ -90,11 +91,13 @@ def train_sae(
     batch_size: int = 1024,
     lr: float = 1e-3,
     lr_schedule: LearningRateSchedule = constant_lr,
+    sparsity_schedule: LearningRateSchedule = constant_lr,
     resample_method: ResampleMethod = None,
     resample_every: int = 2_500,
     resample_window: int = 500,
     resample_scale: float = 0.5,
     resample_redundant_above: float | None = None,
+    resample_rarer_than: float | None = None,
     log_every: int = 100,
     sample_size: int = 1024,
     description: str = "training SAE",
@@ -104,19 +107,24 @@ def train_sae(
 
     A latent is dead if it did not fire once in the last `resample_window` steps before a
     resampling step. With `resample_redundant_above`, a live latent whose decoder direction
-    has cosine similarity above that value with a more active latent is resampled too.
+    has cosine similarity above that value with a more active latent is resampled too; with
+    `resample_rarer_than`, so is a latent that fired on a smaller fraction of the window's inputs.
     No resampling in the last `resample_window` steps' worth of training before the end.
+    `sparsity_schedule` scales the SAE's sparsity coefficient per step (a warm-up from 0 keeps
+    the penalty from killing latents before they have found anything to reconstruct).
     """
     optimizer = make_adam(sae.parameters(), lr)
     with torch.no_grad():
         h_sample = sae.generate_batch(sample_size)
     log = SAETrainingLog(h_sample=h_sample.cpu())
-    fired = None
+    fire_counts, window_inputs = None, 0
     resampled_since_log = None
     progress = progress_bar(range(steps), description)
+    sparsity_coeff = sae.cfg.sparsity_coeff
     for step in progress:
         step_lr = lr * lr_schedule(step, steps)
         set_learning_rate(optimizer, step_lr)
+        sae.cfg.sparsity_coeff = sparsity_coeff * sparsity_schedule(step, steps)
         h = sae.generate_batch(batch_size)
         _, loss, acts, _ = sae(h)
         optimizer.zero_grad(set_to_none=True)
@@ -127,10 +135,13 @@ def train_sae(
             steps_to_resample = resample_every - (step + 1) % resample_every
             in_window = steps_to_resample < resample_window or steps_to_resample == resample_every
             if in_window:
-                batch_fired = (acts.detach() > 0).any(dim=0)
-                fired = batch_fired if fired is None else fired | batch_fired
-            if (step + 1) % resample_every == 0 and step + 1 < steps - resample_window and fired is not None:
-                frac_active = fired.float()
+                batch_counts = (acts.detach() > 0).sum(dim=0)
+                fire_counts = batch_counts if fire_counts is None else fire_counts + batch_counts
+                window_inputs += batch_size
+            if (step + 1) % resample_every == 0 and step + 1 < steps - resample_window and fire_counts is not None:
+                frac_active = fire_counts / window_inputs
+                if resample_rarer_than is not None:
+                    frac_active = frac_active.masked_fill(frac_active < resample_rarer_than, 0.0)
                 if resample_redundant_above is not None:
                     with torch.no_grad():
                         redundant = redundant_latents(sae.W_dec_normalized, _firing_rates(sae, h), resample_redundant_above)
@@ -139,7 +150,7 @@ def train_sae(
                 reset_adam_moments(optimizer, sae, resampled)
                 log.resample_counts.append(int(resampled.sum()))
                 resampled_since_log = resampled if resampled_since_log is None else resampled_since_log | resampled
-                fired = None
+                fire_counts, window_inputs = None, 0
 
         if step % log_every == 0 or step == steps - 1:
             snapshot = _snapshot(sae, step, log.h_sample, resampled_since_log)
@@ -149,16 +160,21 @@ def train_sae(
             if on_log is not None:
                 on_log(snapshot)
             progress.set_postfix(loss=f"{log.losses[-1]:.4g}", lr=f"{step_lr:.2g}")
+    sae.cfg.sparsity_coeff = sparsity_coeff
     return log
 
 
 def _resample(sae: Any, method: str, frac_active: Tensor, resample_scale: float) -> Tensor:
+    """Resample, then let the SAE reset any per-latent state of its own (thresholds, counters...)."""
+    if method not in ("simple", "advanced"):
+        raise ValueError(f"resample_method must be None, 'simple' or 'advanced', got {method!r}")
     with torch.no_grad():
-        if method == "simple":
-            return sae.resample_simple(frac_active, resample_scale)
-        if method == "advanced":
-            return sae.resample_advanced(frac_active, resample_scale)
-    raise ValueError(f"resample_method must be None, 'simple' or 'advanced', got {method!r}")
+        resample = sae.resample_simple if method == "simple" else sae.resample_advanced
+        resampled = resample(frac_active, resample_scale)
+        reset_latent_state = getattr(sae, "reset_latent_state", None)
+        if reset_latent_state is not None:
+            reset_latent_state(resampled)
+    return resampled
 
 
 @torch.no_grad()

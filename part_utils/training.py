@@ -32,6 +32,14 @@ def cosine_decay_lr(step: int, steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
+def warmup_cosine_lr(step: int, steps: int, warmup_fraction: float = 0.05) -> float:
+    """Linear warm-up over the first steps (Adam's early updates are noisy), then cosine decay."""
+    warmup = max(1, int(steps * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    return cosine_decay_lr(step - warmup, steps - warmup)
+
+
 class SelfSupervisedModel(Protocol):
     """What the loop needs: a model that samples its own batches and scores its outputs."""
 

@@ -350,8 +350,8 @@ plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency p
 # %% [markdown]
 # ## 4. Simple resampling
 #
-# Every `resample_every` steps, `train_sae` passes you the fraction of the last
-# `resample_window` steps in which each latent fired, `frac_active_in_window [inst, d_sae]`.
+# Every `resample_every` steps, `train_sae` passes you the fraction of the inputs of the last
+# `resample_window` steps on which each latent fired, `frac_active_in_window [inst, d_sae]`.
 # A latent with zero there is dead. Give each dead latent a fresh start:
 #
 # - decoder row: a random direction of unit norm;

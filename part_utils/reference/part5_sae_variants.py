@@ -31,17 +31,10 @@ class GatedToySAE(ToySAE):
     def latent_axes(self) -> dict[str, int]:
         return {**super().latent_axes(), "r_mag": 1, "b_mag": 1}
 
-    def resample_simple(self, frac_active_in_window: Tensor, resample_scale: float) -> Tensor:
-        return self._reset_magnitudes(super().resample_simple(frac_active_in_window, resample_scale))
-
-    def resample_advanced(self, frac_active_in_window: Tensor, resample_scale: float, batch_size: int = 4_096) -> Tensor:
-        return self._reset_magnitudes(super().resample_advanced(frac_active_in_window, resample_scale, batch_size))
-
-    def _reset_magnitudes(self, resampled: Bool[Tensor, "inst d_sae"]) -> Bool[Tensor, "inst d_sae"]:
+    def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
         """A resampled latent starts with W_mag = W_gate and no magnitude bias."""
         self.r_mag.data[resampled] = 0.0
         self.b_mag.data[resampled] = 0.0
-        return resampled
 
 
 def gated_forward(
@@ -137,15 +130,9 @@ class JumpReLUToySAE(ToySAE):
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
         return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
 
-    def resample_simple(self, frac_active_in_window: Tensor, resample_scale: float) -> Tensor:
-        return self._reset_thresholds(super().resample_simple(frac_active_in_window, resample_scale))
-
-    def resample_advanced(self, frac_active_in_window: Tensor, resample_scale: float, batch_size: int = 4_096) -> Tensor:
-        return self._reset_thresholds(super().resample_advanced(frac_active_in_window, resample_scale, batch_size))
-
-    def _reset_thresholds(self, resampled: Bool[Tensor, "inst d_sae"]) -> Bool[Tensor, "inst d_sae"]:
+    def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
+        """A resampled latent starts from the initial threshold, not the dead latent's."""
         self.log_threshold.data[resampled] = math.log(self.cfg.initial_threshold)
-        return resampled
 
 
 def remove_parallel_component(grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
@@ -249,15 +236,9 @@ class TopKToySAE(ToySAE):
             acts[:, instances] = activation(pre_acts[:, instances], k)
         return acts
 
-    def resample_simple(self, frac_active_in_window: Tensor, resample_scale: float) -> Tensor:
-        return self._reset_counts(super().resample_simple(frac_active_in_window, resample_scale))
-
-    def resample_advanced(self, frac_active_in_window: Tensor, resample_scale: float, batch_size: int = 4_096) -> Tensor:
-        return self._reset_counts(super().resample_advanced(frac_active_in_window, resample_scale, batch_size))
-
-    def _reset_counts(self, resampled: Bool[Tensor, "inst d_sae"]) -> Bool[Tensor, "inst d_sae"]:
+    def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
+        """A resampled latent gets a fresh dead-latent count, so AuxK leaves it alone at first."""
         self.steps_since_fired[resampled] = 0
-        return resampled
 
     def forward(
         self, h: Float[Tensor, "batch inst d_in"]

@@ -57,15 +57,22 @@ def executed_solution(part: str) -> ExecutionResult:
     return result
 
 
+TIMING_CELL = "# Timings vary from run to run."
+
+
 def _figure_data_and_text(notebook: nbformat.NotebookNode) -> list[object]:
-    """What a learner sees, minus plotly's random div ids: printed text and figure data."""
+    """What a learner sees, minus plotly's random div ids: printed text (joined per cell, since the
+    kernel may flush one cell's prints in several pieces) and figure data. Cells that start with
+    TIMING_CELL show measured times, which differ between runs by nature, and are left out."""
     seen = []
     for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.output_type == "stream":
-                seen.append(output.text)
-            elif "application/vnd.plotly.v1+json" in output.get("data", {}):
-                seen.append(output.data["application/vnd.plotly.v1+json"]["data"])
+        if cell.cell_type != "code" or cell.source.startswith(TIMING_CELL):
+            continue
+        outputs = cell.get("outputs", [])
+        text = "".join(output.text for output in outputs if output.output_type == "stream")
+        if text:
+            seen.append(text)
+        seen += [output.data["application/vnd.plotly.v1+json"]["data"] for output in outputs if "application/vnd.plotly.v1+json" in output.get("data", {})]
     return seen
 
 
