@@ -165,3 +165,172 @@ plot_features_in_Nd(
 #
 # Next, Part 4 turns the question round: given only the hidden vectors, can a sparse
 # autoencoder find the features?
+
+# %% [markdown]
+# ## Bonus (optional): superposition, memorisation and double descent
+#
+# Everything so far trained on a fresh batch every step, so the model could never memorise
+# anything. Anthropic's follow-up ("Superposition, Memorization, and Double Descent") asks
+# what happens when the training set is *fixed*: `T` examples, seen again at every step.
+#
+# The setup here is a scaled-down version sized for a CPU: 200 features, only **2** hidden
+# dimensions, each feature active with probability 0.02 (about 4 active features per input,
+# each uniform on [0, 1]), and every input rescaled to unit length. The model is
+# `h = W x`, `x' = ReLU(Wᵀh + b)`, trained full-batch on its `T` examples for 5,000 steps of
+# AdamW (weight decay 0.01, learning rate 3e-3 with a short warm-up and cosine decay). We
+# sweep `T` from 5 to 1,000, three seeds per `T`, and measure the loss on 4,000 *fresh*
+# inputs. The code is in `part_utils/double_descent.py`; there is no exercise in this section.
+#
+# **Cost, and the switch.** Training the full sweep takes about a minute on one CPU core,
+# so by default this section loads its saved result from
+# `section_data/part3_double_descent.npz` (made by `python -m part_utils.double_descent`
+# with exactly the code and settings below). Set `RUN_DOUBLE_DESCENT = True` to train it
+# yourself (about 1 minute). In fast mode a tiny version trains instead (three values of
+# `T`, one seed, 400 steps), just to exercise the code: its
+# figures are not meaningful, and the description below is of the full sweep.
+
+# %%
+from plotly.subplots import make_subplots
+
+from part_utils.double_descent import DoubleDescentConfig, load_sweep, run_sweep
+
+RUN_DOUBLE_DESCENT = False  # True: train the full sweep here (about 1 minute) instead of loading the saved one
+
+if FAST_MODE:
+    dd_config = DoubleDescentConfig(steps=400)
+    dd_sweep = run_sweep(sizes=(5, 50, 500), seeds=(0,), cfg=dd_config, geometry_sizes=(5, 500))
+elif RUN_DOUBLE_DESCENT:
+    dd_config = DoubleDescentConfig()
+    dd_sweep = run_sweep(cfg=dd_config, verbose=True)
+else:
+    dd_sweep, dd_config = load_sweep()
+# (Only the saved sweep's training time is printed: a live time would differ on every run.)
+trained_or_loaded = "trained here" if FAST_MODE or RUN_DOUBLE_DESCENT else f"loaded (training took {dd_sweep.seconds:.0f} s)"
+print(f"{len(dd_sweep.sizes)} training-set sizes x {len(dd_sweep.seeds)} seeds, {trained_or_loaded}")
+
+# %% [markdown]
+# First the losses. The dotted line is the loss of a model that always outputs zero (for a
+# unit-length input it is 1; the line sits a little lower because about 2% of inputs have no
+# active feature at all).
+
+# %%
+dd_sizes = list(dd_sweep.sizes)
+zero_output_loss = 1 - (1 - dd_config.feature_probability) ** dd_config.n_features
+figure = go.Figure()
+for seed_index, seed in enumerate(dd_sweep.seeds):
+    figure.add_scatter(
+        x=dd_sizes,
+        y=dd_sweep.test_loss[:, seed_index].tolist(),
+        mode="markers",
+        marker={"color": "#d62728", "size": 7, "opacity": 0.45},
+        name="test loss, each seed",
+        showlegend=seed_index == 0,
+    )
+figure.add_scatter(x=dd_sizes, y=dd_sweep.test_loss.mean(1).tolist(), mode="lines+markers", line={"color": "#d62728"}, name="test loss, mean")
+figure.add_scatter(x=dd_sizes, y=dd_sweep.train_loss.mean(1).tolist(), mode="lines+markers", line={"color": "#1f77b4"}, name="train loss, mean")
+figure.add_hline(y=zero_output_loss, line={"dash": "dot", "color": "#777"}, annotation_text="output zero", annotation_position="bottom right")
+figure.update_layout(
+    title="Test loss against training-set size (200 features, 2 dimensions)",
+    xaxis={"title": "training examples T", "type": "log"},
+    yaxis={"title": "loss per input (summed over features)"},
+    height=450,
+    width=850,
+)
+figure.show()
+column_norms = dd_sweep.W.norm(dim=2)  # [sizes, seeds, feats]
+for i, size in enumerate(dd_sizes):
+    print(
+        f"T = {size:>5}: train {dd_sweep.train_loss[i].mean():.3f}, test {dd_sweep.test_loss[i].mean():.3f}"
+        f" | longest column of W {column_norms[i].amax(-1).mean():.2f},"
+        f" columns longer than 0.5: {(column_norms[i] > 0.5).sum(-1).float().mean():.0f} (means over seeds)"
+    )
+
+# %% [markdown]
+# **What to look for.** Training loss (blue) climbs with `T`: five examples can be stored
+# almost perfectly in two dimensions, a thousand cannot. Test loss (red) does not fall
+# steadily as `T` grows. With 5 examples it sits just below the zero-output line. For every
+# `T` from 10 to 200 the mean is *above* that line, highest at `T = 100` (about 1.7, over
+# one and a half times the line): the model is then worse on new inputs than a model that
+# outputs nothing. From `T = 500` on it falls again, to about 0.95, below its value at
+# `T = 5`. That rise and second fall is **double descent**. The curve is bumpy in the middle
+# (`T = 50` is lower than its neighbours) and the seeds scatter widely near the peak, since
+# the loss depends on which features happen to share training examples; but each seed's
+# highest test loss is at `T = 100` or `200`, and each ends lower than it started.
+#
+# The printout shows what the model does with its weights. At `T = 5` and at `T ≥ 500` about
+# a dozen columns of `W` or fewer are longer than 0.5, and none is much longer than 1; for
+# `T` from 20 to 200, 50 to 80 columns are that long and the longest is about 2.5 to 3.5.
+#
+# The figures below show why: two different kinds of solution, one at each end.
+
+# %%
+small_size, large_size = dd_sweep.sizes[0], dd_sweep.sizes[-1]
+geometry = make_subplots(
+    rows=2,
+    cols=2,
+    subplot_titles=[
+        f"T = {small_size}: training examples W x",
+        f"T = {small_size}: features (columns of W)",
+        f"T = {large_size}: training examples W x",
+        f"T = {large_size}: features (columns of W)",
+    ],
+    horizontal_spacing=0.08,
+    vertical_spacing=0.1,
+)
+for row, size in enumerate((small_size, large_size), start=1):
+    points = {1: dd_sweep.example_hidden[size], 2: dd_sweep.W[dd_sizes.index(size), 0].T}  # first seed
+    for col, vectors in points.items():
+        for x, y in vectors.tolist():  # a faint line from the origin to every point
+            geometry.add_scatter(x=[0, x], y=[0, y], mode="lines", line={"color": "#bbb", "width": 1}, showlegend=False, row=row, col=col)
+        geometry.add_scatter(
+            x=vectors[:, 0].tolist(),
+            y=vectors[:, 1].tolist(),
+            mode="markers",
+            marker={"size": 6, "opacity": 0.6, "color": "#2ca02c" if col == 1 else "#9467bd"},
+            showlegend=False,
+            row=row,
+            col=col,
+        )
+limit = 1.1 * max(float(v.abs().max()) for v in (*dd_sweep.example_hidden.values(), dd_sweep.W[:, 0]))
+geometry.update_xaxes(range=[-limit, limit], zeroline=False)
+geometry.update_yaxes(range=[-limit, limit], zeroline=False, scaleanchor="x")
+geometry.update_layout(title="What the 2 hidden dimensions hold: memorising (top) vs generalising (bottom)", height=800, width=800)
+geometry.show()
+
+
+def describe_arrangement(vectors: torch.Tensor, threshold: float = 0.5) -> str:
+    """How many vectors are longer than `threshold`, and the angles (degrees) of those directions."""
+    long_ = vectors[vectors.norm(dim=1) > threshold]
+    angles = sorted({round(a) for a in torch.rad2deg(torch.atan2(long_[:, 1], long_[:, 0])).tolist()})
+    return f"{len(long_)} of {len(vectors)} longer than {threshold}; angles {angles}"
+
+
+for size in (small_size, large_size):
+    print(f"T = {size}: examples: {describe_arrangement(dd_sweep.example_hidden[size])}")
+    print(f"T = {size}: features: {describe_arrangement(dd_sweep.W[dd_sizes.index(size), 0].T)}")
+
+# %% [markdown]
+# **What to look for** (first seed of the full sweep).
+#
+# - **`T = 5`, memorising.** The five training examples' hidden vectors (top left) sit
+#   close to the corners of a regular pentagon, about 72° apart, all of similar length. The
+#   features (top right) do *not* form a polygon of their own: a dozen or so point along
+#   those same five directions, two or three per example (each along the direction of the
+#   example it occurs in), and the other features are close to zero. The model has stored the
+#   *examples* in superposition; a feature is represented only as "part of example k". A
+#   fresh input mixes features from different examples, or features the model never saw, so
+#   test loss is no better than outputting zero.
+# - **`T = 1000`, generalising.** Now the *features* form the polygon: six columns of `W` are
+#   long, at the corners of a hexagon (60° apart), and all the others have shrunk to near
+#   zero. The training examples (bottom left) are no longer arranged: about four in five sit
+#   next to the origin, and the rest lie along the six feature directions, because an example's
+#   hidden vector is the sum of its active features' columns. This solution works for any
+#   input, so test loss is close to training loss.
+# - **In between** the model is caught between the two: too many examples to store each as
+#   a corner of a polygon, too few for a handful of features to pay off. It keeps many long
+#   feature columns (the printout above), and on a new input those produce large, wrong
+#   outputs: the test-loss peak.
+#
+# The angle printout above shows the same thing in numbers. The original paper found this
+# with 10,000 features and far longer training; the switch from storing examples to storing
+# features, and the test-loss peak where it happens, survive the shrinking.
