@@ -30,12 +30,9 @@
 # %% tags=["workbook-setup"]
 
 # %%
-# TransformerLens is not preinstalled on Colab (locally, `workbook.py` installed it).
-import subprocess
-import sys
+from part_utils.colab import install_on_colab
 
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "transformer-lens>=4.3,<5"], check=True)
+install_on_colab("transformer-lens>=4.3,<5")  # not preinstalled on Colab
 
 # %% tags=["reference"]
 from collections.abc import Callable
@@ -131,7 +128,7 @@ accuracy = per_position_accuracy(model, data.test_tokens)
 labels = [f"pos {p} predicts token {p + 1}" for p in range(len(accuracy))]
 colours = ["#2a9d8f" if p in MIRRORED_POSITIONS else "#adb5bd" for p in range(len(accuracy))]
 fig = go.Figure(go.Bar(x=labels, y=accuracy.numpy(), marker_color=colours, text=[f"{a:.3f}" for a in accuracy.tolist()], textposition="outside"))
-fig.update_layout(title="Next-token accuracy on held-out strings (green: determined by the first half)", yaxis_range=[0, 1.1], height=380, width=760)
+fig.update_layout(title="Next-token accuracy on held-out strings (green: the mirrored half and the end token)", yaxis_range=[0, 1.1], height=380, width=760)
 fig.show()
 print(f"accuracy on the mirrored half and the end token (held out): {mirrored_accuracy(model, data.test_tokens):.4f}")
 

@@ -35,6 +35,11 @@
 
 # %% tags=["workbook-setup"]
 
+# %%
+from part_utils.colab import install_on_colab
+
+install_on_colab("transformer-lens>=4.3,<5")  # not preinstalled on Colab
+
 # %% tags=["reference"]
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -593,8 +598,9 @@ plot_timings([row for row in decoder_rows if row["tokens"] == 64], x="k", series
 #   addition.
 # - Vectorised, it is two precomputable products, two gathers and one einsum: hundreds of
 #   times faster than loops, and equal to what autograd computes.
-# - The resulting `k_out × k_in` blocks are sparse: a few input latents drive each output
-#   latent, and the strongest connections can be read off in terms of the task.
+# - The resulting `k_out × k_in` blocks are sparser than chance (not extremely sparse at
+#   k = 8), and their strongest entries can be read off in terms of the task: mostly an
+#   input latent and an output latent about the same letter.
 # - Sparse codes should be decoded sparsely: gathering `k` rows (or a sparse matmul) beats a
 #   dense matmul by orders of magnitude at realistic widths, in time and in memory.
 # - Benchmark with warm-up, synchronisation, many runs, the median with its spread, and

@@ -125,3 +125,15 @@ def test_activation_source_serves_buffer_rows_to_every_instance():
     assert matches.any(dim=1).all(), "every sample is a row of the buffer"
     with pytest.raises(ValueError, match="flatten"):
         ActivationSource(torch.randn(4, 9, 6), n_inst=1)
+
+
+def test_install_on_colab_installs_only_in_colab(monkeypatch):
+    from part_utils import colab
+
+    calls = []
+    monkeypatch.setattr(colab.subprocess, "run", lambda command, check: calls.append(command))
+    colab.install_on_colab("transformer-lens>=4.3,<5")
+    assert calls == []
+    monkeypatch.setitem(colab.sys.modules, "google.colab", object())
+    colab.install_on_colab("transformer-lens>=4.3,<5")
+    assert calls and calls[0][-1] == "transformer-lens>=4.3,<5" and calls[0][1:4] == ["-m", "pip", "install"]
