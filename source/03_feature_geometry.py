@@ -322,8 +322,8 @@ for size in (small_size, large_size):
 #   test loss is no better than outputting zero.
 # - **`T = 1000`, generalising.** Now the *features* form the polygon: six columns of `W` are
 #   long, at the corners of a hexagon (60° apart), and all the others have shrunk to near
-#   zero. The training examples (bottom left) are no longer arranged: about four in five sit
-#   next to the origin, and the rest lie along the six feature directions, because an example's
+#   zero. The training examples (bottom left) are no longer arranged: about nine in ten are
+#   shorter than 0.5, and most of the rest lie along the six feature directions, because an example's
 #   hidden vector is the sum of its active features' columns. This solution works for any
 #   input, so test loss is close to training loss.
 # - **In between** the model is caught between the two: too many examples to store each as

@@ -65,6 +65,7 @@ from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.palindromes import MIRRORED_POSITIONS, SEQUENCE_LENGTH, load_palindrome_model, mlp_weights, palindrome_dataset
 from part_utils.plotting.benchmarks import plot_timings, timing_table
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
+from part_utils.reference.part6_sae_transformer import firing_frequency, fraction_variance_explained
 from part_utils.seeding import seed_everything
 from part_utils.timing import format_bytes, format_seconds
 from part_utils.training import cosine_decay_lr
@@ -125,8 +126,8 @@ def train_topk_sae(activations: Float[Tensor, "tokens d_model"], name: str) -> T
 @torch.no_grad()
 def sae_quality(sae: TopKToySAE, activations: Float[Tensor, "tokens d_model"]) -> str:
     _, _, acts, reconstruction = sae(activations[:, None, :])
-    fvu = (reconstruction[:, 0] - activations).pow(2).sum() / (activations - activations.mean(dim=0)).pow(2).sum()
-    dead = int(((acts[:, 0] > 0).sum(dim=0) == 0).sum())
+    fvu = 1 - fraction_variance_explained(activations, reconstruction[:, 0])
+    dead = int((firing_frequency(acts[:, 0]) == 0).sum())
     return f"fraction of variance unexplained {fvu:.4f}, dead latents {dead} of {d_sae}"
 
 
