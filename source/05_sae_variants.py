@@ -294,10 +294,13 @@ class JumpReLUToySAE(ToySAE):
         h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
         loss_dict = {
             "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
-            "L_sparsity": Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1),
+            "L_sparsity": self.l0(pre_acts, threshold),
         }
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
         return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
+
+    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+        return Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
     def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
         """A resampled latent starts from the initial threshold, not the dead latent's."""
@@ -773,12 +776,17 @@ for name, (sae_class, settings) in topk_settings.items():
 
 
 # %% tags=["reference"]
+def count_recovered(report: dict[str, Any], n_features: int) -> int:
+    """Instances that found every feature at cosine ≥ 0.99 and have no dead latent."""
+    return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
+
+
 def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
     """One row per architecture and setting, averaged over its instances."""
     rows = []
     for name, settings in results.items():
         for report in settings:
-            recovered = int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
+            recovered = count_recovered(report, n_features)
             rows.append(
                 {
                     "architecture": name,
@@ -849,7 +857,8 @@ pareto.show()
 #   threshold cannot stop a latent firing on one of its two features without the other,
 #   since their pre-activations overlap; BatchTopK has no penalty at all. TopK with k = 1
 #   fires at most one latent per input, so it cannot form pair codes; its failures are
-#   latents left between two features when a neighbour wins every input of both.
+#   latents left between two features when a neighbour wins every input of both. The
+#   section after the question tests this explanation for JumpReLU.
 # - **Dead latents** are rare: none at the end of training except TopK's 0.19 per instance
 #   on average. Resampling (and AuxK for the TopK family) revives them.
 #
@@ -861,6 +870,78 @@ pareto.show()
 # frontier is necessary, not sufficient, which is why interpretability work also inspects
 # latents by hand.
 # </details>
+#
+# ### Testing the diagnosis: let the L0 reach the encoder
+#
+# If JumpReLU settles on pair codes because nothing on the sparsity side reaches the
+# encoder, then giving its L0 term a path to the pre-activations should fix it. The change
+# is one line in the step function's backward pass. `H(z - θ)` depends on `z - θ`, so the
+# natural pseudo-derivative for z is the negative of the one for θ: `+(1/ε) K((z - θ)/ε)`.
+# An input whose pre-activation sits just above a latent's threshold now pushes that
+# pre-activation down, which is the pressure the L1 and Gated SAEs put on their encoders.
+#
+# This is **not** the reference method: Google DeepMind's step function has ∂H/∂z = 0, and
+# the parity test above depends on it. We train it here only to test the explanation, at
+# JumpReLU's best setting (λ = 0.1) with everything else unchanged.
+
+# %% tags=["reference"]
+class HeavisideThroughInput(torch.autograd.Function):
+    """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
+        z, threshold = ctx.saved_tensors
+        grad_z = rectangle((z - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_output
+        return grad_z, (-grad_z).sum_to_size(threshold.shape), None
+
+
+class JumpReLUEncoderL0ToySAE(JumpReLUToySAE):
+    """The JumpReLU toy SAE whose L0 penalty also trains the encoder."""
+
+    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+        return HeavisideThroughInput.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
+
+
+# %%
+diagnosis_coeff = 0.1
+seed_everything(1)
+coeffs = torch.full((n_per_setting,), diagnosis_coeff, device=device)
+sae = JumpReLUEncoderL0ToySAE(
+    JumpReLUToySAEConfig(n_inst=n_per_setting, d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), make_toy_model(n_per_setting)
+)
+train_variant(sae, "JumpReLU, L0 gradient to z")
+comparison = {
+    "reference estimator (∂H/∂z = 0)": next(r for r in results["JumpReLU"] if r["setting"] == f"λ={diagnosis_coeff:g}"),
+    "L0 gradient reaches z": variant_report(sae, feature_directions_for(n_per_setting)),
+}
+for label, report in comparison.items():
+    print(
+        f"JumpReLU λ={diagnosis_coeff:g}, {label:<32} recovered {count_recovered(report, n_features):>2}/{n_per_setting}"
+        f"  MMCS {report['mmcs'].mean():.4f}  L0 {report['l0'].mean():.3f}  FVU {report['fvu'].mean():.4f}"
+        f"  shrinkage {report['shrinkage'].mean():.3f}"
+    )
+
+# %% [markdown]
+# In our full-mode run the change lifts JumpReLU at λ = 0.1 from 3 to **16 of 16** instances
+# with all five features (MMCS 0.944 → 0.9999), and L0 falls from 0.111 to 0.066, since a
+# pair code fires two latents where one latent per feature fires one. The price
+# shows too: FVU rises from 0.086 to 0.137 and shrinkage comes back (0.83, against 0.98),
+# because the same gradient pulls down every pre-activation just above its threshold, much
+# as an L1 penalty would near the threshold. Neither estimator is simply right: the
+# reference one keeps reconstructions full-length and lets this toy's features blur into
+# pairs; the variant finds the features and shortens them.
+#
+# BatchTopK has no penalty that could be redirected this way. What gives it a way out is
+# room. Try it: where the sweep above builds the TopK family, change `d_sae=5` to 20 (about
+# two minutes more) and compare BatchTopK's MMCS, recovered and FVU columns with the run
+# above. SAEs on real models are always much wider than the features they must find, as in
+# Part 6.
 #
 # ### BatchTopK at inference
 #
@@ -908,7 +989,9 @@ for name in ("Gated", "JumpReLU"):
 #   the gate only, and an auxiliary loss teaches the gate through a detached decoder.
 # - JumpReLU SAEs learn a threshold per latent and pay for L0 directly, trained through
 #   straight-through pseudo-derivatives; your implementation matches Google DeepMind's
-#   reference numbers, training included.
+#   reference numbers, training included. Their L0 reaches only the thresholds, so in this
+#   2D toy JumpReLU keeps pair codes; letting it reach the encoder recovers the features at
+#   the cost of some shrinkage.
 # - TopK fixes L0 per input and needs AuxK to keep latents alive; BatchTopK fixes it per
 #   batch, and its learned global threshold makes inference a JumpReLU.
 # - Folding decoder norms into the encoder is safe for ReLU but changes a TopK SAE.

@@ -125,10 +125,13 @@ class JumpReLUToySAE(ToySAE):
         h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
         loss_dict = {
             "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
-            "L_sparsity": Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1),
+            "L_sparsity": self.l0(pre_acts, threshold),
         }
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
         return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
+
+    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+        return Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
     def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
         """A resampled latent starts from the initial threshold, not the dead latent's."""
@@ -346,12 +349,17 @@ def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_
     return report
 
 
+def count_recovered(report: dict[str, Any], n_features: int) -> int:
+    """Instances that found every feature at cosine ≥ 0.99 and have no dead latent."""
+    return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
+
+
 def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
     """One row per architecture and setting, averaged over its instances."""
     rows = []
     for name, settings in results.items():
         for report in settings:
-            recovered = int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
+            recovered = count_recovered(report, n_features)
             rows.append(
                 {
                     "architecture": name,
@@ -366,6 +374,29 @@ def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list
                 }
             )
     return rows
+
+
+class HeavisideThroughInput(torch.autograd.Function):
+    """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
+        z, threshold = ctx.saved_tensors
+        grad_z = rectangle((z - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_output
+        return grad_z, (-grad_z).sum_to_size(threshold.shape), None
+
+
+class JumpReLUEncoderL0ToySAE(JumpReLUToySAE):
+    """The JumpReLU toy SAE whose L0 penalty also trains the encoder."""
+
+    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+        return HeavisideThroughInput.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
 
 @torch.no_grad()

@@ -66,3 +66,28 @@ def test_topk_sae_counts_dead_latents_only_in_training():
     loss = sae(h)[1]
     loss.backward()
     assert sae.steps_since_fired.max() <= 1
+
+
+def test_step_function_through_input_sends_the_threshold_gradient_to_z_with_opposite_sign():
+    # The hand-checkable case: only 1.4 and 1.6 lie within ε/2 of θ.
+    z = torch.tensor([1.0, 1.4, 1.6, 2.0], dtype=torch.float64, requires_grad=True)
+    threshold = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    reference.HeavisideThroughInput.apply(z, threshold, 0.5).sum().backward()
+    torch.testing.assert_close(z.grad, torch.tensor([0.0, 2.0, 2.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(threshold.grad, torch.tensor(-4.0, dtype=torch.float64))
+
+
+def test_encoder_l0_variant_differs_from_the_reference_sae_only_in_the_encoder_gradient():
+    seed_everything(3)
+    model = ToyModel(ToyModelConfig(n_inst=2, n_features=5, d_hidden=2), feature_probability=0.3)
+    cfg = reference.JumpReLUToySAEConfig(n_inst=2, d_in=2, d_sae=6, sparsity_coeff=0.5, bandwidth=0.5)
+    saes = [reference.JumpReLUToySAE(cfg, model), reference.JumpReLUEncoderL0ToySAE(cfg, model)]
+    saes[1].load_state_dict(saes[0].state_dict())
+    h = saes[0].generate_batch(256)
+    outputs = [sae(h) for sae in saes]
+    for output in outputs:
+        output[1].backward()
+    torch.testing.assert_close(outputs[1][1], outputs[0][1])
+    torch.testing.assert_close(saes[1].log_threshold.grad, saes[0].log_threshold.grad)
+    torch.testing.assert_close(saes[1]._W_dec.grad, saes[0]._W_dec.grad)
+    assert (saes[1].W_enc.grad - saes[0].W_enc.grad).abs().max() > 1e-3
