@@ -888,6 +888,8 @@ pareto.show()
 class HeavisideThroughInput(torch.autograd.Function):
     """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
 
+    # Written out rather than subclassing Heaviside, so that it does not rely on what your
+    # forward saves for backward.
     @staticmethod
     def forward(ctx: Any, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
