@@ -43,6 +43,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from part_utils.device import get_device
+from part_utils.methods import add_to_class
 
 # %%
 import ipywidgets as widgets
@@ -124,12 +125,14 @@ class ToyModel(nn.Module):
 # keeps this readable, e.g. `einsum(W, x, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")`;
 # a matmul works just as well.
 #
-# Each exercise is a function attached to the class in the same cell, so that you can write,
-# run and check one piece at a time.
+# Each exercise is one method, written in its own cell so that you can write, run and check
+# one piece at a time. The line `@add_to_class(ToyModel)` above it attaches the method to the
+# class as soon as the cell runs (it is `part_utils.methods.add_to_class`, three lines long).
 
 # %% tags=["reference"]
-def toy_model_forward(
-    self: ToyModel, features: Float[Tensor, "batch inst feats"]
+@add_to_class(ToyModel)
+def forward(
+    self, features: Float[Tensor, "batch inst feats"]
 ) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     hidden = einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")
@@ -137,8 +140,6 @@ def toy_model_forward(
     return F.relu(out + self.b_final)
     # END SOLUTION
 
-
-ToyModel.forward = toy_model_forward
 
 # %%
 checks.test_forward(ToyModel)
@@ -163,15 +164,14 @@ checks.test_forward(ToyModel)
 # </details>
 
 # %% tags=["reference"]
-def toy_model_generate_batch(self: ToyModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(ToyModel)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     draws = torch.rand(batch_size, self.cfg.n_inst, self.cfg.n_features, device=self.W.device)
     present = draws < self.feature_probability
     return torch.where(present, draws / self.feature_probability, 0.0)
     # END SOLUTION
 
-
-ToyModel.generate_batch = toy_model_generate_batch
 
 # %%
 checks.test_generate_batch(ToyModel)
@@ -194,8 +194,9 @@ checks.test_generate_batch(ToyModel)
 # </details>
 
 # %% tags=["reference"]
-def toy_model_calculate_loss(
-    self: ToyModel,
+@add_to_class(ToyModel)
+def calculate_loss(
+    self,
     out: Float[Tensor, "batch inst feats"],
     batch: Float[Tensor, "batch inst feats"],
 ) -> Float[Tensor, ""]:
@@ -204,8 +205,6 @@ def toy_model_calculate_loss(
     return weighted_error.mean(dim=(0, 2)).sum()
     # END SOLUTION
 
-
-ToyModel.calculate_loss = toy_model_calculate_loss
 
 # %%
 checks.test_calculate_loss(ToyModel)

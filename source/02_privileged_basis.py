@@ -32,6 +32,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
 
 # %%
@@ -57,15 +58,14 @@ class NeuronModel(ToyModel):
     """A toy model whose hidden layer has a ReLU: its neurons form a privileged basis."""
 
 
-def neuron_model_forward(self: NeuronModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronModel)
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     hidden = F.relu(einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
     out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)
     # END SOLUTION
 
-
-NeuronModel.forward = neuron_model_forward
 
 # %%
 checks.test_neuron_model_forward(NeuronModel)
@@ -144,15 +144,14 @@ class NeuronComputationModel(ToyModel):
 # ### Exercise 2: `forward`
 
 # %% tags=["reference"]
-def computation_forward(self: NeuronComputationModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronComputationModel)
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     hidden = F.relu(einsum(self.W1, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
     out = einsum(self.W2, hidden, "inst feats d_hidden, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)
     # END SOLUTION
 
-
-NeuronComputationModel.forward = computation_forward
 
 # %%
 checks.test_computation_forward(NeuronComputationModel)
@@ -163,7 +162,8 @@ checks.test_computation_forward(NeuronComputationModel)
 # Like Part 1, but a present feature's value is uniform on [-1, 1].
 
 # %% tags=["reference"]
-def computation_generate_batch(self: NeuronComputationModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronComputationModel)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     shape = (batch_size, self.cfg.n_inst, self.cfg.n_features)
     present = torch.rand(shape, device=self.b_final.device) < self.feature_probability
@@ -171,8 +171,6 @@ def computation_generate_batch(self: NeuronComputationModel, batch_size: int) ->
     return values * present
     # END SOLUTION
 
-
-NeuronComputationModel.generate_batch = computation_generate_batch
 
 # %%
 checks.test_computation_generate_batch(NeuronComputationModel)
@@ -183,15 +181,14 @@ checks.test_computation_generate_batch(NeuronComputationModel)
 # The target is `|x|`, not `x`.
 
 # %% tags=["reference"]
-def computation_calculate_loss(
-    self: NeuronComputationModel, out: Float[Tensor, "batch inst feats"], batch: Float[Tensor, "batch inst feats"]
+@add_to_class(NeuronComputationModel)
+def calculate_loss(
+    self, out: Float[Tensor, "batch inst feats"], batch: Float[Tensor, "batch inst feats"]
 ) -> Float[Tensor, ""]:
     # BEGIN SOLUTION
     return (self.importance * (batch.abs() - out).pow(2)).mean(dim=(0, 2)).sum()
     # END SOLUTION
 
-
-NeuronComputationModel.calculate_loss = computation_calculate_loss
 
 # %%
 checks.test_computation_calculate_loss(NeuronComputationModel)

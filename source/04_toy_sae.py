@@ -44,6 +44,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.sae_training import SAETrainingLog, train_sae
 
@@ -158,7 +159,8 @@ class ToySAE(nn.Module):
 # `model`'s device.
 
 # %% tags=["reference"]
-def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
+@add_to_class(ToySAE)
+def __init__(self, cfg: ToySAEConfig, model: ToyModel) -> None:
     nn.Module.__init__(self)
     # BEGIN SOLUTION
     assert cfg.d_in == model.cfg.d_hidden, "the SAE reads the model's hidden layer"
@@ -176,8 +178,6 @@ def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
     # END SOLUTION
 
 
-ToySAE.__init__ = toy_sae_init
-
 # %%
 checks.test_init(ToySAE)
 
@@ -188,13 +188,13 @@ checks.test_init(ToySAE)
 # `cfg.weight_normalize_eps` to the norm so that a zero row cannot divide by zero.
 
 # %% tags=["reference"]
-def toy_sae_W_dec_normalized(self: ToySAE) -> Float[Tensor, "inst d_sae d_in"]:
+@add_to_class(ToySAE)
+@property
+def W_dec_normalized(self) -> Float[Tensor, "inst d_sae d_in"]:
     # BEGIN SOLUTION
     return self.W_dec / (self.W_dec.norm(dim=-1, keepdim=True) + self.cfg.weight_normalize_eps)
     # END SOLUTION
 
-
-ToySAE.W_dec_normalized = property(toy_sae_W_dec_normalized)
 
 # %%
 checks.test_W_dec_normalized(ToySAE)
@@ -206,14 +206,13 @@ checks.test_W_dec_normalized(ToySAE)
 # `generate_batch` and return `h = W x` for each instance, shape `[batch, inst, d_in]`.
 
 # %% tags=["reference"]
-def toy_sae_generate_batch(self: ToySAE, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
+@add_to_class(ToySAE)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
     # BEGIN SOLUTION
     features = self.model.generate_batch(batch_size)
     return einsum(self.model.W, features, "inst d_in feats, batch inst feats -> batch inst d_in")
     # END SOLUTION
 
-
-ToySAE.generate_batch = toy_sae_generate_batch
 
 # %%
 checks.test_generate_batch(ToySAE)
@@ -232,8 +231,9 @@ checks.test_generate_batch(ToySAE)
 # `self.W_dec_normalized`.
 
 # %% tags=["reference"]
-def toy_sae_forward(
-    self: ToySAE, h: Float[Tensor, "batch inst d_in"]
+@add_to_class(ToySAE)
+def forward(
+    self, h: Float[Tensor, "batch inst d_in"]
 ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
     # BEGIN SOLUTION
     h_centred = h - self.b_dec
@@ -247,8 +247,6 @@ def toy_sae_forward(
     return loss_dict, loss, acts, h_reconstructed
     # END SOLUTION
 
-
-ToySAE.forward = toy_sae_forward
 
 # %%
 checks.test_forward(ToySAE)
@@ -365,8 +363,9 @@ plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency p
 # the decoder row too. Work in place on `.data` (the method runs under `torch.no_grad()`).
 
 # %% tags=["reference"]
-def toy_sae_resample_simple(
-    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float
+@add_to_class(ToySAE)
+def resample_simple(
+    self, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float
 ) -> Bool[Tensor, "inst d_sae"]:
     # BEGIN SOLUTION
     dead = frac_active_in_window < 1e-8
@@ -380,8 +379,6 @@ def toy_sae_resample_simple(
     return dead
     # END SOLUTION
 
-
-ToySAE.resample_simple = toy_sae_resample_simple
 
 # %%
 checks.test_resample_simple(ToySAE)
@@ -427,8 +424,9 @@ animate_sae_training(log_simple, feature_directions, instances=range(8), title="
 # </details>
 
 # %% tags=["reference"]
-def toy_sae_resample_advanced(
-    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float, batch_size: int = 4_096
+@add_to_class(ToySAE)
+def resample_advanced(
+    self, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float, batch_size: int = 4_096
 ) -> Bool[Tensor, "inst d_sae"]:
     # BEGIN SOLUTION
     dead = frac_active_in_window < 1e-8
@@ -453,8 +451,6 @@ def toy_sae_resample_advanced(
     return resampled
     # END SOLUTION
 
-
-ToySAE.resample_advanced = toy_sae_resample_advanced
 
 # %%
 checks.test_resample_advanced(ToySAE)

@@ -47,6 +47,7 @@ from einops import einsum
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_report
 
@@ -148,8 +149,9 @@ class GatedToySAE(ToySAE):
         self.b_mag.data[resampled] = 0.0
 
 
-def gated_forward(
-    self: GatedToySAE, h: Float[Tensor, "batch inst d_in"]
+@add_to_class(GatedToySAE)
+def forward(
+    self, h: Float[Tensor, "batch inst d_in"]
 ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
     # BEGIN SOLUTION
     h_centred = h - self.b_dec
@@ -169,8 +171,6 @@ def gated_forward(
     return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
     # END SOLUTION
 
-
-GatedToySAE.forward = gated_forward
 
 # %%
 checks.test_gated_forward(GatedToySAE)
@@ -509,8 +509,9 @@ class TopKToySAE(ToySAE):
 # with `dead` a boolean `[inst, d_sae]`; use `self.cfg.k_aux` and `self.W_dec_normalized`.
 
 # %% tags=["reference"]
-def topk_auxk_loss(
-    self: TopKToySAE,
+@add_to_class(TopKToySAE)
+def auxk_loss(
+    self,
     pre_acts: Float[Tensor, "batch inst d_sae"],
     h: Float[Tensor, "batch inst d_in"],
     h_reconstructed: Float[Tensor, "batch inst d_in"],
@@ -526,8 +527,6 @@ def topk_auxk_loss(
     return (residual_hat - residual).pow(2).mean(dim=-1) * scale
     # END SOLUTION
 
-
-TopKToySAE.auxk_loss = topk_auxk_loss
 
 # %%
 checks.test_auxk_loss(TopKToySAE)

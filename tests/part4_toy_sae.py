@@ -151,7 +151,7 @@ def test_generate_batch(learner: object) -> str:
     actual = expect_tensor(output, (batch, N_INST, D_IN), what="generate_batch", axes="batch, inst, d_in")
     torch.set_rng_state(state)
     with torch.no_grad():
-        expected = reference.toy_sae_generate_batch(sae, batch).cpu().double()
+        expected = reference.ToySAE.generate_batch(sae, batch).cpu().double()
     if close(actual, expected):
         return "h = W x from the model's own features"
     # Drawn differently (e.g. another random call order): compare what h must look like on average.
@@ -354,7 +354,7 @@ def _candidate_sae() -> tuple[reference.ToySAE, Tensor, Tensor, Tensor]:
         sae.W_enc[:, :, :30] *= 3  # dead columns with other norms than live ones
         scales = torch.tensor([0.05, 0.4, 1.0, 2.5], device=device)[:, None, None]
         candidates = F.normalize(torch.randn(4, N_INST, D_IN, device=device), dim=-1) * scales + sae.b_dec
-        losses = reference.toy_sae_forward(sae, candidates)[0]["L_reconstruction"]
+        losses = reference.ToySAE.forward(sae, candidates)[0]["L_reconstruction"]
     repeats = lambda batch_size: candidates.repeat(-(-batch_size // 4), 1, 1)[:batch_size]  # noqa: E731
     sae.generate_batch = repeats  # the learner's code must draw through self.generate_batch
     return sae, dead, candidates.cpu().double(), losses.cpu().double()

@@ -145,7 +145,7 @@ def _check_gated_gradients(sae: reference.GatedToySAE, h: Tensor, loss: Tensor, 
     loss.backward()
     learner_grads = {name: _float64(value.grad, value) for name, value in sae.named_parameters()}
     sae.zero_grad()
-    reference.gated_forward(sae, h)[1].backward()
+    reference.GatedToySAE.forward(sae, h)[1].backward()
     expected = {name: _float64(value.grad, value) for name, value in sae.named_parameters()}
     for name in ("_W_dec", "b_dec"):
         if not close(learner_grads[name], expected[name]):

@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from part_utils.device import get_device
+from part_utils.methods import add_to_class
 
 
 @dataclass
@@ -51,36 +52,30 @@ class ToyModel(nn.Module):
         self.b_final = nn.Parameter(torch.zeros(cfg.n_inst, cfg.n_features, device=device))
 
 
-def toy_model_forward(
-    self: ToyModel, features: Float[Tensor, "batch inst feats"]
+@add_to_class(ToyModel)
+def forward(
+    self, features: Float[Tensor, "batch inst feats"]
 ) -> Float[Tensor, "batch inst feats"]:
     hidden = einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")
     out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)
 
 
-ToyModel.forward = toy_model_forward
-
-
-def toy_model_generate_batch(self: ToyModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(ToyModel)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
     draws = torch.rand(batch_size, self.cfg.n_inst, self.cfg.n_features, device=self.W.device)
     present = draws < self.feature_probability
     return torch.where(present, draws / self.feature_probability, 0.0)
 
 
-ToyModel.generate_batch = toy_model_generate_batch
-
-
-def toy_model_calculate_loss(
-    self: ToyModel,
+@add_to_class(ToyModel)
+def calculate_loss(
+    self,
     out: Float[Tensor, "batch inst feats"],
     batch: Float[Tensor, "batch inst feats"],
 ) -> Float[Tensor, ""]:
     weighted_error = self.importance * (batch - out).pow(2)
     return weighted_error.mean(dim=(0, 2)).sum()
-
-
-ToyModel.calculate_loss = toy_model_calculate_loss
 
 
 PHASES = ("not represented", "dedicated dimension", "superposition")

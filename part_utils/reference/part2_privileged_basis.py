@@ -8,6 +8,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
 
 
@@ -15,13 +16,11 @@ class NeuronModel(ToyModel):
     """A toy model whose hidden layer has a ReLU: its neurons form a privileged basis."""
 
 
-def neuron_model_forward(self: NeuronModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronModel)
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     hidden = F.relu(einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
     out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)
-
-
-NeuronModel.forward = neuron_model_forward
 
 
 class NeuronComputationModel(ToyModel):
@@ -39,29 +38,23 @@ class NeuronComputationModel(ToyModel):
         self.W2 = nn.Parameter(torch.randn(cfg.n_inst, cfg.n_features, cfg.d_hidden, device=device) * std)
 
 
-def computation_forward(self: NeuronComputationModel, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronComputationModel)
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     hidden = F.relu(einsum(self.W1, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden"))
     out = einsum(self.W2, hidden, "inst feats d_hidden, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)
 
 
-NeuronComputationModel.forward = computation_forward
-
-
-def computation_generate_batch(self: NeuronComputationModel, batch_size: int) -> Float[Tensor, "batch inst feats"]:
+@add_to_class(NeuronComputationModel)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
     shape = (batch_size, self.cfg.n_inst, self.cfg.n_features)
     present = torch.rand(shape, device=self.b_final.device) < self.feature_probability
     values = 2 * torch.rand(shape, device=self.b_final.device) - 1
     return values * present
 
 
-NeuronComputationModel.generate_batch = computation_generate_batch
-
-
-def computation_calculate_loss(
-    self: NeuronComputationModel, out: Float[Tensor, "batch inst feats"], batch: Float[Tensor, "batch inst feats"]
+@add_to_class(NeuronComputationModel)
+def calculate_loss(
+    self, out: Float[Tensor, "batch inst feats"], batch: Float[Tensor, "batch inst feats"]
 ) -> Float[Tensor, ""]:
     return (self.importance * (batch.abs() - out).pow(2)).mean(dim=(0, 2)).sum()
-
-
-NeuronComputationModel.calculate_loss = computation_calculate_loss

@@ -11,6 +11,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.sae_training import SAETrainingLog, train_sae
 
@@ -49,7 +50,8 @@ class ToySAE(nn.Module):
         return train_sae(self, **training)
 
 
-def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
+@add_to_class(ToySAE)
+def __init__(self, cfg: ToySAEConfig, model: ToyModel) -> None:
     nn.Module.__init__(self)
     assert cfg.d_in == model.cfg.d_hidden, "the SAE reads the model's hidden layer"
     self.cfg = cfg
@@ -65,26 +67,21 @@ def toy_sae_init(self: ToySAE, cfg: ToySAEConfig, model: ToyModel) -> None:
     self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_in, device=device))
 
 
-ToySAE.__init__ = toy_sae_init
-
-
-def toy_sae_W_dec_normalized(self: ToySAE) -> Float[Tensor, "inst d_sae d_in"]:
+@add_to_class(ToySAE)
+@property
+def W_dec_normalized(self) -> Float[Tensor, "inst d_sae d_in"]:
     return self.W_dec / (self.W_dec.norm(dim=-1, keepdim=True) + self.cfg.weight_normalize_eps)
 
 
-ToySAE.W_dec_normalized = property(toy_sae_W_dec_normalized)
-
-
-def toy_sae_generate_batch(self: ToySAE, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
+@add_to_class(ToySAE)
+def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
     features = self.model.generate_batch(batch_size)
     return einsum(self.model.W, features, "inst d_in feats, batch inst feats -> batch inst d_in")
 
 
-ToySAE.generate_batch = toy_sae_generate_batch
-
-
-def toy_sae_forward(
-    self: ToySAE, h: Float[Tensor, "batch inst d_in"]
+@add_to_class(ToySAE)
+def forward(
+    self, h: Float[Tensor, "batch inst d_in"]
 ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
     h_centred = h - self.b_dec
     acts = F.relu(einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc)
@@ -95,9 +92,6 @@ def toy_sae_forward(
     }
     loss = (loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]).mean(dim=0).sum()
     return loss_dict, loss, acts, h_reconstructed
-
-
-ToySAE.forward = toy_sae_forward
 
 
 def max_cosine_similarity(
@@ -128,8 +122,9 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
     }
 
 
-def toy_sae_resample_simple(
-    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float
+@add_to_class(ToySAE)
+def resample_simple(
+    self, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float
 ) -> Bool[Tensor, "inst d_sae"]:
     dead = frac_active_in_window < 1e-8
     n_dead = int(dead.sum())
@@ -142,11 +137,9 @@ def toy_sae_resample_simple(
     return dead
 
 
-ToySAE.resample_simple = toy_sae_resample_simple
-
-
-def toy_sae_resample_advanced(
-    self: ToySAE, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float, batch_size: int = 4_096
+@add_to_class(ToySAE)
+def resample_advanced(
+    self, frac_active_in_window: Float[Tensor, "inst d_sae"], resample_scale: float, batch_size: int = 4_096
 ) -> Bool[Tensor, "inst d_sae"]:
     dead = frac_active_in_window < 1e-8
     h = self.generate_batch(batch_size)
@@ -168,9 +161,6 @@ def toy_sae_resample_advanced(
         self.b_enc.data[inst][dead_latents] = 0.0
         resampled[inst, dead_latents] = True
     return resampled
-
-
-ToySAE.resample_advanced = toy_sae_resample_advanced
 
 
 @torch.no_grad()

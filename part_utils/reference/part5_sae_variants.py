@@ -12,6 +12,7 @@ from einops import einsum
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_report
 
@@ -37,8 +38,9 @@ class GatedToySAE(ToySAE):
         self.b_mag.data[resampled] = 0.0
 
 
-def gated_forward(
-    self: GatedToySAE, h: Float[Tensor, "batch inst d_in"]
+@add_to_class(GatedToySAE)
+def forward(
+    self, h: Float[Tensor, "batch inst d_in"]
 ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
     h_centred = h - self.b_dec
     pi_gate = einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
@@ -55,9 +57,6 @@ def gated_forward(
     }
     per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"] + loss_dict["L_aux"]
     return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
-
-
-GatedToySAE.forward = gated_forward
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -261,8 +260,9 @@ class TopKToySAE(ToySAE):
         return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
 
 
-def topk_auxk_loss(
-    self: TopKToySAE,
+@add_to_class(TopKToySAE)
+def auxk_loss(
+    self,
     pre_acts: Float[Tensor, "batch inst d_sae"],
     h: Float[Tensor, "batch inst d_in"],
     h_reconstructed: Float[Tensor, "batch inst d_in"],
@@ -275,9 +275,6 @@ def topk_auxk_loss(
     residual_hat = einsum(aux_acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in")
     scale = (dead.sum(dim=-1) / self.cfg.k_aux).clamp(max=1.0)
     return (residual_hat - residual).pow(2).mean(dim=-1) * scale
-
-
-TopKToySAE.auxk_loss = topk_auxk_loss
 
 
 def fold_decoder_norms(
