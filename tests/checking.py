@@ -6,14 +6,16 @@ one sentence. It never shows reference values. In IPython, a failed check prints
 its message (no traceback into this module), and still stops "Run all".
 """
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from part_utils.seeding import forked_rng
 
@@ -66,28 +68,54 @@ def check(exercise: str, seed: int = 0) -> Callable[[Callable[P, R]], Callable[P
     return decorate
 
 
-def learner_callable(thing: object, name: str) -> Callable[..., Any]:
-    """The learner's function: given directly, or looked up on the class (or an instance's class)."""
+def learner_callable(thing: object, name: str, *, owner_hint: str | None = None, as_property: bool = False) -> Callable[..., Any]:
+    """The learner's function: given directly, or looked up on the class (or an instance's class).
+
+    `owner_hint` names the class the exercise belongs to (None for a free function);
+    `as_property` says the exercise is a property (such as `W_dec_normalized`): its getter is
+    returned, and a plain method in its place is named as the mistake.
+    """
     if inspect.isfunction(thing):
         return thing
+    if not inspect.isclass(thing) and not isinstance(thing, nn.Module):
+        wanted = f"the class that has your `{name}` (e.g. `{owner_hint}`) or the function itself" if owner_hint else f"your `{name}` function itself"
+        raise CheckFailure(f"Pass {wanted}; this got {type(thing).__name__} `{thing!r:.60}`.")
     owner = thing if inspect.isclass(thing) else type(thing)
     candidate = inspect.getattr_static(owner, name, None)
-    if isinstance(candidate, property):  # e.g. W_dec_normalized: check its getter
+    if isinstance(candidate, property):
         candidate = candidate.fget
-    else:
-        candidate = getattr(owner, name, None)
-    if not inspect.isfunction(candidate):  # missing, or inherited from a builtin such as object.__init__
+    elif as_property and inspect.isfunction(candidate):
         raise CheckFailure(
-            f"Expected your `{name}` function or the class that has it as a method, but got "
-            f"{type(thing).__name__} `{thing!r:.60}`; pass e.g. `ToyModel` or the function itself."
+            f"`{owner.__name__}.{name}` is a plain method, but the rest of the workbook reads it as an attribute "
+            f"(`self.{name}`, no brackets): put `@property` between `@add_to_class({owner.__name__})` and `def {name}`."
+        )
+    elif isinstance(candidate, (staticmethod, classmethod)):
+        candidate = candidate.__func__
+    if not inspect.isfunction(candidate) or candidate.__module__.split(".")[0] in ("torch", "builtins"):
+        # Missing, or inherited from torch or Python, such as nn.Module.__init__.
+        raise CheckFailure(
+            f"`{owner.__name__}` has no `{name}` of yours: the method was never attached to the class. Run the exercise "
+            f"cell that defines it (with `@add_to_class({owner.__name__})` right above `def {name}`), then this check."
         )
     return candidate
 
 
-def call_learner(function: Callable[..., R], *args: Any, what: str, **kwargs: Any) -> R:
-    """Call learner code, turning a stub or a crash into a one-sentence failure."""
+def call_learner(
+    function: Callable[..., R], *args: Any, what: str, may_change: Collection[str] = (), **kwargs: Any
+) -> R:
+    """Call learner code, turning a stub or a crash into a one-sentence failure.
+
+    Every tensor handed in, and every tensor held by a module or small container handed in
+    (parameters, buffers, tensor attributes), is snapshotted first; if the learner's code
+    changed one in place, or replaced it, the check fails naming it. `may_change` lists the
+    names (e.g. "self.W_enc", or "self" for everything it holds) that the exercise is meant
+    to modify; the check then tests those changes itself.
+    """
+    named = _name_arguments(function, args, kwargs)
+    before = Snapshot.of(named)
+    grad_mode = torch.is_grad_enabled()
     try:
-        return function(*args, **kwargs)
+        result = function(*args, **kwargs)
     except CheckFailure:
         raise
     except NotImplementedError as error:
@@ -100,6 +128,106 @@ def call_learner(function: Callable[..., R], *args: Any, what: str, **kwargs: An
             f"`{what}` raised {type(error).__name__}: {error} (at {_learner_location(error)}); "
             "fix that error first, then run this check again."
         ) from error
+    if torch.is_grad_enabled() != grad_mode:
+        torch.set_grad_enabled(grad_mode)
+        raise CheckFailure(
+            f"`{what}` switched gradient tracking {'off' if grad_mode else 'on'} for everything after it "
+            "(torch.set_grad_enabled): use `with torch.no_grad():` around just the lines that need it."
+        )
+    before.assert_unchanged(what=what, may_change=may_change)
+    return result
+
+
+def _name_arguments(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Each argument under the name the learner's signature gives it (`arg0`... if it cannot be bound)."""
+    try:
+        bound = inspect.signature(function).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {**{f"argument {index + 1}": value for index, value in enumerate(args)}, **kwargs}
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(function).parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            named.update({f"{name}[{index}]": item for index, item in enumerate(value)})
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
+def _tensors_inside(name: str, value: Any, depth: int = 0) -> Iterator[tuple[str, Tensor]]:
+    """The tensors an argument holds, each with the name a learner would write for it."""
+    if isinstance(value, Tensor):
+        yield name, value
+    elif isinstance(value, nn.Module):
+        if "_parameters" not in vars(value):  # not initialised yet (a check of __init__ hands one in)
+            return
+        seen: set[int] = set()
+        for prefix, tensors in (("", value.named_parameters()), ("", value.named_buffers())):
+            for key, tensor in tensors:
+                seen.add(id(tensor))
+                yield f"{name}.{prefix}{key}", tensor
+        for key, attribute in vars(value).items():
+            if isinstance(attribute, Tensor) and id(attribute) not in seen:
+                yield f"{name}.{key}", attribute
+    elif depth < 2 and isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors_inside(f"{name}[{key!r}]", item, depth + 1)
+    elif depth < 2 and isinstance(value, (list, tuple)):
+        fields = getattr(value, "_fields", None)
+        for index, item in enumerate(value):
+            yield from _tensors_inside(f"{name}.{fields[index]}" if fields else f"{name}[{index}]", item, depth + 1)
+    elif depth < 2 and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _tensors_inside(f"{name}.{field.name}", getattr(value, field.name), depth + 1)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """Copies of the tensors handed to learner code, to tell afterwards what it changed."""
+
+    arguments: dict[str, Any]
+    originals: dict[str, Tensor]
+    copies: dict[str, Tensor]
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> "Snapshot":
+        originals = {key: tensor for name, value in arguments.items() for key, tensor in _tensors_inside(name, value)}
+        copies = {key: tensor.detach().clone() for key, tensor in originals.items()}
+        return cls(dict(arguments), originals, copies)
+
+    def changed(self, may_change: Collection[str] = ()) -> list[str]:
+        """Names of tensors changed in place or replaced by another object, in the order they were handed in."""
+        now = {key: tensor for name, value in self.arguments.items() for key, tensor in _tensors_inside(name, value)}
+        allowed = lambda key: any(key == name or key.startswith(name + ".") for name in may_change)  # noqa: E731
+        changed = []
+        for key, original in self.originals.items():
+            if allowed(key):
+                continue
+            replaced = key in now and now[key] is not original
+            if replaced or not _same(original.detach(), self.copies[key]):
+                changed.append(key)
+        return changed
+
+    def assert_unchanged(self, *, what: str, may_change: Collection[str] = ()) -> None:
+        changed = self.changed(may_change)
+        if not changed:
+            return
+        key = changed[0]
+        inside_object = "." in key or "[" in key
+        if inside_object:
+            advice = (
+                "compute the result as a new tensor and leave what the object holds as it is (an in-place "
+                "operation there changes the model itself, on every call)."
+            )
+        else:
+            advice = "work on a new tensor (e.g. `x = x - b`, not `x -= b`, or `.clone()` first) and leave the input as it was."
+        raise CheckFailure(f"`{what}` changed `{key}` in place: {advice}")
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
 def _learner_location(error: BaseException) -> str:
@@ -130,14 +258,20 @@ def expect_tensor(value: object, shape: tuple[int, ...], *, what: str, axes: str
     return value.detach().to("cpu", torch.float64)
 
 
-def close(a: Tensor, b: Tensor, *, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+def close(a: Tensor | Mapping[str, Tensor], b: Tensor | Mapping[str, Tensor], *, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Tensors (or same-keyed mappings of tensors, such as gradients) equal within tolerance."""
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return (
+            isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+            and all(close(a[key], b[key], rtol=rtol, atol=atol) for key in a)
+        )
     return a.shape == b.shape and torch.allclose(a.to(torch.float64), b.to(torch.float64), rtol=rtol, atol=atol)
 
 
 def diagnose(
-    actual: Tensor,
-    expected: Tensor,
-    mistakes: Mapping[str, Tensor],
+    actual: Tensor | Mapping[str, Tensor],
+    expected: Tensor | Mapping[str, Tensor],
+    mistakes: Mapping[str, Tensor | Mapping[str, Tensor]],
     *,
     otherwise: str,
     rtol: float = 1e-4,
@@ -154,3 +288,90 @@ def diagnose(
         if close(actual, wrong_result, rtol=rtol, atol=atol):
             raise CheckFailure(description)
     raise CheckFailure(otherwise)
+
+
+# Gradients ---------------------------------------------------------------------------------
+
+
+def gradients(loss: object, tensors: Mapping[str, Tensor], *, what: str) -> dict[str, Tensor]:
+    """Backpropagate the learner's (scalar) loss into `tensors`; float64 CPU gradients, zeros where none flows.
+
+    Fails with a named sentence when the loss is cut off from the graph, since training on it
+    would then silently do nothing.
+    """
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise CheckFailure(f"`{what}` should be a single-number tensor to backpropagate, but is {type(loss).__name__}.")
+    if not loss.requires_grad:
+        raise CheckFailure(
+            f"`{what}` carries no gradient: it was computed under torch.no_grad(), from .detach()-ed or .data tensors, "
+            "or via .item(), so training on it would change nothing."
+        )
+    grads = torch.autograd.grad(loss.reshape(()), list(tensors.values()), allow_unused=True, retain_graph=True)
+    return {
+        name: torch.zeros_like(tensor, dtype=torch.float64, device="cpu") if grad is None else grad.detach().to("cpu", torch.float64)
+        for (name, tensor), grad in zip(tensors.items(), grads)
+    }
+
+
+def first_gradient_mismatch(
+    actual: Mapping[str, Tensor], expected: Mapping[str, Tensor], *, rtol: float = 1e-4, atol: float = 1e-6
+) -> str | None:
+    """The name of the first tensor whose gradient differs, or None when all agree."""
+    return next((name for name in expected if not close(actual[name], expected[name], rtol=rtol, atol=atol)), None)
+
+
+# Statistics --------------------------------------------------------------------------------
+
+
+def binomial_tolerance(probability: Tensor | float, n: int, *, false_alarm: float = 1e-9) -> Tensor:
+    """A deviation of an observed frequency from `probability` over `n` independent draws that a
+    correct sampler exceeds with probability at most `false_alarm` (Bernstein's inequality).
+
+    Checks that compare frequencies use it, so a correct implementation passes whatever random
+    numbers it happens to draw, in whatever order.
+    """
+    p = torch.as_tensor(probability, dtype=torch.float64)
+    log_term = math.log(2 / false_alarm)
+    variance = p * (1 - p)
+    return (log_term / 3 + (log_term**2 / 9 + 2 * n * variance * log_term).sqrt()) / n
+
+
+def frequencies_match(frequency: Tensor, probability: Tensor, n: int, *, false_alarm: float = 1e-9) -> bool:
+    """Every cell's frequency within its binomial tolerance (the false-alarm rate shared by all cells)."""
+    tolerance = binomial_tolerance(probability, n, false_alarm=false_alarm / max(1, probability.numel()))
+    return bool(((frequency.double() - probability.double()).abs() <= tolerance).all())
+
+
+def check_random_directions(
+    directions: Tensor, instance: Tensor, latent: Tensor, *, what: str, false_alarm: float = 1e-9
+) -> None:
+    """Fresh random unit directions [n, d], one per (instance, latent), must be drawn independently
+    for each of them and spread over the whole sphere (no preferred orthant or direction)."""
+    directions = directions.detach().to("cpu", torch.float64)
+    instance, latent = instance.cpu(), latent.cpu()
+    n, d = directions.shape
+    unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    for index in instance.unique():
+        rows = unit[instance == index]
+        if len(rows) > 1 and (rows - rows[:1]).abs().max() < 1e-6:
+            raise CheckFailure(f"`{what}` gave every resampled latent of an instance the same direction: draw one per latent.")
+    shared = 0
+    for index in latent.unique():
+        rows = unit[latent == index]
+        if len(rows) > 1 and (rows - rows[:1]).abs().max() < 1e-6:
+            shared += 1
+    if shared > 0 and shared == sum(int((latent == index).sum()) > 1 for index in latent.unique()):
+        raise CheckFailure(
+            f"`{what}` gave latent j the same direction in every instance: draw a separate direction for each (instance, latent)."
+        )
+    if (unit >= 0).all() or (unit <= 0).all():
+        raise CheckFailure(
+            f"Every direction from `{what}` lies in one orthant (all coordinates of one sign, as with torch.rand): "
+            "draw them with torch.randn so they spread over the whole sphere."
+        )
+    positive = (unit > 0).double().mean(0)
+    if not frequencies_match(positive, torch.full((d,), 0.5, dtype=torch.float64), n, false_alarm=false_alarm):
+        raise CheckFailure(
+            f"The directions from `{what}` favour one sign in some coordinate: draw them from a distribution symmetric "
+            "about the origin (torch.randn, then normalise)."
+        )

@@ -4,6 +4,7 @@ The shapes used differ from each other (3 instances, d_in 4, 6 features, 7 laten
 transposed weight or a reduction over the wrong axis fails instead of passing by accident.
 """
 
+import functools
 import math
 
 import torch
@@ -43,6 +44,7 @@ def _reference_sae(*, tied: bool = False, d_sae: int = D_SAE) -> reference.ToySA
 
 
 def _no_grad(function):
+    @functools.wraps(function)  # keeps the learner's signature, so snapshots name the arguments
     def run(*args, **kwargs):
         with torch.no_grad():
             return function(*args, **kwargs)
@@ -317,7 +319,7 @@ def test_resample_simple(learner: object) -> str:
     for tied in (False, True):
         sae, dead, scale = _reference_sae(tied=tied), _dead_mask(), 0.3
         before = _snapshot(sae)
-        returned = call_learner(_no_grad(resample), sae, _frac_active(dead, sae.W_enc.device), scale, what="resample_simple")
+        returned = call_learner(_no_grad(resample), sae, _frac_active(dead, sae.W_enc.device), scale, what="resample_simple", may_change={"self"})
         after = _snapshot(sae)
         if tied and torch.equal(before["W_enc"], after["W_enc"]):
             raise CheckFailure("For a tied SAE nothing changed: set the dead latents' W_enc columns (there is no _W_dec).")
@@ -368,7 +370,7 @@ def test_resample_advanced(learner: object) -> str:
         sae, dead, candidates, losses = _candidate_sae()
         before = _snapshot(sae)
         scale = 0.2
-        returned = call_learner(_no_grad(resample), sae, _frac_active(dead, sae.W_enc.device), scale, what="resample_advanced")
+        returned = call_learner(_no_grad(resample), sae, _frac_active(dead, sae.W_enc.device), scale, what="resample_advanced", may_change={"self"})
         after = _snapshot(sae)
         _check_live_untouched_and_biases(before, after, dead, "resample_advanced")
         _check_returned_mask(returned, dead, "resample_advanced")

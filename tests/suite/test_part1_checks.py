@@ -348,7 +348,7 @@ def test_stub_function_reports_not_implemented(checks, check, name):
 @pytest.mark.parametrize(("check", "name"), ALL_CHECKS)
 @pytest.mark.parametrize("wrong_thing", [42, "ToyModel", None])
 def test_wrong_kind_of_object_is_named(checks, check, name, wrong_thing):
-    checks.fails(check, wrong_thing, rf"Expected your `{name}` function or the class")
+    checks.fails(check, wrong_thing, rf"Pass (the class that has )?your `{name}`")
 
 
 def test_a_crash_is_reported_with_the_learners_line(checks):

@@ -126,4 +126,4 @@ def test_computation_loss_names_each_mistake(checks, mutant, message):
 )
 def test_stubs_and_wrong_objects_are_reported(checks, check, base, name):
     checks.fails(check, with_method(base, name, stub), rf"`{name}` is not implemented yet")
-    checks.fails(check, "NeuronModel", rf"Expected your `{name}` function or the class")
+    checks.fails(check, "NeuronModel", rf"Pass (the class that has )?your `{name}`")

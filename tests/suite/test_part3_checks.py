@@ -45,7 +45,7 @@ def test_names_each_mistake(checks, mutant, message):
 
 def test_stub_and_wrong_object(checks):
     checks.fails(part3.test_compute_dimensionality, stub, "not implemented yet")
-    checks.fails(part3.test_compute_dimensionality, 7, "Expected your `compute_dimensionality` function")
+    checks.fails(part3.test_compute_dimensionality, 7, "Pass your `compute_dimensionality` function itself")
 
 
 def test_dimensionality_of_known_arrangements():
