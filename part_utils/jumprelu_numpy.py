@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 from jaxtyping import Bool, Float
 
+PROJECTION_EPS = 1e-6
+"""The published training projects the decoder gradient onto rows normalised as v / (‖v‖ + 1e-6)."""
+
 
 @dataclass
 class JumpReLUParams:
@@ -131,16 +134,19 @@ def adam_step(
     fixed_decoder_norms: bool,
     betas: tuple[float, float] = (0.0, 0.999),
     eps: float = 1e-8,
+    projection_eps: float = PROJECTION_EPS,
 ) -> tuple[JumpReLUParams, AdamState]:
     """One Adam update with torch.optim.Adam's bias correction; returns new params and state.
 
-    With fixed decoder norms, the component of each decoder row's gradient along the
-    (unit) row is removed first, since it would only change the norm, which the
-    renormalisation after the step undoes anyway.
+    With fixed decoder norms, the component of each decoder row's gradient along the row is
+    removed first, since it would only change the norm, which the renormalisation after the
+    step undoes anyway. As in the published procedure, the row is normalised with
+    `projection_eps` added to its norm for that projection, so the removal is not quite
+    complete (by about 2·projection_eps of the parallel part).
     """
     b1, b2 = betas
     if fixed_decoder_norms:
-        W = params.W_dec
+        W = params.W_dec / (np.linalg.norm(params.W_dec, axis=1, keepdims=True) + projection_eps)
         radial = (grads.W_dec * W).sum(1, keepdims=True) * W
         grads = replace(grads, W_dec=grads.W_dec - radial)
 
@@ -166,6 +172,7 @@ def train(
     use_pre_encoder_bias: bool,
     fixed_decoder_norms: bool,
     betas: tuple[float, float] = (0.0, 0.999),
+    projection_eps: float = PROJECTION_EPS,
 ) -> JumpReLUParams:
     """One Adam step per batch from fresh optimiser state; the input params are left untouched."""
     state = AdamState.zeros_like(params)
@@ -177,7 +184,9 @@ def train(
             sparsity_coefficient=sparsity_coefficient,
             use_pre_encoder_bias=use_pre_encoder_bias,
         )
-        params, state = adam_step(params, grads, state, lr=lr, fixed_decoder_norms=fixed_decoder_norms, betas=betas)
+        params, state = adam_step(
+            params, grads, state, lr=lr, fixed_decoder_norms=fixed_decoder_norms, betas=betas, projection_eps=projection_eps
+        )
     return params
 
 

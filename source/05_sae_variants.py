@@ -104,14 +104,22 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #   `ReLU(π_mag)`. To save parameters, `W_mag` is the gate's matrix with each latent's column
 #   rescaled: `W_mag = exp(r_mag) ⊙ W_gate`, one learned `r_mag` per latent.
 #
-# The activation is `f = 1[π_gate > 0] · ReLU(π_mag)`, decoded as before with the normalised
-# decoder. The loss has three terms, each per input (averaged over the batch, summed over
-# instances as in Part 4):
+# The activation is `acts = 1[π_gate > 0] · ReLU(π_mag)`, and
+# `h_reconstructed = acts W_dec_normalized + b_dec` as before. `loss_dict` holds three
+# terms, each of shape `[batch, inst]`:
 #
 # - `L_reconstruction`: mean over `d_in` of `(h_reconstructed - h)²`;
-# - `L_sparsity`: the L1 norm of `ReLU(π_gate)` (sum over latents), times `sparsity_coeff`;
-# - `L_aux`: mean over `d_in` of `(ReLU(π_gate) W_dec_normalized + b_dec - h)²`, with the
-#   decoder and `b_dec` **detached**: a reconstruction from the gate alone.
+# - `L_sparsity`: the L1 norm of `ReLU(π_gate)`, summed over latents (the term itself, without
+#   `sparsity_coeff`);
+# - `L_aux`: mean over `d_in` of `(ReLU(π_gate) W_dec_normalized + b_dec - h)²`, with
+#   `W_dec_normalized` and `b_dec` **detached** here, and only here: a reconstruction from
+#   the gate alone.
+#
+# The loss is `L_reconstruction + sparsity_coeff · L_sparsity + L_aux`, averaged over the
+# batch and summed over instances as in Part 4. `sparsity_coeff` is one number, or a tensor
+# with one value per instance (the comparison at the end trains a whole sweep that way), so
+# multiply it in before summing over instances. Nothing else is detached: every parameter
+# trains through this loss.
 #
 # Here `W_gate` is stored as `W_enc` and `b_gate` as `b_enc`, so Part 4's training loop,
 # resampling and plots work unchanged.
@@ -179,33 +187,41 @@ checks.test_gated_forward(GatedToySAE)
 # ## 3. JumpReLU SAEs
 #
 # A JumpReLU passes a pre-activation unchanged if it is above a per-latent threshold θ and
-# zeroes it otherwise: `JumpReLU_θ(z) = z · H(z - θ)`, with `H` the Heaviside step. The loss
+# zeroes it otherwise: `JumpReLU_θ(z) = z · H(z - θ)`, with `H` the Heaviside step, 1 for a
+# positive argument and 0 otherwise (a pre-activation exactly at θ is zeroed). The loss
 # pays for the *number* of active latents, `L0 = Σ_i H(z_i - θ_i)`, not their size, so
 # there is no shrinkage. θ is stored as `log θ` to keep it positive.
 #
 # The catch: `H` has zero derivative almost everywhere, so neither θ nor L0 would get a
 # useful gradient. The JumpReLU paper replaces the derivatives with *pseudo-derivatives*
 # (straight-through estimators) built from a rectangle kernel `K(u) = 1[-½ < u < ½]` of
-# width ε (the **bandwidth**):
+# width ε (the **bandwidth**), 1 on the open interval only:
 #
 # | function | ∂/∂z | ∂/∂θ |
 # |---|---|---|
 # | `H(z - θ)` | 0 | `-(1/ε) K((z - θ)/ε)` |
 # | `JumpReLU_θ(z)` | `H(z - θ)` | `-(θ/ε) K((z - θ)/ε)` |
 #
-# So θ only hears about inputs whose pre-activation lies within ε/2 of it: pushing θ up
-# there switches off latents that barely fire (fewer L0, some reconstruction lost), and the
-# two pulls balance. θ has one value per latent while z has one per input, so θ's gradient
+# So θ only hears about inputs whose pre-activation lies strictly within ε/2 of it (one
+# exactly ε/2 away gets nothing): pushing θ up there switches off latents that barely fire
+# (fewer L0, some reconstruction lost), and the two pulls balance. θ has one value per latent while z has one per input, so θ's gradient
 # is **summed** over the batch (every input contributes).
 #
 # Write both as `torch.autograd.Function`s. `forward(ctx, z, threshold, bandwidth)` returns
-# the output and saves what `backward` needs; `backward(ctx, grad_output)` returns one
-# gradient per input of `forward`: for z, for threshold (shaped like `threshold`), and `None`
-# for the bandwidth. `rectangle` is given.
+# the output, leaving `z` and `threshold` unchanged, and keeps what `backward` needs on `ctx`
+# (`ctx.save_for_backward(z, threshold)` for tensors, `ctx.bandwidth = bandwidth` for the
+# number), not on the class or in a global: an SAE may call forward twice before backward.
+# `backward(ctx, grad_output)` returns one gradient per input of `forward`, each times
+# `grad_output`: for z, for threshold, and `None` for the bandwidth (a plain number, so
+# autograd accepts nothing else there). `z` is `[batch, ...]` and `threshold` has the shape
+# of one input (`[inst, d_sae]` in the toy SAE, `[d_sae]` in the reference SAE below) or is a
+# single number; return θ's gradient summed over the batch to θ's shape
+# (`.sum_to_size(threshold.shape)` does that). `rectangle` is given.
 #
-# A hand-checkable case: `z = [1.0, 1.4, 1.6, 2.0]`, `θ = 1.5`, `ε = 0.5`. Only 1.4 and 1.6
-# are within ε/2 = 0.25 of θ. So `H = [0, 0, 1, 1]` with ∂θ = `[0, -2, -2, 0]`, and
-# `JumpReLU = [0, 0, 1.6, 2.0]` with ∂θ = `[0, -3, -3, 0]` and ∂z = `[0, 0, 1, 1]`.
+# A hand-checkable case: `z = [1.0, 1.4, 1.6, 2.0]` with one shared `θ = 1.5`, `ε = 0.5` and
+# `grad_output` all ones. Only 1.4 and 1.6 are within ε/2 = 0.25 of θ. So `H = [0, 0, 1, 1]`,
+# the four inputs pull on θ with `[0, -2, -2, 0]` and ∂θ is their sum, -4; and
+# `JumpReLU = [0, 0, 1.6, 2.0]`, with pulls `[0, -3, -3, 0]` (∂θ = -6) and ∂z = `[0, 0, 1, 1]`.
 
 # %% tags=["reference"]
 def rectangle(u: Tensor) -> Tensor:
@@ -326,8 +342,15 @@ class JumpReLUToySAE(ToySAE):
 # so the step is tangent to the unit sphere; after the step the rows are renormalised to
 # undo the small drift that remains.
 #
-# **Exercise:** write `remove_parallel_component(grad, W_dec)`: for each decoder row `w`
-# (unit norm) and its gradient row `g`, return `g - (g · w) w`.
+# **Exercise:** write `remove_parallel_component(grad, W_dec)`: for each decoder row `w` and
+# its gradient row `g` (both `[d_sae, d_in]`), return `g - (g · w) w`, with the dot product
+# taken row by row. Return a new tensor and leave `grad` and `W_dec` as they are: the
+# training loop uses what you return. The rows arrive normalised; use them as given. One
+# detail of the published code: it normalises each row as `v / (‖v‖ + 1e-6)` for this
+# projection, so `w` is a hair shorter than 1 and the parallel part is not quite all
+# removed. Our training loop (`train_jumprelu_sae`, below) does that normalisation and hands
+# you the result: the procedure is exactly the published one while your function stays the
+# clean formula. Normalising the rows again inside it would undo the epsilon.
 
 # %% tags=["reference"]
 def remove_parallel_component(grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
@@ -378,6 +401,9 @@ class JumpReLUSAE(nn.Module):
         return loss, reconstruction, pre_acts
 
 
+PUBLISHED_PROJECTION_EPS = 1e-6
+
+
 def train_jumprelu_sae(
     sae: JumpReLUSAE,
     batches: Float[Tensor, "steps batch d_in"],
@@ -387,7 +413,10 @@ def train_jumprelu_sae(
     betas: tuple[float, float] = (0.0, 0.999),
     project: Any = remove_parallel_component,
 ) -> JumpReLUSAE:
-    """One Adam step per batch; with fixed decoder norms, steps stay tangent to the unit rows."""
+    """One Adam step per batch; with fixed decoder norms, steps stay tangent to the unit rows.
+
+    As in the published code, `project` gets the rows normalised as v / (‖v‖ + 1e-6).
+    """
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, eps=1e-8)
     for batch in batches:
         loss, _, _ = sae(batch)
@@ -395,7 +424,8 @@ def train_jumprelu_sae(
         loss.backward()
         if fixed_decoder_norms:
             with torch.no_grad():
-                sae.W_dec.grad.copy_(project(sae.W_dec.grad, sae.W_dec))
+                rows = sae.W_dec / (sae.W_dec.norm(dim=-1, keepdim=True) + PUBLISHED_PROJECTION_EPS)
+                sae.W_dec.grad.copy_(project(sae.W_dec.grad, rows))
         optimizer.step()
         if fixed_decoder_norms:
             with torch.no_grad():
@@ -420,7 +450,12 @@ checks.test_reference_parity(JumpReLU, Heaviside, remove_parallel_component)
 # each input, apply a ReLU to them (a kept value can still be negative), zero the rest. No
 # sparsity penalty is needed, so nothing shrinks, and `k` sets L0 directly.
 #
-# **Exercise:** `topk_activation(pre_acts, k)` for `pre_acts [batch, inst, d_sae]`.
+# **Exercise:** `topk_activation(pre_acts, k)` for `pre_acts [batch, inst, d_sae]`: for each
+# input and instance, keep exactly the `k` largest values along `d_sae` (largest by value,
+# not by size), ReLU them, zero the rest. Return a new tensor and leave `pre_acts` as it is:
+# the AuxK loss below reads the same pre-activations afterwards. The gradient should reach
+# the kept values only, so build the output from `pre_acts` itself (`topk`, then `scatter`
+# into zeros, does it), not from detached copies.
 
 # %% tags=["reference"]
 def topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: int) -> Float[Tensor, "batch inst d_sae"]:
@@ -506,7 +541,12 @@ class TopKToySAE(ToySAE):
 
 # %% [markdown]
 # **Exercise:** `auxk_loss(self, pre_acts, h, h_reconstructed, dead)` returning `[batch, inst]`,
-# with `dead` a boolean `[inst, d_sae]`; use `self.cfg.k_aux` and `self.W_dec_normalized`.
+# with `dead` a boolean `[inst, d_sae]`; use `self.cfg.k_aux` (not `cfg.k`) and
+# `self.W_dec_normalized`, not detached: AuxK trains the dead latents' encoder columns and
+# decoder rows, and only the residual is detached. `n_dead` counts the dead latents of each
+# instance. An instance with fewer than `k_aux` dead latents uses all of them (any other
+# place `topk` fills contributes 0), and one with none gets a loss of 0, not NaN. Leave
+# `pre_acts` and the other arguments as they are.
 
 # %% tags=["reference"]
 @add_to_class(TopKToySAE)
@@ -618,7 +658,9 @@ for name, result in decoded.items():
 #
 # **Exercise:** `batch_topk_activation(pre_acts, k)`: for each instance, apply ReLU, keep
 # the `round(k · batch)` largest values among all `batch × d_sae` entries of that instance,
-# zero the rest.
+# zero the rest. `round` is Python's, to the nearest integer (k = 0.12 with a batch of 1,024
+# keeps 123 values, not 122). As for TopK, return a new tensor, leave `pre_acts` as it is, and
+# let the gradient reach the kept values.
 
 # %% tags=["reference"]
 def batch_topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: float) -> Float[Tensor, "batch inst d_sae"]:

@@ -178,6 +178,9 @@ class JumpReLUSAE(nn.Module):
         return loss, reconstruction, pre_acts
 
 
+PUBLISHED_PROJECTION_EPS = 1e-6
+
+
 def train_jumprelu_sae(
     sae: JumpReLUSAE,
     batches: Float[Tensor, "steps batch d_in"],
@@ -187,7 +190,10 @@ def train_jumprelu_sae(
     betas: tuple[float, float] = (0.0, 0.999),
     project: Any = remove_parallel_component,
 ) -> JumpReLUSAE:
-    """One Adam step per batch; with fixed decoder norms, steps stay tangent to the unit rows."""
+    """One Adam step per batch; with fixed decoder norms, steps stay tangent to the unit rows.
+
+    As in the published code, `project` gets the rows normalised as v / (‖v‖ + 1e-6).
+    """
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, eps=1e-8)
     for batch in batches:
         loss, _, _ = sae(batch)
@@ -195,7 +201,8 @@ def train_jumprelu_sae(
         loss.backward()
         if fixed_decoder_norms:
             with torch.no_grad():
-                sae.W_dec.grad.copy_(project(sae.W_dec.grad, sae.W_dec))
+                rows = sae.W_dec / (sae.W_dec.norm(dim=-1, keepdim=True) + PUBLISHED_PROJECTION_EPS)
+                sae.W_dec.grad.copy_(project(sae.W_dec.grad, rows))
         optimizer.step()
         if fixed_decoder_norms:
             with torch.no_grad():
