@@ -86,7 +86,8 @@ def main(arguments: list[str]) -> int:
         return in_venv("-m", "jupyterlab", "--notebook-dir", str(ROOT), "notebooks/", *rest)
     if command == "test":
         setup()
-        fast = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
+        # The notebooks' own thread policy (part_utils/threads.py) also holds for the pytest process.
+        fast = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         return in_venv("-m", "pytest", *rest, environment=fast)
     if command == "build":
         setup()

@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+# Before torch starts: OpenMP threads that wait should sleep, not spin (part_utils/threads.py says why).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
     # Colab: bring the workbook in once per runtime, from an uploaded zip or a git URL.
@@ -28,3 +30,7 @@ else:
     WORKBOOK_ROOT = next(folder for folder in [Path.cwd(), *Path.cwd().parents] if (folder / "part_utils").is_dir())
 if str(WORKBOOK_ROOT) not in sys.path:
     sys.path.insert(0, str(WORKBOOK_ROOT))
+
+from part_utils.threads import use_threads
+
+print(use_threads("toy"))

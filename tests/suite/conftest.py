@@ -7,8 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from part_utils.threads import threads_for
 from tests.checking import CheckFailure
+
+torch.set_num_threads(threads_for("toy"))  # the same policy as the notebooks' setup cell
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_OUTPUT = ROOT / "test-output"
