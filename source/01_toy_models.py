@@ -27,9 +27,10 @@
 # **Time:** about 2 hours. **How exercises work:** each exercise is a code cell with a
 # `raise NotImplementedError(...)` for you to replace. The cell after it runs a check
 # against the reference on random inputs; when something is wrong it names the most likely
-# mistake, and when everything is right it prints a line starting with ✔. Checks never
-# change your random state. Each **Question** is a collapsible block: think first, then
-# click it to see the answer.
+# mistake, and when everything is right it prints a line starting with ✔. Where training
+# differentiates your code, checks compare its gradients too, and they fail when your code
+# changes its inputs or the model's tensors in place. They never change your random state.
+# Each **Question** is a collapsible block: think first, then click it to see the answer.
 
 # %% tags=["workbook-setup"]
 
@@ -123,7 +124,9 @@ class ToyModel(nn.Module):
 # Implement `h = W x` and `x' = ReLU(Wᵀ h + b_final)` for a batch of shape
 # `[batch, inst, feats]`, independently for every instance. `einops.einsum` with named axes
 # keeps this readable, e.g. `einsum(W, x, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")`;
-# a matmul works just as well.
+# a matmul works just as well. Training backpropagates through the output into `W` and
+# `b_final`, so keep every step in the autograd graph (no `torch.no_grad()`, `.detach()` or
+# `.data`), and leave `features` and the parameters as they are.
 #
 # Each exercise is one method, written in its own cell so that you can write, run and check
 # one piece at a time. The line `@add_to_class(ToyModel)` above it attaches the method to the
@@ -147,13 +150,15 @@ checks.test_forward(ToyModel)
 # %% [markdown]
 # ### Exercise 2: `generate_batch`
 #
-# Each feature of each instance is present independently with that instance's probability
-# for it, `self.feature_probability[inst, feat]`. A present feature has a magnitude drawn
-# uniformly from [0, 1]; an absent one is exactly 0. Return `[batch, inst, feats]` on the
-# model's device.
+# In every example of the batch, each feature of each instance is present with that
+# instance's probability for it, `self.feature_probability[inst, feat]`, independently of
+# every other example, instance and feature. A present feature has a magnitude drawn
+# uniformly from [0, 1], again independently for each; an absent one is exactly 0. Return a
+# float tensor `[batch, inst, feats]` on the model's device, a fresh sample on every call.
 #
 # The textbook way draws two uniform tensors: one decides presence, the other gives the
-# magnitude. The check accepts any correct way.
+# magnitude. The check accepts any correct way, whatever order you draw in: it compares
+# frequencies with bounds that a correct sampler breaks less than once in a billion runs.
 #
 # <details><summary>Going further: one random draw is enough</summary>
 #
@@ -183,7 +188,9 @@ checks.test_generate_batch(ToyModel)
 #
 # $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(x_{b,\text{inst},f} - x'_{b,\text{inst},f}\big)^2,$$
 #
-# averaged over the batch and the features, and **summed** over instances.
+# averaged over the batch and the features, and **summed** over instances; `batch` is `x`
+# and `out` is the model's output `x'`. Return it as a single-number tensor: training calls
+# `.backward()` on it, so no `.item()` or `.detach()`.
 #
 # <details><summary>Question: why sum over instances rather than average?</summary>
 #
@@ -466,9 +473,11 @@ plot_features_in_Nd(
 #
 # So far every feature was independent. Real features are not: some tend to occur together,
 # some exclude each other. Write two data generators. Both take `feature_probability` of shape
-# `[inst, pairs]` (one probability per pair) and return `[batch, inst, 2 * pairs]`, where
-# features `2k` and `2k + 1` form pair `k`. Magnitudes are uniform on [0, 1] and drawn
-# independently for each feature.
+# `[inst, pairs]` (one probability per pair) and return a float tensor
+# `[batch, inst, 2 * pairs]` on the same device, where features `2k` and `2k + 1` form pair
+# `k`. Magnitudes are uniform on [0, 1] and drawn independently for each feature; absent
+# features are exactly 0. Every pair is drawn independently of every other pair, instance
+# and example.
 #
 # ### Exercise 4: correlated pairs
 #
@@ -495,7 +504,7 @@ checks.test_generate_correlated_features(generate_correlated_features)
 # ### Exercise 5: anticorrelated pairs
 #
 # The two features of a pair are **never present together**, and each is still present with
-# probability `p` (so `p ≤ 1/2`).
+# probability `p` (so `p ≤ 1/2`; the check uses values up to `p = 1/2` included).
 #
 # <details><summary>Hint</summary>
 #

@@ -52,6 +52,13 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # `NeuronModel` is Part 1's `ToyModel` with one change: `h = ReLU(W x)`. The output is
 # still `x' = ReLU(Wᵀ h + b_final)`. Shapes as before: `W [inst, d_hidden, feats]`, a batch
 # `[batch, inst, feats]`.
+#
+# ### Exercise 1: `NeuronModel.forward`
+#
+# Write the forward pass, for every instance independently. As in Part 1, the check
+# backpropagates through your output into `W` and `b_final`, and your code must leave
+# `features` and the parameters as they are. The class inherits everything else, including
+# Part 1's `forward`, until this cell attaches yours.
 
 # %% tags=["reference"]
 class NeuronModel(ToyModel):
@@ -142,6 +149,10 @@ class NeuronComputationModel(ToyModel):
 
 # %% [markdown]
 # ### Exercise 2: `forward`
+#
+# `h = ReLU(W1 x)` and `x' = ReLU(W2 h + b_final)`, per instance: `W1` reads the input,
+# `W2` writes the output, and no absolute value appears anywhere (computing it is the
+# model's job). This model has no `self.W`.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -159,7 +170,12 @@ checks.test_computation_forward(NeuronComputationModel)
 # %% [markdown]
 # ### Exercise 3: `generate_batch`
 #
-# Like Part 1, but a present feature's value is uniform on [-1, 1].
+# Like Part 1: in every example, each feature of each instance is present with probability
+# `self.feature_probability[inst, feat]`, independently of every other example, instance and
+# feature, and an absent feature is exactly 0. A present feature's value is uniform on
+# **[-1, 1]**, drawn independently for each. Return a float tensor `[batch, inst, feats]` on
+# the model's device (`self.b_final.device`: there is no `self.W` here), a fresh sample on
+# every call.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -178,7 +194,12 @@ checks.test_computation_generate_batch(NeuronComputationModel)
 # %% [markdown]
 # ### Exercise 4: `calculate_loss`
 #
-# The target is `|x|`, not `x`.
+# The target is `|x|`, not `x`:
+#
+# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(|x_{b,\text{inst},f}| - x'_{b,\text{inst},f}\big)^2,$$
+#
+# where `batch` is `x` and `out` is the model's output `x'`. Return a single-number tensor
+# that training can backpropagate through.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)

@@ -4,6 +4,7 @@ Each check must pass the reference, pass a correct version written differently, 
 each plausible mistake with a message that names it.
 """
 
+import functools
 import random
 import re
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import tests.part1_toy_models as part1
 from tests.suite.conftest import stub
@@ -26,6 +28,28 @@ def with_method(name: str, function: object) -> type[ToyModel]:
     return type("LearnerToyModel", (ToyModel,), {name: function})
 
 
+def preceded_by_draws(function, draws: int):
+    """The same function, after `draws` extra random numbers: a correct sampler that draws in another order."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        torch.rand(draws)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def failing_draw_counts(check, make_learner, counts=range(40)) -> list[int]:
+    """The numbers of extra draws for which the check rejects a correct learner."""
+    failing = []
+    for count in counts:
+        try:
+            check(make_learner(count))
+        except part1.CheckFailure:
+            failing.append(count)
+    return failing
+
+
 # forward ----------------------------------------------------------------------------------
 
 
@@ -34,6 +58,29 @@ def forward_matmul_float64(self, features):
     hidden = (W[None] @ features.double()[..., None]).squeeze(-1)  # [batch, inst, d_hidden]
     out = (W.transpose(1, 2)[None] @ hidden[..., None]).squeeze(-1)
     return torch.clamp(out + self.b_final.double(), min=0)
+
+
+def forward_broadcasting(self, features):
+    hidden = (self.W[None] * features[:, :, None, :]).sum(-1)  # [batch, inst, d_hidden]
+    out = (self.W[None] * hidden[..., None]).sum(-2)  # [batch, inst, feats]
+    return torch.where(out + self.b_final > 0, out + self.b_final, 0.0)
+
+
+def forward_loop_in_place_on_temporaries(self, features):
+    outputs = []
+    for inst in range(self.W.shape[0]):
+        W = self.W[inst]  # [d_hidden, feats]
+        out = features[:, inst] @ W.T @ W
+        out += self.b_final[inst]  # in place on a temporary of our own
+        outputs.append(F.relu(out, inplace=True))
+    return torch.stack(outputs, dim=1)
+
+
+def forward_einops(self, features):
+    from einops import einsum
+
+    hidden = einsum(features, self.W, "b i f, i h f -> b i h")
+    return F.relu(einsum(hidden, self.W, "b i h, i h f -> b i f") + self.b_final)
 
 
 def forward_no_relu(self, features):
@@ -51,8 +98,35 @@ def forward_bias_after_relu(self, features):
     return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden)) + self.b_final
 
 
+def forward_bias_subtracted(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W, features)
+    return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) - self.b_final)
+
+
 def forward_relu_on_hidden(self, features):
     hidden = F.relu(torch.einsum("ihf,bif->bih", self.W, features))
+    return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final)
+
+
+def forward_clamped_at_one(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W, features)
+    return torch.clamp(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final, 0, 1)
+
+
+def forward_first_instance_weights(self, features):
+    W = self.W[0]
+    hidden = torch.einsum("hf,bif->bih", W, features)
+    return F.relu(torch.einsum("hf,bih->bif", W, hidden) + self.b_final)
+
+
+def forward_first_instance_weights_and_bias(self, features):
+    W = self.W[0]
+    hidden = torch.einsum("hf,bif->bih", W, features)
+    return F.relu(torch.einsum("hf,bih->bif", W, hidden) + self.b_final[0])
+
+
+def forward_sums_instances(self, features):
+    hidden = torch.einsum("ihf,bjf->bih", self.W, features)
     return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final)
 
 
@@ -67,9 +141,41 @@ def forward_wrong_shape(self, features):
     return forward_matmul_float64(self, features).transpose(1, 2)
 
 
+def forward_under_no_grad(self, features):
+    with torch.no_grad():
+        return ToyModel.forward(self, features)
+
+
+def forward_detached_encoder(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W.detach(), features)
+    return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final)
+
+
+def forward_detached_bias(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W, features)
+    return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final.data)
+
+
+def forward_scales_features_in_place(self, features):
+    features *= self.importance  # changes the caller's batch
+    return ToyModel.forward(self, features / self.importance)
+
+
+def forward_normalises_W_in_place(self, features):
+    out = ToyModel.forward(self, features)
+    self.W.data /= self.W.data.norm(dim=1, keepdim=True)
+    return out
+
+
+def forward_leaves_grad_off(self, features):
+    torch.set_grad_enabled(False)
+    return ToyModel.forward(self, features)
+
+
 def test_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_forward, ToyModel)
-    checks.passes(part1.test_forward, with_method("forward", forward_matmul_float64))
+    for rewrite in (forward_matmul_float64, forward_broadcasting, forward_loop_in_place_on_temporaries, forward_einops):
+        checks.passes(part1.test_forward, with_method("forward", rewrite))
     checks.passes(part1.test_forward, forward_matmul_float64)  # the bare function works too
 
 
@@ -79,56 +185,141 @@ def test_forward_accepts_reference_and_rewrites(checks):
         (forward_no_relu, "apply the ReLU"),
         (forward_no_bias, "b_final is missing"),
         (forward_bias_after_relu, "added after the ReLU"),
+        (forward_bias_subtracted, "b_final is subtracted"),
         (forward_relu_on_hidden, "ReLU to the hidden layer"),
+        (forward_clamped_at_one, "clamped at 1"),
+        (forward_first_instance_weights, "instance 0's weights"),
+        (forward_first_instance_weights_and_bias, "instance 0's weights and bias"),
+        (forward_sums_instances, "sums the features of every instance"),
         (forward_transposed_contraction, "which axes"),
         (forward_wrong_shape, r"shape \(32, 7, 3\).*\[batch, inst, feats\]"),
+        (forward_under_no_grad, "output of `forward` carries no gradient"),
+        (forward_detached_encoder, "gradient of `W` is not"),
+        (forward_detached_bias, "No gradient reaches `b_final`"),
+        (forward_scales_features_in_place, "changed `features` in place"),
+        (forward_normalises_W_in_place, r"changed `self\.W` in place"),
+        (forward_leaves_grad_off, "switched gradient tracking off"),
     ],
 )
 def test_forward_names_each_mistake(checks, mutant, message):
     checks.fails(part1.test_forward, with_method("forward", mutant), message)
 
 
+def test_forward_inputs_stay_clear_of_the_relu_kink():
+    # float32 and float64 code must agree on every ReLU's on/off pattern for the gradients to agree.
+    torch.manual_seed(0)
+    W = torch.randn(3, 4, 7, dtype=torch.float64)
+    relu_inputs = lambda x: [torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double()))]  # noqa: E731
+    x = part1.inputs_clear_of_kinks(lambda: part1.sparse_features((32, 3, 7)), relu_inputs)
+    assert relu_inputs(x)[0].abs().min() > part1.KINK_MARGIN
+
+
 # generate_batch ---------------------------------------------------------------------------
 
 
+def _shape(self, batch_size):
+    return (batch_size, *self.feature_probability.shape)
+
+
 def generate_two_draws_float64(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
+    shape = _shape(self, batch_size)
     present = torch.rand(shape, device=self.W.device, dtype=torch.float64) < self.feature_probability
     return torch.rand(shape, device=self.W.device, dtype=torch.float64) * present
 
 
+def generate_magnitudes_first_bernoulli(self, batch_size):
+    magnitudes = torch.rand(_shape(self, batch_size), device=self.W.device)
+    present = torch.bernoulli(self.feature_probability.expand(batch_size, -1, -1))
+    return magnitudes * present
+
+
+def generate_loop_over_instances(self, batch_size):
+    columns = []
+    for inst in range(self.feature_probability.shape[0]):
+        probability = self.feature_probability[inst]
+        present = torch.rand(batch_size, len(probability), device=self.W.device) <= probability
+        columns.append(torch.where(present, torch.rand(batch_size, len(probability), device=self.W.device), 0.0))
+    return torch.stack(columns, dim=1)
+
+
+def generate_upper_tail_one_draw(self, batch_size):
+    # Present when u > 1 - p; then (u - (1 - p)) / p is uniform on [0, 1).
+    u = torch.rand(_shape(self, batch_size), device=self.W.device)
+    threshold = 1 - self.feature_probability
+    values = (u - threshold) / self.feature_probability
+    values[u <= threshold] = 0.0  # in place on our own temporary
+    return values
+
+
 def generate_reversed_probability(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
-    present = torch.rand(shape, device=self.W.device) > self.feature_probability
-    return torch.rand(shape, device=self.W.device) * present
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) > self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
 
 
 def generate_first_instance_probability(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
-    present = torch.rand(shape, device=self.W.device) < self.feature_probability[:1]
-    return torch.rand(shape, device=self.W.device) * present
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability[:1]
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_first_feature_probability(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability[:, :1]
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_normal_presence(self, batch_size):
+    present = torch.randn(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_importance_as_probability(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.importance
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
 
 
 def generate_never_absent(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
-    present = torch.rand(shape, device=self.W.device) < self.feature_probability
-    return torch.where(present, torch.rand(shape, device=self.W.device), 1e-3)
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.where(present, torch.rand(_shape(self, batch_size), device=self.W.device), 1e-3)
 
 
 def generate_gaussian_magnitudes(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
-    present = torch.rand(shape, device=self.W.device) < self.feature_probability
-    return torch.randn(shape, device=self.W.device) * present
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.randn(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_abs_gaussian_magnitudes(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.randn(_shape(self, batch_size), device=self.W.device).abs() * present
 
 
 def generate_unit_magnitudes(self, batch_size):
-    shape = (batch_size, *self.feature_probability.shape)
-    return (torch.rand(shape, device=self.W.device) < self.feature_probability).float()
+    return (torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability).float()
+
+
+def generate_presence_mask(self, batch_size):
+    return torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+
+
+def generate_rounded_to_int(self, batch_size):
+    return generate_two_draws_float64(self, batch_size).long()
 
 
 def generate_reused_draw_unscaled(self, batch_size):
-    draws = torch.rand(batch_size, *self.feature_probability.shape, device=self.W.device)
+    draws = torch.rand(_shape(self, batch_size), device=self.W.device)
     return draws * (draws < self.feature_probability)
+
+
+def generate_scaled_by_probability(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * self.feature_probability * present
+
+
+def generate_divided_separate_draw(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) / self.feature_probability * present
+
+
+def generate_scaled_by_importance(self, batch_size):
+    return generate_two_draws_float64(self, batch_size) * self.importance
 
 
 def generate_shared_across_instances(self, batch_size):
@@ -145,19 +336,63 @@ def generate_shared_across_features(self, batch_size):
     return magnitudes * (draws < self.feature_probability)
 
 
+def generate_one_draw_for_the_batch(self, batch_size):
+    draws = torch.rand(1, *self.feature_probability.shape, device=self.W.device)
+    return torch.where(draws < self.feature_probability, draws / self.feature_probability, 0.0).expand(batch_size, -1, -1)
+
+
+def generate_presence_once_for_the_batch(self, batch_size):
+    present = torch.rand(1, *self.feature_probability.shape, device=self.W.device) < self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_reseeded(self, batch_size):
+    torch.manual_seed(0)  # "for reproducibility": every call returns the same batch
+    return ToyModel.generate_batch(self, batch_size)
+
+
 def generate_shared_magnitudes(self, batch_size):
     n_inst, n_feats = self.feature_probability.shape
     present = torch.rand(batch_size, n_inst, n_feats, device=self.W.device) < self.feature_probability
     return torch.rand(batch_size, 1, n_feats, device=self.W.device) * present
 
 
+def generate_magnitudes_shared_across_features(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(batch_size, self.feature_probability.shape[0], 1, device=self.W.device) * present
+
+
+def generate_magnitudes_once_for_the_batch(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(*self.feature_probability.shape, device=self.W.device) * present
+
+
+def generate_clamps_probability_in_place(self, batch_size):
+    probability = self.feature_probability
+    probability.clamp_(max=0.9)  # changes the model's probabilities
+    return ToyModel.generate_batch(self, batch_size)
+
+
+def generate_on_another_device(self, batch_size):
+    return ToyModel.generate_batch(self, batch_size).to("meta")
+
+
 def generate_feats_first(self, batch_size):
     return generate_two_draws_float64(self, batch_size).transpose(1, 2)
 
 
+GENERATE_REWRITES = [generate_two_draws_float64, generate_magnitudes_first_bernoulli, generate_loop_over_instances, generate_upper_tail_one_draw]
+
+
 def test_generate_batch_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_generate_batch, ToyModel)
-    checks.passes(part1.test_generate_batch, with_method("generate_batch", generate_two_draws_float64))
+    for rewrite in GENERATE_REWRITES:
+        checks.passes(part1.test_generate_batch, with_method("generate_batch", rewrite))
+
+
+def test_generate_batch_verdict_does_not_depend_on_the_draw_order():
+    make = lambda count: with_method("generate_batch", preceded_by_draws(ToyModel.generate_batch, count))  # noqa: E731
+    assert failing_draw_counts(part1.test_generate_batch, make) == []
 
 
 @pytest.mark.parametrize(
@@ -165,13 +400,29 @@ def test_generate_batch_accepts_reference_and_rewrites(checks):
     [
         (generate_reversed_probability, "probability 1 - p"),
         (generate_first_instance_probability, "same feature probabilities"),
+        (generate_first_feature_probability, "Every feature uses the same probability"),
+        (generate_normal_presence, "torch.randn < p"),
+        (generate_importance_as_probability, "importance as their probability"),
         (generate_never_absent, "exactly 0"),
-        (generate_gaussian_magnitudes, r"outside \[0, 1\]"),
+        (generate_gaussian_magnitudes, "negative values.*not torch.randn"),
+        (generate_abs_gaussian_magnitudes, "above 1.*torch.randn"),
         (generate_unit_magnitudes, "magnitude 1"),
-        (generate_reused_draw_unscaled, "divide it by the probability"),
+        (generate_presence_mask, "boolean tensor"),
+        (generate_rounded_to_int, "torch.int64 tensor"),
+        (generate_reused_draw_unscaled, r"\[0, p\).*divide it by p"),
+        (generate_scaled_by_probability, r"\[0, p\).*multiply the magnitudes by the probability"),
+        (generate_divided_separate_draw, "the draw that decided presence"),
+        (generate_scaled_by_importance, "scaled by the importance"),
         (generate_shared_across_instances, "correlated across instances"),
         (generate_shared_across_features, "correlated across features"),
-        (generate_shared_magnitudes, "same magnitude in different instances"),
+        (generate_one_draw_for_the_batch, "Every example in the batch .* is the same"),
+        (generate_presence_once_for_the_batch, "same features present"),
+        (generate_reseeded, "same sample on two calls"),
+        (generate_shared_magnitudes, "share one magnitude across instances"),
+        (generate_magnitudes_shared_across_features, "share one magnitude across features"),
+        (generate_magnitudes_once_for_the_batch, "share one magnitude across examples of the batch"),
+        (generate_clamps_probability_in_place, r"changed `self\.feature_probability` in place"),
+        (generate_on_another_device, "on meta; make it on cpu"),
         (generate_feats_first, r"\[batch, inst, feats\]"),
     ],
 )
@@ -188,8 +439,25 @@ def loss_explicit_float64(self, out, batch):
     return per_instance.sum()
 
 
+def loss_mse_per_element_einsum(self, out, batch):
+    squared = F.mse_loss(out, batch, reduction="none")
+    return torch.einsum("bif,if->", squared, self.importance) / (batch.shape[0] * batch.shape[2])
+
+
+def loss_in_place_on_temporaries(self, output, target):  # other argument names: passed by position
+    error = target - output
+    error.pow_(2)
+    error *= self.importance
+    return error.mean(0).mean(-1).sum()
+
+
 def _weighted(self, out, batch):
     return self.importance * (batch - out) ** 2
+
+
+def _loss_subtracting_in_place(self, out, batch):
+    out -= batch  # changes the model's output the caller holds
+    return (self.importance * out**2).mean((0, 2)).sum()
 
 
 LOSS_MUTANTS = [
@@ -201,13 +469,22 @@ LOSS_MUTANTS = [
     (lambda self, out, batch: (self.importance * (batch - out).abs()).mean((0, 2)).sum(), "not squared"),
     (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)), "one loss per instance"),
     (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().detach(), "cut off from the graph"),
-    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().item(), "torch.Tensor"),
+    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().item(), "Python float"),
+    (lambda self, out, batch: F.mse_loss(out, batch), "Importance is missing and the loss is averaged over instances"),
+    (lambda self, out, batch: _weighted(self, out, batch).sum(), "summed over the batch and summed over features"),
+    (lambda self, out, batch: (self.importance**2 * (batch - out) ** 2).mean((0, 2)).sum(), "applied squared"),
+    (lambda self, out, batch: (self.importance * (batch - out)).mean((0, 2)).pow(2).sum(), "averaged error is squared"),
+    (lambda self, out, batch: _weighted(self, out, batch).mean(-1), r"shape \(16, 5\), keeping the batch, inst axes"),
+    (lambda self, out, batch: _weighted(self, out.detach(), batch).mean((0, 2)).sum() + 0 * out.sum(), "gradient with respect to `out` is not"),
+    (_loss_subtracting_in_place, "changed `out` in place"),
 ]
 
 
 def test_calculate_loss_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_calculate_loss, ToyModel)
-    checks.passes(part1.test_calculate_loss, with_method("calculate_loss", loss_explicit_float64))
+    sum_instances_then_mean = lambda self, out, batch: _weighted(self, out, batch).sum(1).mean()  # noqa: E731
+    for rewrite in (loss_explicit_float64, loss_mse_per_element_einsum, loss_in_place_on_temporaries, sum_instances_then_mean):
+        checks.passes(part1.test_calculate_loss, with_method("calculate_loss", rewrite))
 
 
 @pytest.mark.parametrize(("mutant", "message"), LOSS_MUTANTS)
@@ -218,11 +495,25 @@ def test_calculate_loss_names_each_mistake(checks, mutant, message):
 # correlated and anticorrelated pairs ------------------------------------------------------
 
 
+def _pairs_shape(batch_size, feature_probability):
+    return (batch_size, *feature_probability.shape)
+
+
 def correlated_float64_repeat(batch_size, feature_probability):
     n_inst, n_pairs = feature_probability.shape
     present = torch.rand(batch_size, n_inst, n_pairs, dtype=torch.float64, device=feature_probability.device)
     present = (present < feature_probability).repeat_interleave(2, dim=-1)
     return torch.rand(batch_size, n_inst, 2 * n_pairs, dtype=torch.float64, device=feature_probability.device) * present
+
+
+def correlated_loop_over_pairs(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    values = torch.zeros(batch_size, n_inst, 2 * n_pairs, device=feature_probability.device)
+    for pair in range(n_pairs):
+        magnitudes = torch.rand(batch_size, n_inst, 2, device=feature_probability.device)  # magnitudes first
+        present = torch.bernoulli(feature_probability[:, pair].expand(batch_size, n_inst))
+        values[..., 2 * pair : 2 * pair + 2] = magnitudes * present[..., None]
+    return values
 
 
 def correlated_blocked_layout(batch_size, feature_probability):
@@ -243,16 +534,56 @@ def correlated_same_magnitude(batch_size, feature_probability):
     return (torch.rand(batch_size, n_inst, n_pairs) * present).repeat_interleave(2, dim=-1)
 
 
+def correlated_complementary_magnitudes(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = torch.rand(batch_size, n_inst, n_pairs) < feature_probability
+    first = torch.rand(batch_size, n_inst, n_pairs)
+    return (torch.stack([first, 1 - first], dim=-1) * present[..., None]).flatten(-2)
+
+
 def correlated_shared_instances(batch_size, feature_probability):
     n_inst, n_pairs = feature_probability.shape
     present = (torch.rand(batch_size, 1, n_pairs) < feature_probability).repeat_interleave(2, dim=-1)
     return torch.rand(batch_size, n_inst, 2 * n_pairs) * present
 
 
+def correlated_shared_pairs(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = (torch.rand(batch_size, n_inst, 1) < feature_probability).repeat_interleave(2, dim=-1)
+    return torch.rand(batch_size, n_inst, 2 * n_pairs) * present
+
+
+def correlated_reversed(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = (torch.rand(batch_size, n_inst, n_pairs) > feature_probability).repeat_interleave(2, dim=-1)
+    return torch.rand(batch_size, n_inst, 2 * n_pairs) * present
+
+
+def correlated_both_draws_below_p(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    shape = (batch_size, n_inst, n_pairs)
+    present = ((torch.rand(shape) < feature_probability) & (torch.rand(shape) < feature_probability)).repeat_interleave(2, dim=-1)
+    return torch.rand(batch_size, n_inst, 2 * n_pairs) * present
+
+
+def correlated_magnitudes_shared_across_instances(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = (torch.rand(batch_size, n_inst, n_pairs) < feature_probability).repeat_interleave(2, dim=-1)
+    return torch.rand(batch_size, 1, 2 * n_pairs) * present
+
+
 def correlated_gaussian(batch_size, feature_probability):
     return correlated_float64_repeat(batch_size, feature_probability).sign() * torch.randn(
         batch_size, *feature_probability.shape[:1], 2 * feature_probability.shape[1]
     ).double()
+
+
+def correlated_presence_mask(batch_size, feature_probability):
+    return correlated_float64_repeat(batch_size, feature_probability) > 0
+
+
+def correlated_on_another_device(batch_size, feature_probability):
+    return generate_correlated_features(batch_size, feature_probability).to("meta")
 
 
 def anticorrelated_one_draw(batch_size, feature_probability):
@@ -264,12 +595,34 @@ def anticorrelated_one_draw(batch_size, feature_probability):
     return (torch.rand(batch_size, n_inst, n_pairs, 2, dtype=torch.float64) * choice).reshape(batch_size, n_inst, 2 * n_pairs)
 
 
+def anticorrelated_both_tails(batch_size, feature_probability):
+    # First when u < p, second when u > 1 - p: disjoint because p <= 1/2.
+    u = torch.rand(_pairs_shape(batch_size, feature_probability))
+    choice = torch.stack([u < feature_probability, u > 1 - feature_probability], dim=-1)
+    return (torch.rand(*u.shape, 2) * choice).flatten(-2)
+
+
+def anticorrelated_conditional_second(batch_size, feature_probability):
+    # First with p; the second, only when the first is absent, with p / (1 - p).
+    shape = _pairs_shape(batch_size, feature_probability)
+    first = torch.rand(shape) < feature_probability
+    second = ~first & (torch.rand(shape) < feature_probability / (1 - feature_probability))
+    return (torch.rand(*shape, 2) * torch.stack([first, second], dim=-1)).flatten(-2)
+
+
 def anticorrelated_halved(batch_size, feature_probability):
     n_inst, n_pairs = feature_probability.shape
     active = torch.rand(batch_size, n_inst, n_pairs) < feature_probability
     first = torch.rand(batch_size, n_inst, n_pairs) < 0.5
     choice = torch.stack([active & first, active & ~first], dim=-1)
     return (torch.rand(batch_size, n_inst, n_pairs, 2) * choice).flatten(-2)
+
+
+def anticorrelated_second_unconditioned(batch_size, feature_probability):
+    shape = _pairs_shape(batch_size, feature_probability)
+    first = torch.rand(shape) < feature_probability
+    second = ~first & (torch.rand(shape) < feature_probability)
+    return (torch.rand(*shape, 2) * torch.stack([first, second], dim=-1)).flatten(-2)
 
 
 def anticorrelated_blocked_layout(batch_size, feature_probability):
@@ -288,11 +641,48 @@ def anticorrelated_shared_instances(batch_size, feature_probability):
     return (torch.rand(batch_size, n_inst, n_pairs, 2) * choice).flatten(-2)
 
 
-def test_pair_checks_accept_reference_and_rewrites(checks):
-    checks.passes(part1.test_generate_correlated_features, generate_correlated_features)
-    checks.passes(part1.test_generate_correlated_features, correlated_float64_repeat)
-    checks.passes(part1.test_generate_anticorrelated_features, generate_anticorrelated_features)
-    checks.passes(part1.test_generate_anticorrelated_features, anticorrelated_one_draw)
+def anticorrelated_choice_shared_across_pairs(batch_size, feature_probability):
+    shape = _pairs_shape(batch_size, feature_probability)
+    active = torch.rand(shape) < 2 * feature_probability
+    first = (torch.rand(batch_size, shape[1], 1) < 0.5).expand(shape)  # one coin per instance, not per pair
+    return (torch.rand(*shape, 2) * torch.stack([active & first, active & ~first], dim=-1)).flatten(-2)
+
+
+def anticorrelated_doubles_probability_in_place(batch_size, feature_probability):
+    feature_probability *= 2  # the caller's tensor is now twice as large
+    return generate_anticorrelated_features(batch_size, feature_probability / 2)
+
+
+def anticorrelated_gaussian(batch_size, feature_probability):
+    values = anticorrelated_one_draw(batch_size, feature_probability)
+    return values.sign() * torch.randn(values.shape, dtype=torch.float64)
+
+
+PAIR_REWRITES = {
+    "generate_correlated_features": [generate_correlated_features, correlated_float64_repeat, correlated_loop_over_pairs],
+    "generate_anticorrelated_features": [
+        generate_anticorrelated_features,
+        anticorrelated_one_draw,
+        anticorrelated_both_tails,
+        anticorrelated_conditional_second,
+    ],
+}
+PAIR_CHECK = {
+    "generate_correlated_features": part1.test_generate_correlated_features,
+    "generate_anticorrelated_features": part1.test_generate_anticorrelated_features,
+}
+
+
+@pytest.mark.parametrize("name", PAIR_REWRITES)
+def test_pair_checks_accept_reference_and_rewrites(checks, name):
+    for rewrite in PAIR_REWRITES[name]:
+        checks.passes(PAIR_CHECK[name], rewrite)
+
+
+@pytest.mark.parametrize("name", PAIR_REWRITES)
+def test_pair_verdicts_do_not_depend_on_the_draw_order(name):
+    reference = PAIR_REWRITES[name][0]
+    assert failing_draw_counts(PAIR_CHECK[name], lambda count: preceded_by_draws(reference, count), counts=range(1, 40, 3)) == []
 
 
 @pytest.mark.parametrize(
@@ -301,8 +691,15 @@ def test_pair_checks_accept_reference_and_rewrites(checks):
         (correlated_blocked_layout, r"pair k must be features 2k and 2k \+ 1"),
         (correlated_independent, "not always present together"),
         (correlated_same_magnitude, "same magnitude"),
+        (correlated_complementary_magnitudes, "depend on each other"),
         (correlated_shared_instances, "correlated across instances"),
-        (correlated_gaussian, r"outside \[0, 1\]"),
+        (correlated_shared_pairs, "correlated across pairs"),
+        (correlated_reversed, "1 - p"),
+        (correlated_both_draws_below_p, "p²"),
+        (correlated_magnitudes_shared_across_instances, "share one magnitude across instances"),
+        (correlated_gaussian, "negative values.*torch.randn"),
+        (correlated_presence_mask, "boolean tensor"),
+        (correlated_on_another_device, "on meta; make it on cpu"),
     ],
 )
 def test_correlated_check_names_each_mistake(checks, mutant, message):
@@ -313,9 +710,13 @@ def test_correlated_check_names_each_mistake(checks, mutant, message):
     ("mutant", "message"),
     [
         (anticorrelated_halved, "p/2"),
+        (anticorrelated_second_unconditioned, r"p\(1 - p\)"),
         (anticorrelated_blocked_layout, r"pair k must be features 2k and 2k \+ 1"),
         (anticorrelated_independent, "sometimes present together"),
         (anticorrelated_shared_instances, "correlated across instances"),
+        (anticorrelated_choice_shared_across_pairs, "correlated across pairs"),
+        (anticorrelated_doubles_probability_in_place, "changed `feature_probability` in place"),
+        (anticorrelated_gaussian, "negative values"),
     ],
 )
 def test_anticorrelated_check_names_each_mistake(checks, mutant, message):
@@ -351,6 +752,12 @@ def test_wrong_kind_of_object_is_named(checks, check, name, wrong_thing):
     checks.fails(check, wrong_thing, rf"Pass (the class that has )?your `{name}`")
 
 
+@pytest.mark.parametrize(("check", "name"), ALL_CHECKS)
+def test_a_class_without_the_method_is_told_it_was_never_attached(checks, check, name):
+    learners_class = type("ToyModel", (nn.Module,), {})  # the exercise cell was not run
+    checks.fails(check, learners_class, rf"`ToyModel` has no `{name}` of yours: the method was never attached")
+
+
 def test_a_crash_is_reported_with_the_learners_line(checks):
     def forward_with_typo(self, features):
         return self.weights @ features  # no attribute `weights`
@@ -368,6 +775,12 @@ def test_checks_leave_the_learners_random_state_alone(checks, check, learner):
     checks.passes(check, learner)
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(3), expected[2])
+
+
+def test_sampler_checks_restore_the_learners_thread_count(checks):
+    threads = torch.get_num_threads()
+    checks.passes(part1.test_generate_batch, ToyModel)
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize(("mutant", "message"), LOSS_MUTANTS[:6])
