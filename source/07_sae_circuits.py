@@ -163,6 +163,12 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # the ReLU derivative at that token, dotted with the vector the output latent reads from the
 # neurons (`W_out` times its encoder column). Slow on purpose: it is the reference you will
 # trust when the fast version disagrees.
+#
+# The inputs: `mlp_pre` is `pre` for every token, `[tokens, d_mlp]`; `active_in[t]` and
+# `active_out[t]` hold the numbers of that token's `k_in` and `k_out` active latents (distinct
+# within a token, as TopK's are). Return `J` of shape `[tokens, k_out, k_in]`, every axis
+# kept even when it has length 1. The ReLU derivative is 0 where `pre` is exactly 0, as in
+# autograd. Leave the inputs unchanged: build new tensors rather than editing them in place.
 
 # %% tags=["reference"]
 @dataclass(frozen=True)
@@ -214,12 +220,13 @@ checks.test_jacobian_loop(jacobian_loop)
 # - Indexing these products with the active indices gathers every token's rows at once:
 #   `[tokens, k_in, d_mlp]` and `[tokens, k_out, d_mlp]`.
 #
-# Then one `einsum` over tokens multiplies the gathered rows, the ReLU derivatives
-# `[tokens, d_mlp]` and the gathered columns, summing over `d_mlp`.
+# Then one `einsum` over tokens multiplies the gathered rows of the second product, the ReLU
+# derivatives `[tokens, d_mlp]` and the gathered rows of the first, summing over `d_mlp`.
 #
-# **Exercise:** `latent_products(weights)`, returning the two products as `LatentProducts`,
-# and `jacobian_vectorised(products, mlp_pre, active_in, active_out)`, with the same result
-# as `jacobian_loop` and no Python loops. The check compares them with the reference and
+# **Exercise:** `latent_products(weights)`, returning the two products as `LatentProducts`
+# (`written` `[d_sae_in, d_mlp]`, `read` `[d_sae_out, d_mlp]`), and
+# `jacobian_vectorised(products, mlp_pre, active_in, active_out)`, with the same inputs, the
+# same result and the same conventions as `jacobian_loop`, and no Python loops. The check compares them with the reference and
 # with your loop, and compares the result with `torch.autograd.functional.jacobian` of the
 # whole chain (SAE decoder, MLP, SAE encoder, biases included) on a tiny case.
 

@@ -10,43 +10,84 @@ from tests.checking import CheckFailure
 from tests.suite.conftest import stub
 
 
-def make_loop(*, derivative: str = "step", transpose_result: bool = False, first_token_only: bool = False, transposed_W_in: bool = False):
+DERIVATIVES = {
+    "step": lambda pre: (pre > 0).double(),
+    "post-activation": lambda pre: (F.relu(pre) > 0).double(),  # correct: the same step
+    "none": lambda pre: torch.ones_like(pre),
+    "relu": F.relu,
+    "negative": lambda pre: (pre < 0).double(),
+    "at least zero": lambda pre: (pre >= 0).double(),
+    "heaviside half": lambda pre: torch.heaviside(pre, torch.tensor(0.5, dtype=pre.dtype)),
+    "post-activation at least zero": lambda pre: (F.relu(pre) >= 0).double(),
+}
+
+
+def make_loop(
+    *,
+    derivative: str = "step",
+    transpose_result: bool = False,
+    first_token_only: bool = False,
+    transposed_W_in: bool = False,
+    W_out_for_W_in: bool = False,
+    W_in_for_W_out: bool = False,
+    normalised_encoder: bool = False,
+    squeeze: bool = False,
+):
     """A loop Jacobian with one deliberate change (or none: a correct float64 rewrite with matmuls)."""
 
     def jacobian_loop(weights, mlp_pre, active_in, active_out):
-        W_in = weights.W_in.T if transposed_W_in else weights.W_in
+        W_in = weights.W_in.T if transposed_W_in else weights.W_out.T if W_out_for_W_in else weights.W_in
+        W_out = weights.W_in.T if W_in_for_W_out else weights.W_out
+        W_enc_out = F.normalize(weights.W_enc_out, dim=0) if normalised_encoder else weights.W_enc_out
         tokens, k_in = active_in.shape
         k_out = active_out.shape[1]
         rows = []
         for t in range(tokens):
             pre = mlp_pre[0 if first_token_only else t].double()
-            scale = {"step": (pre > 0).double(), "none": torch.ones_like(pre), "relu": F.relu(pre), "negative": (pre < 0).double()}[derivative]
+            scale = DERIVATIVES[derivative](pre)
             written = weights.W_dec_in[active_in[t]].double() @ W_in.double()  # [k_in, d_mlp]
-            read = (weights.W_out.double() @ weights.W_enc_out[:, active_out[t]].double()).T  # [k_out, d_mlp]
+            read = (W_out.double() @ W_enc_out[:, active_out[t]].double()).T  # [k_out, d_mlp]
             block = (read * scale) @ written.T
             rows.append(block.T if transpose_result else block)
-        return torch.stack(rows).reshape(tokens, *((k_in, k_out) if transpose_result else (k_out, k_in)))
+        result = torch.stack(rows).reshape(tokens, *((k_in, k_out) if transpose_result else (k_out, k_in)))
+        return result.squeeze() if squeeze else result
 
     return jacobian_loop
 
 
-def make_products(*, transposed_W_in: bool = False, untransposed_read: bool = False):
+def make_products(
+    *,
+    transposed_W_in: bool = False,
+    untransposed_read: bool = False,
+    transposed_written: bool = False,
+    swapped: bool = False,
+    W_out_for_W_in: bool = False,
+    W_in_for_W_out: bool = False,
+    normalised_encoder: bool = False,
+    normalised_written: bool = False,
+):
     def latent_products(weights):
-        W_in = weights.W_in.T if transposed_W_in else weights.W_in
-        read = weights.W_out @ weights.W_enc_out
-        return reference.LatentProducts(written=weights.W_dec_in @ W_in, read=read if untransposed_read else weights.W_enc_out.T @ weights.W_out.T)
+        W_in = weights.W_in.T if transposed_W_in else weights.W_out.T if W_out_for_W_in else weights.W_in
+        W_out = weights.W_in.T if W_in_for_W_out else weights.W_out
+        W_enc_out = F.normalize(weights.W_enc_out, dim=0) if normalised_encoder else weights.W_enc_out
+        written = weights.W_dec_in @ W_in
+        written = F.normalize(written, dim=-1) if normalised_written else written
+        read = W_out @ W_enc_out
+        written, read = (written.T if transposed_written else written), (read if untransposed_read else W_enc_out.T @ W_out.T)
+        return reference.LatentProducts(written=read, read=written) if swapped else reference.LatentProducts(written=written, read=read)
 
     return latent_products
 
 
-def make_vectorised(*, gather_axis: str = "rows", derivative: str = "step", matmul: bool = False):
+def make_vectorised(*, gather_axis: str = "rows", derivative: str = "step", matmul: bool = False, read_by_input: bool = False, output: str = "toi"):
     def jacobian_vectorised(products, mlp_pre, active_in, active_out):
-        scale = {"step": (mlp_pre > 0).to(mlp_pre.dtype), "none": torch.ones_like(mlp_pre), "relu": F.relu(mlp_pre)}[derivative]
+        scale = DERIVATIVES[derivative](mlp_pre).to(mlp_pre.dtype)
         written = products.written[active_in]  # [tokens, k_in, d_mlp]
-        read = products.read[active_out] if gather_axis == "rows" else products.read[:, active_out].permute(1, 2, 0)
+        read_indices = active_in if read_by_input else active_out
+        read = products.read[read_indices] if gather_axis == "rows" else products.read[:, read_indices].permute(1, 2, 0)
         if matmul:  # a correct rewrite with a batched matmul in float64
             return torch.bmm(read.double() * scale.double()[:, None, :], written.double().transpose(1, 2))
-        return torch.einsum("tom,tm,tim->toi", read, scale, written)
+        return torch.einsum(f"tom,tm,tim->{output}", read, scale, written)
 
     return jacobian_vectorised
 
@@ -135,3 +176,175 @@ def test_checks_do_not_change_the_learners_random_state(checks):
     checks.passes(part7.test_jacobian_loop, reference.jacobian_loop)
     checks.passes(lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised), None)
     assert torch.equal(torch.rand(3), expected)
+
+
+# Further mistakes and rewrites -------------------------------------------------------------
+
+
+def loop_with_python_sums(weights, mlp_pre, active_in, active_out):
+    """Correct: four nested loops down to single numbers, into a float32 tensor even for float64 inputs."""
+    tokens, k_in = active_in.shape
+    k_out = active_out.shape[1]
+    jacobian = torch.zeros(tokens, k_out, k_in)
+    for t in range(tokens):
+        for o in range(k_out):
+            reads = weights.W_out @ weights.W_enc_out[:, active_out[t, o]]
+            for i in range(k_in):
+                writes = weights.W_dec_in[active_in[t, i]] @ weights.W_in
+                jacobian[t, o, i] = sum(float(writes[m] * reads[m]) for m in range(len(writes)) if mlp_pre[t, m] > 0)
+    return jacobian
+
+
+def loop_in_place_on_own_temporaries(weights, mlp_pre, active_in, active_out):
+    """Correct: the derivative built in place on a clone, entries written into a preallocated result."""
+    tokens, k_in = active_in.shape
+    jacobian = mlp_pre.new_zeros(tokens, active_out.shape[1], k_in)
+    for t in range(tokens):
+        derivative = mlp_pre[t].clone()
+        derivative[derivative > 0] = 1.0
+        derivative.clamp_(min=0.0)
+        written = weights.W_dec_in[active_in[t]] @ weights.W_in
+        written.mul_(derivative)
+        jacobian[t] = (weights.W_out @ weights.W_enc_out[:, active_out[t]]).T @ written.T
+    return jacobian
+
+
+def loop_sign_of_pre(weights, mlp_pre, active_in, active_out):
+    """Correct: the step written as sign(pre) clamped at 0 (0 at the kink), with einsum per token."""
+    return torch.stack(
+        [
+            torch.einsum("mo,m,im->oi", weights.W_out @ weights.W_enc_out[:, active_out[t]], torch.sign(mlp_pre[t]).clamp(min=0), weights.W_dec_in[active_in[t]] @ weights.W_in)
+            for t in range(len(mlp_pre))
+        ]
+    )
+
+
+@pytest.mark.parametrize("learner", [make_loop(derivative="post-activation"), loop_with_python_sums, loop_in_place_on_own_temporaries, loop_sign_of_pre])
+def test_jacobian_loop_accepts_further_rewrites(checks, learner):
+    checks.passes(part7.test_jacobian_loop, learner)
+
+
+def loop_binarises_mlp_pre_in_place(weights, mlp_pre, active_in, active_out):
+    derivative = mlp_pre
+    derivative[derivative > 0] = 1.0
+    derivative[derivative <= 0] = 0.0
+    return reference.jacobian_loop(weights, derivative, active_in, active_out)
+
+
+def loop_renormalises_decoder_in_place(weights, mlp_pre, active_in, active_out):
+    W_dec_in = weights.W_dec_in
+    W_dec_in /= W_dec_in.norm(dim=-1, keepdim=True)
+    return reference.jacobian_loop(weights, mlp_pre, active_in, active_out)
+
+
+def loop_sorts_indices_in_place(weights, mlp_pre, active_in, active_out):
+    active_in[:] = active_in.sort(dim=-1).values
+    return reference.jacobian_loop(weights, mlp_pre, active_in, active_out)
+
+
+def loop_reads_with_input_indices(weights, mlp_pre, active_in, active_out):
+    jacobian = reference.jacobian_loop(weights, mlp_pre, active_in, active_in)
+    return jacobian[:, : active_out.shape[1]] if active_out.shape[1] <= active_in.shape[1] else jacobian
+
+
+@pytest.mark.parametrize(
+    ("learner", "message"),
+    [
+        (make_loop(derivative="at least zero"), r"pre exactly 0 as on \(>= 0\)"),
+        (make_loop(derivative="post-activation at least zero"), r"missing \(or is 1 everywhere, as ReLU\(pre\) >= 0 is\)"),
+        (make_loop(derivative="heaviside half"), "0.5 where pre is exactly 0"),
+        (make_loop(W_out_for_W_in=True), "uses W_out transposed; it is its decoder row times W_in"),
+        (make_loop(W_in_for_W_out=True), "uses W_in transposed; it is W_out times its encoder column"),
+        (make_loop(normalised_encoder=True), "W_enc_out's columns were normalised"),
+        (make_loop(squeeze=True), r"keep every axis, even one of length 1 \(no \.squeeze\(\)\)"),
+        (loop_binarises_mlp_pre_in_place, "changed `mlp_pre` in place"),
+        (loop_renormalises_decoder_in_place, r"changed `weights\.W_dec_in` in place"),
+        (loop_sorts_indices_in_place, "changed `active_in` in place"),
+        (loop_reads_with_input_indices, r"\[tokens, k_in, k_in\]"),
+    ],
+)
+def test_jacobian_loop_names_further_mistakes(checks, learner, message):
+    checks.fails(part7.test_jacobian_loop, learner, message)
+
+
+def test_output_latents_read_with_input_indices_are_named_by_their_values_when_k_in_equals_k_out():
+    case = part7.random_case(n_tokens=4, k_in=3, k_out=3)
+    with pytest.raises(CheckFailure, match="output latents are chosen with active_in"):
+        part7._diagnose(part7.expected_jacobian(case, read_by="in"), case, "jacobian_loop")
+
+
+def test_every_case_has_neurons_exactly_at_the_kink():
+    assert all((case[1] == 0).any() for case in part7.check_cases())
+
+
+def vectorised_broadcast(products, mlp_pre, active_in, active_out):
+    """Correct: broadcasting and a sum over d_mlp instead of einsum."""
+    read, written = products.read[active_out], products.written[active_in]
+    return (read[:, :, None, :] * (mlp_pre > 0)[:, None, None, :] * written[:, None, :, :]).sum(dim=-1)
+
+
+def vectorised_in_place_on_own_temporaries(products, mlp_pre, active_in, active_out):
+    """Correct: masks the gathered rows in place (gathering made a new tensor) and multiplies in float64."""
+    read = products.read[active_out].double()
+    read.mul_((mlp_pre > 0).double()[:, None, :])
+    return read @ products.written[active_in].double().transpose(-1, -2)
+
+
+def products_with_einsum(weights):
+    return reference.LatentProducts(
+        written=torch.einsum("sd,dm->sm", weights.W_dec_in.double(), weights.W_in.double()),
+        read=torch.einsum("md,do->om", weights.W_out.double(), weights.W_enc_out.double()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("products", "vectorised"),
+    [
+        (products_with_einsum, vectorised_broadcast),
+        (reference.latent_products, vectorised_in_place_on_own_temporaries),
+        (make_products(), make_vectorised(derivative="post-activation")),
+    ],
+)
+def test_jacobian_vectorised_accepts_further_rewrites(checks, products, vectorised):
+    checks.passes(lambda _: part7.test_jacobian_vectorised(products, vectorised, loop=loop_sign_of_pre), None)
+
+
+def vectorised_binarises_mlp_pre_in_place(products, mlp_pre, active_in, active_out):
+    return reference.jacobian_vectorised(products, mlp_pre.gt_(0).to(mlp_pre.dtype), active_in, active_out)
+
+
+def vectorised_masks_products_in_place(products, mlp_pre, active_in, active_out):
+    written = products.written
+    written[:] = written * 1.0001
+    return reference.jacobian_vectorised(products, mlp_pre, active_in, active_out)
+
+
+def vectorised_squeezes(products, mlp_pre, active_in, active_out):
+    return reference.jacobian_vectorised(products, mlp_pre, active_in, active_out).squeeze()
+
+
+def products_normalise_decoder_in_place(weights):
+    weights.W_dec_in.div_(weights.W_dec_in.norm(dim=-1, keepdim=True))
+    return reference.latent_products(weights)
+
+
+@pytest.mark.parametrize(
+    ("products", "vectorised", "message"),
+    [
+        (make_products(), make_vectorised(derivative="at least zero"), r"pre exactly 0 as on \(>= 0\)"),
+        (make_products(), make_vectorised(read_by_input=True), r"\[tokens, k_in, k_in\]"),
+        (make_products(), make_vectorised(output="tio"), r"returned shape \[tokens, k_in, k_out\]"),
+        (make_products(), vectorised_squeezes, r"no \.squeeze\(\)"),
+        (make_products(), vectorised_binarises_mlp_pre_in_place, "changed `mlp_pre` in place"),
+        (make_products(), vectorised_masks_products_in_place, r"changed `products\.written` in place"),
+        (products_normalise_decoder_in_place, make_vectorised(), r"changed `weights\.W_dec_in` in place"),
+        (make_products(transposed_written=True), make_vectorised(), r"`written` is \[d_mlp, d_sae_in\]"),
+        (make_products(swapped=True), make_vectorised(), "`written` and `read` are swapped"),
+        (make_products(W_out_for_W_in=True), make_vectorised(), "`written` uses W_out transposed"),
+        (make_products(W_in_for_W_out=True), make_vectorised(), "`read` uses W_in transposed"),
+        (make_products(normalised_encoder=True), make_vectorised(), "W_enc_out's columns were normalised"),
+        (make_products(normalised_written=True), make_vectorised(), "`written`'s rows were normalised"),
+    ],
+)
+def test_jacobian_vectorised_names_further_mistakes(checks, products, vectorised, message):
+    checks.fails(lambda _: part7.test_jacobian_vectorised(products, vectorised), None, message)
