@@ -236,8 +236,10 @@ encoded = {name: encode_and_reconstruct(sae, test_rows) for name, (sae, _) in sa
 # $$\text{FVE} = 1 - \frac{\sum_{t} \lVert x_t - \hat x_t \rVert^2}{\sum_t \lVert x_t - \bar x \rVert^2},$$
 #
 # summed over tokens t and over the d_model dimensions, where $\bar x$ is the **mean
-# activation vector** over the tokens. Write it for `x` and `x_hat` of shape `[tokens, d]`;
-# return a 0-dimensional tensor.
+# activation vector** over the tokens (one mean per dimension). Both sums are plain sums of
+# squares, with no division by the number of tokens (or by tokens − 1). Write it for `x` and
+# `x_hat`, always two-dimensional, `[tokens, d]`; return a 0-dimensional tensor (a Python
+# float works too).
 
 
 # %% tags=["reference"]
@@ -261,7 +263,7 @@ checks.test_fraction_variance_explained(fraction_variance_explained)
 # %%
 for name, (latents, reconstruction) in encoded.items():
     for i, label in enumerate(saes[name][1]):
-        about_mean = fraction_variance_explained(test_rows, reconstruction[i]).item()
+        about_mean = float(fraction_variance_explained(test_rows, reconstruction[i]))
         about_zero = 1 - ((test_rows - reconstruction[i]).pow(2).sum() / test_rows.pow(2).sum()).item()
         print(f"{name} {label:7}  FVE about the mean {about_mean:.4f}   about zero {about_zero:.4f}")
 print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, about zero {1 - ((test_rows - test_rows.mean(0)).pow(2).sum() / test_rows.pow(2).sum()).item():.4f}")
@@ -269,8 +271,14 @@ print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, 
 # %% [markdown]
 # ### Exercise 5.2: L0 and firing frequencies
 #
-# - `l0_norm(latents)`: the number of latents active (> 0) on each token, averaged over tokens.
-# - `firing_frequency(latents)`: for each latent, the fraction of tokens on which it is active.
+# Both take `latents` of shape `[tokens, d_sae]`. A latent is **active** on a token when its
+# value is > 0, however small (latents come out of a ReLU and are never negative, so `!= 0`
+# is the same test here).
+#
+# - `l0_norm(latents)`: the number of active latents on each token, averaged over all tokens
+#   (a token with none active counts 0); a 0-dimensional floating-point tensor (or a float).
+# - `firing_frequency(latents)`: for each latent, the fraction of tokens on which it is
+#   active, between 0 and 1; a floating-point tensor `[d_sae]`.
 #
 # A latent that never fires on the evaluation tokens is **dead**; one that fires on more
 # than 10% of tokens is **dense** (suspicious in an SAE whose L0 is a few out of 256).
@@ -314,15 +322,21 @@ fig.show()
 # place of the activation and see what the model's next-token loss does.
 #
 # 1. `spliced_loss(model, tokens, hook_name, replace)`: run the model on `tokens` with a
-#    forward hook at `hook_name` that replaces the activation `act` with `replace(act)`, and
-#    return the mean next-token loss as a float. Use
+#    forward hook at `hook_name` that replaces the whole activation `act` with `replace(act)`
+#    (at every position: `replace` itself decides what changes), and return the mean
+#    next-token loss, over every predicted token, as a float. Use
 #    `model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_name, hook_fn)])`,
-#    where `hook_fn(act, hook)` returns the new activation.
+#    where `hook_fn(act, hook)` returns the new activation (writing it into `act` in place and
+#    returning nothing works too). `run_with_hooks` removes the hook when it returns; a hook
+#    left attached would change every later run of the model.
 # 2. `loss_recovered(clean, spliced, ablated)`: where the spliced loss sits between the clean
 #    loss (1.0: nothing lost) and the loss with the activation ablated (0.0: as bad as
-#    removing it):
+#    removing it). The losses are numbers (floats, or 0-dimensional tensors):
 #
 # $$\text{loss recovered} = \frac{L_\text{ablated} - L_\text{spliced}}{L_\text{ablated} - L_\text{clean}}.$$
+#
+# Do not clip it: a spliced loss below the clean loss gives more than 1, and one above the
+# ablated loss a negative value.
 
 
 # %% tags=["reference"]
@@ -402,8 +416,8 @@ with torch.no_grad():
             rows.append(
                 {
                     "SAE": f"{name} {label}",
-                    "L0": l0_norm(latents[i]).item(),
-                    "FVE": fraction_variance_explained(test_rows, reconstruction[i]).item(),
+                    "L0": float(l0_norm(latents[i])),
+                    "FVE": float(fraction_variance_explained(test_rows, reconstruction[i])),
                     "dead": int((frequency == 0).sum()),
                     "dense": int((frequency > DENSE_ABOVE).sum()),
                     "loss": loss,
