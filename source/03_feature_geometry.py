@@ -53,8 +53,8 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # Given `W [inst, d_hidden, feats]`, return `D [inst, feats]`. Features are the *columns*
 # of each instance's `W` (normalise over `d_hidden`). The sum over `j` includes `j = i`.
 # You may assume every column is non-zero: for a column of zeros $\hat W_i$ is 0/0 and so
-# is $D_i$, and the check never passes one (an epsilon in the normalisation is fine but not
-# needed). Leave `W` as it is: normalise into a new tensor, not in place.
+# is $D_i$, and the check never passes one (a small epsilon such as 1e-8 in the normalisation
+# is fine, but not needed). Leave `W` as it is: normalise into a new tensor, not in place.
 
 # %% tags=["reference"]
 def compute_dimensionality(W: Float[Tensor, "inst d_hidden feats"]) -> Float[Tensor, "inst feats"]:

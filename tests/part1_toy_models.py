@@ -30,7 +30,10 @@ from tests.checking import (
     learner_callable,
 )
 
-FALSE_ALARM = 1e-9  # per check: the chance that a correct sampler fails it
+# The chance that a correct sampler fails a check is at most 1e-9: a sampler check runs at most
+# four statistical tests (presence frequencies, independence, uniform magnitudes, and one of
+# the pairs' or signs' tests), each with a quarter of it, shared again by all its cells.
+FALSE_ALARM_PER_TEST = 1e-9 / 4
 KINK_MARGIN = 1e-3  # how far every ReLU input stays from 0 in the forward checks
 SAMPLE_BATCH = 10_000
 
@@ -95,17 +98,20 @@ def check_output_gradients(
 ) -> None:
     """Backpropagate the learner's output against a fixed random upstream gradient; each parameter's
     gradient must match the reference's (the output itself is checked before)."""
+    cut_off = "(.detach(), .data, torch.no_grad(), or a detour through NumPy or .tolist())"
     if not output.requires_grad:
-        raise CheckFailure(
-            f"The output of `{what}` carries no gradient: it was computed under torch.no_grad(), or from .detach()-ed "
-            "or .data tensors, so training would never change the weights."
-        )
+        raise CheckFailure(f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so training would never change the weights.")
     loss = (output * upstream.to(output.device, output.dtype)).sum()
     actual = gradients(loss, parameters, what=f"the output of `{what}`")
     scale = max(float(grad.abs().max()) for grad in expected.values())
     name = first_gradient_mismatch(actual, expected, rtol=1e-4, atol=1e-5 * scale)
     if name is None:
         return
+    if not any(grad.any() for grad in actual.values()):
+        raise CheckFailure(
+            f"No gradient reaches any parameter, although the output of `{what}` is right: the output is cut off from "
+            f"the graph {cut_off}, so training would never change the weights."
+        )
     if not actual[name].any():
         raise CheckFailure(
             f"No gradient reaches `{name}`, although the output of `{what}` is right: a step that uses `{name}` is cut "
@@ -115,6 +121,18 @@ def check_output_gradients(
         f"The output of `{what}` is right, but the gradient of `{name}` is not: a step that uses `{name}` is cut off "
         "from the graph (.detach(), .data or torch.no_grad()), so training would see only part of its effect."
     )
+
+
+def forward_fallback(actual: Tensor, expected: Tensor, relu_input: Tensor, *, formula: str) -> str:
+    """The sentence for an output that matches no known mistake; names a non-ReLU output nonlinearity
+    when the output is right wherever the ReLU is on and wrong only where it should be 0."""
+    on = relu_input > 0
+    if torch.allclose(actual[on], expected[on], rtol=1e-4, atol=1e-4) and not torch.allclose(actual[~on], expected[~on], atol=1e-4):
+        return (
+            f"The output is right wherever the output ReLU is on, but not where its input is negative: there "
+            f"{formula} is exactly 0 (a ReLU, not a leaky, smooth or shifted version)."
+        )
+    return f"The output does not match {formula} per instance: check which axes each einsum or matmul contracts, each ReLU, and b_final."
 
 
 # forward ------------------------------------------------------------------------------------
@@ -139,6 +157,7 @@ def _forward_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
             torch.einsum("ihf,bih->bif", W, F.relu(hidden)) + b
         ),
         "The output is also clamped at 1; only the ReLU's floor at 0 belongs there.": (pre_bias + b).clamp(0, 1),
+        "A ReLU comes before b_final as well as after it: the output is ReLU(Wᵀh + b_final), one ReLU.": F.relu(F.relu(pre_bias) + b),
         "Every instance uses instance 0's weights: keep the inst axis of W (and of b_final) in every step.": _toy_forward(
             first(W), b, x
         ),
@@ -172,7 +191,7 @@ def test_forward(learner: object) -> str:
         actual,
         expected,
         mistakes,
-        otherwise="The output does not match ReLU(Wᵀ W x + b_final) per instance: check which axes your einsum or matmul contracts.",
+        otherwise=forward_fallback(actual, expected, pre_output(features)[0], formula="ReLU(Wᵀ W x + b_final)"),
         atol=1e-4,
     )
     check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
@@ -255,12 +274,12 @@ def check_presence_frequencies(
     """Each cell's presence frequency within its binomial tolerance of `probability`; else the first
     alternative probability that every cell matches names the mistake."""
     frequency, n = present.double().mean(0), present.shape[0]
-    if frequencies_match(frequency, probability, n, false_alarm=FALSE_ALARM):
+    if frequencies_match(frequency, probability, n, false_alarm=FALSE_ALARM_PER_TEST):
         return
-    if frequencies_match(frequency, torch.ones_like(probability), n, false_alarm=FALSE_ALARM):
+    if frequencies_match(frequency, torch.ones_like(probability), n, false_alarm=FALSE_ALARM_PER_TEST):
         raise CheckFailure(f"Every feature from `{what}` is non-zero in every example: absent features must be exactly 0.")
     for message, alternative in alternatives.items():
-        if frequencies_match(frequency, alternative.clamp(0, 1), n, false_alarm=FALSE_ALARM):
+        if frequencies_match(frequency, alternative.clamp(0, 1), n, false_alarm=FALSE_ALARM_PER_TEST):
             raise CheckFailure(message)
     raise CheckFailure(otherwise)
 
@@ -298,7 +317,7 @@ def check_presence_independent(
     n_cells = sum(observed.numel() for observed, _, _ in cells.values())
     for axis in ("examples", "instances", "features"):
         observed, expected, n = cells[axis]
-        tolerance = binomial_tolerance(expected, n, false_alarm=FALSE_ALARM / max(1, n_cells))
+        tolerance = binomial_tolerance(expected, n, false_alarm=FALSE_ALARM_PER_TEST / max(1, n_cells))
         if ((observed - expected).abs() > tolerance).any():
             raise CheckFailure(messages[axis])
 
@@ -343,7 +362,7 @@ def check_uniform(unit: Tensor, *, what: str, otherwise: str) -> None:
     if unit.numel() == 0:
         raise CheckFailure(f"`{what}` returned only zeros: features must be present with their probability.")
     below = torch.histc(unit, bins=10, min=0, max=1).cumsum(0)[:-1].double() / unit.numel()
-    if not frequencies_match(below, deciles, unit.numel(), false_alarm=FALSE_ALARM):
+    if not frequencies_match(below, deciles, unit.numel(), false_alarm=FALSE_ALARM_PER_TEST):
         raise CheckFailure(otherwise)
 
 
@@ -361,22 +380,24 @@ def check_unit_range(values: Tensor, probability: Tensor, *, what: str) -> None:
     raise CheckFailure(f"`{what}` returned values above 1: magnitudes must be uniform on [0, 1] (torch.rand; torch.randn is not bounded).")
 
 
-def check_magnitudes_vary(values: Tensor, *, what: str) -> None:
-    if bool(((values == 0) | (values == 1)).all()):
-        raise CheckFailure(f"Every present feature in `{what}` has magnitude 1: draw magnitudes uniformly on [0, 1].")
+def check_magnitudes_vary(values: Tensor, *, what: str, advice: str = "draw magnitudes uniformly on [0, 1]") -> None:
+    if bool(((values == 0) | (values.abs() == 1)).all()):
+        raise CheckFailure(f"Every present feature in `{what}` has magnitude 1: {advice}.")
 
 
-def check_unit_magnitudes(values: Tensor, probability: Tensor, importance: Tensor | None, *, what: str) -> None:
-    """Present values uniform on [0, 1]; when not, name magnitudes confined below p (or below the importance)."""
+def check_unit_magnitudes(values: Tensor, presence_bound: Tensor, importance: Tensor | None, *, what: str) -> None:
+    """Present values uniform on [0, 1]; when not, name magnitudes confined below the presence draw's
+    bound (p, or 2p for a pair's shared draw) or below the importance."""
     magnitudes = values[values != 0]
     try:
         check_uniform(magnitudes, what=what, otherwise=f"The magnitudes of present features in `{what}` are not uniform on [0, 1].")
     except CheckFailure:
-        scaled = probability < 0.9
-        if (values <= probability + 1e-6)[:, scaled].all():
+        informative = presence_bound < 0.9
+        if (values <= presence_bound + 1e-6)[:, informative].all():
             raise CheckFailure(
-                f"The magnitudes in `{what}` are uniform on [0, p), not [0, 1]: if you reuse the presence draw u (< p) "
-                "as the magnitude, divide it by p; and don't multiply the magnitudes by the probability."
+                f"The magnitudes in `{what}` stay below the probability of the presence draw instead of spreading over "
+                "[0, 1]: if you reuse that draw u as the magnitude, rescale it to [0, 1) (u / p when present means u < p); "
+                "and don't multiply the magnitudes by a probability."
             ) from None
         if importance is not None and (values <= importance + 1e-6).all():
             raise CheckFailure(f"The magnitudes in `{what}` are scaled by the importance: importance only weights the loss.") from None
@@ -494,13 +515,31 @@ def check_loss_gradient(loss: Tensor, out: Tensor, expected: Tensor, *, what: st
         )
 
 
+def loss_fallback(loss: Tensor, out: Tensor, expected_gradient: Tensor, *, default: str) -> str:
+    """The sentence for a loss that matches no known mistake: its gradient tells a loss that is the
+    right one times a constant (a stray 1/2, an extra division) from anything else."""
+    actual = gradients(loss, {"out": out}, what="calculate_loss")["out"]
+    factor = float((actual * expected_gradient).sum() / expected_gradient.pow(2).sum())
+    proportional = torch.allclose(actual, factor * expected_gradient, rtol=1e-4, atol=1e-6 * float(expected_gradient.abs().max()))
+    if not proportional or abs(factor) < 1e-3:
+        return default
+    if abs(factor - 0.5) < 1e-4:
+        return "The loss is half of what it should be: drop the factor 1/2 (this loss has no ½ convention)."
+    return (
+        "The loss is the right expression times a constant factor: check what you divide by (one mean over batch "
+        "and features, a sum over instances) and that nothing else scales it."
+    )
+
+
 def loss_inputs(batch: Tensor, target: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """(leaf output the gradient is taken for, the learner's copy of it, the learner's copy of the batch).
 
     The learner's `out` is a non-leaf copy, so that an in-place change to it reaches the
     snapshot check instead of raising autograd's leaf error.
     """
-    out_leaf = (target + 0.3 * torch.randn_like(target)).clamp_min(0).float().to(device).requires_grad_(True)
+    # Strictly positive, like a ReLU output but away from its kink, so that a rewrite that applies
+    # relu or abs to `out` gets the same gradient.
+    out_leaf = ((target + 0.3 * torch.randn_like(target)).abs() + 0.05).float().to(device).requires_grad_(True)
     return out_leaf, out_leaf.clone(), batch.float().to(device)
 
 
@@ -516,6 +555,7 @@ def test_calculate_loss(learner: object) -> str:
     loss = call_learner(calculate_loss, model, out_for_learner, batch_for_learner.clone(), what="calculate_loss")
     actual = scalar_loss(loss, tuple(batch.shape), what="calculate_loss")
     error = (x - out).pow(2)
+    expected_gradient = -2 * importance * (x - out) / (x.shape[0] * x.shape[2])
     diagnose(
         actual,
         importance.mul(error).mean((0, 2)).sum(),
@@ -533,9 +573,14 @@ def test_calculate_loss(learner: object) -> str:
             ),
             "The averaged error is squared: square each difference first, then average.": (importance * (x - out)).mean((0, 2)).pow(2).sum(),
         },
-        otherwise="The loss does not match the importance-weighted squared error, averaged over batch and features and summed over instances.",
+        otherwise=loss_fallback(
+            loss,
+            out_leaf,
+            expected_gradient,
+            default="The loss does not match the importance-weighted squared error, averaged over batch and features and summed over instances.",
+        ),
     )
-    check_loss_gradient(loss, out_leaf, -2 * importance * (x - out) / (x.shape[0] * x.shape[2]), what="calculate_loss")
+    check_loss_gradient(loss, out_leaf, expected_gradient, what="calculate_loss")
     return "importance weighting and reductions are right"
 
 
@@ -590,10 +635,9 @@ def _pair_magnitude_comparisons(values: Tensor, what: str) -> dict[str, tuple[Te
     return comparisons
 
 
-def _check_pair_magnitudes(values: Tensor, probability: Tensor, *, what: str) -> None:
+def _check_pair_magnitudes_not_shared(values: Tensor, *, what: str) -> None:
     check_magnitudes_vary(values, what=what)
     check_values_not_shared(values, _pair_magnitude_comparisons(values, what))
-    check_unit_magnitudes(values, probability.repeat_interleave(2, dim=-1), None, what=what)
 
 
 def _check_correlated_magnitudes_independent(values: Tensor, *, what: str) -> None:
@@ -603,7 +647,7 @@ def _check_correlated_magnitudes_independent(values: Tensor, *, what: str) -> No
     if (first == second)[both].double().mean() > 0.5:
         raise CheckFailure(f"Both features of a pair from `{what}` get the same magnitude: draw each feature's magnitude independently.")
     products = (first * second)[both]
-    tolerance = math.sqrt(math.log(2 / FALSE_ALARM) / (2 * products.numel()))
+    tolerance = math.sqrt(math.log(2 / FALSE_ALARM_PER_TEST) / (2 * products.numel()))
     if (products.mean() - 0.25).abs() > tolerance:
         raise CheckFailure(f"The two magnitudes of a pair from `{what}` depend on each other: draw each feature's magnitude independently.")
 
@@ -629,8 +673,9 @@ def _check_correlated_sample(values: Tensor, p: Tensor, *, what: str) -> None:
         otherwise=f"Pairs from `{what}` are present with the wrong probability: pair k must be present with feature_probability[inst, k].",
     )
     check_presence_independent(pair_present, p, messages=independence_messages(what, "pairs"))
+    _check_pair_magnitudes_not_shared(values, what=what)
     _check_correlated_magnitudes_independent(values, what=what)
-    _check_pair_magnitudes(values, p, what=what)
+    check_unit_magnitudes(values, p.repeat_interleave(2, dim=-1), None, what=what)
 
 
 @check("generate_correlated_features")
@@ -662,11 +707,15 @@ def _check_anticorrelated_sample(values: Tensor, p: Tensor, *, what: str) -> Non
             f"The second feature of each pair from `{what}` is present with p(1 - p): it may only appear when the first is absent, so it needs probability p / (1 - p) then.": torch.stack(
                 [p, p * (1 - p)], dim=-1
             ).flatten(-2),
+            f"The second feature of each pair from `{what}` is never present: when the pair is active, pick which of its two features with a fair coin.": torch.stack(
+                [p, torch.zeros_like(p)], dim=-1
+            ).flatten(-2),
         },
         otherwise=f"Features from `{what}` are present with the wrong probability: each feature of pair k must be present with feature_probability[inst, k].",
     )
     check_presence_independent(present, per_feature, messages=independence_messages(what, "pairs"), same_group=_within_pair(p.shape[1]))
-    _check_pair_magnitudes(values, p, what=what)
+    _check_pair_magnitudes_not_shared(values, what=what)
+    check_unit_magnitudes(values, 2 * per_feature, None, what=what)  # a pair's shared draw u < 2p may be reused
 
 
 @check("generate_anticorrelated_features")

@@ -17,7 +17,7 @@ from part_utils.reference import part2_privileged_basis as reference
 from part_utils.reference.part1_toy_models import ToyModelConfig
 from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, frequencies_match, learner_callable
 from tests.part1_toy_models import (
-    FALSE_ALARM,
+    FALSE_ALARM_PER_TEST,
     SAMPLE_BATCH,
     check_examples_vary,
     check_fresh_draws,
@@ -31,6 +31,8 @@ from tests.part1_toy_models import (
     draw_twice,
     independence_messages,
     inputs_clear_of_kinks,
+    forward_fallback,
+    loss_fallback,
     loss_inputs,
     loss_mistakes,
     neighbour_comparisons,
@@ -117,7 +119,7 @@ def test_neuron_model_forward(learner: object) -> str:
 
     output = call_learner(forward, model, features.clone().to(model.W.device), what="forward")
     actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-    diagnose(actual, expected, mistakes, otherwise="The output does not match ReLU(Wᵀ ReLU(W x) + b_final) per instance.", atol=1e-4)
+    diagnose(actual, expected, mistakes, otherwise=forward_fallback(actual, expected, relu_inputs(features)[1], formula="ReLU(Wᵀ ReLU(W x) + b_final)"), atol=1e-4)
     check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
     return "ReLU on the hidden layer and on the output, gradients too"
 
@@ -168,7 +170,7 @@ def test_computation_forward(learner: object) -> str:
 
     output = call_learner(forward, model, x.clone().to(model.W1.device), what="forward")
     actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-    diagnose(actual, expected, mistakes, otherwise="The output does not match ReLU(W2 ReLU(W1 x) + b_final) per instance.", atol=1e-4)
+    diagnose(actual, expected, mistakes, otherwise=forward_fallback(actual, expected, relu_inputs(x)[1], formula="ReLU(W2 ReLU(W1 x) + b_final)"), atol=1e-4)
     check_output_gradients(output, upstream, {"W1": model.W1, "W2": model.W2, "b_final": model.b_final}, expected_grads, what="forward")
     return "two weight matrices, both ReLUs, gradients too"
 
@@ -197,12 +199,12 @@ def _check_signs_independent(values: Tensor) -> None:
         both = (a != 0) & (b != 0)
         n = int(both.sum())
         same = ((a > 0) == (b > 0))[both].double().mean()
-        if n and not frequencies_match(same.reshape(1), torch.tensor([0.5], dtype=torch.float64), n, false_alarm=FALSE_ALARM / 3):
+        if n and not frequencies_match(same.reshape(1), torch.tensor([0.5], dtype=torch.float64), n, false_alarm=FALSE_ALARM_PER_TEST / 3):
             raise CheckFailure(f"The signs of present features in `generate_batch` are shared across {label}: draw each value (or its sign) separately.")
 
 
 def _check_signed_values(values: Tensor, probability: Tensor) -> None:
-    check_magnitudes_vary(values.abs(), what="generate_batch")
+    check_magnitudes_vary(values, what="generate_batch", advice="draw values uniformly on [-1, 1]")
     check_values_not_shared(values, neighbour_comparisons(values, "generate_batch"))
     present = values != 0
     try:
@@ -258,6 +260,7 @@ def test_computation_calculate_loss(learner: object) -> str:
     loss = call_learner(calculate_loss, model, out_for_learner, batch_for_learner.clone(), what="calculate_loss")
     actual = scalar_loss(loss, tuple(batch.shape), what="calculate_loss")
     error = (x.abs() - out).pow(2)
+    expected_gradient = -2 * importance * (x.abs() - out) / (x.shape[0] * x.shape[2])
     diagnose(
         actual,
         (importance * error).mean((0, 2)).sum(),
@@ -279,7 +282,12 @@ def test_computation_calculate_loss(learner: object) -> str:
             ),
             "The error is not squared: use (|x| - x')², not ||x| - x'|.": (importance * (x.abs() - out).abs()).mean((0, 2)).sum(),
         },
-        otherwise="The loss should be the importance-weighted squared error against |x|, averaged over batch and features, summed over instances.",
+        otherwise=loss_fallback(
+            loss,
+            out_leaf,
+            expected_gradient,
+            default="The loss should be the importance-weighted squared error against |x|, averaged over batch and features, summed over instances.",
+        ),
     )
-    check_loss_gradient(loss, out_leaf, -2 * importance * (x.abs() - out) / (x.shape[0] * x.shape[2]), what="calculate_loss")
+    check_loss_gradient(loss, out_leaf, expected_gradient, what="calculate_loss")
     return "target |x|, importance weighting and reductions"

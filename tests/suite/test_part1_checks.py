@@ -83,6 +83,33 @@ def forward_einops(self, features):
     return F.relu(einsum(hidden, self.W, "b i h, i h f -> b i f") + self.b_final)
 
 
+def forward_bmm_per_instance(self, features):
+    by_instance = features.transpose(0, 1)  # [inst, batch, feats]
+    hidden = torch.bmm(by_instance, self.W.transpose(1, 2))  # [inst, batch, d_hidden]
+    return F.relu(torch.bmm(hidden, self.W) + self.b_final[:, None, :]).transpose(0, 1)
+
+
+def forward_leaky_relu(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W, features)
+    return F.leaky_relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final)
+
+
+def forward_relu_before_and_after_bias(self, features):
+    hidden = torch.einsum("ihf,bif->bih", self.W, features)
+    return F.relu(F.relu(torch.einsum("ihf,bih->bif", self.W, hidden)) + self.b_final)
+
+
+def forward_rebuilt_output(self, features):
+    return ToyModel.forward(self, features).detach().requires_grad_()  # "it needs requires_grad for training"
+
+
+def forward_through_numpy(self, features):
+    W, x = self.W.detach().cpu().numpy(), features.cpu().numpy()
+    hidden = np.einsum("ihf,bif->bih", W, x)
+    out = np.maximum(np.einsum("ihf,bih->bif", W, hidden) + self.b_final.detach().cpu().numpy(), 0)
+    return torch.from_numpy(out).to(features.device)
+
+
 def forward_no_relu(self, features):
     hidden = torch.einsum("ihf,bif->bih", self.W, features)
     return torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final
@@ -174,7 +201,7 @@ def forward_leaves_grad_off(self, features):
 
 def test_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_forward, ToyModel)
-    for rewrite in (forward_matmul_float64, forward_broadcasting, forward_loop_in_place_on_temporaries, forward_einops):
+    for rewrite in (forward_matmul_float64, forward_broadcasting, forward_loop_in_place_on_temporaries, forward_einops, forward_bmm_per_instance):
         checks.passes(part1.test_forward, with_method("forward", rewrite))
     checks.passes(part1.test_forward, forward_matmul_float64)  # the bare function works too
 
@@ -199,6 +226,10 @@ def test_forward_accepts_reference_and_rewrites(checks):
         (forward_scales_features_in_place, "changed `features` in place"),
         (forward_normalises_W_in_place, r"changed `self\.W` in place"),
         (forward_leaves_grad_off, "switched gradient tracking off"),
+        (forward_leaky_relu, "right wherever the output ReLU is on, but not where its input is negative"),
+        (forward_relu_before_and_after_bias, "A ReLU comes before b_final as well"),
+        (forward_rebuilt_output, "No gradient reaches any parameter"),
+        (forward_through_numpy, "carries no gradient.*NumPy"),
     ],
 )
 def test_forward_names_each_mistake(checks, mutant, message):
@@ -409,8 +440,8 @@ def test_generate_batch_verdict_does_not_depend_on_the_draw_order():
         (generate_unit_magnitudes, "magnitude 1"),
         (generate_presence_mask, "boolean tensor"),
         (generate_rounded_to_int, "torch.int64 tensor"),
-        (generate_reused_draw_unscaled, r"\[0, p\).*divide it by p"),
-        (generate_scaled_by_probability, r"\[0, p\).*multiply the magnitudes by the probability"),
+        (generate_reused_draw_unscaled, r"stay below the probability of the presence draw.*rescale it"),
+        (generate_scaled_by_probability, r"stay below the probability of the presence draw.*multiply the magnitudes by a probability"),
         (generate_divided_separate_draw, "the draw that decided presence"),
         (generate_scaled_by_importance, "scaled by the importance"),
         (generate_shared_across_instances, "correlated across instances"),
@@ -477,13 +508,17 @@ LOSS_MUTANTS = [
     (lambda self, out, batch: _weighted(self, out, batch).mean(-1), r"shape \(16, 5\), keeping the batch, inst axes"),
     (lambda self, out, batch: _weighted(self, out.detach(), batch).mean((0, 2)).sum() + 0 * out.sum(), "gradient with respect to `out` is not"),
     (_loss_subtracting_in_place, "changed `out` in place"),
+    (lambda self, out, batch: 0.5 * _weighted(self, out, batch).mean((0, 2)).sum(), "half of what it should be"),
+    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum() / batch.shape[-1], "times a constant factor"),
 ]
 
 
 def test_calculate_loss_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_calculate_loss, ToyModel)
     sum_instances_then_mean = lambda self, out, batch: _weighted(self, out, batch).sum(1).mean()  # noqa: E731
-    for rewrite in (loss_explicit_float64, loss_mse_per_element_einsum, loss_in_place_on_temporaries, sum_instances_then_mean):
+    relu_on_the_output = lambda self, out, batch: (self.importance * (batch - F.relu(out)) ** 2).mean((0, 2)).sum()  # noqa: E731
+    rewrites = (loss_explicit_float64, loss_mse_per_element_einsum, loss_in_place_on_temporaries, sum_instances_then_mean, relu_on_the_output)
+    for rewrite in rewrites:
         checks.passes(part1.test_calculate_loss, with_method("calculate_loss", rewrite))
 
 
@@ -514,6 +549,30 @@ def correlated_loop_over_pairs(batch_size, feature_probability):
         present = torch.bernoulli(feature_probability[:, pair].expand(batch_size, n_inst))
         values[..., 2 * pair : 2 * pair + 2] = magnitudes * present[..., None]
     return values
+
+
+def correlated_einops_repeat(batch_size, feature_probability):
+    from einops import repeat
+
+    n_inst, n_pairs = feature_probability.shape
+    magnitudes = torch.rand(batch_size, n_inst, 2 * n_pairs, device=feature_probability.device)
+    pair_present = torch.rand(batch_size, n_inst, n_pairs, device=feature_probability.device) <= feature_probability
+    return torch.where(repeat(pair_present, "b i p -> b i (p two)", two=2), magnitudes, 0.0)
+
+
+def correlated_magnitudes_once_for_the_batch(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = (torch.rand(batch_size, n_inst, n_pairs) < feature_probability).repeat_interleave(2, dim=-1)
+    return torch.rand(2 * n_pairs) * present
+
+
+def correlated_as_int(batch_size, feature_probability):
+    return (generate_correlated_features(batch_size, feature_probability) > 0).int()
+
+
+def correlated_clamps_probability_in_place(batch_size, p):
+    p.clamp_(max=0.4)
+    return generate_correlated_features(batch_size, p)
 
 
 def correlated_blocked_layout(batch_size, feature_probability):
@@ -610,6 +669,35 @@ def anticorrelated_conditional_second(batch_size, feature_probability):
     return (torch.rand(*shape, 2) * torch.stack([first, second], dim=-1)).flatten(-2)
 
 
+def anticorrelated_multinomial(batch_size, feature_probability):
+    # One categorical draw per pair: first, second or neither.
+    p = feature_probability.reshape(-1)
+    choice = torch.multinomial(torch.stack([p, p, 1 - 2 * p], dim=-1), batch_size, replacement=True)
+    choice = choice.T.reshape(batch_size, *feature_probability.shape)
+    present = torch.stack([choice == 0, choice == 1], dim=-1).flatten(-2)
+    return torch.rand(present.shape) * present
+
+
+def anticorrelated_one_draw_rescaled(batch_size, feature_probability):
+    # u < p: the first, with magnitude u / p; p <= u < 2p: the second, with (u - p) / p.
+    u = torch.rand(_pairs_shape(batch_size, feature_probability))
+    p = feature_probability
+    first = torch.where(u < p, u / p, 0.0)
+    second = torch.where((u >= p) & (u < 2 * p), (u - p) / p, 0.0)
+    return torch.stack([first, second], dim=-1).flatten(-2)
+
+
+def anticorrelated_always_first(batch_size, feature_probability):
+    active = torch.rand(_pairs_shape(batch_size, feature_probability)) < feature_probability
+    return (torch.rand(*active.shape, 2) * torch.stack([active, torch.zeros_like(active)], dim=-1)).flatten(-2)
+
+
+def anticorrelated_one_draw_unscaled(batch_size, feature_probability):
+    u = torch.rand(_pairs_shape(batch_size, feature_probability))
+    p = feature_probability
+    return torch.stack([torch.where(u < p, u, 0.0), torch.where((u >= p) & (u < 2 * p), u, 0.0)], dim=-1).flatten(-2)
+
+
 def anticorrelated_halved(batch_size, feature_probability):
     n_inst, n_pairs = feature_probability.shape
     active = torch.rand(batch_size, n_inst, n_pairs) < feature_probability
@@ -659,12 +747,14 @@ def anticorrelated_gaussian(batch_size, feature_probability):
 
 
 PAIR_REWRITES = {
-    "generate_correlated_features": [generate_correlated_features, correlated_float64_repeat, correlated_loop_over_pairs],
+    "generate_correlated_features": [generate_correlated_features, correlated_float64_repeat, correlated_loop_over_pairs, correlated_einops_repeat],
     "generate_anticorrelated_features": [
         generate_anticorrelated_features,
         anticorrelated_one_draw,
         anticorrelated_both_tails,
         anticorrelated_conditional_second,
+        anticorrelated_multinomial,
+        anticorrelated_one_draw_rescaled,
     ],
 }
 PAIR_CHECK = {
@@ -700,6 +790,9 @@ def test_pair_verdicts_do_not_depend_on_the_draw_order(name):
         (correlated_gaussian, "negative values.*torch.randn"),
         (correlated_presence_mask, "boolean tensor"),
         (correlated_on_another_device, "on meta; make it on cpu"),
+        (correlated_magnitudes_once_for_the_batch, "share one magnitude across examples of the batch"),
+        (correlated_as_int, "torch.int32 tensor"),
+        (correlated_clamps_probability_in_place, "changed `p` in place"),
     ],
 )
 def test_correlated_check_names_each_mistake(checks, mutant, message):
@@ -717,6 +810,8 @@ def test_correlated_check_names_each_mistake(checks, mutant, message):
         (anticorrelated_choice_shared_across_pairs, "correlated across pairs"),
         (anticorrelated_doubles_probability_in_place, "changed `feature_probability` in place"),
         (anticorrelated_gaussian, "negative values"),
+        (anticorrelated_always_first, "second feature of each pair .* is never present"),
+        (anticorrelated_one_draw_unscaled, "stay below the probability of the presence draw"),
     ],
 )
 def test_anticorrelated_check_names_each_mistake(checks, mutant, message):

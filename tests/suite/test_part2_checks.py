@@ -120,6 +120,11 @@ def computation_forward_loop(self, x):
     return torch.stack(outputs, dim=1)
 
 
+def computation_forward_transposed_W2(self, x):
+    hidden = F.relu(torch.einsum("ihf,bif->bih", self.W1, x))
+    return F.relu(torch.einsum("ihf,bih->bif", self.W2.transpose(1, 2), hidden) + self.b_final)
+
+
 def computation_forward_changes_input(self, x):
     x.abs_()  # the caller's batch now holds |x|
     return NeuronComputationModel.forward(self, x)
@@ -127,7 +132,7 @@ def computation_forward_changes_input(self, x):
 
 def test_computation_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_computation_forward, NeuronComputationModel)
-    for rewrite in (computation_forward(), computation_forward_matmul_float64, computation_forward_loop):
+    for rewrite in (computation_forward(), computation_forward_matmul_float64, computation_forward_loop, computation_forward_transposed_W2):
         checks.passes(part2.test_computation_forward, with_method(NeuronComputationModel, "forward", rewrite))
 
 
@@ -223,6 +228,16 @@ def generate_presence_shared_across_instances(self, batch_size):
     return (2 * torch.rand(shape, device=self.b_final.device) - 1) * present
 
 
+def generate_random_signs_only(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.b_final.device) < self.feature_probability
+    return torch.sign(torch.rand(_shape(self, batch_size), device=self.b_final.device) - 0.5) * present
+
+
+def generate_clamped_gaussian(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.b_final.device) < self.feature_probability
+    return torch.randn(_shape(self, batch_size), device=self.b_final.device).clamp(-1, 1) * present
+
+
 def generate_uses_W(self, batch_size):
     return ToyModel.generate_batch(self, batch_size)  # Part 1's code: self.W does not exist here
 
@@ -256,6 +271,8 @@ def test_computation_generate_batch_names_each_mistake(checks, options, message)
         (generate_reused_draw_unscaled, "2u/p - 1"),
         (generate_sign_shared_across_features, "signs of present features .* shared across features"),
         (generate_presence_shared_across_instances, "correlated across instances"),
+        (generate_random_signs_only, r"magnitude 1: draw values uniformly on \[-1, 1\]"),
+        (generate_clamped_gaussian, r"not uniform on \[-1, 1\]"),
         (generate_uses_W, "raised AttributeError"),
     ],
 )
@@ -286,6 +303,8 @@ LOSS_MUTANTS = [
     (lambda self, out, batch: (self.importance * (batch.abs() - out).abs()).mean((0, 2)).sum(), "not squared"),
     (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().item(), "Python float"),
     (_loss_abs_in_place, "changed `batch` in place"),
+    (lambda self, out, batch: (self.importance * (out.abs() - batch).pow(2)).mean((0, 2)).sum(), r"compares the output with x.*second argument"),
+    (lambda self, out, batch: 0.5 * _weighted(self, out, batch).mean((0, 2)).sum(), "half of what it should be"),
 ]
 
 
@@ -299,8 +318,9 @@ def test_computation_loss_accepts_reference_and_rewrites(checks):
         target.pow_(2)
         return torch.einsum("bif,if->", target, self.importance) / (batch.shape[0] * batch.shape[2])
 
+    relu_on_the_output = lambda self, out, batch: (self.importance * (batch.abs() - F.relu(out)) ** 2).mean((0, 2)).sum()  # noqa: E731
     checks.passes(part2.test_computation_calculate_loss, NeuronComputationModel)
-    for learner in (rewrite, mse, in_place_temporaries):
+    for learner in (rewrite, mse, in_place_temporaries, relu_on_the_output):
         checks.passes(part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", learner))
 
 

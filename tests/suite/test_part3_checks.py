@@ -39,6 +39,14 @@ def dimensionality_via_gram_matrix(W):
     return squared_norms**2 / (gram**2).sum(-1)  # ‖W_i‖² / Σ_j (W_i · W_j)² / ‖W_i‖²
 
 
+def dimensionality_vmap_small_epsilon(W):
+    def one_instance(w):
+        unit = w / (w.norm(dim=0) + 1e-6)
+        return w.norm(dim=0) ** 2 / (unit.T @ w).pow(2).sum(-1)
+
+    return torch.vmap(one_instance)(W)
+
+
 def unit_columns(W):
     return W / W.norm(dim=1, keepdim=True)
 
@@ -81,6 +89,7 @@ MUTANTS = [
     (lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(dim=(1, 2), keepdim=True), W).pow(2).sum(-1), "normalised the whole matrix"),
     (lambda W: 1 / _overlaps(unit_columns(W), W).pow(2).sum(-1), "numerator ‖W_i‖² is missing"),
     (lambda W: W.pow(2).sum(1) / torch.einsum("ihf,jhg->ifg", unit_columns(W), W).pow(2).sum(-1), "mix instances"),
+    (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).norm(dim=-1), "norm of the overlaps"),
     (normalises_in_place, "changed `W` in place"),
     (squeezes_instances, r"shape \(5,\).*\(on a W with one instance"),
     (rows_when_square, r"normalised the rows .*\(on a W with one instance and d_hidden equal to feats\)"),
@@ -94,6 +103,7 @@ def test_accepts_reference_and_rewrites(checks):
         dimensionality_normalize_matmul,
         dimensionality_with_epsilon_in_place,
         dimensionality_via_gram_matrix,
+        dimensionality_vmap_small_epsilon,
     ):
         checks.passes(part3.test_compute_dimensionality, rewrite)
 
