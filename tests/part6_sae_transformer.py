@@ -7,8 +7,9 @@ instead of passing by accident; further cases cover few tokens (where torch.var'
 shows), float64, a single dimension, a single token, and tokens with no active latent.
 Learner code always gets copies; the expected values come from the originals.
 
-The spliced-loss check runs its own copy of the palindrome model on the CPU, and every call
-of learner code starts from a clean model (the shipped weights, eval mode, no hook but the
+The spliced-loss check runs its own copy of the palindrome model, on the device the notebook
+uses (so that code which moves tokens there works in the check as in the notebook), and every
+call of learner code starts from a clean model (the shipped weights, eval mode, no hook but the
 bridge's own). Code that leaves a hook attached is told so, and the next check rebuilds the
 model instead of inheriting the hook.
 """
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import TransformerBridge
 
+from part_utils.device import get_device
 from part_utils.palindromes import load_palindrome_model, next_token_loss, palindrome_dataset
 from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import CheckFailure, NotImplementedYet, call_learner, check, close, expect_tensor, learner_callable
@@ -148,6 +150,10 @@ def fve_mistakes(x: Tensor, x_hat: Tensor) -> dict[str, list[Tensor]]:
             fve(errors, deviations / n),
             fve(errors, deviations / (n * d)),
         ],
+        "This compares x_hat's spread with x's (a ratio of variances, or the explained sum of squares): FVE is 1 − squared errors / squared deviations of x.": [
+            (x_hat - x_hat.mean(dim=0)).pow(2).sum() / deviations,
+            (x_hat - x.mean(dim=0)).pow(2).sum() / deviations,
+        ],
         "The distances are not squared: FVE compares sums of *squared* distances (e.g. a norm, squared).": [
             fve(error.norm(), (x - x.mean(dim=0)).norm()),
             fve(error.norm(dim=-1).sum(), (x - x.mean(dim=0)).norm(dim=-1).sum()),
@@ -231,6 +237,7 @@ def frequency_mistakes(latents: Tensor) -> dict[str, list[Tensor]]:
     return {
         "These are counts of tokens; divide by the number of tokens to get a frequency.": [active.sum(dim=0)],
         "These are percentages; return fractions between 0 and 1.": [100 * active.mean(dim=0)],
+        "The counts are divided by d_sae; divide each latent's count by the number of tokens.": [active.sum(dim=0) / latents.shape[1]],
         "This averages the activation values; a firing frequency averages whether each latent is active (> 0).": [latents.mean(dim=0)],
         "The frequency is taken over the wrong axis: average over tokens (dim 0), one value per latent.": [active.mean(dim=1)],
         "The frequencies count exact zeros too (>= 0): a latent is active only when its value is > 0.": [torch.ones(latents.shape[1], dtype=torch.float64)],
@@ -260,6 +267,8 @@ def _frequency_result(value: object, latents: Tensor, what: str) -> Tensor:
     n_tokens, d_sae = latents.shape
     if isinstance(value, Tensor) and tuple(value.shape) == (n_tokens,) and n_tokens != d_sae:
         raise CheckFailure(f"`{what}` returned one value per token ([tokens]); the frequency is one value per latent: average over tokens (dim 0).")
+    if isinstance(value, Tensor) and tuple(value.shape) == (1, d_sae):
+        raise CheckFailure(f"`{what}` returned shape (1, d_sae): return one value per latent, [d_sae] (without keepdim=True).")
     if isinstance(value, Tensor) and value.dtype == torch.bool:
         raise CheckFailure(f"`{what}` returned a bool tensor (whether each latent fired at all?); return, as floats, the fraction of tokens on which each is > 0.")
     if isinstance(value, Tensor) and tuple(value.shape) == (d_sae,) and not torch.is_floating_point(value):
@@ -330,9 +339,9 @@ class PristineModel:
 
 @functools.cache
 def _pristine_model() -> PristineModel:
-    model = load_palindrome_model(device=torch.device("cpu"))
+    model = load_palindrome_model(device=get_device())
     with torch.no_grad():
-        model(_tokens()[:1])  # the bridge wires its own capture hooks on the first forward pass
+        model(_tokens()[:1].to(get_device()))  # the bridge wires its own capture hooks on the first forward pass
     tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
     return PristineModel(model, tensors, {name: tensor.detach().clone() for name, tensor in tensors.items()}, _attached_hooks(model))
 
@@ -372,11 +381,13 @@ def spliced_outcomes(model: TransformerBridge, tokens: Tensor, hook: str, replac
     """The right spliced loss and what two mistaken splices give, in float64."""
     logits = _run_with_hook(model, tokens, hook, replace)
     first_kept = _run_with_hook(model, tokens, hook, lambda act: torch.cat([act[:, :1], replace(act)[:, 1:]], dim=1))
-    return {
-        "loss": next_token_loss(logits, tokens).double(),
-        "unshifted": F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).double(),
-        "first position kept": next_token_loss(first_kept, tokens).double(),
+    outcomes = {
+        "loss": next_token_loss(logits, tokens),
+        "unshifted": F.cross_entropy(logits.flatten(0, 1), tokens.flatten()),
+        "shifted backwards": F.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten()),
+        "first position kept": next_token_loss(first_kept, tokens),
     }
+    return {name: loss.cpu().double() for name, loss in outcomes.items()}
 
 
 def _call_on_model(function: Callable[..., Any], model: TransformerBridge, tokens: Tensor, hook: str, replace: Callable[[Tensor], Tensor], what: str) -> Any:
@@ -412,6 +423,8 @@ def _explain_failure(failure: CheckFailure, what: str) -> str:
             )
         if "positional argument" in str(cause):
             return f"`{what}` called `replace` with more than the activation: inside your hook function, call replace(act)."
+    if isinstance(cause, RuntimeError) and "same device" in str(cause):
+        return f"`{what}` mixed devices ({cause}): keep everything on the model's device, next(model.parameters()).device, where the tokens already are."
     return message.replace("._original_component", "")
 
 
@@ -428,11 +441,13 @@ def _spliced_number(result: object, tokens: Tensor, what: str) -> Tensor:
 @check("spliced_loss")
 def test_spliced_loss(learner: object) -> str:
     function = learner_callable(learner, "spliced_loss")
-    model, tokens = clean_model(), _tokens()
-    replace = _replacement(torch.randn(model.cfg.d_model))
+    model = clean_model()
+    device = next(model.parameters()).device
+    tokens = _tokens().to(device)
+    replace = _replacement(torch.randn(model.cfg.d_model).to(device))
     outcomes = {hook: spliced_outcomes(model, tokens, hook, replace) for hook in HOOKS}
     with torch.no_grad():
-        clean = next_token_loss(model(tokens), tokens).double()
+        clean = next_token_loss(model(tokens), tokens).cpu().double()
     n_predicted = tokens.shape[0] * (tokens.shape[1] - 1)
     for hook in HOOKS:
         what = f"spliced_loss(model, tokens, {hook!r}, replace)"
@@ -448,7 +463,7 @@ def test_spliced_loss(learner: object) -> str:
                     expected["first position kept"]
                 ],
                 "The loss compares each position's logits with that position's own token; position p predicts token p + 1 (logits[:, :-1] against tokens[:, 1:]), as return_type='loss' does.": [
-                    expected["unshifted"]
+                    expected["unshifted"], expected["shifted backwards"]
                 ],
                 "The loss is summed over tokens (or positions); return the mean over every predicted token, as return_type='loss' gives it.": [
                     expected["loss"] * n_predicted, expected["loss"] * (tokens.shape[1] - 1), expected["loss"] * tokens.shape[0]
@@ -489,6 +504,7 @@ def loss_recovered_mistakes(clean: float, spliced: float, ablated: float) -> dic
             min(1.0, max(0.0, recovered))
         ],
         "An absolute value hides the sign: a spliced loss above the ablated loss must give a negative fraction.": [abs(recovered)],
+        "The numerator should be ablated − spliced, how much of the ablation's damage the splice undoes.": [recovered - 1],
         "The sign is flipped: loss recovered is (ablated − spliced) / (ablated − clean), 1 when the spliced loss equals the clean loss.": [-recovered],
         "This is a ratio of losses; loss recovered measures where the spliced loss sits between the clean and the ablated loss.": [
             clean / spliced, spliced / clean, spliced / ablated, ablated / spliced

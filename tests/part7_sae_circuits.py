@@ -97,8 +97,8 @@ def _call(function: Callable[..., Any], arguments: tuple[Any, ...], what: str) -
             ) from cause
         if isinstance(cause, RuntimeError) and any(word in str(cause) for word in ("shape", "size", "dimension")):
             raise CheckFailure(
-                f"`{what}` combined tensors whose shapes do not fit ({cause}, at {where}): check for a transposed weight; "
-                f"here {SHAPES}."
+                f"`{what}` combined tensors whose shapes do not fit ({cause}, at {where}): check for a transposed weight "
+                f"(here {SHAPES}) or a row of mlp_pre [tokens, d_mlp] taken along the wrong axis."
             ) from cause
         raise
 

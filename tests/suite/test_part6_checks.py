@@ -122,6 +122,14 @@ def fve_keepdim(x, x_hat):
     return 1 - (x - x_hat).pow(2).sum(dim=(0, 1), keepdim=True) / (x - x.mean(dim=0)).pow(2).sum(dim=(0, 1), keepdim=True)
 
 
+def fve_explained_sum_of_squares(x, x_hat):
+    return ((x_hat - x.mean(dim=0)) ** 2).sum() / ((x - x.mean(dim=0)) ** 2).sum()
+
+
+def fve_variance_ratio(x, x_hat):
+    return x_hat.var(dim=0).sum() / x.var(dim=0).sum()
+
+
 def fve_trace_of_covariance(x, x_hat):
     """Right for d > 1, but torch.trace of a 1 × 1 covariance fails: the hidden assumption the one-dimensional case finds."""
     return 1 - (x - x_hat).pow(2).sum() / (torch.trace(torch.cov(x.T, correction=0)) * len(x))
@@ -156,6 +164,8 @@ def test_fve_accepts_reference_and_rewrites(checks, learner):
         (fve_centres_x_in_place, "changed `x` in place"),
         (fve_per_dimension_vector, r"one value per dimension \(\[d\]\)"),
         (fve_keepdim, r"shape \(1, 1\).*without keepdim=True"),
+        (fve_explained_sum_of_squares, "compares x_hat's spread with x's"),
+        (fve_variance_ratio, "compares x_hat's spread with x's"),
         (fve_trace_of_covariance, r"raised RuntimeError.*line \d+ of `fve_trace_of_covariance`"),
         (stub, "not implemented yet"),
     ],
@@ -277,6 +287,8 @@ def l0_counts_in_place(latents):
         (reference.l0_norm, lambda a: (a > 0).any(dim=0), "bool tensor"),
         (reference.l0_norm, lambda a: (a > 0).float().sum(dim=0) / (a > 0).sum(), "number of firings of all latents"),
         (reference.l0_norm, lambda a: (a > 0).mean(dim=0), "torch.mean refuses"),
+        (reference.l0_norm, lambda a: (a > 0).float().sum(dim=0) / a.shape[1], "divided by d_sae"),
+        (reference.l0_norm, lambda a: (a > 0).float().mean(dim=0, keepdim=True), r"shape \(1, d_sae\).*without keepdim=True"),
         (stub, reference.firing_frequency, "not implemented yet"),
         (reference.l0_norm, stub, "not implemented yet"),
     ],
@@ -394,6 +406,20 @@ def spliced_unshifted(model, tokens, hook_name, replace):
     return F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item()
 
 
+def spliced_shifted_backwards(model, tokens, hook_name, replace):
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: replace(act))])
+    return F.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten()).item()
+
+
+def spliced_keeps_hooks_at_the_end(model, tokens, hook_name, replace):
+    return model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_name, lambda act, hook: replace(act))], reset_hooks_end=False).item()
+
+
+def spliced_on_another_device(model, tokens, hook_name, replace):
+    """Stands in for `tokens.to("cuda")` against a model on the CPU (or the other way round): PyTorch's error, raised as it would be."""
+    raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!")
+
+
 def spliced_summed(model, tokens, hook_name, replace):
     logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: replace(act))])
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
@@ -427,6 +453,9 @@ def spliced_changes_weights(model, tokens, hook_name, replace):
         (spliced_replace_with_hook, "called `replace` with more than the activation"),
         (spliced_keeps_first_position, "left position 0 as it was"),
         (spliced_unshifted, "position p predicts token p \\+ 1"),
+        (spliced_shifted_backwards, "position p predicts token p \\+ 1"),
+        (spliced_keeps_hooks_at_the_end, "left a hook attached to the model at 'blocks.0.hook_attn_out'"),
+        (spliced_on_another_device, "mixed devices"),
         (spliced_summed, "summed over tokens"),
         (spliced_per_token, "a loss for every token"),
         (spliced_changes_tokens, "changed `tokens` in place"),
@@ -450,8 +479,10 @@ def test_the_next_spliced_loss_check_starts_from_a_clean_model(checks, culprit):
 
 
 def test_the_checks_loss_is_the_models_own():
-    model, tokens = part6.clean_model(), part6._tokens()
-    replace = part6._replacement(torch.randn(model.cfg.d_model))
+    model = part6.clean_model()
+    device = next(model.parameters()).device
+    tokens = part6._tokens().to(device)
+    replace = part6._replacement(torch.randn(model.cfg.d_model).to(device))
     expected = part6.spliced_outcomes(model, tokens, "blocks.0.hook_mlp_out", replace)["loss"]
     assert abs(reference.spliced_loss(model, tokens, "blocks.0.hook_mlp_out", replace) - expected.item()) < 1e-6
 
@@ -495,6 +526,7 @@ def loss_recovered_in_another_order(clean, ablated, spliced):
         (lambda clean, spliced, ablated: min(1.0, max(0.0, (ablated - spliced) / (ablated - clean))), r"clipped to \[0, 1\]"),
         (lambda clean, spliced, ablated: max(0.0, (ablated - spliced) / (ablated - clean)), r"clipped to \[0, 1\]"),
         (lambda clean, spliced, ablated: abs(ablated - spliced) / (ablated - clean), "absolute value"),
+        (lambda clean, spliced, ablated: (clean - spliced) / (ablated - clean), "numerator should be ablated − spliced"),
         (loss_recovered_in_another_order, r"takes its arguments as \(clean, ablated, spliced\)"),
         (stub, "not implemented yet"),
     ],
@@ -509,7 +541,7 @@ def test_loss_recovered_mistakes_are_told_apart_on_the_first_case():
     right = reference.loss_recovered(clean, spliced, ablated)
     values = [("right", right)]
     values += [(message, value) for message, wrongs in part6.loss_recovered_mistakes(clean, spliced, ablated).items() for value in wrongs if value != right]
-    assert len(values) == 11
+    assert len(values) == 12
     for (name_a, a), (name_b, b) in itertools.combinations(values, 2):
         assert name_a == name_b or abs(a - b) > 1e-2, (name_a, name_b)
 
@@ -531,3 +563,18 @@ def test_checks_do_not_change_the_learners_random_state(checks):
     checks.passes(part6.test_spliced_loss, reference.spliced_loss)
     checks.passes(part6.test_loss_recovered, reference.loss_recovered)
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(3), expected[2])
+
+
+# Wrong objects ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("check", "name"),
+    [
+        (part6.test_fraction_variance_explained, "fraction_variance_explained"),
+        (part6.test_spliced_loss, "spliced_loss"),
+        (part6.test_loss_recovered, "loss_recovered"),
+    ],
+)
+def test_a_value_instead_of_the_function_is_named(checks, check, name):
+    checks.fails(check, torch.zeros(3), rf"Pass your `{name}` function itself")

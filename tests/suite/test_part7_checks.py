@@ -348,3 +348,8 @@ def products_normalise_decoder_in_place(weights):
 )
 def test_jacobian_vectorised_names_further_mistakes(checks, products, vectorised, message):
     checks.fails(lambda _: part7.test_jacobian_vectorised(products, vectorised), None, message)
+
+
+def test_a_value_instead_of_the_function_is_named(checks):
+    checks.fails(part7.test_jacobian_loop, torch.zeros(3), r"Pass your `jacobian_loop` function itself")
+    checks.fails(lambda _: part7.test_jacobian_vectorised(reference.latent_products, torch.zeros(3)), None, r"Pass your `jacobian_vectorised` function itself")
