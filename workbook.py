@@ -1,9 +1,17 @@
 """One entry point for learners, instructors and CI. Needs only Python 3.11+ to start.
 
-    python3 workbook.py lab      # set up .venv (first time only) and open the workbook in JupyterLab
-    python3 workbook.py test     # set up .venv and run the whole test suite (fast mode)
-    python3 workbook.py build    # regenerate notebooks and reference modules from source/
-    python3 workbook.py bench    # time every solution notebook (full and fast) and the toy training loop
+    python3 workbook.py lab [ARGS]    set up .venv (first time only) and open JupyterLab at the
+                                      workbook's folder, showing notebooks/; ARGS go to JupyterLab
+    python3 workbook.py progress [NN ...]
+                                      run your exercise notebooks (fast mode, fresh kernels) and
+                                      show which exercises pass their checks
+    python3 workbook.py grade DIR [--out OUT] [--time-limit S]
+                                      the same for a folder of submitted notebooks: OUT/grades.csv
+                                      and OUT/grades.md (learners × exercises)
+    python3 workbook.py test [ARGS]   run the whole test suite (fast mode); ARGS go to pytest
+    python3 workbook.py build         regenerate notebooks, reference modules and README badges
+    python3 workbook.py bench [ARGS]  benchmarks (`bench --help` lists them)
+    python3 workbook.py zip           write sae-workbook.zip (tracked files only) for Colab's upload route
 
 Setup installs PyTorch before anything else: a torch that is already importable is kept;
 otherwise the CPU build of torch 2.13.0 is installed (from a local wheel where pip has one,
@@ -79,24 +87,59 @@ def in_venv(*arguments: str, environment: dict[str, str] | None = None) -> int:
     return run(venv_python(), *arguments, check=False, cwd=ROOT, env=env)
 
 
+def lab(arguments: list[str]) -> int:
+    setup()
+    options = [f"--ServerApp.root_dir={ROOT}", "--LabApp.default_url=/lab/tree/notebooks"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("Running as root (as in Docker or many cloud machines): passing --allow-root to JupyterLab.", flush=True)
+        options.append("--allow-root")
+    return in_venv("-m", "jupyterlab", *options, *arguments)
+
+
+def make_zip() -> int:
+    """The workbook's tracked files (never .venv or outputs) as sae-workbook.zip, for Colab's upload route."""
+    import zipfile
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        print("workbook.py zip needs a git checkout (it zips the tracked files only).", file=sys.stderr)
+        return 1
+    archive = ROOT / "sae-workbook.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name in filter(None, listed.stdout.split("\0")):
+            if (ROOT / name).is_file():
+                bundle.write(ROOT / name, f"sae-workbook/{name}")
+    print(f"wrote {archive.name} ({archive.stat().st_size / 1e6:.1f} MB): upload it to /content in Colab, then run the setup cell")
+    return 0
+
+
+def in_venv_after_setup(*command: str, environment: dict[str, str] | None = None) -> int:
+    setup()
+    return in_venv(*command, environment=environment)
+
+
+# Fast mode, quiet progress bars, and the notebooks' own thread policy (part_utils/threads.py) for pytest too.
+TEST_ENVIRONMENT = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+COMMANDS = {
+    "lab": lab,
+    "progress": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "progress", *rest),
+    "grade": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "grade", *rest),
+    "test": lambda rest: in_venv_after_setup("-m", "pytest", *rest, environment=TEST_ENVIRONMENT),
+    "build": lambda rest: in_venv_after_setup("notebook_build.py", *rest),
+    "bench": lambda rest: in_venv_after_setup("-m", "part_utils.benchmark", *rest),
+    "zip": lambda rest: make_zip(),
+}
+
+
 def main(arguments: list[str]) -> int:
     command, rest = (arguments[0], arguments[1:]) if arguments else ("help", [])
-    if command == "lab":
-        setup()
-        return in_venv("-m", "jupyterlab", "--notebook-dir", str(ROOT), "notebooks/", *rest)
-    if command == "test":
-        setup()
-        # The notebooks' own thread policy (part_utils/threads.py) also holds for the pytest process.
-        fast = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        return in_venv("-m", "pytest", *rest, environment=fast)
-    if command == "build":
-        setup()
-        return in_venv("notebook_build.py")
-    if command == "bench":
-        setup()
-        return in_venv("-m", "part_utils.benchmark", *rest)
-    print(__doc__)
-    return 0 if command in ("help", "-h", "--help") else 2
+    if command in ("help", "-h", "--help"):
+        print(__doc__)
+        return 0
+    if command not in COMMANDS:
+        print(f"workbook.py: unknown command {command!r}; the commands are {', '.join(COMMANDS)} (see `python3 workbook.py help`).", file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""An offline plotly renderer for JupyterLab, VS Code, Colab and exported HTML.
+"""The workbook's plotly renderer: offline in JupyterLab, VS Code and exported HTML; light in Colab.
 
-Plotly's stock renderers either load plotly.js from a CDN (Colab's) or add a MathJax
-CDN script, so figures go blank without a network. This renderer sends two
-representations of every figure:
+Plotly's stock notebook renderers load plotly.js and MathJax from a CDN, so figures go blank
+without a network. Outside Colab this renderer sends two representations of every figure:
 
-- the plotly JSON mimetype, which JupyterLab (through the jupyterlab-plotly extension
-  that ships with plotly) and VS Code draw with their own bundled plotly.js;
-- HTML with plotly.js inlined, which exported HTML and Colab use. Colab isolates each
-  output in its own frame, so there every figure carries plotly.js; elsewhere only the
-  first figure of a kernel session does and later ones reuse it.
+- the plotly JSON mimetype, which JupyterLab (through the jupyterlab-plotly extension that
+  ships with plotly) and VS Code draw with their own bundled plotly.js;
+- HTML with plotly.js inlined, for exported HTML: only the first figure of a kernel session
+  carries it, later ones reuse it.
+
+Colab is online by definition and shows each output in its own frame, where an inlined copy
+would have to be repeated in every figure (tens of megabytes per notebook). There each
+figure is HTML alone that loads plotly.js from its CDN: the browser fetches it once and
+serves it from its cache afterwards.
+
+Animations start paused at their first frame everywhere; the play button starts them.
 """
 
 import json
@@ -19,9 +24,10 @@ import plotly.io as pio
 from plotly.io._base_renderers import MimetypeRenderer
 
 RENDERER_NAME = "workbook_offline"
+FIGURE_HEIGHT = 525
 
 
-def _running_in_colab() -> bool:
+def running_in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
@@ -31,23 +37,29 @@ class OfflineRenderer(MimetypeRenderer):
         self.session = {"plotlyjs_sent": False}
 
     def to_mimebundle(self, fig_dict: dict[str, Any]) -> dict[str, Any]:
-        inline_plotlyjs = _running_in_colab() or not self.session["plotlyjs_sent"]
-        html = pio.to_html(
-            fig_dict,
-            include_plotlyjs=inline_plotlyjs,
-            include_mathjax=False,
-            full_html=False,
-            default_width="100%",
-            default_height=525,
-            validate=False,
-        )
+        if running_in_colab():
+            return {"text/html": _figure_html(fig_dict, include_plotlyjs="cdn")}
+        html = _figure_html(fig_dict, include_plotlyjs=not self.session["plotlyjs_sent"])
         self.session["plotlyjs_sent"] = True
         figure_json = json.loads(pio.to_json(fig_dict, validate=False))
         return {"application/vnd.plotly.v1+json": figure_json, "text/html": html}
 
 
+def _figure_html(fig_dict: dict[str, Any], *, include_plotlyjs: bool | str) -> str:
+    return pio.to_html(
+        fig_dict,
+        include_plotlyjs=include_plotlyjs,
+        include_mathjax=False,
+        full_html=False,
+        default_width="100%",
+        default_height=FIGURE_HEIGHT,
+        validate=False,
+        auto_play=False,
+    )
+
+
 def use_offline_renderer() -> None:
-    """Make the offline renderer plotly's default (idempotent)."""
+    """Make the workbook's renderer plotly's default (idempotent)."""
     if RENDERER_NAME not in pio.renderers:
         pio.renderers[RENDERER_NAME] = OfflineRenderer()
     pio.renderers.default = RENDERER_NAME
