@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from part_utils.plotting.features import MAX_FIGURE_WIDTH
+from part_utils.plotting.tables import HtmlTable, html_table
 from part_utils.timing import format_bytes, format_seconds
 
 Row = Mapping[str, Any]
@@ -15,17 +16,14 @@ Row = Mapping[str, Any]
 `runs` and `peak_bytes` (None where it could not be measured)."""
 
 
-def timing_table(rows: Sequence[Row], keys: Sequence[str], *, title: str) -> go.Figure:
+def timing_table(rows: Sequence[Row], keys: Sequence[str], *, title: str) -> HtmlTable:
     """One row per measurement: its `keys`, then median, interquartile range, runs and peak memory."""
     columns: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in keys}
     columns["median"] = [format_seconds(row["median"]) for row in rows]
     columns["IQR"] = [f"{format_seconds(row['q1'])} to {format_seconds(row['q3'])}" for row in rows]
     columns["runs"] = [row["runs"] for row in rows]
     columns["peak memory"] = ["n/a" if row["peak_bytes"] is None else f"+{format_bytes(row['peak_bytes'])}" for row in rows]
-    table = go.Table(header={"values": list(columns), "align": "left"}, cells={"values": list(columns.values()), "align": "left"})
-    figure = go.Figure(table)
-    figure.update_layout(title=title, height=26 * len(rows) + 130, width=MAX_FIGURE_WIDTH, margin={"t": 50, "b": 10})
-    return figure
+    return html_table(columns, title=title)
 
 
 def plot_timings(rows: Sequence[Row], *, x: str, series: str, panels: str | None = None, title: str, x_title: str) -> go.Figure:

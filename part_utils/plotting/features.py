@@ -28,8 +28,11 @@ def plot_features_in_2d(
     subplot_titles: Sequence[str] | None = None,
     n_cols: int | None = None,
     subplot_size: int = 160,
+    colour_title: str = "importance",
 ) -> go.Figure:
-    """One subplot per instance; each feature is a line from the origin to its 2D embedding."""
+    """One subplot per instance; each feature is a line from the origin to its 2D embedding.
+
+    Colours given as values (or None: by feature index) get a colour bar titled `colour_title`."""
     sizes = expect_shape("W", W, "inst d_hidden feats", where="plot_features_in_2d", fixed={"d_hidden": 2})
     weights = W.detach().float().cpu().numpy()
     figure, n_cols = _grid_of_instances(sizes["inst"], title, subplot_titles, n_cols, subplot_size)
@@ -38,6 +41,7 @@ def plot_features_in_2d(
     for inst in range(sizes["inst"]):
         figure.add_traces(_feature_traces_2d(weights[inst], colour_grid[inst], inst, n_cols))
     _square_axes(figure, sizes["inst"], limit)
+    _add_colour_key(figure, colours, sizes["feats"], colour_title)
     return figure
 
 
@@ -50,8 +54,10 @@ def animate_features_in_2d(
     subplot_titles: Sequence[str] | None = None,
     n_cols: int | None = None,
     subplot_size: int = 160,
+    colour_title: str = "importance",
+    slider_prefix: str = "step ",
 ) -> go.Figure:
-    """Like plot_features_in_2d, with a slider over training snapshots."""
+    """Like plot_features_in_2d, with a slider over snapshots (training steps, or any labels)."""
     sizes = expect_shape("W_history", W_history, "snapshots inst d_hidden feats", where="animate_features_in_2d", fixed={"d_hidden": 2})
     if len(steps) != sizes["snapshots"]:
         raise ValueError(f"animate_features_in_2d: got {sizes['snapshots']} snapshots but {len(steps)} steps.")
@@ -64,7 +70,8 @@ def animate_features_in_2d(
     ]
     limit = max(1.5, 1.1 * float(np.abs(history).max(initial=0.0)))
     _square_axes(figure, sizes["inst"], limit)
-    return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False)
+    _add_colour_key(figure, colours, sizes["feats"], colour_title)
+    return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False, slider_prefix=slider_prefix)
 
 
 def plot_features_in_Nd(
@@ -72,7 +79,7 @@ def plot_features_in_Nd(
     *,
     title: str | None = None,
     subplot_titles: Sequence[str] | None = None,
-    row_height: int = 300,
+    row_height: int = 470,
 ) -> go.Figure:
     """Per instance: the WᵀW heatmap, and each feature's norm coloured by how much it shares its dimensions.
 
@@ -91,23 +98,24 @@ def plot_features_in_Nd(
     figure = make_subplots(
         rows=n_inst,
         cols=2,
-        column_widths=[0.55, 0.45],
-        horizontal_spacing=0.12,
-        vertical_spacing=min(0.3 / max(n_inst - 1, 1), 0.08),
-        subplot_titles=[text for name in titles for text in (f"{name}: WᵀW", f"{name}: ‖W_i‖")],
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.14,
+        vertical_spacing=0.12 / max(n_inst - 1, 1) if n_inst > 1 else 0.0,
+        subplot_titles=[text for name in titles for text in (f"{name}: WᵀW", f"{name}: ‖W_i‖, coloured by overlap")],
     )
-    feature_labels = [str(f) for f in range(n_feats)]
+    features = np.arange(n_feats)
+    tick_step = 1 if n_feats <= 20 else 10  # upright labels that do not collide, however many features
     for inst in range(n_inst):
         figure.add_trace(
             go.Heatmap(
                 z=gram[inst].numpy(),
-                x=feature_labels,
-                y=feature_labels,
+                x=features,
+                y=features,
                 colorscale="RdBu",
                 zmin=-1,
                 zmax=1,
                 showscale=inst == 0,
-                colorbar={"title": "WᵀW", "len": 0.4, "y": 1.0, "yanchor": "top", "x": 0.5},
+                colorbar={"title": {"text": "WᵀW"}, "len": 0.35, "y": 1.0, "yanchor": "top", "x": 0.43, "thickness": 12},
                 hovertemplate="features %{y}, %{x}: %{z:.2f}<extra></extra>",
             ),
             row=inst + 1,
@@ -116,7 +124,7 @@ def plot_features_in_Nd(
         figure.add_trace(
             go.Bar(
                 x=norms[inst].numpy(),
-                y=feature_labels,
+                y=features,
                 orientation="h",
                 marker={
                     "color": sharing[inst].numpy(),
@@ -124,7 +132,7 @@ def plot_features_in_Nd(
                     "cmin": 0,
                     "cmax": 1,
                     "showscale": inst == 0,
-                    "colorbar": {"title": "shared", "len": 0.4, "y": 1.0, "yanchor": "top"},
+                    "colorbar": {"title": {"text": "overlap<br>Σ_{j≠i} (Ŵ_i·W_j)²"}, "len": 0.35, "y": 1.0, "yanchor": "top", "thickness": 12},
                 },
                 customdata=sharing[inst].numpy(),
                 hovertemplate="feature %{y}: norm %{x:.2f}, shared %{customdata:.2f}<extra></extra>",
@@ -133,10 +141,13 @@ def plot_features_in_Nd(
             row=inst + 1,
             col=2,
         )
-        figure.update_yaxes(autorange="reversed", row=inst + 1, col=1)
-        figure.update_yaxes(autorange="reversed", row=inst + 1, col=2)
-        figure.update_xaxes(range=[0, max(1.1, float(norms.max()) * 1.05)], row=inst + 1, col=2)
-    figure.update_layout(height=row_height * n_inst + 80, title=title, margin={"t": 80})
+        axis = {"dtick": tick_step, "tickangle": 0, "tick0": 0}
+        figure.update_xaxes(**axis, title_text="feature j", title_standoff=4, constrain="domain", row=inst + 1, col=1)
+        heatmap_x = "x" if inst == 0 else f"x{2 * inst + 1}"
+        figure.update_yaxes(**axis, title_text="feature i", autorange="reversed", scaleanchor=heatmap_x, constrain="domain", row=inst + 1, col=1)
+        figure.update_yaxes(**axis, title_text="feature i", autorange="reversed", row=inst + 1, col=2)
+        figure.update_xaxes(title_text="‖W_i‖", title_standoff=4, range=[0, max(1.1, float(norms.max()) * 1.05)], row=inst + 1, col=2)
+    figure.update_layout(height=row_height * n_inst + 100, width=MAX_FIGURE_WIDTH, title=title, margin={"t": 90, "b": 40}, bargap=0.1)
     return figure
 
 
@@ -204,6 +215,43 @@ def _square_axes(figure: go.Figure, n_inst: int, limit: float) -> None:
         axis_style = {"range": [-limit, limit], "showticklabels": False, "zeroline": True, "zerolinecolor": "#ccc", "showgrid": False}
         figure.layout[f"xaxis{xref[1:]}"].update(**axis_style, constrain="domain")
         figure.layout[f"yaxis{yref[1:]}"].update(**axis_style, scaleanchor=xref, scaleratio=1)
+
+
+def _add_colour_key(figure: go.Figure, colours: FeatureColours, n_feats: int, title: str) -> None:
+    """A colour bar for colours given as values (by feature index when None); none for named colours.
+
+    It is an invisible marker trace on the first subplot, so animations keep it as a static trace."""
+    if colours is None:
+        low, high, title = 0.0, float(n_feats - 1), "feature"
+        reverse = True  # _colour_grid shades feature 0 brightest, like the largest importance
+    elif isinstance(colours, Tensor):
+        values = colours.detach().float().cpu()
+        low, high, reverse = float(values.min()), float(values.max()), False
+        if high <= low:
+            return
+    else:
+        return
+    figure.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            xaxis="x",
+            yaxis="y",
+            mode="markers",
+            hoverinfo="skip",
+            showlegend=False,
+            marker={
+                "color": [low],
+                "colorscale": "Viridis",
+                "reversescale": reverse,
+                "cmin": low,
+                "cmax": high,
+                "showscale": True,
+                "colorbar": {"title": {"text": title}, "thickness": 12, "len": min(1.0, 300 / max(1, figure.layout.height or 300)), "y": 1.0, "yanchor": "top"},
+            },
+        )
+    )
+    figure.update_layout(width=(figure.layout.width or MAX_FIGURE_WIDTH) + 70)
 
 
 def _colour_grid(colours: FeatureColours, n_inst: int, n_feats: int, *, where: str) -> list[list[str]]:

@@ -69,10 +69,19 @@ def latent_dashboard(
     mass = np.zeros((acts.shape[1], len(vocabulary)))
     np.add.at(mass, (np.broadcast_to(np.arange(acts.shape[1]), acts.shape), next_tokens.numpy()), acts)
     figure.add_trace(
-        go.Heatmap(z=mass / max(mass.sum(), 1e-12), x=list(vocabulary), y=[f"pos {p}" for p in range(acts.shape[1])], colorscale="Reds", showscale=False),
+        go.Heatmap(
+            z=mass / max(mass.sum(), 1e-12),
+            x=list(vocabulary),
+            y=[f"pos {p}" for p in range(acts.shape[1])],
+            colorscale="Reds",
+            colorbar={"title": {"text": "share of<br>activation"}, "len": 0.5, "y": 1.0, "yanchor": "top", "x": 0.64, "thickness": 10},
+            hovertemplate="%{y}, next token %{x}: %{z:.1%}<extra></extra>",
+        ),
         row=1,
         col=2,
     )
+    # Every next token labelled (plotly thins crowded category labels), small and upright.
+    figure.update_xaxes(tickmode="array", tickvals=list(vocabulary), ticktext=list(vocabulary), tickangle=0, tickfont={"size": 8}, title_text="next token", row=1, col=2)
 
     order = logit_effect.argsort(descending=True)[:n_logits].tolist()
     figure.add_trace(

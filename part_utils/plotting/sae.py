@@ -11,6 +11,7 @@ from torch import Tensor
 
 from part_utils.plotting.animation import build_animation
 from part_utils.plotting.features import MAX_FIGURE_WIDTH
+from part_utils.plotting.tables import HtmlTable, html_table
 from part_utils.sae_training import SAETrainingLog
 from part_utils.shapes import expect_shape
 
@@ -131,13 +132,15 @@ def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | N
                 row=row,
                 col=column,
             )
-    figure.update_yaxes(type="log", range=[np.log10(floor) - 0.1, 0.05])
+    # One tick per decade, as powers of ten: the default log axis labels 2 and 5 of every decade too.
+    figure.update_yaxes(type="log", range=[np.log10(floor) - 0.1, 0.05], dtick=1, exponentformat="power", showexponent="all")
     figure.update_yaxes(title_text="fraction of inputs", col=1)
+    figure.update_xaxes(title_text="training step", row=n_rows)
     figure.update_layout(title=title, height=230 * n_rows + 100, width=MAX_FIGURE_WIDTH)
     return figure
 
 
-def recovery_table(report: Mapping[str, Tensor], *, title: str | None = None) -> go.Figure:
+def recovery_table(report: Mapping[str, Tensor], *, title: str | None = None) -> HtmlTable:
     """One row per instance: mean max cosine similarity, features recovered, dead latents, L0, FVU."""
     columns = {
         "instance": list(range(len(report["mmcs"]))),
@@ -147,10 +150,7 @@ def recovery_table(report: Mapping[str, Tensor], *, title: str | None = None) ->
         "L0": [f"{value:.3f}" for value in report["l0"].tolist()],
         "FVU": [f"{value:.4f}" for value in report["fvu"].tolist()],
     }
-    table = go.Table(header={"values": list(columns), "align": "left"}, cells={"values": list(columns.values()), "align": "left"})
-    figure = go.Figure(table)
-    figure.update_layout(title=title, height=28 * len(columns["instance"]) + 140, width=MAX_FIGURE_WIDTH, margin={"t": 50, "b": 10})
-    return figure
+    return html_table(columns, title=title)
 
 
 def _nonzero_points(h: np.ndarray) -> np.ndarray:

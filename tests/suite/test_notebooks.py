@@ -89,8 +89,15 @@ def test_fast_mode_is_deterministic(part):
     assert _figure_data_and_text(first) == _figure_data_and_text(executed_solution(part).notebook)
 
 
+ANIMATIONS_AT_FIRST_FRAME = """() => [...document.querySelectorAll('.plotly-graph-div')]
+    .filter(d => d._transitionData && d._transitionData._frames && d._transitionData._frames.length > 1)
+    .map(d => (d._fullLayout.sliders && d._fullLayout.sliders.length ? d._fullLayout.sliders[0].active : 0))"""
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir, offline_page):
+    """Every figure draws with the network refused; animations wait at their first frame; maths is
+    typeset (MathML, no script); one screenshot per figure lands in the test's output folder."""
     result = executed_solution(part)
     html_path = test_output_dir / f"{part}.html"
     html_path.write_text(export_offline_html(result.notebook))
@@ -111,7 +118,15 @@ def test_solution_figures_render_offline_in_headless_chromium(part, test_output_
         timeout=120_000,
     )
     drawn = page.eval_on_selector_all(".plotly-graph-div", "divs => divs.map(d => !!d.querySelector('svg.main-svg'))")
-    page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
     assert len(drawn) == expected_figures and all(drawn)
+    page.wait_for_timeout(2_000)
+    assert all(active == 0 for active in page.evaluate(ANIMATIONS_AT_FIRST_FRAME)), "an animation started by itself"
+    maths_in_source = any("$" in cell.source for cell in result.notebook.cells if cell.cell_type == "markdown")
+    if maths_in_source:
+        assert page.locator("math").count() > 0, "no maths was typeset"
+        assert "$$" not in page.inner_text("body"), "raw TeX is left in the page"
+    for index, figure in enumerate(page.query_selector_all(".plotly-graph-div")):
+        figure.screenshot(path=str(test_output_dir / f"{part}-figure-{index:02d}.png"))
+    page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
     assert not offline_page.errors, offline_page.errors
     assert not offline_page.refused, f"the page tried to reach the network: {offline_page.refused[:3]}"

@@ -14,10 +14,17 @@ from part_utils.plotting.renderer import RENDERER_NAME, OfflineRenderer
 def test_plot_features_in_2d_draws_a_line_and_marker_per_feature():
     W = torch.randn(3, 2, 5)
     figure = plot_features_in_2d(W, colours=torch.rand(3, 5))
-    assert len(figure.data) == 3 * (5 + 1)  # per instance: a line per feature, then one trace of tip markers
+    # Per instance a line per feature and one trace of tip markers, then the colour key.
+    assert len(figure.data) == 3 * (5 + 1) + 1
+    key = figure.data[-1]
+    assert key.marker.showscale and key.marker.colorbar.title.text == "importance" and list(key.x) == [None]
     lines = [trace for trace in figure.data if trace.mode == "lines"]
     assert [list(line.x) for line in lines[:1]] == [[0.0, pytest.approx(W[0, 0, 0].item())]]
     assert {trace.xaxis for trace in figure.data} == {"x", "x2", "x3"}
+
+
+def test_named_colours_get_no_colour_key():
+    assert not any(getattr(trace.marker, "showscale", False) for trace in plot_features_in_2d(torch.randn(2, 2, 4), colours="red").data)
 
 
 def test_plot_features_in_2d_accepts_one_colour_or_a_list():
@@ -59,7 +66,8 @@ def test_animation_has_frames_slider_buttons_and_fixed_axes():
     figure = animate_features_in_2d(history, [0, 50, 100])
     frames = figure.to_dict()["frames"]  # what plotly.js receives
     assert [frame["name"] for frame in frames] == ["0", "50", "100"]
-    assert all(len(frame["data"]) == len(figure.data) for frame in frames)
+    static = sum(1 for trace in figure.data if list(trace.x or []) == [None])  # the colour key stays put
+    assert all(len(frame["data"]) == len(figure.data) - static for frame in frames) and static == 1
     assert [step.label for step in figure.layout.sliders[0].steps] == ["0", "50", "100"]
     assert [button.label for button in figure.layout.updatemenus[0].buttons] == ["▶ play", "❚❚ pause"]
     limit = figure.layout.xaxis.range[1]
@@ -97,7 +105,13 @@ def test_offline_renderer_is_the_default_and_inlines_plotly_once(monkeypatch):
         assert not re.search(r"<script[^>]+src=[\"']https?://", bundle["text/html"]), "a CDN script slipped in"
         assert not re.search(r"<script[^>]+src=[^>]*mathjax", bundle["text/html"], re.I)
     monkeypatch.setitem(__import__("sys").modules, "google.colab", object())
-    assert len(renderer.to_mimebundle(figure)["text/html"]) > 1_000_000  # Colab: every output is its own page
+    colab = renderer.to_mimebundle(figure)  # Colab: HTML alone, loading plotly.js (cached by the browser)
+    assert set(colab) == {"text/html"} and len(colab["text/html"]) < 100_000 and "cdn.plot.ly" in colab["text/html"]
+
+
+def test_animations_do_not_start_by_themselves():
+    html = OfflineRenderer().to_mimebundle(animate_features_in_2d(torch.randn(3, 1, 2, 3), [0, 1, 2]).to_dict())["text/html"]
+    assert "Plotly.animate(" not in html.split("Plotly.newPlot(", 1)[1]
 
 
 def test_plotly_show_path_sends_plotlyjs_only_with_the_first_figure():
