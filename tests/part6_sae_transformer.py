@@ -18,8 +18,8 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import numbers
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -61,6 +61,8 @@ def _number(value: object, what: str, *, per_axis: Mapping[int, str] | None = No
     if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
         raise CheckFailure(f"`{what}` returned a bool; it should return a number.")
     if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise CheckFailure(f"`{what}` returned {value}: look for a division by zero.")
         return torch.tensor(float(value), dtype=torch.float64)
     if not isinstance(value, Tensor):
         raise CheckFailure(f"`{what}` should return a number (a 0-dimensional tensor or a float), but returned {type(value).__name__}.")
@@ -319,7 +321,7 @@ def _attached_hooks(model: TransformerBridge) -> frozenset[Hook]:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: one set of expectations per model built
 class PristineModel:
     """The palindrome model as shipped, with what it looked like before any learner code ran."""
 
@@ -374,6 +376,27 @@ def _hook_name(model: TransformerBridge, module_name: str, preferred: str) -> st
 
 def _run_with_hook(model: TransformerBridge, tokens: Tensor, hook: str, replace: Callable[[Tensor], Tensor]) -> Tensor:
     return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, lambda act, hook: replace(act))])
+
+
+@dataclasses.dataclass(frozen=True)
+class SplicedExpectations:
+    """What the spliced-loss check compares with, computed once per model built, before any learner code ran on it."""
+
+    tokens: Tensor  # on the model's device
+    replace: Callable[[Tensor], Tensor]
+    clean: Tensor
+    outcomes: dict[str, dict[str, Tensor]]  # hook name -> the right loss and what mistaken splices give
+
+
+@functools.lru_cache(maxsize=1)
+def _expectations(pristine: PristineModel) -> SplicedExpectations:
+    model = pristine.model
+    device = next(model.parameters()).device
+    tokens = _tokens().to(device)
+    replace = _replacement(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(6)).to(device))
+    with torch.no_grad():
+        clean = next_token_loss(model(tokens), tokens).cpu().double()
+    return SplicedExpectations(tokens, replace, clean, {hook: spliced_outcomes(model, tokens, hook, replace) for hook in HOOKS})
 
 
 @torch.no_grad()
@@ -441,13 +464,9 @@ def _spliced_number(result: object, tokens: Tensor, what: str) -> Tensor:
 @check("spliced_loss")
 def test_spliced_loss(learner: object) -> str:
     function = learner_callable(learner, "spliced_loss")
-    model = clean_model()
-    device = next(model.parameters()).device
-    tokens = _tokens().to(device)
-    replace = _replacement(torch.randn(model.cfg.d_model).to(device))
-    outcomes = {hook: spliced_outcomes(model, tokens, hook, replace) for hook in HOOKS}
-    with torch.no_grad():
-        clean = next_token_loss(model(tokens), tokens).cpu().double()
+    clean_model()  # rebuilds the model if earlier learner code left it changed
+    expectations = _expectations(_pristine_model())
+    tokens, replace, clean, outcomes = expectations.tokens, expectations.replace, expectations.clean, expectations.outcomes
     n_predicted = tokens.shape[0] * (tokens.shape[1] - 1)
     for hook in HOOKS:
         what = f"spliced_loss(model, tokens, {hook!r}, replace)"
