@@ -105,6 +105,14 @@ def _require_gradient(output: Tensor, *, what: str, towards: str) -> None:
         )
 
 
+def _free_function(learner: object, name: str) -> Callable[..., Any]:
+    """A free-function exercise: a class handed in is named as such (it has no method of that name to find)."""
+    if inspect.isclass(learner) or isinstance(learner, torch.nn.Module):
+        label = learner.__name__ if inspect.isclass(learner) else type(learner).__name__
+        raise CheckFailure(f"`{name}` is a function of its own, not a method of `{label}`: pass the function itself, `test_{name}({name})`.")
+    return learner_callable(learner, name)
+
+
 def diagnose_among(
     actual: Tensor | Mapping[str, Tensor],
     expected: Tensor | Mapping[str, Tensor],
@@ -146,9 +154,9 @@ def _own_gated_forward(learner: object) -> Callable[..., Any]:
     return forward
 
 
-def _gated_sae(d_sae: int) -> reference.GatedToySAE:
+def _gated_sae() -> reference.GatedToySAE:
     coefficients = torch.tensor(GATED_COEFFICIENTS, device=get_device())
-    sae = reference.GatedToySAE(part4.ToySAEConfig(n_inst=N_INST, d_in=D_IN, d_sae=d_sae, sparsity_coeff=coefficients), _toy_model())
+    sae = reference.GatedToySAE(part4.ToySAEConfig(n_inst=N_INST, d_in=D_IN, d_sae=D_SAE, sparsity_coeff=coefficients), _toy_model())
     _randomise(sae)
     return sae
 
@@ -371,16 +379,14 @@ def _check_gated_gradients(sae: reference.GatedToySAE, h: Tensor, loss: Tensor) 
     )
 
 
-def _check_gated_case(forward: Callable[..., Any], batch: int) -> None:
-    sae = _gated_sae(D_SAE)
-    h = torch.randn(batch, N_INST, D_IN, device=sae.W_enc.device)
+def _check_gated_case(forward: Callable[..., Any], sae: reference.GatedToySAE, h: Tensor) -> None:
+    expectation = _gated_expectation(sae, h)
     result = call_learner(forward, sae, h.clone(), what="forward")
     if not isinstance(result, tuple) or len(result) != 4:
         raise CheckFailure("`forward` should return a tuple of four things: (loss_dict, loss, acts, h_reconstructed).")
     loss_dict, loss, acts, h_reconstructed = result
     if not isinstance(loss_dict, dict) or set(loss_dict) != {"L_reconstruction", "L_sparsity", "L_aux"}:
         raise CheckFailure('`loss_dict` should have exactly the keys "L_reconstruction", "L_sparsity" and "L_aux".')
-    expectation = _gated_expectation(sae, h)
     _check_gated_acts(acts, expectation)
     _check_gated_reconstruction(h_reconstructed, expectation)
     scaled = _check_gated_terms(loss_dict, expectation)
@@ -388,11 +394,28 @@ def _check_gated_case(forward: Callable[..., Any], batch: int) -> None:
     _check_gated_gradients(sae, h, loss)
 
 
+GATE_MARGIN = 1e-3  # far beyond float32 rounding, so no gate opens in one implementation and not another (the suite checks it)
+
+
+def _gated_cases(batches: tuple[int, ...] = (64, 1)) -> list[tuple[reference.GatedToySAE, Tensor]]:
+    """Random SAEs with inputs whose π_gate and π_mag all keep clear of 0 (twice the inputs drawn, the clearest kept)."""
+    cases = []
+    for batch in batches:
+        sae = _gated_sae()
+        h = torch.randn(2 * batch, N_INST, D_IN, device=sae.W_enc.device)
+        e = _gated_expectation(sae, h)
+        margin = torch.minimum(e.pi_gate.abs(), e.pi_mag.abs()).amin(dim=(1, 2))
+        clearest = margin.argsort(descending=True)[:batch].sort().values
+        cases.append((sae, h[clearest.to(h.device)]))
+    return cases
+
+
 @check("GatedToySAE.forward")
 def test_gated_forward(learner: object) -> str:
     forward = _own_gated_forward(learner)
-    _check_gated_case(forward, batch=64)
-    _check_gated_case(forward, batch=1)
+    cases = _gated_cases()  # drawn before the learner's code runs, so random numbers it draws change nothing
+    for sae, h in cases:
+        _check_gated_case(forward, sae, h)
     return "gate, magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"
 
 
@@ -459,13 +482,14 @@ def _step_cases() -> list[_StepCase]:
     """The hand-checkable case, exact edges, then the shapes the SAEs use, each with many z near θ."""
     f64 = {"dtype": torch.float64}
     hand = _StepCase("the hand-checkable case", torch.tensor([1.0, 1.4, 1.6, 2.0], **f64), torch.tensor(1.5, **f64), 0.5, torch.ones(4, **f64))
-    # Powers of two, so that u = (z - θ)/ε is exactly -1/2, 0 and 1/2 at the first three inputs.
+    # Sums of powers of two, so that u = (z - θ)/ε is exactly -1/2, 0 and 1/2 at the first three inputs; the others
+    # (u = -2, -1/4, 3/4, 1, 3) tell a kernel twice too wide from one evaluated at z - θ instead of (z - θ)/ε.
     edges = _StepCase(
         "inputs exactly at θ and exactly ε/2 from it",
-        torch.tensor([1.25, 1.5, 1.75, 1.0, 1.375, 2.0], **f64),
+        torch.tensor([1.375, 1.5, 1.625, 1.0, 1.4375, 1.6875, 1.75, 2.25], **f64),
         torch.tensor(1.5, **f64),
-        0.5,
-        torch.tensor([0.7, -1.3, 1.1, 0.4, 2.0, -0.6], **f64),
+        0.25,
+        torch.tensor([0.7, -1.3, 1.1, 0.4, 2.0, -0.6, 0.9, 1.7], **f64),
     )
     threshold = torch.rand(N_INST, D_SAE, **f64) * 0.4 + 0.2
     per_latent = _StepCase(
@@ -515,10 +539,10 @@ def _check_step_forward(output: Tensor, case: _StepCase, name: str, *, jump: boo
     at_theta = f"{name} fires at z = θ; the step is 1 only where z > θ (strictly), so use > rather than >=."
     if jump:
         mistakes = {
-            f"{name} returns H(z - θ); JumpReLU returns z · H(z - θ).": active,
+            f"{name} returns H(z - θ); it should return z · H(z - θ).": active,
             at_theta: z * at_or_above,
-            f"{name} zeroes only negative pre-activations, as a ReLU would; JumpReLU zeroes every z that is not above θ.": F.relu(z),
-            f"{name} subtracts θ from the values it keeps; JumpReLU passes z unchanged where z > θ.": (z - threshold) * active,
+            f"{name} zeroes only negative pre-activations, as a ReLU would; it should zero every z that is not above θ.": F.relu(z),
+            f"{name} subtracts θ from the values it keeps; it should pass z unchanged where z > θ.": (z - threshold) * active,
         }
     else:
         mistakes = {
@@ -608,7 +632,7 @@ def _check_step_grad_threshold(grad_threshold: Tensor, case: _StepCase, name: st
     diagnose_among(
         grad_threshold,
         expected,
-        [*mistakes.items(), *mistakes_by_divisor],
+        [*mistakes_by_divisor, *mistakes.items()],  # averaging first: where a slip gives the same numbers, it is the likelier
         otherwise=f"{name}'s threshold gradient is wrong on {case.description}: it should be {formula} · grad_output, summed over the batch.",
     )
 
@@ -618,19 +642,24 @@ def _run_step(function: type[torch.autograd.Function], case: _StepCase, name: st
     threshold = case.threshold.clone().requires_grad_(True)
     output = call_learner(_apply(function), z, threshold, case.bandwidth, what=f"{name}.forward")
     output_64 = expect_tensor(output, tuple(case.z.shape), what=f"{name}.forward", axes="the shape of z")
-    _require_gradient(output, what=f"{name}.apply", towards="z and threshold")
+    if not output.requires_grad:
+        raise CheckFailure(f"`{name}.apply` returns a tensor without a gradient: do not mark forward's output non-differentiable.")
     _run_backward([output], [case.upstream.clone()], {"z": z, "threshold": threshold}, name)
     return output_64, _float64(z.grad, z), _float64(threshold.grad, threshold)
 
 
-def _check_two_calls(function: type[torch.autograd.Function], name: str, *, jump: bool) -> None:
-    """Two forward calls before one backward, as when an SAE uses the function twice: each call's own values count."""
+def _two_calls() -> list[_StepCase]:
     f64 = {"dtype": torch.float64}
     calls = []
     for bandwidth in (0.2, 0.3):
         threshold = torch.rand(N_INST, D_SAE, **f64) * 0.4 + 0.2
         z = threshold + (torch.rand(6, N_INST, D_SAE, **f64) - 0.5) * 0.8
-        calls.append(_StepCase("", z, threshold, bandwidth, torch.randn(6, N_INST, D_SAE, **f64)))
+        calls.append(_StepCase("two calls", z, threshold, bandwidth, torch.randn(6, N_INST, D_SAE, **f64)))
+    return calls
+
+
+def _check_two_calls(function: type[torch.autograd.Function], calls: list[_StepCase], name: str, *, jump: bool) -> None:
+    """Two forward calls before one backward, as when an SAE uses the function twice: each call's own values count."""
     leaves = [(case.z.clone().requires_grad_(True), case.threshold.clone().requires_grad_(True)) for case in calls]
     outputs = [call_learner(_apply(function), z, threshold, case.bandwidth, what=f"{name}.forward") for (z, threshold), case in zip(leaves, calls)]
     inputs = {"z": leaves[0][0], "threshold": leaves[0][1], "z of the second call": leaves[1][0], "threshold of the second call": leaves[1][1]}
@@ -642,26 +671,34 @@ def _check_two_calls(function: type[torch.autograd.Function], name: str, *, jump
         e = _step_expectation(z, threshold, bandwidth, first.upstream, jump=jump)
         return {"z": e.grad_z, "threshold": e.grad_threshold}
 
-    diagnose(
+    stale = (
+        f"`{name}.backward` used what a later forward call stored: keep what backward needs on ctx (ctx.save_for_backward, "
+        "ctx.bandwidth), not on the class or in a global."
+    )
+    diagnose_among(
         actual,
         gradients_of_first(first.z, first.threshold, first.bandwidth),
-        {
-            f"`{name}.backward` used what a later forward call stored: keep what backward needs on ctx (ctx.save_for_backward, "
-            "ctx.bandwidth), not on the class or in a global.": gradients_of_first(second.z, second.threshold, second.bandwidth),
-            f"`{name}.backward` used the bandwidth of a later forward call: store it on ctx (ctx.bandwidth = bandwidth), "
-            "not on the class or in a global.": gradients_of_first(first.z, first.threshold, second.bandwidth),
-        },
+        [
+            (stale, gradients_of_first(second.z, second.threshold, first.bandwidth)),
+            (stale, gradients_of_first(second.z, second.threshold, second.bandwidth)),
+            (
+                f"`{name}.backward` used the bandwidth of a later forward call: store it on ctx (ctx.bandwidth = bandwidth), "
+                "not on the class or in a global.",
+                gradients_of_first(first.z, first.threshold, second.bandwidth),
+            ),
+        ],
         otherwise=f"{name} gives the first call the wrong gradients when forward runs twice before backward: keep each call's values on its own ctx.",
     )
 
 
 def _check_autograd_function(function: type[torch.autograd.Function], name: str, *, jump: bool) -> None:
-    for case in _step_cases():
+    cases, calls = _step_cases(), _two_calls()  # drawn before the learner's code runs
+    for case in cases:
         output, grad_z, grad_threshold = _run_step(function, case, name)
         _check_step_forward(output, case, name, jump=jump)
         _check_step_grad_z(grad_z, case, name, jump=jump)
         _check_step_grad_threshold(grad_threshold, case, name, jump=jump)
-    _check_two_calls(function, name, jump=jump)
+    _check_two_calls(function, calls, name, jump=jump)
 
 
 @check("Heaviside")
@@ -690,9 +727,8 @@ def _rows_as_handed_in(d_sae: int, d_in: int) -> Tensor:
     return unit / (unit.norm(dim=-1, keepdim=True) + PROJECTION_EPS)
 
 
-def _check_projection(project: Callable[..., Any], d_sae: int, d_in: int) -> None:
-    W_dec = _rows_as_handed_in(d_sae, d_in)
-    grad = torch.randn(d_sae, d_in, dtype=torch.float64)
+def _check_projection(project: Callable[..., Any], W_dec: Tensor, grad: Tensor) -> None:
+    d_sae, d_in = W_dec.shape
     output = call_learner(project, grad.clone(), W_dec.clone(), what="remove_parallel_component")
     actual = expect_tensor(output, (d_sae, d_in), what="remove_parallel_component", axes="d_sae, d_in")
 
@@ -711,7 +747,7 @@ def _check_projection(project: Callable[..., Any], d_sae: int, d_in: int) -> Non
             ("You returned the gradient unchanged; subtract its component along each decoder row.", grad),
             ("You subtracted the parallel component twice (a reflection); subtract it once.", without_parallel(W_dec, 2.0)),
             (full_product, grad - (grad @ W_dec.T) @ W_dec),
-            (full_product, grad - W_dec @ (W_dec.T @ grad) if d_sae == d_in else grad - (grad @ W_dec.T) @ W_dec),
+            (full_product, grad - W_dec @ (W_dec.T @ grad)),
             ("The dot product runs over the wrong axis: take g · w along each row (over d_in).", grad - (grad * W_dec).sum(0, keepdim=True) * W_dec),
             ("You subtracted the dot product itself; subtract (g · w) times the row w.", grad - (grad * W_dec).sum(-1, keepdim=True)),
             (
@@ -732,9 +768,11 @@ def _check_projection(project: Callable[..., Any], d_sae: int, d_in: int) -> Non
 
 @check("remove_parallel_component")
 def test_remove_parallel_component(learner: object) -> str:
-    project = learner_callable(learner, "remove_parallel_component")
-    _check_projection(project, D_SAE, D_IN)
-    _check_projection(project, D_IN, D_IN)  # square: a transpose no longer fails on shape
+    project = _free_function(learner, "remove_parallel_component")
+    # Square too: there a transpose no longer fails on shape. Inputs are drawn before the learner's code runs.
+    cases = [(_rows_as_handed_in(d_sae, D_IN), torch.randn(d_sae, D_IN, dtype=torch.float64)) for d_sae in (D_SAE, D_IN)]
+    for W_dec, grad in cases:
+        _check_projection(project, W_dec, grad)
     return "each gradient row made orthogonal to its decoder row, as a new tensor"
 
 
@@ -824,7 +862,7 @@ PARITY_HINTS = {
 def test_reference_parity(jumprelu: object, heaviside: object, project: object) -> str:
     jumprelu_fn = _autograd_function(jumprelu, "JumpReLU")
     heaviside_fn = _autograd_function(heaviside, "Heaviside")
-    project_fn = learner_callable(project, "remove_parallel_component")
+    project_fn = _free_function(project, "remove_parallel_component")
     differences = call_learner(published_comparison, jumprelu_fn, heaviside_fn, what="the JumpReLU SAE with your functions")
     print(f"{'published value':<26} largest |difference|")
     for key, difference in differences.items():
@@ -921,9 +959,9 @@ TOPK_CASES = [
 
 @check("topk_activation")
 def test_topk_activation(learner: object) -> str:
-    function = learner_callable(learner, "topk_activation")
-    for case in TOPK_CASES:
-        pre_acts = torch.randn(case.shape) - 0.8  # many inputs have negative values among their top k
+    function = _free_function(learner, "topk_activation")
+    inputs = [torch.randn(case.shape) - 0.8 for case in TOPK_CASES]  # many inputs have negative values among their top k
+    for case, pre_acts in zip(TOPK_CASES, inputs):
         leaf, handed_in = _handed_in(pre_acts.to(get_device()))
         output = call_learner(function, handed_in, case.k, what="topk_activation")
         actual = expect_tensor(output, case.shape, what="topk_activation", axes="batch, inst, d_sae")
@@ -1005,54 +1043,67 @@ class _AuxKCase:
 
 
 AUXK_CASES = [
+    _AuxKCase("one dead latent in each of two instances (fewer than k_aux in all)", [[2], [5], []]),
     _AuxKCase("one dead latent, more dead latents than k_aux, and none at all", [[4], [0, 2, 3, 5, 6], []]),
     _AuxKCase("exactly k_aux dead latents, every latent dead, and two dead", [[1, 3, 5], list(range(D_SAE)), [0, 6]]),
 ]
 
 
-def _check_auxk_case(function: Callable[..., Any], case: _AuxKCase) -> None:
-    sae = _topk_sae()
-    device = sae.W_enc.device
+@dataclass
+class _AuxKInputs:
+    case: _AuxKCase
+    sae: reference.TopKToySAE
+    dead: Tensor
+    pre_acts: Tensor
+    h: Tensor
+    h_reconstructed: Tensor
+
+
+def _auxk_inputs(case: _AuxKCase) -> _AuxKInputs:
     dead = torch.zeros(N_INST, D_SAE, dtype=torch.bool)
     for instance, latents in enumerate(case.dead):
         dead[instance, latents] = True
-    pre_acts = torch.randn(32, N_INST, D_SAE) + 0.3
-    h = torch.randn(32, N_INST, D_IN)
-    h_reconstructed = torch.randn(32, N_INST, D_IN)
-    pre_leaf, pre_in = _handed_in(pre_acts.to(device))
-    rec_leaf, rec_in = _handed_in(h_reconstructed.to(device))
-    result = call_learner(function, sae, pre_in, h.to(device), rec_in, dead.to(device), what="auxk_loss")
-    if isinstance(result, Tensor) and result.shape == (32, N_INST) and not torch.isfinite(result).all():
-        no_dead = dead.sum(-1) == 0
-        if torch.isfinite(result[:, ~no_dead.to(result.device)]).all():
-            raise CheckFailure(
-                "auxk_loss gives NaN or inf for an instance with no dead latent; it should be 0 there (the -inf placeholders "
-                "must not reach a product: ReLU them, or replace them by 0, before decoding)."
-            )
+    sae = _topk_sae()
+    return _AuxKInputs(case, sae, dead, torch.randn(32, N_INST, D_SAE) + 0.3, torch.randn(32, N_INST, D_IN), torch.randn(32, N_INST, D_IN))
+
+
+def _reject_nan_from_placeholders(result: object, dead: Tensor, k_aux: int) -> None:
+    """NaN only where topk has to pick masked-out latents (fewer than k_aux dead) comes from the -inf placeholders."""
+    if not (isinstance(result, Tensor) and result.shape == (32, N_INST)) or torch.isfinite(result).all():
+        return
+    enough_dead = (dead.sum(-1) >= k_aux).to(result.device)
+    if torch.isfinite(result[:, enough_dead]).all():
+        raise CheckFailure(
+            "auxk_loss gives NaN or inf for an instance with fewer than k_aux dead latents (or none, where it should be 0): "
+            "the -inf placeholders that topk picks there must not reach a product, so ReLU them, or replace them by 0, before decoding."
+        )
+
+
+def _check_auxk_case(function: Callable[..., Any], inputs: _AuxKInputs) -> None:
+    sae, dead = inputs.sae, inputs.dead
+    device = sae.W_enc.device
+    pre_leaf, pre_in = _handed_in(inputs.pre_acts.to(device))
+    rec_leaf, rec_in = _handed_in(inputs.h_reconstructed.to(device))
+    result = call_learner(function, sae, pre_in, inputs.h.clone().to(device), rec_in, dead.clone().to(device), what="auxk_loss")
+    _reject_nan_from_placeholders(result, dead, sae.cfg.k_aux)
     actual = expect_tensor(result, (32, N_INST), what="auxk_loss", axes="batch, inst")
 
     k_aux = sae.cfg.k_aux
-    leaves = _as_float64({"pre_acts": pre_acts, "h_reconstructed": h_reconstructed, "W_dec": sae._W_dec})
+    leaves = _as_float64({"pre_acts": inputs.pre_acts, "h_reconstructed": inputs.h_reconstructed, "W_dec": sae._W_dec})
     W = leaves["W_dec"] / (leaves["W_dec"].norm(dim=-1, keepdim=True) + sae.cfg.weight_normalize_eps)
     b_dec = sae.b_dec.detach().cpu().double()
-    target = h.double() - leaves["h_reconstructed"]
-    expected = _auxk(leaves["pre_acts"], target.detach(), W, b_dec, dead, k_aux)
-    mistakes = _auxk_value_mistakes(leaves["pre_acts"].detach(), target.detach(), W.detach(), leaves["W_dec"].detach(), b_dec, dead, int(sae.cfg.k), k_aux)
+    residual = inputs.h.double() - leaves["h_reconstructed"]
+    expected = _auxk(leaves["pre_acts"], residual.detach(), W, b_dec, dead, k_aux)
+    x, target = leaves["pre_acts"].detach(), residual.detach()
     diagnose_among(
         actual,
         expected.detach(),
-        mistakes,
+        _auxk_value_mistakes(x, target, W.detach(), leaves["W_dec"].detach(), b_dec, dead, int(sae.cfg.k), k_aux),
         otherwise=(
-            f"auxk_loss is wrong with {case.description}: it should be the mean over d_in of (ê - e)², ê decoded from the top "
-            "k_aux dead pre-activations (ReLU applied), scaled by min(n_dead / k_aux, 1) per instance."
+            f"auxk_loss is wrong with {inputs.case.description}: it should be the mean over d_in of (ê - e)², ê decoded from "
+            "the top k_aux dead pre-activations (ReLU applied), scaled by min(n_dead / k_aux, 1) per instance."
         ),
     )
-    _check_auxk_gradients(result, sae, pre_leaf, rec_leaf, leaves, expected, _auxk(leaves["pre_acts"], target, W, b_dec, dead, k_aux), dead)
-
-
-def _check_auxk_gradients(
-    result: Tensor, sae: reference.TopKToySAE, pre_leaf: Tensor, rec_leaf: Tensor, leaves: dict[str, Tensor], expected: Tensor, undetached: Tensor, dead: Tensor
-) -> None:
     _require_gradient(result, what="auxk_loss", towards="the dead latents' pre-activations")
     weights = torch.rand(result.shape, dtype=torch.float64) + 0.5
     learner = gradients(
@@ -1062,20 +1113,24 @@ def _check_auxk_gradients(
     )
     if not all(torch.isfinite(grad).all() for grad in learner.values()):
         raise CheckFailure("auxk_loss's gradient has NaN or inf values (often -inf placeholders multiplied by 0): keep them out of every product.")
-    reference_grads = _gradient_dict((expected * weights).sum(), leaves)
-    without_detach = _gradient_dict((undetached * weights).sum(), leaves)
-    frozen_decoder = {**reference_grads, "W_dec": torch.zeros_like(reference_grads["W_dec"])}
-    live = (~dead).expand_as(reference_grads["pre_acts"])
+    expected_grads = _gradient_dict((expected * weights).sum(), leaves)
+    undetached = _auxk(leaves["pre_acts"], residual, W, b_dec, dead, k_aux)
+    live = (~dead).expand_as(expected_grads["pre_acts"])
     diagnose_among(
         learner,
-        reference_grads,
+        expected_grads,
         [
-            ("AuxK sends gradient into h_reconstructed: detach the residual h - h_reconstructed.", without_detach),
-            ("AuxK leaves the decoder without a gradient: do not detach W_dec_normalized here; the dead latents' decoder rows learn from AuxK too.", frozen_decoder),
+            ("AuxK sends gradient into h_reconstructed: detach the residual h - h_reconstructed.", _gradient_dict((undetached * weights).sum(), leaves)),
+            (
+                "AuxK leaves the decoder without a gradient: do not detach W_dec_normalized here; the dead latents' decoder rows learn from AuxK too.",
+                {**expected_grads, "W_dec": torch.zeros_like(expected_grads["W_dec"])},
+            ),
         ],
         otherwise=(
-            "AuxK sends gradient to latents that are not dead." if bool((learner["pre_acts"].abs() * live).max() > 0)
-            else "The gradient of auxk_loss differs from the reference although its values match: build it from pre_acts and W_dec_normalized without .detach(), detaching only the residual."
+            "AuxK sends gradient to latents that are not dead."
+            if bool((learner["pre_acts"].abs() * live).max() > 0)
+            else "The gradient of auxk_loss differs from the reference although its values match: build it from pre_acts and "
+            "W_dec_normalized without .detach(), detaching only the residual."
         ),
     )
 
@@ -1083,8 +1138,9 @@ def _check_auxk_gradients(
 @check("auxk_loss")
 def test_auxk_loss(learner: object) -> str:
     function = learner_callable(learner, "auxk_loss", owner_hint="TopKToySAE")
-    for case in AUXK_CASES:
-        _check_auxk_case(function, case)
+    cases = [_auxk_inputs(case) for case in AUXK_CASES]  # drawn before the learner's code runs
+    for inputs in cases:
+        _check_auxk_case(function, inputs)
     return "dead latents only, ReLU, no bias, detached residual, scaled by min(n_dead / k_aux, 1), gradients, instances with 0 to 7 dead latents"
 
 
@@ -1136,13 +1192,17 @@ def _batch_topk_mistakes(x: Tensor, k: float) -> list[tuple[str, Tensor]]:
     return [(message, wrong) for message, wrong in mistakes if wrong.shape == x.shape]
 
 
+def _batch_topk_input(case: _BatchTopKCase) -> Tensor:
+    spread = torch.linspace(0.5, 2.0, case.n_inst)[:, None] if case.n_inst > 1 else torch.ones(1, 1)
+    return torch.randn(case.batch, case.n_inst, D_SAE) * spread - torch.tensor(case.shift)[:, None]
+
+
 @check("batch_topk_activation")
 def test_batch_topk_activation(learner: object) -> str:
-    function = learner_callable(learner, "batch_topk_activation")
-    for case in BATCH_TOPK_CASES:
-        shape = (case.batch, case.n_inst, D_SAE)
-        spread = torch.linspace(0.5, 2.0, case.n_inst)[:, None] if case.n_inst > 1 else torch.ones(1, 1)
-        pre_acts = torch.randn(shape) * spread - torch.tensor(case.shift)[:, None]
+    function = _free_function(learner, "batch_topk_activation")
+    inputs = [_batch_topk_input(case) for case in BATCH_TOPK_CASES]  # drawn before the learner's code runs
+    for case, pre_acts in zip(BATCH_TOPK_CASES, inputs):
+        shape = tuple(pre_acts.shape)
         leaf, handed_in = _handed_in(pre_acts.to(get_device()))
         output = call_learner(function, handed_in, case.k, what="batch_topk_activation")
         actual = expect_tensor(output, shape, what="batch_topk_activation", axes="batch, inst, d_sae")

@@ -71,3 +71,27 @@ def test_training_comparison_detects_a_wrong_projection():
         case.data, case.params, lr=1e-3, bandwidth=0.1, sparsity_coefficient=1.2, use_pre_encoder_bias=True, fixed_decoder_norms=True, project=lambda g, w: g
     )
     assert max(differences.values()) > 1e-8
+
+
+def test_the_published_epsilon_changes_the_three_steps_beyond_the_tolerance():
+    """Projecting onto v / ‖v‖ instead of v / (‖v‖ + 1e-6) is another procedure: it lands ~1.4e-7 away."""
+    case = jumprelu_numpy.reference_setup()
+    options = {"lr": 1e-3, "bandwidth": case.bandwidth, "sparsity_coefficient": case.sparsity_coefficient, "use_pre_encoder_bias": True, "fixed_decoder_norms": True}
+    published = jumprelu_numpy.train(case.params, case.data, **options)
+    without_eps = jumprelu_numpy.train(case.params, case.data, projection_eps=0.0, **options)
+    difference = max(np.abs(getattr(published, name) - getattr(without_eps, name)).max() for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"))
+    assert 1e-8 < difference < 1e-5
+
+
+def test_a_projection_that_normalises_the_published_way_itself_trains_like_the_independent_run():
+    """The published function normalises inside; fed rows already normalised that way, it changes them by ~1e-12."""
+
+    def published_projection(grad, W_dec):
+        unit = W_dec / (W_dec.norm(dim=-1, keepdim=True) + 1e-6)
+        return grad - (grad * unit).sum(-1, keepdim=True) * unit
+
+    case = jumprelu_numpy.reference_setup()
+    differences = part5.training_comparison(
+        case.data, case.params, lr=1e-3, bandwidth=0.1, sparsity_coefficient=1.2, use_pre_encoder_bias=True, fixed_decoder_norms=True, project=published_projection
+    )
+    assert max(differences.values()) <= 1e-8
