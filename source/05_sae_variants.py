@@ -204,8 +204,9 @@ checks.test_gated_forward(GatedToySAE)
 #
 # So θ only hears about inputs whose pre-activation lies strictly within ε/2 of it (one
 # exactly ε/2 away gets nothing): pushing θ up there switches off latents that barely fire
-# (fewer L0, some reconstruction lost), and the two pulls balance. θ has one value per latent while z has one per input, so θ's gradient
-# is **summed** over the batch (every input contributes).
+# (fewer L0, some reconstruction lost), and the two pulls balance. θ has one value per
+# latent while z has one per input, so θ's gradient is **summed** over the batch (every
+# input contributes).
 #
 # Write both as `torch.autograd.Function`s. `forward(ctx, z, threshold, bandwidth)` returns
 # the output, leaving `z` and `threshold` unchanged, and keeps what `backward` needs on `ctx`
@@ -452,7 +453,7 @@ checks.test_reference_parity(JumpReLU, Heaviside, remove_parallel_component)
 #
 # **Exercise:** `topk_activation(pre_acts, k)` for `pre_acts [batch, inst, d_sae]`: for each
 # input and instance, keep exactly the `k` largest values along `d_sae` (largest by value,
-# not by size), ReLU them, zero the rest. Return a new tensor and leave `pre_acts` as it is:
+# not by absolute value), ReLU them, zero the rest. Return a new tensor and leave `pre_acts` as it is:
 # the AuxK loss below reads the same pre-activations afterwards. The gradient should reach
 # the kept values only, so build the output from `pre_acts` itself (`topk`, then `scatter`
 # into zeros, does it), not from detached copies.
