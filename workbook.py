@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements.txt"
-STAMP = VENV / ".workbook-requirements.sha256"
 TORCH_VERSION = "2.13.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -68,18 +67,39 @@ def install_torch() -> None:
     pip(f"torch=={TORCH_VERSION}")
 
 
-def setup() -> None:
+def project() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def install_stamped(name: str, fingerprint: str, *pip_arguments: str) -> None:
+    """Run one pip install unless the same one (same fingerprint) already ran in this .venv."""
+    stamp = VENV / f".workbook-{name}.sha256"
+    if stamp.exists() and stamp.read_text() == fingerprint:
+        return
+    pip(*pip_arguments)
+    stamp.write_text(fingerprint)
+
+
+def setup(*, develop: bool = False) -> None:
+    """The notebooks' packages (torch first); with `develop`, also the build and test tools."""
     if sys.version_info < (3, 11):
         sys.exit(f"The workbook needs Python 3.11 or newer; this is {platform.python_version()}.")
     if not venv_python().exists():
         print(f"Creating a virtual environment in {VENV.relative_to(ROOT)} ...", flush=True)
         venv.create(VENV, with_pip=True)
-    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted and has_torch():
-        return
-    install_torch()
-    pip("-r", str(REQUIREMENTS))
-    STAMP.write_text(wanted)
+    if not has_torch():
+        install_torch()
+    settings = project()
+    without_dependencies = settings["tool"]["workbook"]["without-dependencies"]
+    their_dependencies = settings["project"]["optional-dependencies"]["transformer-lens"]
+    fingerprint = hashlib.sha256(REQUIREMENTS.read_bytes() + "\n".join(without_dependencies + their_dependencies).encode()).hexdigest()
+    install_stamped("requirements", fingerprint, "-r", str(REQUIREMENTS), *their_dependencies)
+    install_stamped("without-dependencies", fingerprint, "--no-deps", *without_dependencies)
+    if develop:
+        tools = settings["project"]["optional-dependencies"]["develop"]
+        install_stamped("develop", hashlib.sha256("\n".join(tools).encode()).hexdigest(), *tools)
 
 
 def in_venv(*arguments: str, environment: dict[str, str] | None = None) -> int:
@@ -113,8 +133,8 @@ def make_zip() -> int:
     return 0
 
 
-def in_venv_after_setup(*command: str, environment: dict[str, str] | None = None) -> int:
-    setup()
+def in_venv_after_setup(*command: str, environment: dict[str, str] | None = None, develop: bool = False) -> int:
+    setup(develop=develop)
     return in_venv(*command, environment=environment)
 
 
@@ -124,8 +144,8 @@ COMMANDS = {
     "lab": lab,
     "progress": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "progress", *rest),
     "grade": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "grade", *rest),
-    "test": lambda rest: in_venv_after_setup("-m", "pytest", *rest, environment=TEST_ENVIRONMENT),
-    "build": lambda rest: in_venv_after_setup("notebook_build.py", *rest),
+    "test": lambda rest: in_venv_after_setup("-m", "pytest", *rest, environment=TEST_ENVIRONMENT, develop=True),
+    "build": lambda rest: in_venv_after_setup("notebook_build.py", *rest, develop=True),
     "bench": lambda rest: in_venv_after_setup("-m", "part_utils.benchmark", *rest),
     "zip": lambda rest: make_zip(),
 }

@@ -132,8 +132,11 @@ def test_install_on_colab_installs_only_in_colab(monkeypatch):
 
     calls = []
     monkeypatch.setattr(colab.subprocess, "run", lambda command, check: calls.append(command))
-    colab.install_on_colab("transformer-lens>=4.3,<5")
+    colab.install_transformer_lens_on_colab()
     assert calls == []
     monkeypatch.setitem(colab.sys.modules, "google.colab", object())
-    colab.install_on_colab("transformer-lens>=4.3,<5")
-    assert calls and calls[0][-1] == "transformer-lens>=4.3,<5" and calls[0][1:4] == ["-m", "pip", "install"]
+    colab.install_transformer_lens_on_colab()
+    dependencies, transformer_lens = calls
+    assert dependencies[1:4] == ["-m", "pip", "install"] and any(item.startswith("transformers>=5.9") for item in dependencies)
+    assert "--no-deps" in transformer_lens and transformer_lens[-1] == "transformer-lens>=4.3,<5"
+    assert not any("wandb" in item for call in calls for item in call)
