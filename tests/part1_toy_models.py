@@ -7,13 +7,14 @@ numbers the learner's code draws, or in which order. Part 2 reuses the sampler h
 """
 
 import contextlib
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from part_utils.device import get_device
 from part_utils.reference import part1_toy_models as reference
@@ -39,6 +40,14 @@ SAMPLE_BATCH = 10_000
 
 
 # Inputs -------------------------------------------------------------------------------------
+
+
+def learner_function(thing: object, name: str) -> Callable[..., object]:
+    """The learner's free function; a class or a model handed in instead is named as such."""
+    if inspect.isclass(thing) or isinstance(thing, nn.Module):
+        kind = thing.__name__ if inspect.isclass(thing) else type(thing).__name__
+        raise CheckFailure(f"`{name}` is a function of its own, not a method: pass it itself, `{name}`, not `{kind}`.")
+    return learner_callable(thing, name)
 
 
 def _random_toy_model(n_inst: int = 3, n_features: int = 7, d_hidden: int = 4) -> reference.ToyModel:
@@ -596,7 +605,7 @@ def _pair_probability(n_inst: int = 5, n_pairs: int = 3) -> Tensor:
 
 
 def _paired_output(learner: object, name: str, probability: Tensor) -> Tensor:
-    generate = learner_callable(learner, name)
+    generate = learner_function(learner, name)
     first, second = draw_twice(generate, SAMPLE_BATCH, probability, what=name)
     n_inst, n_pairs = probability.shape
     with single_threaded():

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, learner_callable
+from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor
+from tests.part1_toy_models import learner_function
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _check_case(function: object, case: Case) -> None:
 
 @check("compute_dimensionality")
 def test_compute_dimensionality(learner: object) -> str:
-    function = learner_callable(learner, "compute_dimensionality")
+    function = learner_function(learner, "compute_dimensionality")
     for case in _cases():
         try:
             _check_case(function, case)

@@ -847,6 +847,11 @@ def test_wrong_kind_of_object_is_named(checks, check, name, wrong_thing):
     checks.fails(check, wrong_thing, rf"Pass (the class that has )?your `{name}`")
 
 
+@pytest.mark.parametrize(("check", "name"), PAIR_CHECKS)
+def test_a_class_instead_of_a_free_function_is_named(checks, check, name):
+    checks.fails(check, ToyModel, rf"`{name}` is a function of its own, not a method: pass it itself")
+
+
 @pytest.mark.parametrize(("check", "name"), ALL_CHECKS)
 def test_a_class_without_the_method_is_told_it_was_never_attached(checks, check, name):
     learners_class = type("ToyModel", (nn.Module,), {})  # the exercise cell was not run

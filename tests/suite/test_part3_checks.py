@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tests.part3_feature_geometry as part3
+from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.reference.part3_feature_geometry import compute_dimensionality
 from tests.suite.conftest import stub
 
@@ -116,6 +117,7 @@ def test_names_each_mistake(checks, mutant, message):
 def test_stub_and_wrong_object(checks):
     checks.fails(part3.test_compute_dimensionality, stub, "not implemented yet")
     checks.fails(part3.test_compute_dimensionality, 7, "Pass your `compute_dimensionality` function itself")
+    checks.fails(part3.test_compute_dimensionality, ToyModel, "is a function of its own, not a method")
 
 
 def test_every_case_has_non_zero_columns_as_the_text_promises():
