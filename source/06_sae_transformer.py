@@ -67,6 +67,7 @@ from part_utils.palindromes import (
     train_palindrome_model,
 )
 from part_utils.plotting.latents import latent_dashboard, max_activating_html
+from part_utils.plotting.tables import html_table
 from part_utils.reference.part4_toy_sae import ToySAEConfig, init_encoder_as_decoder_transpose
 from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
 from part_utils.seeding import seed_everything
@@ -128,7 +129,7 @@ accuracy = per_position_accuracy(model, data.test_tokens)
 labels = [f"pos {p} predicts token {p + 1}" for p in range(len(accuracy))]
 colours = ["#2a9d8f" if p in MIRRORED_POSITIONS else "#adb5bd" for p in range(len(accuracy))]
 fig = go.Figure(go.Bar(x=labels, y=accuracy.numpy(), marker_color=colours, text=[f"{a:.3f}" for a in accuracy.tolist()], textposition="outside"))
-fig.update_layout(title="Next-token accuracy on held-out strings (green: the mirrored half and the end token)", yaxis_range=[0, 1.1], height=380, width=760)
+fig.update_layout(title="Held-out next-token accuracy (green: the mirrored half and the end token)", yaxis_range=[0, 1.1], height=380, width=760)
 fig.show()
 print(f"accuracy on the mirrored half and the end token (held out): {mirrored_accuracy(model, data.test_tokens):.4f}")
 
@@ -230,6 +231,8 @@ encoded = {name: encode_and_reconstruct(sae, test_rows) for name, (sae, _) in sa
 #
 # ### Exercise 5.1: fraction of variance explained
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●●○ · **Plan for** 10 minutes
+#
 # How much of the activations' variation does the reconstruction capture? The fraction of
 # variance explained is
 #
@@ -240,6 +243,24 @@ encoded = {name: encode_and_reconstruct(sae, test_rows) for name, (sae, _) in sa
 # squares, with no division by the number of tokens (or by tokens − 1). Write it for `x` and
 # `x_hat`, always two-dimensional, `[tokens, d]`; return a 0-dimensional tensor (a Python
 # float works too).
+#
+# <details><summary>Hint 1: two sums, then one division</summary>
+#
+# Compute the numerator and the denominator separately, each a single number. The numerator
+# needs only `x - x_hat`, squared and summed over everything. The denominator needs the mean
+# activation vector first: the mean of `x` over the tokens.
+# </details>
+#
+# <details><summary>Hint 2: which axis the mean runs over</summary>
+#
+# `x.mean(dim=0)` has shape `[d]`, one mean per dimension, and broadcasts against `x`
+# (`[tokens, d]`) so that every dimension is centred on its own mean. Square, then `.sum()`
+# with no `dim`, over tokens and dimensions at once; do the same to the squared errors. Avoid
+# `torch.var`: by default it divides by tokens − 1, and without `dim` it centres every entry
+# on the single number `x.mean()`. The result is 1 minus the ratio of the two sums.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/06_sae_transformer.ipynb` has the answer.
 
 
 # %% tags=["reference"]
@@ -271,6 +292,8 @@ print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, 
 # %% [markdown]
 # ### Exercise 5.2: L0 and firing frequencies
 #
+# **Difficulty** ●○○○○ · **Importance** ●●●●○ · **Plan for** 10 minutes
+#
 # Both take `latents` of shape `[tokens, d_sae]`. A latent is **active** on a token when its
 # value is > 0, however small (latents come out of a ReLU and are never negative, so `!= 0`
 # is the same test here).
@@ -282,6 +305,23 @@ print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, 
 #
 # A latent that never fires on the evaluation tokens is **dead**; one that fires on more
 # than 10% of tokens is **dense** (suspicious in an SAE whose L0 is a few out of 256).
+#
+# <details><summary>Hint 1: one mask for both</summary>
+#
+# Both metrics are built from the same mask, `latents > 0`: `[tokens, d_sae]`, True where a
+# latent is active on a token. Compute it first and turn it into floats (`.float()`):
+# `torch.mean` refuses a bool tensor.
+# </details>
+#
+# <details><summary>Hint 2: which axis each one reduces</summary>
+#
+# L0: sum the mask over the latents (`dim=-1`), which gives one count per token, `[tokens]`,
+# then average those counts over the tokens, down to one number. Firing frequency: average the
+# mask over the tokens (`dim=0`), which leaves one fraction per latent, `[d_sae]`. Neither
+# needs `keepdim=True`, and neither divides by `d_sae`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/06_sae_transformer.ipynb` has the answer.
 
 
 # %% tags=["reference"]
@@ -317,6 +357,8 @@ fig.show()
 # %% [markdown]
 # ### Exercise 5.3: loss recovered
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●●● · **Plan for** 15 minutes
+#
 # Reconstruction error measures distance in activation space, but not every direction
 # matters equally to the model. The test that counts: put the SAE's reconstruction back in
 # place of the activation and see what the model's next-token loss does.
@@ -337,6 +379,28 @@ fig.show()
 #
 # Do not clip it: a spliced loss below the clean loss gives more than 1, and one above the
 # ablated loss a negative value.
+#
+# <details><summary>Hint 1: a hook function, then one run</summary>
+#
+# Inside `spliced_loss`, define a small hook function that receives the activation and hands
+# back its replacement; then run the model once with that hook attached and turn the loss it
+# returns into a float with `.item()`. The model does the rest: `return_type="loss"` already
+# averages the next-token loss over every predicted token. `loss_recovered` is the formula
+# above, in one line.
+# </details>
+#
+# <details><summary>Hint 2: what TransformerLens calls, and with what</summary>
+#
+# TransformerLens calls each hook as `hook_fn(act, hook=...)`: `act` is
+# `[batch, pos, d]` and `hook` is the hook point. So `replace` cannot be the hook itself
+# (it takes no `hook` argument); your function of `(act, hook)` returns `replace(act)`, the
+# same shape. `fwd_hooks` is a list of `(name, function)` pairs, here just one, named by the
+# `hook_name` argument. Do not shift logits or compute a cross-entropy yourself. In
+# `loss_recovered`, the numerator is ablated − spliced and the denominator ablated − clean,
+# with no `abs`, `min` or `max`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/06_sae_transformer.ipynb` has the answer.
 
 
 # %% tags=["reference"]
@@ -426,10 +490,8 @@ with torch.no_grad():
                 }
             )
 formats = {"L0": "{:.2f}", "FVE": "{:.4f}", "loss": "{:.4f}", "recovered (zero)": "{:.2%}", "recovered (mean)": "{:.2%}"}
-columns = list(rows[0])
-table = go.Figure(go.Table(header={"values": columns}, cells={"values": [[formats.get(c, "{}").format(row[c]) for row in rows] for c in columns]}))
-table.update_layout(title=f"SAEs on {HOOK}, held-out strings (clean loss {clean_loss:.4f})", height=330, width=900, margin={"t": 40, "b": 0})
-table.show()
+columns = {c: [formats.get(c, "{}").format(row[c]) for row in rows] for c in rows[0]}
+html_table(columns, title=f"SAEs on {HOOK}, held-out strings (clean loss {clean_loss:.4f})").show()
 
 # %% [markdown]
 # **What to look for.** In full mode all six SAEs explain at least 0.97 of the variance
@@ -533,10 +595,7 @@ def profile_rows(latents: list[int]) -> dict[str, list[str]]:
 
 by_frequency = frequency.argsort(descending=True)
 chosen = [j for j in by_frequency.tolist() if mirrored_letter[j]][:7] + [j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j]][:5]
-rows_by_column = profile_rows(chosen)
-table = go.Figure(go.Table(header={"values": list(rows_by_column)}, cells={"values": list(rows_by_column.values())}))
-table.update_layout(title="The 7 most frequent latents of positions 4–6, then the 5 most frequent others", height=420, width=820, margin={"t": 40, "b": 0})
-table.show()
+html_table(profile_rows(chosen), title="The 7 most frequent latents of positions 4–6, then the 5 most frequent others").show()
 
 # %% [markdown]
 # ### Max-activating examples
@@ -565,8 +624,10 @@ for latent in showcase:
 # ### A latent dashboard
 #
 # Everything about one latent in one figure: the histogram of its non-zero activations,
-# where it fires (position against the token to be predicted), the tokens its direct path
-# raises most, and its top examples. Here for the first and the last latent above.
+# where it fires, the tokens its direct path raises most, and its top examples. "Where it
+# fires" is a heatmap of position against the token to be predicted, with every next token
+# labelled along the bottom; its colour bar gives the share of the latent's total activation
+# that falls in each cell. Here for the first and the last latent above.
 
 # %%
 logit_effects = direct_logit_effect(model, decoder_in_model_units).cpu()
@@ -577,10 +638,32 @@ for latent in [showcase[0], showcase[-1]]:
 # %% [markdown]
 # ### Exercise 6.1 (reading, no check): interpret the latents
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●○○ · **Plan for** 15 minutes
+#
 # Use the table, the examples and the dashboards to say, for a few latents, *which position*
 # they respond to and *which letter* they are about. Does the direct-path token agree with
 # the next token they fire before? What do the latents outside the mirrored half respond to?
 # Then open the answer.
+#
+# <details><summary>Hint 1: sort the latents first</summary>
+#
+# Start from the table: "share on positions 4–6" splits the latents into those of the mirrored
+# half, where the next letter is determined, and the rest. Take the two groups one at a time,
+# and for each latent read "top position (share)" and "next token (share)" side by side: a
+# share near 100% means the latent is about that one position, or that one letter.
+# </details>
+#
+# <details><summary>Hint 2: rows or columns of the heatmap</summary>
+#
+# In the dashboard's heatmap a latent about one letter lights up a single column (one next
+# token) across several rows (positions); a latent about one position lights up a single row.
+# For the mirrored-half latents, compare "next token" with "direct-path top token": when they
+# agree, the latent fires before a letter and also pushes the model to say it. For the others,
+# look at which positions they fire on, and whether the next token there can be predicted at
+# all.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/06_sae_transformer.ipynb` has the answer.
 #
 # <details><summary>What we found (full mode)</summary>
 #

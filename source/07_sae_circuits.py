@@ -64,6 +64,7 @@ from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.palindromes import MIRRORED_POSITIONS, SEQUENCE_LENGTH, load_palindrome_model, mlp_weights, palindrome_dataset
 from part_utils.plotting.benchmarks import plot_timings, timing_table
+from part_utils.plotting.tables import html_table
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
 from part_utils.reference.part6_sae_transformer import firing_frequency, fraction_variance_explained
 from part_utils.seeding import seed_everything
@@ -157,11 +158,15 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # `x`: the Jacobian describes the composed map *latents → MLP → latents*, and that map runs
 # the MLP on what the latents decode to.
 #
-# **Exercise:** `jacobian_loop(weights, mlp_pre, active_in, active_out)` with explicit
-# Python loops over tokens, output latents and input latents. For each entry: the vector
-# that input latent writes into the MLP's neurons (its decoder row times `W_in`), masked by
-# the ReLU derivative at that token, dotted with the vector the output latent reads from the
-# neurons (`W_out` times its encoder column). Slow on purpose: it is the reference you will
+# ### Exercise 2.1: `jacobian_loop`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 20 minutes
+#
+# Write `jacobian_loop(weights, mlp_pre, active_in, active_out)` with explicit Python loops
+# over tokens, output latents and input latents. For each entry: the vector that input
+# latent writes into the MLP's neurons (its decoder row times `W_in`), masked by the ReLU
+# derivative at that token, dotted with the vector the output latent reads from the neurons
+# (`W_out` times its encoder column). Slow on purpose: it is the reference you will
 # trust when the fast version disagrees.
 #
 # The inputs: `mlp_pre` is `pre` for every token, `[tokens, d_mlp]`; `active_in[t]` and
@@ -169,6 +174,29 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # within a token, as TopK's are). Return `J` of shape `[tokens, k_out, k_in]`, every axis
 # kept even when it has length 1. The ReLU derivative is 0 where `pre` is exactly 0, as in
 # autograd. Leave the inputs unchanged: build new tensors rather than editing them in place.
+#
+# <details><summary>Hint 1: one token at a time</summary>
+#
+# Start with an empty result, `torch.zeros` of shape `[tokens, k_out, k_in]` with `mlp_pre`'s
+# dtype and device, and fill it entry by entry. For token `t`, compute its ReLU derivative
+# once: a `[d_mlp]` vector from row `t` of `mlp_pre`. Then loop over the output latents,
+# computing the vector each one reads from the neurons, and inside that over the input
+# latents, computing the vector each one writes into them; each entry combines these three
+# vectors.
+# </details>
+#
+# <details><summary>Hint 2: the shapes of the three vectors</summary>
+#
+# The active indices are latent numbers. Input latent `active_in[t, i]` picks a row of
+# `W_dec_in` (`[d_model]`), and that row times `W_in` (`[d_model, d_mlp]`) is `[d_mlp]`.
+# Output latent `active_out[t, o]` picks a column of `W_enc_out` (index its second axis,
+# `[:, ...]`), of shape `[d_model]`, and `W_out` (`[d_mlp, d_model]`) times that column is
+# `[d_mlp]`. The ReLU derivative is `mlp_pre[t] > 0` (strictly), converted to `mlp_pre`'s
+# dtype. `J[t, o, i]` is the sum over `d_mlp` of the three `[d_mlp]` vectors multiplied
+# elementwise: output latents on axis 1, input latents on axis 2.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/07_sae_circuits.ipynb` has the answer.
 
 # %% tags=["reference"]
 @dataclass(frozen=True)
@@ -223,12 +251,39 @@ checks.test_jacobian_loop(jacobian_loop)
 # Then one `einsum` over tokens multiplies the gathered rows of the second product, the ReLU
 # derivatives `[tokens, d_mlp]` and the gathered rows of the first, summing over `d_mlp`.
 #
-# **Exercise:** `latent_products(weights)`, returning the two products as `LatentProducts`
+# ### Exercise 3.1: `latent_products` and `jacobian_vectorised`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 20 minutes
+#
+# Write `latent_products(weights)`, returning the two products as `LatentProducts`
 # (`written` `[d_sae_in, d_mlp]`, `read` `[d_sae_out, d_mlp]`), and
 # `jacobian_vectorised(products, mlp_pre, active_in, active_out)`, with the same inputs, the
-# same result and the same conventions as `jacobian_loop`, and no Python loops. The check compares them with the reference and
-# with your loop, and compares the result with `torch.autograd.functional.jacobian` of the
-# whole chain (SAE decoder, MLP, SAE encoder, biases included) on a tiny case.
+# same result and the same conventions as `jacobian_loop`, and no Python loops. The check
+# compares them with the reference and with your loop, and compares the result with
+# `torch.autograd.functional.jacobian` of the whole chain (SAE decoder, MLP, SAE encoder,
+# biases included) on a tiny case.
+#
+# <details><summary>Hint 1: products, then gathers, then one einsum</summary>
+#
+# `latent_products` involves no token at all: two matrix products of the weights, the second
+# transposed so that both have one row per latent. In `jacobian_vectorised`, gather before
+# you multiply: index `products.written` with `active_in` and `products.read` with
+# `active_out`. Indexing a `[d_sae, d_mlp]` matrix with a `[tokens, k]` tensor of latent
+# numbers gives `[tokens, k, d_mlp]`, every token's rows at once. The ReLU derivative is
+# `mlp_pre > 0` for all tokens together, `[tokens, d_mlp]`, in `mlp_pre`'s dtype.
+# </details>
+#
+# <details><summary>Hint 2: the einsum's axes</summary>
+#
+# Three operands: the gathered `read`, `(tokens, k_out, d_mlp)`; the ReLU derivative,
+# `(tokens, d_mlp)`; the gathered `written`, `(tokens, k_in, d_mlp)`. The output is
+# `(tokens, k_out, k_in)`. `d_mlp` is missing from the output, so the einsum sums over it;
+# `tokens` appears in every operand and in the output, so it is matched up token by token
+# rather than summed. With einops' `einsum` the tensors come first and the pattern last, with
+# axis names separated by spaces.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/07_sae_circuits.ipynb` has the answer.
 
 # %% tags=["reference"]
 @dataclass(frozen=True)
@@ -469,9 +524,7 @@ columns = {
     "mean J": [f"{row['mean J']:+.2f}" for row in connections],
     "tokens": [row["tokens"] for row in connections],
 }
-table = go.Figure(go.Table(columnwidth=[50, 200, 50, 200, 50, 50], header={"values": list(columns), "align": "left"}, cells={"values": list(columns.values()), "align": "left"}))
-table.update_layout(title="The strongest connections through the MLP, at positions 4 to 7 of held-out strings", height=420, width=1000, margin={"t": 50, "b": 10})
-table.show()
+html_table(columns, title="The strongest connections through the MLP, at positions 4 to 7 of held-out strings").show()
 
 # %% [markdown]
 # Most of the strongest connections join an input latent and an output latent that both sit
