@@ -30,9 +30,9 @@
 # %% tags=["workbook-setup"]
 
 # %%
-from part_utils.colab import install_on_colab
+from part_utils.colab import install_transformer_lens_on_colab
 
-install_on_colab("transformer-lens>=4.3,<5")  # not preinstalled on Colab
+install_transformer_lens_on_colab()  # not preinstalled on Colab; a no-op elsewhere
 
 # %% tags=["reference"]
 from collections.abc import Callable

@@ -63,6 +63,7 @@ def latent_dashboard(
         subplot_titles=["non-zero activations", "where it fires: position, next token", f"direct path: top {n_logits} logits raised"],
         row_heights=[0.55, 0.45],
         vertical_spacing=0.12,
+        horizontal_spacing=0.14,  # room for the heatmap's colour bar between it and the logits
     )
     figure.add_trace(go.Histogram(x=acts[fired], nbinsx=30, marker_color="#457b9d", showlegend=False), row=1, col=1)
 
@@ -74,7 +75,7 @@ def latent_dashboard(
             x=list(vocabulary),
             y=[f"pos {p}" for p in range(acts.shape[1])],
             colorscale="Reds",
-            colorbar={"title": {"text": "share of<br>activation"}, "len": 0.5, "y": 1.0, "yanchor": "top", "x": 0.64, "thickness": 10},
+            colorbar={"title": {"text": "share of<br>activation"}, "len": 0.5, "y": 1.0, "yanchor": "top", "x": figure.layout.xaxis2.domain[1] + 0.01, "thickness": 10},
             hovertemplate="%{y}, next token %{x}: %{z:.1%}<extra></extra>",
         ),
         row=1,
