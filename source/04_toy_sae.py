@@ -152,11 +152,13 @@ class ToySAE(nn.Module):
 # %% [markdown]
 # ### Exercise 1: `__init__`
 #
-# Store `cfg` and the toy `model`, and freeze the model (its parameters must not train).
-# Create `W_enc` with `nn.init.kaiming_uniform_` on an empty tensor of the right shape, and,
-# for an untied SAE, `_W_dec` the same way; a tied SAE sets `self._W_dec = None` (the
-# `W_dec` property above then returns `W_encᵀ`). Both biases start at zero. Put everything on
-# `model`'s device.
+# Store `cfg` and the toy `model` itself, and freeze the model (its parameters must not
+# train). Create `W_enc` by applying `nn.init.kaiming_uniform_`, with its default arguments, to
+# an empty `[inst, d_in, d_sae]` tensor (one call for all instances, so that each instance gets
+# its own draw), and, for an untied SAE, `_W_dec` the same way from an empty
+# `[inst, d_sae, d_in]` tensor; a tied SAE sets `self._W_dec = None` (the `W_dec` property above
+# then returns `W_encᵀ`). Both biases start at zero. Put everything on the model's device
+# (`model.W.device`), in the default float32.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -184,8 +186,11 @@ checks.test_init(ToySAE)
 # %% [markdown]
 # ### Exercise 2: `W_dec_normalized`
 #
-# Return `W_dec` with every latent's row scaled to unit norm (normalise over `d_in`). Add
-# `cfg.weight_normalize_eps` to the norm so that a zero row cannot divide by zero.
+# Return `W_dec` with every latent's row divided by its norm over `d_in` plus
+# `cfg.weight_normalize_eps`: w / (‖w‖ + ε), so that a zero row cannot divide by zero. Read the
+# decoder through the `self.W_dec` property (a tied SAE then normalises `W_encᵀ`), and return a
+# new tensor: dividing `W_dec` in place would rescale the parameter itself on every call. Keep
+# the computation differentiable, norm included; the decoder trains through it.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -228,7 +233,9 @@ checks.test_generate_batch(ToySAE)
 # 4. `h_reconstructed`: `[batch, inst, d_in]`.
 #
 # Subtract `b_dec` before encoding and add it back after decoding, and decode with
-# `self.W_dec_normalized`.
+# `self.W_dec_normalized`. `L_sparsity` is the bare L1 norm: `sparsity_coeff` appears only in
+# `loss`. Training backpropagates `loss`, so keep everything on its way differentiable, and
+# leave `h` as it is (it is the caller's batch: centre a new tensor, `h - self.b_dec`).
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -256,7 +263,8 @@ checks.test_forward(ToySAE)
 #
 # For each true feature, find the decoder row that points most nearly at it: the maximum
 # over latents of the cosine similarity between the feature direction and the latent's
-# decoder direction. Return `[inst, feats]`. Averaged over features this is the **mean max
+# decoder direction (signed: a latent pointing away from a feature does not recover it). Return
+# `[inst, feats]`, and leave both inputs as they are. Averaged over features this is the **mean max
 # cosine similarity** (MMCS); a feature counts as *recovered* when its value is at least 0.99.
 #
 # `recovery_report` (given, below) adds the other standard numbers: dead latents (never fire
@@ -352,15 +360,18 @@ plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency p
 # `resample_window` steps on which each latent fired, `frac_active_in_window [inst, d_sae]`.
 # A latent with zero there is dead. Give each dead latent a fresh start:
 #
-# - decoder row: a random direction of unit norm;
+# - decoder row: a fresh random direction of unit norm, drawn separately for every dead latent
+#   of every instance and uniformly over all directions (a normalised `torch.randn` vector);
 # - encoder column: the same direction times `resample_scale` (a small start, so the new
 #   latent does not swamp the others);
 # - encoder bias: zero.
 #
 # Live latents must not change. Return the boolean mask of the latents you resampled
-# `[inst, d_sae]`: `train_sae` uses it to reset Adam's running averages for them (more on
-# this in section 5). For a tied SAE, only `W_enc` exists: setting the encoder column sets
-# the decoder row too. Work in place on `.data` (the method runs under `torch.no_grad()`).
+# `[inst, d_sae]` (a `bool` tensor): `train_sae` uses it to reset Adam's running averages for
+# them (more on this in section 5). For a tied SAE, only `W_enc` exists: setting the encoder
+# column sets the decoder row too. Work in place on `.data` (the method runs under
+# `torch.no_grad()`), and keep the parameters themselves: the optimiser holds them, so a new
+# `nn.Parameter` would never train.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -401,16 +412,20 @@ animate_sae_training(log_simple, feature_directions, instances=range(8), title="
 # Anthropic's *Towards Monosemanticity* resamples towards the inputs the SAE reconstructs
 # worst, since those contain the features nobody covers:
 #
-# 1. Compute the reconstruction loss `L_reconstruction` of a fresh batch (`batch_size`
-#    inputs) for every instance.
-# 2. For each instance with dead latents, draw one input per dead latent, with probability
-#    proportional to its **squared** reconstruction loss (`torch.multinomial`). Skip an
-#    instance whose losses are all zero.
+# 1. Compute the reconstruction loss `L_reconstruction` of a fresh batch of `batch_size`
+#    inputs (`self.generate_batch(batch_size)`) for every instance.
+# 2. For each instance with dead latents, draw one input per dead latent, independently and
+#    with probability proportional to its **squared** reconstruction loss in that instance:
+#    `torch.multinomial(weights, n_dead, replacement=True)` (without `replacement=True` it
+#    would never give one input to two dead latents, however large its loss). Skip an instance
+#    whose losses are all zero: leave its latents as they are.
 # 3. Dead latent's decoder row: that input, centred (minus `b_dec`) and normalised to unit
 #    norm.
 # 4. Encoder column: the same direction, scaled to `resample_scale` times the mean norm of
-#    that instance's *live* encoder columns (if there are none, use 1).
-# 5. Encoder bias: zero. Live latents untouched; return the mask of resampled latents.
+#    that instance's *live* encoder columns (`W_enc[inst][:, live]`, before you change
+#    anything; if there are none, use 1).
+# 5. Encoder bias: zero. Live latents untouched. Return the mask of the latents you
+#    resampled (so not the dead latents of a skipped instance).
 #
 # <details><summary>Why does train_sae also reset Adam's moments for these latents?</summary>
 #
