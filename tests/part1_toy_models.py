@@ -182,28 +182,29 @@ def _forward_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
 @check("forward")
 def test_forward(learner: object) -> str:
     forward = learner_callable(learner, "forward", owner_hint="ToyModel")
-    model = _random_toy_model()
-    batch, n_inst, n_feats = 32, model.cfg.n_inst, model.cfg.n_features
-    parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
-    W, b = parameters["W"].double(), parameters["b_final"].double()
-    pre_output = lambda x: [torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double())) + b]  # noqa: E731
-    features = inputs_clear_of_kinks(lambda: sparse_features((batch, n_inst, n_feats)), pre_output)
-    upstream = torch.randn(batch, n_inst, n_feats)
-    expected, expected_grads = reference_with_gradients(
-        lambda W, b_final: _toy_forward(W, b_final, features.double()), parameters, upstream
-    )
-    mistakes = _forward_mistakes(W, b, features.double())
-
+    with single_threaded():  # the check's own arithmetic: see single_threaded
+        model = _random_toy_model()
+        batch, n_inst, n_feats = 32, model.cfg.n_inst, model.cfg.n_features
+        parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
+        W, b = parameters["W"].double(), parameters["b_final"].double()
+        pre_output = lambda x: [torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double())) + b]  # noqa: E731
+        features = inputs_clear_of_kinks(lambda: sparse_features((batch, n_inst, n_feats)), pre_output)
+        upstream = torch.randn(batch, n_inst, n_feats)
+        expected, expected_grads = reference_with_gradients(
+            lambda W, b_final: _toy_forward(W, b_final, features.double()), parameters, upstream
+        )
+        mistakes = _forward_mistakes(W, b, features.double())
     output = call_learner(forward, model, features.clone().to(model.W.device), what="forward")
-    actual = expect_tensor(output, (batch, n_inst, n_feats), what="forward", axes="batch, inst, feats")
-    diagnose(
-        actual,
-        expected,
-        mistakes,
-        otherwise=forward_fallback(actual, expected, pre_output(features)[0], formula="ReLU(Wᵀ W x + b_final)"),
-        atol=1e-4,
-    )
-    check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
+    with single_threaded():
+        actual = expect_tensor(output, (batch, n_inst, n_feats), what="forward", axes="batch, inst, feats")
+        diagnose(
+            actual,
+            expected,
+            mistakes,
+            otherwise=forward_fallback(actual, expected, pre_output(features)[0], formula="ReLU(Wᵀ W x + b_final)"),
+            atol=1e-4,
+        )
+        check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
     return f"{n_inst} instances, {n_feats} features, d_hidden {model.cfg.d_hidden}, gradients too"
 
 

@@ -4,6 +4,7 @@ As in Part 1, learner code gets copies of the inputs, forward passes are checked
 gradients, and the sampler check is statistical with binomial bounds (helpers from Part 1's checks).
 """
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -74,8 +75,10 @@ def _part2_method(learner: object, name: str, owner_hint: str) -> Callable[..., 
     return function
 
 
-def _readout(W_out: Tensor, hidden: Tensor, pattern: str) -> Tensor:
-    return torch.einsum(pattern, W_out, hidden)
+def _two_layer_relu_inputs(W_in: Tensor, W_out: Tensor, b_final: Tensor, x: Tensor) -> list[Tensor]:
+    """The inputs of both ReLUs of `ReLU(W_out ReLU(W_in x) + b_final)`, with W_out [inst, feats, d_hidden]."""
+    pre_hidden = torch.einsum("ihf,bif->bih", W_in, x.double())
+    return [pre_hidden, torch.einsum("ifh,bih->bif", W_out, F.relu(pre_hidden)) + b_final]
 
 
 # NeuronModel.forward ------------------------------------------------------------------------
@@ -104,23 +107,21 @@ def _neuron_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
 @check("NeuronModel.forward")
 def test_neuron_model_forward(learner: object) -> str:
     forward = _part2_method(learner, "forward", "NeuronModel")
-    model = _random_model(reference.NeuronModel)
-    parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
-    W, b = parameters["W"].double(), parameters["b_final"].double()
-
-    def relu_inputs(x: Tensor) -> list[Tensor]:
-        pre_hidden = torch.einsum("ihf,bif->bih", W, x.double())
-        return [pre_hidden, torch.einsum("ihf,bih->bif", W, F.relu(pre_hidden)) + b]
-
-    features = inputs_clear_of_kinks(lambda: sparse_features((BATCH, N_INST, N_FEATURES)), relu_inputs)
-    upstream = torch.randn(BATCH, N_INST, N_FEATURES)
-    expected, expected_grads = reference_with_gradients(lambda W, b_final: _neuron_forward(W, b_final, features.double()), parameters, upstream)
-    mistakes = _neuron_mistakes(W, b, features.double())
-
+    with single_threaded():  # the check's own arithmetic: see single_threaded
+        model = _random_model(reference.NeuronModel)
+        parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
+        W, b = parameters["W"].double(), parameters["b_final"].double()
+        relu_inputs = functools.partial(_two_layer_relu_inputs, W, W.transpose(1, 2), b)
+        features = inputs_clear_of_kinks(lambda: sparse_features((BATCH, N_INST, N_FEATURES)), relu_inputs)
+        upstream = torch.randn(BATCH, N_INST, N_FEATURES)
+        expected, expected_grads = reference_with_gradients(lambda W, b_final: _neuron_forward(W, b_final, features.double()), parameters, upstream)
+        mistakes = _neuron_mistakes(W, b, features.double())
     output = call_learner(forward, model, features.clone().to(model.W.device), what="forward")
-    actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-    diagnose(actual, expected, mistakes, otherwise=forward_fallback(actual, expected, relu_inputs(features)[1], formula="ReLU(Wᵀ ReLU(W x) + b_final)"), atol=1e-4)
-    check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
+    with single_threaded():
+        actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
+        fallback = forward_fallback(actual, expected, relu_inputs(features)[1], formula="ReLU(Wᵀ ReLU(W x) + b_final)")
+        diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
+        check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
     return "ReLU on the hidden layer and on the output, gradients too"
 
 
@@ -155,23 +156,21 @@ def _computation_mistakes(W1: Tensor, W2: Tensor, b: Tensor, x: Tensor) -> dict[
 @check("NeuronComputationModel.forward")
 def test_computation_forward(learner: object) -> str:
     forward = _part2_method(learner, "forward", "NeuronComputationModel")
-    model = _random_model(reference.NeuronComputationModel)
-    parameters = {name: getattr(model, name).detach().cpu().clone() for name in ("W1", "W2", "b_final")}
-    W1, W2, b = (parameters[name].double() for name in ("W1", "W2", "b_final"))
-
-    def relu_inputs(x: Tensor) -> list[Tensor]:
-        pre_hidden = torch.einsum("ihf,bif->bih", W1, x.double())
-        return [pre_hidden, torch.einsum("ifh,bih->bif", W2, F.relu(pre_hidden)) + b]
-
-    x = inputs_clear_of_kinks(_signed_batch, relu_inputs)
-    upstream = torch.randn(BATCH, N_INST, N_FEATURES)
-    expected, expected_grads = reference_with_gradients(lambda W1, W2, b_final: _computation_forward(W1, W2, b_final, x.double()), parameters, upstream)
-    mistakes = _computation_mistakes(W1, W2, b, x.double())
-
+    with single_threaded():  # the check's own arithmetic: see single_threaded
+        model = _random_model(reference.NeuronComputationModel)
+        parameters = {name: getattr(model, name).detach().cpu().clone() for name in ("W1", "W2", "b_final")}
+        W1, W2, b = (parameters[name].double() for name in ("W1", "W2", "b_final"))
+        relu_inputs = functools.partial(_two_layer_relu_inputs, W1, W2, b)
+        x = inputs_clear_of_kinks(_signed_batch, relu_inputs)
+        upstream = torch.randn(BATCH, N_INST, N_FEATURES)
+        expected, expected_grads = reference_with_gradients(lambda W1, W2, b_final: _computation_forward(W1, W2, b_final, x.double()), parameters, upstream)
+        mistakes = _computation_mistakes(W1, W2, b, x.double())
     output = call_learner(forward, model, x.clone().to(model.W1.device), what="forward")
-    actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-    diagnose(actual, expected, mistakes, otherwise=forward_fallback(actual, expected, relu_inputs(x)[1], formula="ReLU(W2 ReLU(W1 x) + b_final)"), atol=1e-4)
-    check_output_gradients(output, upstream, {"W1": model.W1, "W2": model.W2, "b_final": model.b_final}, expected_grads, what="forward")
+    with single_threaded():
+        actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
+        fallback = forward_fallback(actual, expected, relu_inputs(x)[1], formula="ReLU(W2 ReLU(W1 x) + b_final)")
+        diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
+        check_output_gradients(output, upstream, {"W1": model.W1, "W2": model.W2, "b_final": model.b_final}, expected_grads, what="forward")
     return "two weight matrices, both ReLUs, gradients too"
 
 
