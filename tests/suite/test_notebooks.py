@@ -63,7 +63,7 @@ TIMING_CELL = "# Timings vary from run to run."
 
 def _figure_data_and_text(notebook: nbformat.NotebookNode) -> list[object]:
     """What a learner sees, minus plotly's random div ids: printed text (joined per cell, since the
-    kernel may flush one cell's prints in several pieces) and figure data. Cells that start with
+    kernel may flush one cell's prints in several pieces), figure data, and HTML tables. Cells that start with
     TIMING_CELL show measured times, which differ between runs by nature, and are left out."""
     seen = []
     for cell in notebook.cells:
@@ -73,7 +73,12 @@ def _figure_data_and_text(notebook: nbformat.NotebookNode) -> list[object]:
         text = "".join(output.text for output in outputs if output.output_type == "stream")
         if text:
             seen.append(text)
-        seen += [output.data["application/vnd.plotly.v1+json"]["data"] for output in outputs if "application/vnd.plotly.v1+json" in output.get("data", {})]
+        for output in outputs:
+            data = output.get("data", {})
+            if "application/vnd.plotly.v1+json" in data:
+                seen.append(data["application/vnd.plotly.v1+json"]["data"])
+            elif "text/html" in data:  # tables and example lists (plotly's own HTML carries random ids)
+                seen.append(data["text/html"])
     return seen
 
 
