@@ -83,6 +83,22 @@ def _no_grad(function: Callable[..., object]) -> Callable[..., object]:
     return run
 
 
+def _on_one_thread(body: Callable[..., str]) -> Callable[..., str]:
+    """Run a whole check on one thread, then restore the learner's setting.
+
+    A check is many small operations: on a machine whose other cores are busy, each parallel one
+    waits for a descheduled thread, which made the checks ten times slower; on one thread each
+    takes a fraction of a second anywhere, and no result depends on the thread count.
+    """
+
+    @functools.wraps(body)
+    def run(*args: object, **kwargs: object) -> str:
+        with single_threaded():
+            return body(*args, **kwargs)
+
+    return run
+
+
 def _float64(tensor: Tensor) -> Tensor:
     return tensor.detach().to("cpu", torch.float64).clone()
 
@@ -114,8 +130,21 @@ def _naming_tied_decoder(call: Callable[[], object], *, what: str) -> object:
     except CheckFailure as failure:
         if "NoneType" in str(failure.__cause__ or ""):
             raise CheckFailure(
-                f"`{what}` fails for a tied SAE, where `self._W_dec` is None: use the `self.W_dec` property, which "
+                f"`{what}` reads `self._W_dec`, which a tied SAE sets to None: use the `self.W_dec` property, which "
                 "gives W_encᵀ there."
+            ) from failure
+        raise
+
+
+def _backpropagate(loss: Callable[[], Tensor], tensors: Mapping[str, Tensor], *, what: str) -> dict[str, Tensor]:
+    """Gradients of the learner-built `loss()` into `tensors`, naming an in-place operation that autograd still needed."""
+    try:
+        return call_learner(lambda: gradients(loss(), tensors, what=what), what=f"backpropagating through {what}")
+    except CheckFailure as failure:
+        if "modified by an inplace operation" in str(failure.__cause__ or ""):
+            raise CheckFailure(
+                f"Backpropagating through `{what}` fails: an in-place operation (such as `/=` or `+=`) changed a tensor "
+                "that autograd still needed; compute a new tensor instead (e.g. `W / (norm + eps)`)."
             ) from failure
         raise
 
@@ -286,6 +315,7 @@ def _check_device_on_meta(init: Callable[..., object]) -> None:
 
 
 @check("__init__")
+@_on_one_thread
 def test_init(learner: object) -> str:
     init = learner_callable(learner, "__init__", owner_hint="ToySAE")
     for tied in (False, True):
@@ -338,7 +368,15 @@ def _normalising_mistakes(W: Tensor, W_enc: Tensor | None, eps: float) -> dict[s
 
 
 def _call_normaliser(getter: Callable[..., object], sae: reference.ToySAE) -> object:
-    return _naming_tied_decoder(lambda: call_learner(getter, sae, what="W_dec_normalized"), what="W_dec_normalized")
+    try:
+        return _naming_tied_decoder(lambda: call_learner(getter, sae, what="W_dec_normalized"), what="W_dec_normalized")
+    except CheckFailure as failure:
+        if "must match the size of tensor b" in str(failure.__cause__ or ""):
+            raise CheckFailure(
+                "The norms [inst, d_sae] do not broadcast against W_dec [inst, d_sae, d_in]: keep the reduced axis "
+                "(norm(dim=-1, keepdim=True))."
+            ) from failure
+        raise
 
 
 def _check_normalised_rows(getter: Callable[..., object], tied: bool) -> None:
@@ -373,10 +411,7 @@ def _check_normalised_gradient(getter: Callable[..., object], tied: bool) -> Non
     output = _call_normaliser(getter, sae)
     expect_tensor(output, tuple(W.shape), what="W_dec_normalized", axes="inst, d_sae, d_in")
     upstream = torch.randn(W.shape, dtype=torch.float64)
-    actual = call_learner(
-        lambda: gradients((output * upstream.to(output.device, output.dtype)).sum(), {name: weight}, what="W_dec_normalized"),
-        what="backpropagating through W_dec_normalized",
-    )
+    actual = _backpropagate(lambda: (output * upstream.to(output.device, output.dtype)).sum(), {name: weight}, what="W_dec_normalized")
     to_weight = (lambda grad: grad.transpose(-1, -2)) if tied else (lambda grad: grad)  # noqa: E731
     expected = {name: to_weight(_normalising_gradients(W, upstream, eps, detach_norm=False))}
     detached = {name: to_weight(_normalising_gradients(W, upstream, eps, detach_norm=True))}
@@ -395,6 +430,7 @@ def _check_normalised_gradient(getter: Callable[..., object], tied: bool) -> Non
 
 
 @check("W_dec_normalized")
+@_on_one_thread
 def test_W_dec_normalized(learner: object) -> str:
     getter = learner_callable(learner, "W_dec_normalized", owner_hint="ToySAE", as_property=True)
     for tied in (False, True):
@@ -460,6 +496,7 @@ def _recovered_features(h: Tensor, W: Tensor) -> Tensor:
 
 
 @check("generate_batch")
+@_on_one_thread
 def test_generate_batch(learner: object) -> str:
     generate = learner_callable(learner, "generate_batch", owner_hint="ToySAE")
     cfg = reference.ToySAEConfig(n_inst=N_INST, d_in=GENERATE_D_IN, d_sae=D_SAE)
@@ -480,10 +517,9 @@ def test_generate_batch(learner: object) -> str:
         _check_hidden_of_drawn_features(h, W, recorder.batches)
         return "h = W x from the model's own features"
     # Features drawn by the learner's own code: they must follow the model's distribution.
-    with single_threaded():
-        features = _recovered_features(h, W)
-        probability, importance = _float64(sae.model.feature_probability), _float64(sae.model.importance)
-        check_sparse_unit_sample(features, probability, importance, what="the features behind your h")
+    features = _recovered_features(h, W)
+    probability, importance = _float64(sae.model.feature_probability), _float64(sae.model.importance)
+    check_sparse_unit_sample(features, probability, importance, what="the features behind your h")
     return "h = W x, with features distributed as the model's"
 
 
@@ -600,8 +636,26 @@ def _reconstruction_mistakes(p: Mapping[str, Tensor], acts: Tensor, eps: float, 
     return mistakes
 
 
+def _reconstruction_terms(p: Mapping[str, Tensor], latents: Tensor, eps: float, tied: bool) -> Tensor:
+    W_dec = p["W_enc"].transpose(-1, -2) if tied else p["_W_dec"]
+    return torch.einsum("bis,isd->bid", latents, _normalised(W_dec, eps)) + p["b_dec"]
+
+
 def _loss_term(value: object, shape: tuple[int, int], key: str) -> Tensor:
+    if isinstance(value, Tensor) and value.numel() == 1 and math.prod(shape) > 1:
+        raise CheckFailure(
+            f'loss_dict["{key}"] is a single number (F.mse_loss or a reduction over everything): keep one value per input '
+            "and instance, [batch, inst], reducing only over d_in or d_sae."
+        )
     return expect_tensor(value, shape, what=f'loss_dict["{key}"]', axes="batch, inst")
+
+
+def _acts_fallback(acts: Tensor, expected: Tensor, pre_acts: Tensor) -> str:
+    """Name a non-ReLU nonlinearity: right wherever the ReLU is on, wrong only where it should give 0."""
+    on = pre_acts > 0
+    if torch.allclose(acts[on], expected[on], rtol=1e-4, atol=1e-5) and not torch.allclose(acts[~on], expected[~on], atol=1e-5):
+        return "`acts` is right where the pre-activation is positive but not where it is negative: there it must be exactly 0 (a ReLU, not a leaky or smooth version)."
+    return "`acts` does not match ReLU((h - b_dec) W_enc + b_enc): check the einsum axes and the biases."
 
 
 def _scalar_loss(loss: object, n_inst: int) -> Tensor:
@@ -624,16 +678,15 @@ def _check_forward_values(result: object, p: Mapping[str, Tensor], x: Tensor, ca
     b, n, d_in, d_sae = case.batch, case.n_inst, case.d_in, case.d_sae
     right = _sae_terms(p, x, coeff=coeff, eps=eps)
     z = right.acts
-    diagnose(
-        expect_tensor(acts, (b, n, d_sae), what="acts", axes="batch, inst, d_sae"),
-        z,
-        _acts_mistakes(p, x, case.tied),
-        otherwise="`acts` does not match ReLU((h - b_dec) W_enc + b_enc): check the einsum axes and the biases.",
-    )
+    actual_acts = expect_tensor(acts, (b, n, d_sae), what="acts", axes="batch, inst, d_sae")
+    diagnose(actual_acts, z, _acts_mistakes(p, x, case.tied), otherwise=_acts_fallback(actual_acts, z, right.pre_acts))
     diagnose(
         expect_tensor(h_reconstructed, (b, n, d_in), what="h_reconstructed", axes="batch, inst, d_in"),
         right.h_reconstructed,
-        _reconstruction_mistakes(p, z, eps, case.tied),
+        {
+            **_reconstruction_mistakes(p, z, eps, case.tied),
+            "The reconstruction decodes the pre-activations; decode acts, after the ReLU.": _reconstruction_terms(p, right.pre_acts, eps, case.tied),
+        },
         otherwise="`h_reconstructed` does not match acts @ W_dec_normalized + b_dec.",
     )
     squared = (right.h_reconstructed - x).pow(2)
@@ -680,7 +733,7 @@ def _check_forward_values(result: object, p: Mapping[str, Tensor], x: Tensor, ca
 
 def _check_forward_gradients(loss: Tensor, sae: reference.ToySAE, p: Mapping[str, Tensor], x: Tensor) -> None:
     coeff, eps = sae.cfg.sparsity_coeff, sae.cfg.weight_normalize_eps
-    actual = call_learner(lambda: gradients(loss, _sae_parameters(sae), what="loss"), what="backpropagating the loss of forward")
+    actual = _backpropagate(lambda: loss, _sae_parameters(sae), what="loss")
     expected = _reference_gradients(p, x, coeff=coeff, eps=eps)
     name = first_gradient_mismatch(actual, expected)
     if name is None:
@@ -699,6 +752,7 @@ def _check_forward_gradients(loss: Tensor, sae: reference.ToySAE, p: Mapping[str
 
 
 @check("forward")
+@_on_one_thread
 def test_forward(learner: object) -> str:
     forward = learner_callable(learner, "forward", owner_hint="ToySAE")
     for case in FORWARD_CASES:
@@ -758,6 +812,7 @@ def _check_cosine_case(function: Callable[..., object], d_sae: int) -> None:
 
 
 @check("max_cosine_similarity")
+@_on_one_thread
 def test_max_cosine_similarity(learner: object) -> str:
     function = learner_callable(learner, "max_cosine_similarity")
     for description, d_sae in COSINE_CASES:
@@ -913,6 +968,7 @@ def _check_simple_weights(before: SAEState, sae: reference.ToySAE, dead: Tensor,
 
 
 @check("resample_simple")
+@_on_one_thread
 def test_resample_simple(learner: object) -> str:
     resample = learner_callable(learner, "resample_simple", owner_hint="ToySAE")
     for tied in (False, True):
@@ -1158,8 +1214,9 @@ def _encoder_norms(before: SAEState, live: Tensor, inst: int) -> dict[str, Tenso
     norms = before.W_enc.norm(dim=1)  # [inst, d_sae]: each latent's encoder column
     one = torch.tensor(1.0, dtype=torch.float64)
     if not live[inst].any():
-        return {"live": one, "all": norms[inst].mean(), "global": norms[live].mean() if live.any() else one, "axis": one}
+        return {"live": one, "all": norms[inst].mean(), "global": norms[live].mean() if live.any() else one, "axis": one, "decoder": one}
     return {
+        "decoder": before.W_dec[inst][live[inst]].norm(dim=-1).mean(),
         "live": norms[inst][live[inst]].mean(),
         "all": norms[inst].mean(),
         "global": norms[live].mean(),
@@ -1181,6 +1238,7 @@ def _check_advanced_encoder(case: AdvancedCase, before: SAEState, batch: DrawnBa
         "The encoder scale uses the mean norm of all encoder columns; use only the live latents' columns.": directions * norm["all"] * scale,
         "The encoder scale averages the live encoder norms of all instances; use the instance's own live columns.": directions * norm["global"] * scale,
         "The encoder scale takes norms over the wrong axis of W_enc: each latent's column is W_enc[inst][:, latent], of size d_in.": directions * norm["axis"] * scale,
+        "The encoder scale uses the live latents' decoder norms; use the norms of their encoder columns, W_enc[inst][:, live].": directions * norm["decoder"] * scale,
         "The encoder columns are not scaled by the mean live encoder norm, only by resample_scale.": directions * scale,
         "The encoder columns are scaled by the mean live encoder norm but not by resample_scale.": directions * norm["live"],
         "The encoder columns are the bare directions: scale them by resample_scale times the mean live encoder norm.": directions,
@@ -1298,6 +1356,7 @@ def _check_advanced_case(resample: Callable[..., object], case: AdvancedCase) ->
 
 
 @check("resample_advanced")
+@_on_one_thread
 def test_resample_advanced(learner: object) -> str:
     resample = learner_callable(learner, "resample_advanced", owner_hint="ToySAE")
     for case in [_main_advanced_case(), *_edge_advanced_cases()]:

@@ -173,6 +173,12 @@ def normalise_in_place(self):
     return W
 
 
+def normalise_own_result_in_place(self):
+    out = self.W_dec.clone()
+    out /= out.norm(dim=-1, keepdim=True) + self.cfg.weight_normalize_eps  # autograd still needs `out` for the norm
+    return out
+
+
 def normalise_in_place_tied_only(self):
     if self._W_dec is None:
         return normalise_in_place(self)
@@ -200,6 +206,8 @@ NORMALISED_MUTANTS = [
     (lambda self: self.W_dec / (self.W_dec.norm(dim=0, keepdim=True) + 1e-8), r"over instances \(dim 0\)"),
     (lambda self: F.normalize(self.W_enc.transpose(-1, -2), dim=-1), "untied SAE has its own decoder"),
     (normalise_in_place, r"changed `self._W_dec` in place"),
+    (lambda self: self.W_dec / (self.W_dec.norm(dim=-1) + 1e-8), r"keepdim=True"),
+    (normalise_own_result_in_place, r"in-place operation .* changed a tensor that autograd still needed"),
     (normalise_in_place_tied_only, r"^For a tied SAE: `W_dec_normalized` changed `self.W_enc` in place"),
 ]
 
@@ -322,6 +330,8 @@ def make_forward(
     target="h",
     squeeze=False,
     raw_decoder=False,
+    activation=F.relu,
+    decode_pre=False,
 ):
     def forward(self, h):
         cut = lambda tensor, place: tensor.detach() if detach == place else tensor  # noqa: E731
@@ -335,15 +345,17 @@ def make_forward(
             else:
                 centred = h - cut(self.b_dec, "b_dec") if centre else h
             pre = torch.einsum("bid,ids->bis", centred, self.W_enc) + (0 if bias_after_relu else self.b_enc)
-            acts = F.relu(pre) if relu else pre
+            acts = activation(pre) if relu else pre
             if bias_after_relu:
                 acts = acts + self.b_enc
-            h_rec = torch.einsum("bis,isd->bid", cut(acts, "acts"), cut(W_dec, "decoder")) + (self.b_dec if add_back else 0)
+            h_rec = torch.einsum("bis,isd->bid", cut(pre if decode_pre else acts, "acts"), cut(W_dec, "decoder")) + (self.b_dec if add_back else 0)
             compared = h - self.b_dec if target == "centred" else h
             squared = (h_rec - compared).pow(2)
             reconstruction = squared.mean(-1) if rec == "mean" else squared.sum(-1)
             if rec == "rmse":
                 reconstruction = squared.mean(-1).sqrt()
+            if rec == "mse_loss":
+                reconstruction = F.mse_loss(h_rec, compared)
             sparsity = acts.abs().sum(-1) if l1 == "sum" else acts.abs().mean(-1)
             coefficient = self.cfg.sparsity_coeff if coeff else 1.0
             loss_dict = {"L_reconstruction": reconstruction, "L_sparsity": coefficient * sparsity if coeff_in_dict else sparsity}
@@ -414,7 +426,10 @@ def test_forward_accepts_reference_and_rewrites(checks, forward):
         ({"target": "centred"}, r"compares h_reconstructed with h - b_dec"),
         ({"rec": "rmse"}, "root of the mean squared error"),
         ({"squeeze": True}, r"^With one instance, a batch of one and d_in = d_sae = 5: `acts` returned shape"),
-        ({"raw_decoder": True}, r"fails for a tied SAE, where `self._W_dec` is None"),
+        ({"rec": "mse_loss"}, r'loss_dict\["L_reconstruction"\] is a single number'),
+        ({"activation": lambda pre: F.leaky_relu(pre, 0.01)}, "not a leaky or smooth version"),
+        ({"decode_pre": True}, "decodes the pre-activations"),
+        ({"raw_decoder": True}, r"^For a tied SAE: `forward` reads `self._W_dec`, which a tied SAE sets to None"),
     ],
 )
 def test_forward_names_each_mistake(checks, options, message):
@@ -680,6 +695,7 @@ def make_resample_advanced(
                 "all": norms.mean(),
                 "none": torch.tensor(1.0),
                 "global": self.W_enc.norm(dim=1)[~dead].mean(),
+                "decoder": self.W_dec[inst][live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0),
             }[norm_over]
             unit = directions / directions.norm(dim=-1, keepdim=True)
             self.W_enc.data[inst][:, latents] = (unit * live_norm * resample_scale).T
@@ -773,6 +789,7 @@ def test_resample_advanced_verdict_does_not_depend_on_earlier_draws():
         ({"norm_over": "all"}, "only the live latents"),
         ({"norm_over": "none"}, "not scaled by the mean live encoder norm"),
         ({"norm_over": "global"}, "averages the live encoder norms of all instances"),
+        ({"norm_over": "decoder"}, "uses the live latents' decoder norms"),
         ({"no_live_norm": float("nan")}, r"^With an instance whose latents are all dead: the encoder columns .* are NaN"),
         ({"skip_zero": False}, r"^With an instance whose reconstruction losses are all zero: `resample_advanced` resampled"),
         ({"mark_skipped": True}, "marks the dead latents of the instance it skipped"),
@@ -798,7 +815,7 @@ def test_resample_advanced_names_a_tied_crash(checks):
         self._W_dec.data  # noqa: B018  (reads the decoder parameter, which a tied SAE does not have)
         return ToySAE.resample_advanced(self, frac_active_in_window, resample_scale, batch_size)
 
-    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", resample), r"^For a tied SAE: `resample_advanced` fails for a tied SAE")
+    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", resample), r"^For a tied SAE: `resample_advanced` reads `self._W_dec`")
 
 
 def _main_case_weightings() -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]], int]:
@@ -868,11 +885,13 @@ def test_a_method_never_attached_is_named(checks, check, name):
     ("check", "learner"),
     [(check, ToySAE) for check, _ in METHOD_CHECKS] + [(part4.test_W_dec_normalized, ToySAE), (part4.test_max_cosine_similarity, max_cosine_similarity)],
 )
-def test_checks_leave_every_random_state_untouched(checks, check, learner):
+def test_checks_leave_every_random_state_and_the_thread_count_untouched(checks, check, learner):
     import random
 
     import numpy as np
 
     states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    threads = torch.get_num_threads()
     checks.passes(check, learner)
     assert states[0] == random.getstate() and (states[1] == np.random.get_state()[1]).all() and torch.equal(states[2], torch.get_rng_state())
+    assert torch.get_num_threads() == threads
