@@ -145,7 +145,7 @@ def test_init_accepts_reference_and_rewrites(checks, init):
         (make_init(transposed_matrices=True), "scale for the transposed matrix"),
         (make_init(broadcast_rows=True), "All rows of each instance's `self.W_enc` are the same"),
         (make_init(decoder_as_encoder=True), r"copy of W_encᵀ"),
-        (make_init(device_of_model=False), "not on the model's device"),
+        (make_init(device_of_model=False), "model's device"),
         (make_init(copy_model=True), "toy model itself"),
         (make_init(trainable=False), "does not require grad"),
         (make_init(dtype=torch.float64), "keep the default float32"),
@@ -268,10 +268,10 @@ def generate_own_draws(self, batch_size):
 def make_own_draws(*, reversed_presence=False, normal_magnitudes=False, shared_over_instances=False):
     def generate(self, batch_size):
         probability = self.model.feature_probability
-        shape = (batch_size, *probability.shape)
-        presence_draw = torch.rand(batch_size, 1, probability.shape[1]) if shared_over_instances else torch.rand(shape)
+        shape, device = (batch_size, *probability.shape), probability.device
+        presence_draw = torch.rand(batch_size, 1, probability.shape[1], device=device) if shared_over_instances else torch.rand(shape, device=device)
         present = presence_draw > probability if reversed_presence else presence_draw < probability
-        magnitudes = torch.randn(shape) if normal_magnitudes else torch.rand(shape)
+        magnitudes = torch.randn(shape, device=device) if normal_magnitudes else torch.rand(shape, device=device)
         return torch.einsum("ihf,bif->bih", self.model.W, magnitudes * present)
 
     return generate
