@@ -29,7 +29,6 @@ from part_utils.reference import part4_toy_sae as reference
 from tests.checking import (
     CheckFailure,
     NotImplementedYet,
-    binomial_tolerance,
     call_learner,
     check,
     check_random_directions,
