@@ -30,6 +30,8 @@
 # mistake, and when everything is right it prints a line starting with ✔. Where training
 # differentiates your code, checks compare its gradients too, and they fail when your code
 # changes its inputs or the model's tensors in place. They never change your random state.
+# Above each exercise's cell, a line rates its difficulty and importance and says how long to
+# plan for it, and two collapsible hints wait for when you are stuck: open them in order.
 # Each **Question** is a collapsible block: think first, then click it to see the answer.
 
 # %% tags=["workbook-setup"]
@@ -121,6 +123,8 @@ class ToyModel(nn.Module):
 # %% [markdown]
 # ### Exercise 1: `forward`
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●●○ · **Plan for** 15 minutes
+#
 # Implement `h = W x` and `x' = ReLU(Wᵀ h + b_final)` for a batch of shape
 # `[batch, inst, feats]`, independently for every instance. `einops.einsum` with named axes
 # keeps this readable, e.g. `einsum(W, x, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")`;
@@ -131,6 +135,26 @@ class ToyModel(nn.Module):
 # Each exercise is one method, written in its own cell so that you can write, run and check
 # one piece at a time. The line `@add_to_class(ToyModel)` above it attaches the method to the
 # class as soon as the cell runs (it is `part_utils.methods.add_to_class`, three lines long).
+#
+# <details><summary>Hint 1: write down every intermediate shape</summary>
+#
+# Go in three steps: the hidden vector `h = W x`, of shape `[batch, inst, d_hidden]`; its
+# read-out `Wᵀ h`, back to `[batch, inst, feats]`; then `+ b_final` and the ReLU, in that
+# order. Compute the first two with one einsum each and check the shape of each before you go
+# on.
+# </details>
+#
+# <details><summary>Hint 2: which axis each einsum sums over</summary>
+#
+# Both einsums take the same `W` (`inst d_hidden feats`) and keep `inst` on every operand and
+# in the output, so that each instance only meets its own features. The first sums over
+# `feats` (the pattern above). The second sums over `d_hidden`: `W` with `h`
+# (`batch inst d_hidden`) gives `batch inst feats`. Naming the axes does the transpose for you:
+# no `.T` or `.transpose` is needed. `b_final` (`[inst, feats]`) broadcasts over the batch as
+# it is. There is one ReLU, on the output; `h` stays linear.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToyModel)
@@ -150,6 +174,8 @@ checks.test_forward(ToyModel)
 # %% [markdown]
 # ### Exercise 2: `generate_batch`
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●○○ · **Plan for** 15 minutes
+#
 # In every example of the batch, each feature of each instance is present with that
 # instance's probability for it, `self.feature_probability[inst, feat]`, independently of
 # every other example, instance and feature. A present feature has a magnitude drawn
@@ -167,6 +193,25 @@ checks.test_forward(ToyModel)
 # uniform on [0, 1). One draw gives both presence and magnitude, which makes the training
 # loop measurably faster. The reference does this.
 # </details>
+#
+# <details><summary>Hint 1: a presence mask first, then the values</summary>
+#
+# Build a boolean mask of shape `[batch, inst, feats]` that is True where a feature is
+# present: a uniform draw of that full shape, compared with the probabilities. Then give the
+# present features their magnitudes and set the absent ones to 0.
+# </details>
+#
+# <details><summary>Hint 2: shapes, device and combining</summary>
+#
+# `torch.rand(batch_size, self.cfg.n_inst, self.cfg.n_features, device=self.W.device)` puts
+# the batch axis first, so `self.feature_probability` (`[inst, feats]`) broadcasts against it
+# from the right: `draws < self.feature_probability` is True with probability `p`. Draw the
+# magnitudes with a second `torch.rand` of the same shape, and keep them where the mask is
+# True with `torch.where(mask, magnitudes, 0.0)` (or multiply by the mask). Set no seed inside
+# the method: every call must give a new batch.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToyModel)
@@ -184,6 +229,8 @@ checks.test_generate_batch(ToyModel)
 # %% [markdown]
 # ### Exercise 3: `calculate_loss`
 #
+# **Difficulty** ●○○○○ · **Importance** ●●●○○ · **Plan for** 10 minutes
+#
 # The loss is the importance-weighted squared error,
 #
 # $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(x_{b,\text{inst},f} - x'_{b,\text{inst},f}\big)^2,$$
@@ -199,6 +246,21 @@ checks.test_generate_batch(ToyModel)
 # `n_inst` is. Averaging would divide every instance's gradient by `n_inst` (Adam mostly
 # hides this, but plain SGD would not).
 # </details>
+#
+# <details><summary>Hint 1: the weighted error element by element</summary>
+#
+# First compute `I · (x - x')²` for every element, a tensor of shape `[batch, inst, feats]`:
+# `self.importance` is `[inst, feats]` and broadcasts over the batch. Only then reduce it.
+# </details>
+#
+# <details><summary>Hint 2: which axes to average and which to sum</summary>
+#
+# Average over the batch and the features together, `dim=(0, 2)`: that leaves one loss per
+# instance, shape `[inst]`. Then sum those into a single number. The importance multiplies the
+# squared difference (it is not inside the square), and there is no factor ½.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToyModel)
@@ -276,15 +338,37 @@ animate_features_in_2d(
 # ## 3. Explore: feature probability and importance
 #
 # The arrangement depends on two knobs: how sparse the features are, and how fast importance
-# decays. The sliders below pick a pair from a grid of models trained in advance
-# (`section_data/part1_explorer_grid.npz`, made by `python -m part_utils.section_artefacts`),
-# so the picture responds instantly.
+# decays. Both pictures below draw from one grid of 5-feature models in 2 dimensions, trained
+# in advance for every pair of a feature probability `p` and an importance decay `d` (feature
+# `i` has importance `d^i`), so they respond instantly. The grid is
+# `section_data/part1_explorer_grid.npz`, made by `python -m part_utils.section_artefacts`.
+#
+# The first figure has one panel per decay, from 0.50 (feature 0 matters far more than
+# feature 4) to 1.00 (all features equal); the slider under the figure moves all six panels
+# through the feature probabilities together, from 1 (dense) down to 0.01. It runs in the
+# browser, so it also works in a saved HTML copy of this notebook, with no kernel. With a
+# running kernel, the two sliders below it choose one probability and one decay each, and draw
+# that model alone in a bigger panel.
 #
 # Try: importance decay 1.0 (all features equal) at high sparsity. Then lower the decay at a
 # fixed sparsity, and watch which feature is dropped first.
 
 # %%
 explorer = load_part1_explorer_grid()
+explorer_importance = torch.tensor(explorer.importance_decays)[:, None] ** torch.arange(explorer.n_features)  # [decays, feats]
+animate_features_in_2d(
+    explorer.W,
+    [f"{p:.3g}" for p in explorer.feature_probabilities],
+    colours=explorer_importance,
+    colour_title="importance",
+    title="5 features in 2D: one panel per importance decay",
+    subplot_titles=[f"importance {d:.2f}^i" for d in explorer.importance_decays],
+    slider_prefix="feature probability p = ",
+    n_cols=3,
+    subplot_size=240,
+).show()
+
+# %%
 probability_slider = widgets.SelectionSlider(
     options=[(f"{p:.3g}", i) for i, p in enumerate(explorer.feature_probabilities)],
     description="probability",
@@ -451,7 +535,7 @@ plot_features_in_Nd(
     model_nd.W,
     title="100 features in 20 dimensions",
     subplot_titles=[f"1 - S = {p:.2f}" for p in probabilities_nd.tolist()],
-    row_height=320,
+    row_height=450,
 ).show()
 
 # %% [markdown]
@@ -481,8 +565,29 @@ plot_features_in_Nd(
 #
 # ### Exercise 4: correlated pairs
 #
+# **Difficulty** ●●○○○ · **Importance** ●●○○○ · **Plan for** 15 minutes
+#
 # The two features of a pair are **always present together**: present with the pair's
 # probability `p`, absent together otherwise.
+#
+# <details><summary>Hint 1: one presence draw per pair</summary>
+#
+# Decide presence once per pair, not per feature: a uniform draw of shape
+# `[batch, inst, pairs]` compared with `feature_probability` (`[inst, pairs]`). The magnitudes
+# are per feature: one draw of shape `[batch, inst, pairs, 2]`, the last axis being the two
+# features of a pair.
+# </details>
+#
+# <details><summary>Hint 2: from pairs to features</summary>
+#
+# Give the pair mask a trailing axis (`mask[..., None]`, `[batch, inst, pairs, 1]`) so that it
+# broadcasts over both features of its pair, and combine it with the magnitudes. Then merge the
+# last two axes (`.flatten(-2)`): pair `k` becomes features `2k` and `2k + 1`, as required.
+# Concatenating all first features, then all second features, gives a different layout, which
+# the check rejects. Make every tensor on `feature_probability.device`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
 # %% tags=["reference"]
 def generate_correlated_features(
@@ -503,14 +608,30 @@ checks.test_generate_correlated_features(generate_correlated_features)
 # %% [markdown]
 # ### Exercise 5: anticorrelated pairs
 #
+# **Difficulty** ●●●○○ · **Importance** ●●○○○ · **Plan for** 20 minutes
+#
 # The two features of a pair are **never present together**, and each is still present with
 # probability `p` (so `p ≤ 1/2`; the check uses values up to `p = 1/2` included).
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1: first the pair, then which feature</summary>
 #
-# First decide whether the pair is active, then which one of its two features it is. What
+# First decide whether the pair is active, then which one of its two features it is, with a
+# fair coin. A feature is present when its pair is active *and* the coin picks it. What
 # probability must "the pair is active" have so that each feature ends up with `p`?
 # </details>
+#
+# <details><summary>Hint 2: the probabilities and the shapes</summary>
+#
+# The pair is active with probability `2p` (which is why `p ≤ 1/2`): a draw of shape
+# `[batch, inst, pairs]` compared with `2 * feature_probability`. The coin is a second draw of
+# the same shape, `< 0.5`; stacking it and its negation on a new last axis gives a
+# `[batch, inst, pairs, 2]` mask with exactly one True per pair. Combine that with the active
+# mask (given a trailing axis) and with magnitudes of shape `[batch, inst, pairs, 2]`, then
+# merge the last two axes as in Exercise 4. Letting the second feature in only when the first
+# is absent, with probability `p`, gives it `p(1 - p)`, not `p`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
 # %% tags=["reference"]
 def generate_anticorrelated_features(

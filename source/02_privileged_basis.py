@@ -55,10 +55,30 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 #
 # ### Exercise 1: `NeuronModel.forward`
 #
+# **Difficulty** ●○○○○ · **Importance** ●●●○○ · **Plan for** 5 minutes
+#
 # Write the forward pass, for every instance independently. As in Part 1, the check
 # backpropagates through your output into `W` and `b_final`, and your code must leave
 # `features` and the parameters as they are. The class inherits everything else, including
 # Part 1's `forward`, until this cell attaches yours.
+#
+# <details><summary>Hint 1: start from Part 1's forward</summary>
+#
+# This is Part 1's `forward` with one more ReLU. Compute the hidden pre-activation `W x`,
+# shape `[batch, inst, d_hidden]`, apply the ReLU to it, and read the result out exactly as in
+# Part 1.
+# </details>
+#
+# <details><summary>Hint 2: where the two ReLUs go</summary>
+#
+# The same two einsums as in Part 1, with the same `W`: the first sums over `feats` and gives
+# `[batch, inst, d_hidden]`, which goes through the first ReLU; the second sums over
+# `d_hidden` and gives `[batch, inst, feats]`. Add `b_final` to that and only then apply the
+# second ReLU: two ReLUs in all, with the bias inside the second. If the check says the method
+# is still Part 1's, run this cell (with its `@add_to_class(NeuronModel)` line) first.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
 # %% tags=["reference"]
 class NeuronModel(ToyModel):
@@ -150,9 +170,28 @@ class NeuronComputationModel(ToyModel):
 # %% [markdown]
 # ### Exercise 2: `forward`
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●○○ · **Plan for** 10 minutes
+#
 # `h = ReLU(W1 x)` and `x' = ReLU(W2 h + b_final)`, per instance: `W1` reads the input,
 # `W2` writes the output, and no absolute value appears anywhere (computing it is the
 # model's job). This model has no `self.W`.
+#
+# <details><summary>Hint 1: two layers, each with its own weights</summary>
+#
+# The structure is `NeuronModel.forward`'s, but the read-in uses `W1` and the read-out `W2`.
+# Compute `h = ReLU(W1 x)`, shape `[batch, inst, d_hidden]`, first; then the output from `h`.
+# </details>
+#
+# <details><summary>Hint 2: the axes of W2</summary>
+#
+# `W2` is `[inst, feats, d_hidden]`: its axes come in the opposite order to `W1`'s, so name
+# them that way in the einsum, `inst feats d_hidden`, and sum over `d_hidden` with `h`
+# (`batch inst d_hidden`) to get `batch inst feats`. The read-out is `W2`, not `W1`
+# transposed as in Part 1. Feed `features` in as they are, negative values included, and keep
+# `b_final` inside the output ReLU.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -170,12 +209,31 @@ checks.test_computation_forward(NeuronComputationModel)
 # %% [markdown]
 # ### Exercise 3: `generate_batch`
 #
+# **Difficulty** ●●○○○ · **Importance** ●●○○○ · **Plan for** 10 minutes
+#
 # Like Part 1: in every example, each feature of each instance is present with probability
 # `self.feature_probability[inst, feat]`, independently of every other example, instance and
 # feature, and an absent feature is exactly 0. A present feature's value is uniform on
 # **[-1, 1]**, drawn independently for each. Return a float tensor `[batch, inst, feats]` on
 # the model's device (`self.b_final.device`: there is no `self.W` here), a fresh sample on
 # every call.
+#
+# <details><summary>Hint 1: presence as in Part 1, then signed values</summary>
+#
+# Build the presence mask exactly as in Part 1: a uniform draw of shape `[batch, inst, feats]`
+# compared with `self.feature_probability`, on `self.b_final.device`. Then make the values
+# with a second draw of the same shape, and keep them only where the mask is True.
+# </details>
+#
+# <details><summary>Hint 2: from [0, 1) to [-1, 1)</summary>
+#
+# `torch.rand` is uniform on [0, 1), so `2 * u - 1` is uniform on [-1, 1). Shift first and
+# apply the mask afterwards (mind the brackets): a masked value must be exactly 0, not -1.
+# Neither `torch.randn` (unbounded) nor `torch.rand(...) - 0.5` (half the range) will do. If
+# you reuse the presence draw `u < p` instead, its value is `2 * u / p - 1`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -194,12 +252,31 @@ checks.test_computation_generate_batch(NeuronComputationModel)
 # %% [markdown]
 # ### Exercise 4: `calculate_loss`
 #
+# **Difficulty** ●○○○○ · **Importance** ●●○○○ · **Plan for** 5 minutes
+#
 # The target is `|x|`, not `x`:
 #
 # $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(|x_{b,\text{inst},f}| - x'_{b,\text{inst},f}\big)^2,$$
 #
 # where `batch` is `x` and `out` is the model's output `x'`. Return a single-number tensor
 # that training can backpropagate through.
+#
+# <details><summary>Hint 1: Part 1's loss with a new target</summary>
+#
+# Compute the target `|x|` from `batch` (the second argument; `out` is the first) first. The
+# rest is Part 1's `calculate_loss`, with the target in place of `batch`.
+# </details>
+#
+# <details><summary>Hint 2: the shapes and the reductions</summary>
+#
+# The squared difference between the target and `out`, weighted by `self.importance`
+# (`[inst, feats]`, broadcast over the batch), has shape `[batch, inst, feats]`. Average it over
+# `dim=(0, 2)`, the batch and the features, which leaves `[inst]`, then sum that into one
+# number. The target is `batch.abs()`, not `F.relu(batch)`: a negative input has a positive
+# absolute value.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)

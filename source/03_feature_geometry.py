@@ -50,11 +50,34 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # %% [markdown]
 # ### Exercise: `compute_dimensionality`
 #
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 15 minutes
+#
 # Given `W [inst, d_hidden, feats]`, return `D [inst, feats]`. Features are the *columns*
 # of each instance's `W` (normalise over `d_hidden`). The sum over `j` includes `j = i`.
 # You may assume every column is non-zero: for a column of zeros $\hat W_i$ is 0/0 and so
 # is $D_i$, and the check never passes one (a small epsilon such as 1e-8 in the normalisation
 # is fine, but not needed). Leave `W` as it is: normalise into a new tensor, not in place.
+#
+# <details><summary>Hint 1: three pieces, each with its shape</summary>
+#
+# Compute the numerator, the unit vectors and the overlaps separately. The numerator
+# `‖W_i‖²` sums `W²` over `d_hidden` (dim 1): `[inst, feats]`. The unit vectors divide each
+# column by its norm, taken over dim 1 with `keepdim=True` (`[inst, 1, feats]`) so that it
+# broadcasts back over `W`: `Ŵ` is `[inst, d_hidden, feats]`. The overlaps `Ŵ_i · W_j`, one
+# for every pair of features, form an `[inst, feats, feats]` tensor.
+# </details>
+#
+# <details><summary>Hint 2: the overlap matrix, and which axis to sum</summary>
+#
+# Give the two feature axes different names in the einsum, `Ŵ` first and `W` second:
+# `"inst d_hidden feat_i, inst d_hidden feat_j -> inst feat_i feat_j"`, so that entry
+# `[inst, i, j]` is `Ŵ_i · W_j`. (As a matmul, that is `Ŵᵀ W` per instance.) Square it and
+# sum over `feat_j`, the last axis (`dim=-1`), `j = i` included: that leaves `[inst, feats]`,
+# the denominator. Summing over the other axis gives `Σ_j (Ŵ_j · W_i)²`, which is not the
+# same thing unless all norms are equal.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/03_feature_geometry.ipynb` has the answer.
 
 # %% tags=["reference"]
 def compute_dimensionality(W: Float[Tensor, "inst d_hidden feats"]) -> Float[Tensor, "inst feats"]:
@@ -156,7 +179,7 @@ plot_features_in_Nd(
     geometry_model.W[shown],
     title="Feature geometry at three sparsities (100 features, 10 dims)",
     subplot_titles=[f"1/(1 - S) = {inverse_density[i]:.1f}" for i in shown],
-    row_height=300,
+    row_height=450,
 ).show()
 
 # %% [markdown]
