@@ -6,11 +6,13 @@ one sentence. It never shows reference values. In IPython, a failed check prints
 its message (no traceback into this module), and still stops "Run all".
 """
 
+import contextlib
 import dataclasses
 import functools
+import numbers
 import inspect
 import math
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -52,13 +54,29 @@ def _install_short_tracebacks() -> None:
 _install_short_tracebacks()
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run a block on one thread, then restore the learner's setting.
+
+    A check is many small operations: on a machine whose other cores are busy, every parallel
+    one waits for a descheduled thread, which made checks ten times slower; on one thread each
+    takes a fraction of a second anywhere, and no verdict depends on the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def check(exercise: str, seed: int = 0) -> Callable[[Callable[P, R]], Callable[P, None]]:
-    """Decorate a check: forked seeded random state, clear failures, one pass line at the end."""
+    """Decorate a check: forked seeded random state, one thread, clear failures, one pass line at the end."""
 
     def decorate(body: Callable[P, R]) -> Callable[P, None]:
         @functools.wraps(body)
         def run(*args: P.args, **kwargs: P.kwargs) -> None:
-            with forked_rng(seed):
+            with forked_rng(seed), single_threaded():
                 summary = body(*args, **kwargs)
             suffix = f" ({summary})" if summary else ""
             print(f"✔ {exercise}: all checks passed{suffix}.")
@@ -98,6 +116,14 @@ def learner_callable(thing: object, name: str, *, owner_hint: str | None = None,
             f"cell that defines it (with `@add_to_class({owner.__name__})` right above `def {name}`), then this check."
         )
     return candidate
+
+
+def learner_function(thing: object, name: str) -> Callable[..., Any]:
+    """The learner's free function; a class or a model handed in instead is named as such."""
+    if inspect.isclass(thing) or isinstance(thing, nn.Module):
+        kind = thing.__name__ if inspect.isclass(thing) else type(thing).__name__
+        raise CheckFailure(f"`{name}` is a function of its own, not a method of `{kind}`: pass the function itself, `test_{name}({name})`.")
+    return learner_callable(thing, name)
 
 
 def call_learner(
@@ -164,13 +190,14 @@ def _tensors_inside(name: str, value: Any, depth: int = 0) -> Iterator[tuple[str
         if "_parameters" not in vars(value):  # not initialised yet (a check of __init__ hands one in)
             return
         seen: set[int] = set()
-        for prefix, tensors in (("", value.named_parameters()), ("", value.named_buffers())):
-            for key, tensor in tensors:
-                seen.add(id(tensor))
-                yield f"{name}.{prefix}{key}", tensor
-        for key, attribute in vars(value).items():
-            if isinstance(attribute, Tensor) and id(attribute) not in seen:
-                yield f"{name}.{key}", attribute
+        for key, tensor in (*value.named_parameters(), *value.named_buffers()):
+            seen.add(id(tensor))
+            yield f"{name}.{key}", tensor
+        for prefix, module in value.named_modules():  # plain tensor attributes, e.g. model.feature_probability
+            for key, attribute in vars(module).items():
+                if isinstance(attribute, Tensor) and id(attribute) not in seen:
+                    seen.add(id(attribute))
+                    yield f"{name}.{prefix + '.' if prefix else ''}{key}", attribute
     elif depth < 2 and isinstance(value, Mapping):
         for key, item in value.items():
             yield from _tensors_inside(f"{name}[{key!r}]", item, depth + 1)
@@ -193,7 +220,12 @@ class Snapshot:
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> "Snapshot":
-        originals = {key: tensor for name, value in arguments.items() for key, tensor in _tensors_inside(name, value)}
+        originals = {
+            key: tensor
+            for name, value in arguments.items()
+            for key, tensor in _tensors_inside(name, value)
+            if tensor.device.type != "meta"  # no values to compare
+        }
         copies = {key: tensor.detach().clone() for key, tensor in originals.items()}
         return cls(dict(arguments), originals, copies)
 
@@ -290,6 +322,63 @@ def diagnose(
     raise CheckFailure(otherwise)
 
 
+# Results: one number, several slips with the same numbers ----------------------------------
+
+
+def expect_number(value: object, what: str, *, per_axis: Mapping[int, str] | None = None) -> Tensor:
+    """One number (a float or a 0-dimensional floating-point tensor) as a float64 tensor.
+
+    `per_axis` names the likely mistake behind a one-dimensional result of a given length,
+    e.g. one value per token.
+    """
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        raise CheckFailure(f"`{what}` returned a bool; it should return a number.")
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise CheckFailure(f"`{what}` returned {value}: look for a division by zero.")
+        return torch.tensor(float(value), dtype=torch.float64)
+    if not isinstance(value, Tensor):
+        raise CheckFailure(f"`{what}` should return a number (a 0-dimensional tensor or a float), but returned {type(value).__name__}.")
+    if value.ndim == 1 and per_axis and len(value) in per_axis:
+        raise CheckFailure(per_axis[len(value)])
+    if value.ndim > 0:
+        raise CheckFailure(
+            f"`{what}` returned a tensor of shape {tuple(value.shape)}; it should be one number, a 0-dimensional tensor "
+            "(reduce over every axis, without keepdim=True)."
+        )
+    if not torch.is_floating_point(value):
+        raise CheckFailure(f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() before dividing or averaging.")
+    return expect_tensor(value, (), what=what, axes="a single number, 0-dimensional")
+
+
+Result = Tensor | Mapping[str, Tensor]
+
+
+def diagnose_among(
+    actual: Result,
+    expected: Result,
+    mistakes: Sequence[tuple[str, Result]] | Mapping[str, Iterable[Result]],
+    *,
+    otherwise: str,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> None:
+    """`diagnose` where one message may stand for several wrong results: (message, result) pairs,
+    or a mapping from each message to the results of the ways of making that slip.
+
+    When two different slips give the same numbers on these inputs, the message names both.
+    """
+    if close(actual, expected, rtol=rtol, atol=atol):
+        return
+    pairs = [(message, wrong) for message, results in mistakes.items() for wrong in results] if isinstance(mistakes, Mapping) else mistakes
+    matching = list(dict.fromkeys(message for message, wrong in pairs if close(actual, wrong, rtol=rtol, atol=atol)))
+    if not matching:
+        raise CheckFailure(otherwise)
+    if len(matching) == 1:
+        raise CheckFailure(matching[0])
+    raise CheckFailure(f"{matching[0].rstrip('.')}; or else, as these numbers fit both: {matching[1]}")
+
+
 # Gradients ---------------------------------------------------------------------------------
 
 
@@ -318,6 +407,80 @@ def first_gradient_mismatch(
 ) -> str | None:
     """The name of the first tensor whose gradient differs, or None when all agree."""
     return next((name for name in expected if not close(actual[name], expected[name], rtol=rtol, atol=atol)), None)
+
+
+KINK_MARGIN = 1e-3  # how far every ReLU input stays from 0 in the forward checks
+
+
+def inputs_clear_of_kinks(draw: Callable[[], Tensor], relu_inputs: Callable[[Tensor], Sequence[Tensor]]) -> Tensor:
+    """Inputs whose every ReLU input is at least KINK_MARGIN from 0.
+
+    float32 and float64 code then agree on which units are on, so a correct rewrite in
+    another precision, or with clamp or torch.where instead of relu, gets the same gradients.
+    """
+    for _ in range(100):
+        inputs = draw()
+        if all(bool((pre.abs() > KINK_MARGIN).all()) for pre in relu_inputs(inputs)):
+            return inputs
+    raise RuntimeError("could not draw inputs clear of the ReLU kinks")
+
+
+def handed_in(tensor: Tensor) -> tuple[Tensor, Tensor]:
+    """A leaf that collects the gradient, and the copy of it that learner code gets.
+
+    The copy is not a leaf, as in training: an in-place change to it is then recorded by autograd
+    instead of refused, so the snapshot can name it.
+    """
+    leaf = tensor.detach().clone().requires_grad_(True)
+    return leaf, leaf.clone()
+
+
+def require_gradient(output: Tensor, *, what: str, towards: str) -> None:
+    if not output.requires_grad:
+        raise CheckFailure(
+            f"`{what}` returns a tensor that carries no gradient back to {towards}: it was built under torch.no_grad(), "
+            "from .detach()-ed or .data tensors, or from indices alone, so training through it would change nothing."
+        )
+
+
+def reference_with_gradients(
+    formula: Callable[..., Tensor], parameters: Mapping[str, Tensor], upstream: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The reference output in float64, and the gradient of `output · upstream` for each parameter."""
+    leaves = {name: tensor.detach().to("cpu", torch.float64).requires_grad_() for name, tensor in parameters.items()}
+    output = formula(**leaves)
+    grads = torch.autograd.grad((output * upstream.double()).sum(), list(leaves.values()))
+    return output.detach(), dict(zip(leaves, grads))
+
+
+def check_output_gradients(
+    output: Tensor, upstream: Tensor, parameters: Mapping[str, Tensor], expected: Mapping[str, Tensor], *, what: str
+) -> None:
+    """Backpropagate the learner's output against a fixed random upstream gradient; each parameter's
+    gradient must match the reference's (the output itself is checked before)."""
+    cut_off = "(.detach(), .data, torch.no_grad(), or a detour through NumPy or .tolist())"
+    if not output.requires_grad:
+        raise CheckFailure(f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so training would never change the weights.")
+    loss = (output * upstream.to(output.device, output.dtype)).sum()
+    actual = gradients(loss, parameters, what=f"the output of `{what}`")
+    scale = max(float(grad.abs().max()) for grad in expected.values())
+    name = first_gradient_mismatch(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+    if name is None:
+        return
+    if not any(grad.any() for grad in actual.values()):
+        raise CheckFailure(
+            f"No gradient reaches any parameter, although the output of `{what}` is right: the output is cut off from "
+            f"the graph {cut_off}, so training would never change the weights."
+        )
+    if not actual[name].any():
+        raise CheckFailure(
+            f"No gradient reaches `{name}`, although the output of `{what}` is right: a step that uses `{name}` is cut "
+            "off from the graph (.detach(), .data or torch.no_grad()), so training would never change it."
+        )
+    raise CheckFailure(
+        f"The output of `{what}` is right, but the gradient of `{name}` is not: a step that uses `{name}` is cut off "
+        "from the graph (.detach(), .data or torch.no_grad()), so training would see only part of its effect."
+    )
 
 
 # Statistics --------------------------------------------------------------------------------

@@ -16,33 +16,42 @@ from part_utils.device import get_device
 from part_utils.reference import part1_toy_models
 from part_utils.reference import part2_privileged_basis as reference
 from part_utils.reference.part1_toy_models import ToyModelConfig
-from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, frequencies_match, learner_callable
+from tests.checking import (
+    call_learner,
+    check,
+    check_output_gradients,
+    CheckFailure,
+    diagnose,
+    expect_tensor,
+    frequencies_match,
+    inputs_clear_of_kinks,
+    learner_callable,
+    reference_with_gradients,
+)
 from tests.part1_toy_models import (
+    check_loss_gradient,
+    forward_fallback,
+    loss_fallback,
+    loss_inputs,
+    loss_mistakes,
+    scalar_loss,
+    sparse_features,
+)
+from tests.sampling import (
     FALSE_ALARM_PER_TEST,
     SAMPLE_BATCH,
     check_examples_vary,
     check_fresh_draws,
-    check_loss_gradient,
     check_magnitudes_vary,
-    check_output_gradients,
     check_presence_frequencies,
     check_presence_independent,
     check_uniform,
     check_values_not_shared,
     draw_twice,
     independence_messages,
-    inputs_clear_of_kinks,
-    forward_fallback,
-    loss_fallback,
-    loss_inputs,
-    loss_mistakes,
     neighbour_comparisons,
     presence_alternatives,
-    reference_with_gradients,
-    scalar_loss,
-    single_threaded,
     sample_values,
-    sparse_features,
 )
 
 N_INST, N_FEATURES, D_HIDDEN, BATCH = 3, 7, 4, 32
@@ -107,21 +116,19 @@ def _neuron_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
 @check("NeuronModel.forward")
 def test_neuron_model_forward(learner: object) -> str:
     forward = _part2_method(learner, "forward", "NeuronModel")
-    with single_threaded():  # the check's own arithmetic: see single_threaded
-        model = _random_model(reference.NeuronModel)
-        parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
-        W, b = parameters["W"].double(), parameters["b_final"].double()
-        relu_inputs = functools.partial(_two_layer_relu_inputs, W, W.transpose(1, 2), b)
-        features = inputs_clear_of_kinks(lambda: sparse_features((BATCH, N_INST, N_FEATURES)), relu_inputs)
-        upstream = torch.randn(BATCH, N_INST, N_FEATURES)
-        expected, expected_grads = reference_with_gradients(lambda W, b_final: _neuron_forward(W, b_final, features.double()), parameters, upstream)
-        mistakes = _neuron_mistakes(W, b, features.double())
+    model = _random_model(reference.NeuronModel)
+    parameters = {"W": model.W.detach().cpu().clone(), "b_final": model.b_final.detach().cpu().clone()}
+    W, b = parameters["W"].double(), parameters["b_final"].double()
+    relu_inputs = functools.partial(_two_layer_relu_inputs, W, W.transpose(1, 2), b)
+    features = inputs_clear_of_kinks(lambda: sparse_features((BATCH, N_INST, N_FEATURES)), relu_inputs)
+    upstream = torch.randn(BATCH, N_INST, N_FEATURES)
+    expected, expected_grads = reference_with_gradients(lambda W, b_final: _neuron_forward(W, b_final, features.double()), parameters, upstream)
+    mistakes = _neuron_mistakes(W, b, features.double())
     output = call_learner(forward, model, features.clone().to(model.W.device), what="forward")
-    with single_threaded():
-        actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-        fallback = forward_fallback(actual, expected, relu_inputs(features)[1], formula="ReLU(Wᵀ ReLU(W x) + b_final)")
-        diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
-        check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
+    actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
+    fallback = forward_fallback(actual, expected, relu_inputs(features)[1], formula="ReLU(Wᵀ ReLU(W x) + b_final)")
+    diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
+    check_output_gradients(output, upstream, {"W": model.W, "b_final": model.b_final}, expected_grads, what="forward")
     return "ReLU on the hidden layer and on the output, gradients too"
 
 
@@ -156,21 +163,19 @@ def _computation_mistakes(W1: Tensor, W2: Tensor, b: Tensor, x: Tensor) -> dict[
 @check("NeuronComputationModel.forward")
 def test_computation_forward(learner: object) -> str:
     forward = _part2_method(learner, "forward", "NeuronComputationModel")
-    with single_threaded():  # the check's own arithmetic: see single_threaded
-        model = _random_model(reference.NeuronComputationModel)
-        parameters = {name: getattr(model, name).detach().cpu().clone() for name in ("W1", "W2", "b_final")}
-        W1, W2, b = (parameters[name].double() for name in ("W1", "W2", "b_final"))
-        relu_inputs = functools.partial(_two_layer_relu_inputs, W1, W2, b)
-        x = inputs_clear_of_kinks(_signed_batch, relu_inputs)
-        upstream = torch.randn(BATCH, N_INST, N_FEATURES)
-        expected, expected_grads = reference_with_gradients(lambda W1, W2, b_final: _computation_forward(W1, W2, b_final, x.double()), parameters, upstream)
-        mistakes = _computation_mistakes(W1, W2, b, x.double())
+    model = _random_model(reference.NeuronComputationModel)
+    parameters = {name: getattr(model, name).detach().cpu().clone() for name in ("W1", "W2", "b_final")}
+    W1, W2, b = (parameters[name].double() for name in ("W1", "W2", "b_final"))
+    relu_inputs = functools.partial(_two_layer_relu_inputs, W1, W2, b)
+    x = inputs_clear_of_kinks(_signed_batch, relu_inputs)
+    upstream = torch.randn(BATCH, N_INST, N_FEATURES)
+    expected, expected_grads = reference_with_gradients(lambda W1, W2, b_final: _computation_forward(W1, W2, b_final, x.double()), parameters, upstream)
+    mistakes = _computation_mistakes(W1, W2, b, x.double())
     output = call_learner(forward, model, x.clone().to(model.W1.device), what="forward")
-    with single_threaded():
-        actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
-        fallback = forward_fallback(actual, expected, relu_inputs(x)[1], formula="ReLU(W2 ReLU(W1 x) + b_final)")
-        diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
-        check_output_gradients(output, upstream, {"W1": model.W1, "W2": model.W2, "b_final": model.b_final}, expected_grads, what="forward")
+    actual = expect_tensor(output, (BATCH, N_INST, N_FEATURES), what="forward", axes="batch, inst, feats")
+    fallback = forward_fallback(actual, expected, relu_inputs(x)[1], formula="ReLU(W2 ReLU(W1 x) + b_final)")
+    diagnose(actual, expected, mistakes, otherwise=fallback, atol=1e-4)
+    check_output_gradients(output, upstream, {"W1": model.W1, "W2": model.W2, "b_final": model.b_final}, expected_grads, what="forward")
     return "two weight matrices, both ReLUs, gradients too"
 
 
@@ -227,20 +232,19 @@ def test_computation_generate_batch(learner: object) -> str:
     model.feature_probability[1, 2] = 1.0  # a feature that is always present
     probability, importance = model.feature_probability.cpu().double(), model.importance.cpu().double()
     first, second = draw_twice(generate, model, SAMPLE_BATCH, what="generate_batch")
-    with single_threaded():
-        values = sample_values(first, (SAMPLE_BATCH, N_INST, N_FEATURES), device=model.b_final.device, what="generate_batch", axes="batch, inst, feats")
-        check_fresh_draws(first, second, what="generate_batch")
-        _check_signed_range(values, probability)
-        check_examples_vary(values, probability, what="generate_batch")
-        check_presence_frequencies(
-            values != 0,
-            probability,
-            what="generate_batch",
-            alternatives=presence_alternatives(probability, importance),
-            otherwise="Features are present with the wrong probability: use feature_probability[inst, feat].",
-        )
-        check_presence_independent(values != 0, probability, messages=independence_messages("generate_batch"))
-        _check_signed_values(values, probability)
+    values = sample_values(first, (SAMPLE_BATCH, N_INST, N_FEATURES), device=model.b_final.device, what="generate_batch", axes="batch, inst, feats")
+    check_fresh_draws(first, second, what="generate_batch")
+    _check_signed_range(values, probability)
+    check_examples_vary(values, probability, what="generate_batch")
+    check_presence_frequencies(
+        values != 0,
+        probability,
+        what="generate_batch",
+        alternatives=presence_alternatives(probability, importance),
+        otherwise="Features are present with the wrong probability: use feature_probability[inst, feat].",
+    )
+    check_presence_independent(values != 0, probability, messages=independence_messages("generate_batch"))
+    _check_signed_values(values, probability)
     return f"presence frequencies and signed values match on {SAMPLE_BATCH} samples"
 
 

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor
-from tests.part1_toy_models import learner_function
+from tests.checking import call_learner, check, CheckFailure, diagnose, expect_tensor, learner_function
 
 
 @dataclass(frozen=True)

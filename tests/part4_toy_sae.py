@@ -27,20 +27,21 @@ from part_utils.device import get_device
 from part_utils.reference import part1_toy_models as toy
 from part_utils.reference import part4_toy_sae as reference
 from tests.checking import (
-    CheckFailure,
-    NotImplementedYet,
     call_learner,
     check,
     check_random_directions,
+    CheckFailure,
     close,
     diagnose,
     expect_tensor,
     first_gradient_mismatch,
     frequencies_match,
     gradients,
+    inputs_clear_of_kinks,
     learner_callable,
+    NotImplementedYet,
 )
-from tests.part1_toy_models import check_sparse_unit_sample, inputs_clear_of_kinks, single_threaded
+from tests.sampling import check_sparse_unit_sample
 
 N_INST, D_IN, N_FEATURES, D_SAE = 3, 4, 6, 7
 FALSE_ALARM = 1e-9  # the chance that a correct implementation fails any one check
@@ -78,22 +79,6 @@ def _no_grad(function: Callable[..., object]) -> Callable[..., object]:
     def run(*args: object, **kwargs: object) -> object:
         with torch.no_grad():
             return function(*args, **kwargs)
-
-    return run
-
-
-def _on_one_thread(body: Callable[..., str]) -> Callable[..., str]:
-    """Run a whole check on one thread, then restore the learner's setting.
-
-    A check is many small operations: on a machine whose other cores are busy, each parallel one
-    waits for a descheduled thread, which made the checks ten times slower; on one thread each
-    takes a fraction of a second anywhere, and no result depends on the thread count.
-    """
-
-    @functools.wraps(body)
-    def run(*args: object, **kwargs: object) -> str:
-        with single_threaded():
-            return body(*args, **kwargs)
 
     return run
 
@@ -317,7 +302,6 @@ def _check_device_on_meta(init: Callable[..., object]) -> None:
 
 
 @check("__init__")
-@_on_one_thread
 def test_init(learner: object) -> str:
     init = learner_callable(learner, "__init__", owner_hint="ToySAE")
     for tied in (False, True):
@@ -432,7 +416,6 @@ def _check_normalised_gradient(getter: Callable[..., object], tied: bool) -> Non
 
 
 @check("W_dec_normalized")
-@_on_one_thread
 def test_W_dec_normalized(learner: object) -> str:
     getter = learner_callable(learner, "W_dec_normalized", owner_hint="ToySAE", as_property=True)
     for tied in (False, True):
@@ -498,16 +481,13 @@ def _recovered_features(h: Tensor, W: Tensor) -> Tensor:
 
 
 @check("generate_batch")
-@_on_one_thread
 def test_generate_batch(learner: object) -> str:
     generate = learner_callable(learner, "generate_batch", owner_hint="ToySAE")
     cfg = reference.ToySAEConfig(n_inst=N_INST, d_in=GENERATE_D_IN, d_sae=D_SAE)
     sae = reference.ToySAE(cfg, _toy_model(d_hidden=GENERATE_D_IN))
     recorder = _RecordingFeatures(sae.model)
     sae.model.generate_batch = recorder  # an instance attribute: self.model.generate_batch(...) records its draws
-    model_before = _model_attributes(sae.model)
-    output = call_learner(_no_grad(generate), sae, GENERATE_BATCH, what="generate_batch")
-    _assert_model_untouched(sae.model, model_before, what="generate_batch")
+    output = call_learner(_no_grad(generate), sae, GENERATE_BATCH, what="generate_batch")  # the snapshot guards the model too
     if isinstance(output, Tensor) and output.shape == (GENERATE_BATCH, N_INST, N_FEATURES):
         raise CheckFailure(
             "`generate_batch` returned something of shape [batch, inst, feats] (the features x, or the model's output): "
@@ -754,7 +734,6 @@ def _check_forward_gradients(loss: Tensor, sae: reference.ToySAE, p: Mapping[str
 
 
 @check("forward")
-@_on_one_thread
 def test_forward(learner: object) -> str:
     forward = learner_callable(learner, "forward", owner_hint="ToySAE")
     for case in FORWARD_CASES:
@@ -814,7 +793,6 @@ def _check_cosine_case(function: Callable[..., object], d_sae: int) -> None:
 
 
 @check("max_cosine_similarity")
-@_on_one_thread
 def test_max_cosine_similarity(learner: object) -> str:
     function = learner_callable(learner, "max_cosine_similarity")
     for description, d_sae in COSINE_CASES:
@@ -970,7 +948,6 @@ def _check_simple_weights(before: SAEState, sae: reference.ToySAE, dead: Tensor,
 
 
 @check("resample_simple")
-@_on_one_thread
 def test_resample_simple(learner: object) -> str:
     resample = learner_callable(learner, "resample_simple", owner_hint="ToySAE")
     for tied in (False, True):
@@ -1358,7 +1335,6 @@ def _check_advanced_case(resample: Callable[..., object], case: AdvancedCase) ->
 
 
 @check("resample_advanced")
-@_on_one_thread
 def test_resample_advanced(learner: object) -> str:
     resample = learner_callable(learner, "resample_advanced", owner_hint="ToySAE")
     for case in [_main_advanced_case(), *_edge_advanced_cases()]:

@@ -9,7 +9,7 @@ the gradients too.
 
 import inspect
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +23,19 @@ from part_utils.device import get_device
 from part_utils.reference import part4_toy_sae as part4
 from part_utils.reference import part5_sae_variants as reference
 from tests.checking import (
-    CheckFailure,
     call_learner,
     check,
+    CheckFailure,
     close,
     diagnose,
+    diagnose_among,
     expect_tensor,
     first_gradient_mismatch,
     gradients,
+    handed_in,
     learner_callable,
+    learner_function,
+    require_gradient,
 )
 from tests.part4_toy_sae import _toy_model
 
@@ -72,16 +76,6 @@ def _float64(tensor: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like, dtype=torch.float64, device="cpu") if tensor is None else tensor.detach().to("cpu", torch.float64)
 
 
-def _handed_in(tensor: Tensor) -> tuple[Tensor, Tensor]:
-    """A leaf that collects the gradient, and the copy of it that learner code gets.
-
-    The copy is not a leaf, as in training: an in-place change to it is then recorded by autograd
-    instead of refused, so the snapshot can name it.
-    """
-    leaf = tensor.detach().clone().requires_grad_(True)
-    return leaf, leaf.clone()
-
-
 def _as_float64(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Float64 CPU leaf copies, to compute expectations (and their gradients) independently of the learner."""
     return {name: tensor.detach().to("cpu", torch.float64).clone().requires_grad_(True) for name, tensor in tensors.items()}
@@ -95,45 +89,6 @@ def _gradient_dict(loss: Tensor, leaves: Mapping[str, Tensor]) -> dict[str, Tens
 def _scalar(loss: object) -> object:
     """A one-element tensor as a 0-d tensor, so that expect_tensor reports any other shape."""
     return loss.reshape(()) if isinstance(loss, Tensor) and loss.numel() == 1 else loss
-
-
-def _require_gradient(output: Tensor, *, what: str, towards: str) -> None:
-    if not output.requires_grad:
-        raise CheckFailure(
-            f"`{what}` returns a tensor that carries no gradient back to {towards}: it was built under torch.no_grad(), "
-            "from .detach()-ed or .data tensors, or from indices alone, so training through it would change nothing."
-        )
-
-
-def _free_function(learner: object, name: str) -> Callable[..., Any]:
-    """A free-function exercise: a class handed in is named as such (it has no method of that name to find)."""
-    if inspect.isclass(learner) or isinstance(learner, torch.nn.Module):
-        label = learner.__name__ if inspect.isclass(learner) else type(learner).__name__
-        raise CheckFailure(f"`{name}` is a function of its own, not a method of `{label}`: pass the function itself, `test_{name}({name})`.")
-    return learner_callable(learner, name)
-
-
-def diagnose_among(
-    actual: Tensor | Mapping[str, Tensor],
-    expected: Tensor | Mapping[str, Tensor],
-    mistakes: Sequence[tuple[str, Tensor | Mapping[str, Tensor]]],
-    *,
-    otherwise: str,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
-) -> None:
-    """`diagnose` with the mistakes as (message, result) pairs, so that one message can cover several results.
-
-    When two different slips give the same numbers on these inputs, the message names both.
-    """
-    if close(actual, expected, rtol=rtol, atol=atol):
-        return
-    matching = list(dict.fromkeys(message for message, wrong in mistakes if close(actual, wrong, rtol=rtol, atol=atol)))
-    if not matching:
-        raise CheckFailure(otherwise)
-    if len(matching) == 1:
-        raise CheckFailure(matching[0])
-    raise CheckFailure(f"{matching[0].rstrip('.')}; or else, as these numbers fit both: {matching[1]}")
 
 
 # Gated ------------------------------------------------------------------------------------
@@ -768,7 +723,7 @@ def _check_projection(project: Callable[..., Any], W_dec: Tensor, grad: Tensor) 
 
 @check("remove_parallel_component")
 def test_remove_parallel_component(learner: object) -> str:
-    project = _free_function(learner, "remove_parallel_component")
+    project = learner_function(learner, "remove_parallel_component")
     # Square too: there a transpose no longer fails on shape. Inputs are drawn before the learner's code runs.
     cases = [(_rows_as_handed_in(d_sae, D_IN), torch.randn(d_sae, D_IN, dtype=torch.float64)) for d_sae in (D_SAE, D_IN)]
     for W_dec, grad in cases:
@@ -862,7 +817,7 @@ PARITY_HINTS = {
 def test_reference_parity(jumprelu: object, heaviside: object, project: object) -> str:
     jumprelu_fn = _autograd_function(jumprelu, "JumpReLU")
     heaviside_fn = _autograd_function(heaviside, "Heaviside")
-    project_fn = _free_function(project, "remove_parallel_component")
+    project_fn = learner_function(project, "remove_parallel_component")
     differences = call_learner(published_comparison, jumprelu_fn, heaviside_fn, what="the JumpReLU SAE with your functions")
     print(f"{'published value':<26} largest |difference|")
     for key, difference in differences.items():
@@ -928,7 +883,7 @@ def _topk_mistakes(x: Tensor, k: int) -> list[tuple[str, Tensor | None]]:
 
 def _check_kept_gradient(output: Tensor, leaf: Tensor, expected: Tensor, *, what: str) -> None:
     """The gradient reaching the input must be grad_output at the kept (positive) entries and 0 elsewhere."""
-    _require_gradient(output, what=what, towards="pre_acts")
+    require_gradient(output, what=what, towards="pre_acts")
     upstream = torch.randn(output.shape, dtype=torch.float64).to(output.device, output.dtype)
     grad = gradients((output * upstream).sum(), {"pre_acts": leaf}, what=f"{what}(...) weighted by a random grad_output")["pre_acts"]
     kept = (expected > 0).double()
@@ -959,11 +914,11 @@ TOPK_CASES = [
 
 @check("topk_activation")
 def test_topk_activation(learner: object) -> str:
-    function = _free_function(learner, "topk_activation")
+    function = learner_function(learner, "topk_activation")
     inputs = [torch.randn(case.shape) - 0.8 for case in TOPK_CASES]  # many inputs have negative values among their top k
     for case, pre_acts in zip(TOPK_CASES, inputs):
-        leaf, handed_in = _handed_in(pre_acts.to(get_device()))
-        output = call_learner(function, handed_in, case.k, what="topk_activation")
+        leaf, learner_input = handed_in(pre_acts.to(get_device()))
+        output = call_learner(function, learner_input, case.k, what="topk_activation")
         actual = expect_tensor(output, case.shape, what="topk_activation", axes="batch, inst, d_sae")
         x = pre_acts.double()
         expected = F.relu(_keep_top(x, case.k))
@@ -1082,8 +1037,8 @@ def _reject_nan_from_placeholders(result: object, dead: Tensor, k_aux: int) -> N
 def _check_auxk_case(function: Callable[..., Any], inputs: _AuxKInputs) -> None:
     sae, dead = inputs.sae, inputs.dead
     device = sae.W_enc.device
-    pre_leaf, pre_in = _handed_in(inputs.pre_acts.to(device))
-    rec_leaf, rec_in = _handed_in(inputs.h_reconstructed.to(device))
+    pre_leaf, pre_in = handed_in(inputs.pre_acts.to(device))
+    rec_leaf, rec_in = handed_in(inputs.h_reconstructed.to(device))
     result = call_learner(function, sae, pre_in, inputs.h.clone().to(device), rec_in, dead.clone().to(device), what="auxk_loss")
     _reject_nan_from_placeholders(result, dead, sae.cfg.k_aux)
     actual = expect_tensor(result, (32, N_INST), what="auxk_loss", axes="batch, inst")
@@ -1104,7 +1059,7 @@ def _check_auxk_case(function: Callable[..., Any], inputs: _AuxKInputs) -> None:
             "the top k_aux dead pre-activations (ReLU applied), scaled by min(n_dead / k_aux, 1) per instance."
         ),
     )
-    _require_gradient(result, what="auxk_loss", towards="the dead latents' pre-activations")
+    require_gradient(result, what="auxk_loss", towards="the dead latents' pre-activations")
     weights = torch.rand(result.shape, dtype=torch.float64) + 0.5
     learner = gradients(
         (result * weights.to(result.device, result.dtype)).sum(),
@@ -1199,12 +1154,12 @@ def _batch_topk_input(case: _BatchTopKCase) -> Tensor:
 
 @check("batch_topk_activation")
 def test_batch_topk_activation(learner: object) -> str:
-    function = _free_function(learner, "batch_topk_activation")
+    function = learner_function(learner, "batch_topk_activation")
     inputs = [_batch_topk_input(case) for case in BATCH_TOPK_CASES]  # drawn before the learner's code runs
     for case, pre_acts in zip(BATCH_TOPK_CASES, inputs):
         shape = tuple(pre_acts.shape)
-        leaf, handed_in = _handed_in(pre_acts.to(get_device()))
-        output = call_learner(function, handed_in, case.k, what="batch_topk_activation")
+        leaf, learner_input = handed_in(pre_acts.to(get_device()))
+        output = call_learner(function, learner_input, case.k, what="batch_topk_activation")
         actual = expect_tensor(output, shape, what="batch_topk_activation", axes="batch, inst, d_sae")
         x = pre_acts.double()
         expected = F.relu(_keep_per_instance(x, round(case.k * case.batch)))

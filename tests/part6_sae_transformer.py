@@ -18,9 +18,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
-import math
-import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,51 +29,19 @@ from transformer_lens import TransformerBridge
 from part_utils.device import get_device
 from part_utils.palindromes import load_palindrome_model, next_token_loss, palindrome_dataset
 from part_utils.reference import part6_sae_transformer as reference
-from tests.checking import CheckFailure, NotImplementedYet, call_learner, check, close, expect_tensor, learner_callable
+from tests.checking import (
+    call_learner,
+    check,
+    CheckFailure,
+    close,
+    diagnose_among,
+    expect_number,
+    expect_tensor,
+    learner_callable,
+    NotImplementedYet,
+)
 
 # Shared helpers ----------------------------------------------------------------------------
-
-
-def name_mistake(
-    actual: Tensor, expected: Tensor, mistakes: Mapping[str, Iterable[Tensor]], *, otherwise: str, rtol: float = 1e-4, atol: float = 1e-5
-) -> None:
-    """Pass if `actual` matches `expected`; else raise the first message one of whose wrong results it matches.
-
-    Like `diagnose`, but one message may stand for several wrong implementations that make the
-    same mistake (e.g. torch.var's n − 1 written three ways).
-    """
-    if close(actual, expected, rtol=rtol, atol=atol):
-        return
-    for message, wrong_results in mistakes.items():
-        if any(close(actual, wrong, rtol=rtol, atol=atol) for wrong in wrong_results):
-            raise CheckFailure(message)
-    raise CheckFailure(otherwise)
-
-
-def _number(value: object, what: str, *, per_axis: Mapping[int, str] | None = None) -> Tensor:
-    """One number (a float or a 0-dimensional floating-point tensor) as a float64 tensor.
-
-    `per_axis` names the likely mistake behind a one-dimensional result of a given length,
-    e.g. one value per token.
-    """
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
-        raise CheckFailure(f"`{what}` returned a bool; it should return a number.")
-    if isinstance(value, numbers.Real):
-        if not math.isfinite(value):
-            raise CheckFailure(f"`{what}` returned {value}: look for a division by zero.")
-        return torch.tensor(float(value), dtype=torch.float64)
-    if not isinstance(value, Tensor):
-        raise CheckFailure(f"`{what}` should return a number (a 0-dimensional tensor or a float), but returned {type(value).__name__}.")
-    if value.ndim == 1 and per_axis and len(value) in per_axis:
-        raise CheckFailure(per_axis[len(value)])
-    if value.ndim > 0:
-        raise CheckFailure(
-            f"`{what}` returned a tensor of shape {tuple(value.shape)}; it should be one number, a 0-dimensional tensor "
-            "(reduce over every axis, without keepdim=True)."
-        )
-    if not torch.is_floating_point(value):
-        raise CheckFailure(f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() before dividing or averaging.")
-    return expect_tensor(value, (), what=what, axes="a single number, 0-dimensional")
 
 
 def _copies(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -174,8 +140,8 @@ def test_fraction_variance_explained(learner: object) -> str:
             n: f"`{what}` returned one value per token ([tokens]): sum the squared errors and deviations over the tokens too, so the result is one number.",
         }
         result = call_learner(function, *_copies(x, x_hat), what=what)
-        actual = _number(result, what, per_axis=per_axis)
-        name_mistake(
+        actual = expect_number(result, what, per_axis=per_axis)
+        diagnose_among(
             actual,
             reference.fraction_variance_explained(x.double(), x_hat.double()),
             fve_mistakes(x, x_hat),
@@ -290,15 +256,15 @@ def test_sparsity_metrics(l0_norm: object, firing_frequency: object) -> str:
             d_sae: "`l0_norm` returned one value per latent ([d_sae]): count the active latents of each token (over d_sae), then average those counts over tokens.",
             n_tokens: "`l0_norm` returned one count per token ([tokens]): average these counts over tokens, so the result is one number.",
         }
-        actual = _number(_call_sparsity(l0_function, latents, "l0_norm(latents)"), "l0_norm", per_axis=per_axis)
-        name_mistake(
+        actual = expect_number(_call_sparsity(l0_function, latents, "l0_norm(latents)"), "l0_norm", per_axis=per_axis)
+        diagnose_among(
             actual,
             reference.l0_norm(latents).double(),
             l0_mistakes(latents),
             otherwise="L0 differs from the reference: the number of latents > 0 on each token, averaged over tokens.",
         )
         frequency = _frequency_result(_call_sparsity(frequency_function, latents, "firing_frequency(latents)"), latents, "firing_frequency")
-        name_mistake(
+        diagnose_among(
             frequency,
             reference.firing_frequency(latents).double(),
             frequency_mistakes(latents),
@@ -458,7 +424,7 @@ def _spliced_number(result: object, tokens: Tensor, what: str) -> Tensor:
     if isinstance(result, Tensor) and tuple(result.shape) in ((n_strings, n_positions - 1), (n_strings, n_positions)):
         raise CheckFailure(f"`{what}` returned a loss for every token: return their mean, one number (return_type='loss' gives it).")
     per_string = f"`{what}` returned one loss per string: return the mean over every predicted token, one number."
-    return _number(result, what, per_axis={n_strings: per_string})
+    return expect_number(result, what, per_axis={n_strings: per_string})
 
 
 @check("spliced_loss")
@@ -472,7 +438,7 @@ def test_spliced_loss(learner: object) -> str:
         what = f"spliced_loss(model, tokens, {hook!r}, replace)"
         result = _call_on_model(function, clean_model(), tokens.clone(), hook, replace, what)
         expected, other = outcomes[hook], next(h for h in HOOKS if h != hook)
-        name_mistake(
+        diagnose_among(
             _spliced_number(result, tokens, what),
             expected["loss"],
             {
@@ -551,7 +517,7 @@ def test_loss_recovered(learner: object) -> str:
     for losses in cases:
         clean, spliced, ablated = (float(loss) for loss in losses)
         what = f"loss_recovered({clean:g}, {spliced:g}, {ablated:g})"
-        actual = _number(call_learner(function, *[loss.clone() if isinstance(loss, Tensor) else loss for loss in losses], what=what), "loss_recovered")
+        actual = expect_number(call_learner(function, *[loss.clone() if isinstance(loss, Tensor) else loss for loss in losses], what=what), "loss_recovered")
         mistakes = loss_recovered_mistakes(clean, spliced, ablated)
         if order is not None:
             as_named = dict(zip(order, (clean, spliced, ablated)))
@@ -561,7 +527,7 @@ def test_loss_recovered(learner: object) -> str:
                 ],
                 **mistakes,
             }
-        name_mistake(
+        diagnose_among(
             actual,
             torch.tensor(reference.loss_recovered(clean, spliced, ablated), dtype=torch.float64),
             {message: [torch.tensor(value, dtype=torch.float64) for value in values] for message, values in mistakes.items()},

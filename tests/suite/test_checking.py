@@ -196,3 +196,43 @@ def test_check_decorator_prints_one_pass_line_and_leaves_random_state(capsys):
     demo(None)
     assert torch.equal(state, torch.get_rng_state())
     assert capsys.readouterr().out.strip() == "✔ demo: all checks passed (fine)."
+
+
+def test_snapshot_reaches_plain_tensor_attributes_of_submodules_and_skips_meta_tensors():
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = Holder()
+            self.on_meta = torch.empty(3, device="meta")
+
+    def touch_inner(self):
+        self.model.probability.mul_(2)
+
+    with pytest.raises(CheckFailure, match=r"changed `self\.model\.probability` in place"):
+        call_learner(touch_inner, Outer(), what="it")
+    call_learner(lambda self: None, Outer(), what="it")  # a meta tensor has no values to compare, and is left out
+
+
+def test_diagnose_among_names_both_slips_when_the_numbers_fit_both():
+    from tests.checking import diagnose_among
+
+    with pytest.raises(CheckFailure, match="Averaged; or else, as these numbers fit both: Halved."):
+        diagnose_among(torch.ones(2), torch.zeros(2), {"Averaged.": [torch.ones(2)], "Halved.": [torch.full((2,), 3.0), torch.ones(2)]}, otherwise="?")
+    with pytest.raises(CheckFailure, match=r"^\?$"):
+        diagnose_among(torch.ones(2), torch.zeros(2), [("Averaged.", torch.full((2,), 5.0))], otherwise="?")
+
+
+def test_checks_run_on_one_thread_and_restore_the_learners_setting():
+    seen = []
+
+    @check("demo")
+    def demo(learner):
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo(None)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tests.part1_toy_models as part1
+from tests.checking import KINK_MARGIN, inputs_clear_of_kinks
 from tests.suite.conftest import stub
 from part_utils.reference.part1_toy_models import (
     ToyModel,
@@ -241,8 +242,8 @@ def test_forward_inputs_stay_clear_of_the_relu_kink():
     torch.manual_seed(0)
     W = torch.randn(3, 4, 7, dtype=torch.float64)
     relu_inputs = lambda x: [torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double()))]  # noqa: E731
-    x = part1.inputs_clear_of_kinks(lambda: part1.sparse_features((32, 3, 7)), relu_inputs)
-    assert relu_inputs(x)[0].abs().min() > part1.KINK_MARGIN
+    x = inputs_clear_of_kinks(lambda: part1.sparse_features((32, 3, 7)), relu_inputs)
+    assert relu_inputs(x)[0].abs().min() > KINK_MARGIN
 
 
 # generate_batch ---------------------------------------------------------------------------
@@ -849,7 +850,7 @@ def test_wrong_kind_of_object_is_named(checks, check, name, wrong_thing):
 
 @pytest.mark.parametrize(("check", "name"), PAIR_CHECKS)
 def test_a_class_instead_of_a_free_function_is_named(checks, check, name):
-    checks.fails(check, ToyModel, rf"`{name}` is a function of its own, not a method: pass it itself")
+    checks.fails(check, ToyModel, rf"`{name}` is a function of its own, not a method")
 
 
 @pytest.mark.parametrize(("check", "name"), ALL_CHECKS)

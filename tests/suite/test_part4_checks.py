@@ -298,7 +298,7 @@ def test_generate_batch_accepts_reference_and_rewrites(checks):
             lambda self, n: torch.einsum("ifh,bif->bih", self.model.W.reshape(self.cfg.n_inst, -1, self.cfg.d_in), self.model.generate_batch(n)),
             "W is reshaped",
         ),
-        (generate_and_clamp_probability, "changed the toy model's `feature_probability`"),
+        (generate_and_clamp_probability, r"changed `self\.model\.feature_probability` in place"),
         (make_own_draws(reversed_presence=True), "probability 1 - p"),
         (make_own_draws(normal_magnitudes=True), "negative values"),
         (make_own_draws(shared_over_instances=True), "correlated across instances"),
