@@ -53,11 +53,13 @@ from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_re
 
 # %%
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 import tests.part5_sae_variants as checks
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting.sae import animate_sae_training, recovery_table
+from part_utils.plotting.tables import html_table
 from part_utils.reference.part1_toy_models import ToyModelConfig
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
 from part_utils.seeding import seed_everything
@@ -104,7 +106,11 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #   `ReLU(π_mag)`. To save parameters, `W_mag` is the gate's matrix with each latent's column
 #   rescaled: `W_mag = exp(r_mag) ⊙ W_gate`, one learned `r_mag` per latent.
 #
-# The activation is `acts = 1[π_gate > 0] · ReLU(π_mag)`, and
+# ### Exercise 2.1: `GatedToySAE.forward`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 30 minutes
+#
+# Write the forward pass. The activation is `acts = 1[π_gate > 0] · ReLU(π_mag)`, and
 # `h_reconstructed = acts W_dec_normalized + b_dec` as before. `loss_dict` holds three
 # terms, each of shape `[batch, inst]`:
 #
@@ -134,6 +140,30 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 # and `r_mag` and `b_mag` let the magnitude path undo any shrinking of `W_gate`: nothing
 # pulls the *sizes* of the active latents towards zero any more.
 # </details>
+#
+# <details><summary>Hint 1: one centred input, two paths, then the losses</summary>
+#
+# Centre the input once, `h - self.b_dec`, and feed it to both paths. Build `W_mag` from
+# `W_enc` and `r_mag` first; then the two pre-activations `π_gate` and `π_mag` (each the same
+# einsum as Part 4's encoder, with its own matrix and bias); then `acts` and
+# `h_reconstructed`. Compute `ReLU(π_gate)` once: it appears in both `L_sparsity` and `L_aux`.
+# Then the three `[batch, inst]` terms, and last the total loss from them.
+# </details>
+#
+# <details><summary>Hint 2: broadcasts, reductions and the one place to detach</summary>
+#
+# `W_enc` is `[inst, d_in, d_sae]` and `r_mag` is `[inst, d_sae]`: `exp(r_mag)` needs a
+# `d_in` axis inserted in the middle, `[inst, 1, d_sae]`, to scale each latent's column. The
+# indicator `π_gate > 0` is boolean: convert it to `h`'s dtype before multiplying. The two
+# squared errors are averaged over `d_in` (`dim=-1`) and `L_sparsity` is summed over
+# `d_sae` (`dim=-1`), all three `[batch, inst]`. `sparsity_coeff`, a number or an `[inst]`
+# tensor, broadcasts against `[batch, inst]`, so add the three terms per input first, then
+# average over the batch (`dim=0`) and sum what is left. Inside `L_aux` only, decode with
+# `self.W_dec_normalized.detach()` and add `self.b_dec.detach()`; keep `ReLU(π_gate)` itself
+# attached, since that is how the gate learns.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 class GatedToySAE(ToySAE):
@@ -208,8 +238,13 @@ checks.test_gated_forward(GatedToySAE)
 # latent while z has one per input, so θ's gradient is **summed** over the batch (every
 # input contributes).
 #
-# Write both as `torch.autograd.Function`s. `forward(ctx, z, threshold, bandwidth)` returns
-# the output, leaving `z` and `threshold` unchanged, and keeps what `backward` needs on `ctx`
+# ### Exercise 3.1: `Heaviside`
+#
+# **Difficulty** ●●●●○ · **Importance** ●●●●○ · **Plan for** 30 minutes
+#
+# Write both as `torch.autograd.Function`s, `Heaviside` first and `JumpReLU` in the next
+# exercise. `forward(ctx, z, threshold, bandwidth)` returns the output, leaving `z` and
+# `threshold` unchanged, and keeps what `backward` needs on `ctx`
 # (`ctx.save_for_backward(z, threshold)` for tensors, `ctx.bandwidth = bandwidth` for the
 # number), not on the class or in a global: an SAE may call forward twice before backward.
 # `backward(ctx, grad_output)` returns one gradient per input of `forward`, each times
@@ -221,8 +256,30 @@ checks.test_gated_forward(GatedToySAE)
 #
 # A hand-checkable case: `z = [1.0, 1.4, 1.6, 2.0]` with one shared `θ = 1.5`, `ε = 0.5` and
 # `grad_output` all ones. Only 1.4 and 1.6 are within ε/2 = 0.25 of θ. So `H = [0, 0, 1, 1]`,
-# the four inputs pull on θ with `[0, -2, -2, 0]` and ∂θ is their sum, -4; and
-# `JumpReLU = [0, 0, 1.6, 2.0]`, with pulls `[0, -3, -3, 0]` (∂θ = -6) and ∂z = `[0, 0, 1, 1]`.
+# the four inputs pull on θ with `[0, -2, -2, 0]` and ∂θ is their sum, -4.
+#
+# <details><summary>Hint 1: forward is one comparison; the work is in backward</summary>
+#
+# `forward` saves what `backward` will need, then returns the step: 1.0 where `z` is strictly
+# above `threshold`, 0.0 elsewhere, in `z`'s dtype. In `backward`, read `z`, `threshold` and the
+# bandwidth back from `ctx`, compute each input's pull on θ (a tensor with `z`'s shape, using
+# `rectangle`), and only then reduce it to θ's shape. Try it on the hand-checkable case: you
+# should get the pulls `[0, -2, -2, 0]` before reducing and -4 after.
+# </details>
+#
+# <details><summary>Hint 2: the kernel's argument, and the shapes in backward</summary>
+#
+# `ctx.saved_tensors` gives back the tensors in the order you saved them. The kernel takes
+# `u = (z - threshold) / bandwidth`, not `z - threshold`; `rectangle(u)` is already 0 at the
+# edges (the open interval), so there is no need for a test of `|u|` of your own.
+# `threshold` broadcasts against `z`, so `-(1/ε) · rectangle(u) · grad_output` has `z`'s
+# shape (`[batch, inst, d_sae]` in the toy SAE); `.sum_to_size(threshold.shape)` then sums it
+# over the batch (over everything, for a single-number θ). Sum, do not average. Return three
+# things: `torch.zeros_like(z)` (or `None`) for `z`, that sum for `threshold`, and `None` for
+# the bandwidth.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 def rectangle(u: Tensor) -> Tensor:
@@ -251,6 +308,38 @@ class Heaviside(torch.autograd.Function):
         # END SOLUTION
 
 
+# %%
+checks.test_heaviside(Heaviside)
+
+# %% [markdown]
+# ### Exercise 3.2: `JumpReLU`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●●○ · **Plan for** 15 minutes
+#
+# The same conventions as `Heaviside`, with the second row of the table: `forward` returns
+# `z · H(z - θ)`, and `backward` gives `z` the gradient `H(z - θ)` and θ the gradient
+# `-(θ/ε) K((z - θ)/ε)`, each times `grad_output`. In the hand-checkable case above,
+# `JumpReLU = [0, 0, 1.6, 2.0]`, with pulls `[0, -3, -3, 0]` (∂θ = -6) and ∂z = `[0, 0, 1, 1]`.
+#
+# <details><summary>Hint 1: start from your Heaviside</summary>
+#
+# `forward` saves the same things and multiplies `z` by the same step. `backward` now has two
+# gradients to compute instead of one: the one for `z`, which needs no kernel at all, and the
+# one for θ, which is Heaviside's with a different factor in front.
+# </details>
+#
+# <details><summary>Hint 2: the two gradients and their shapes</summary>
+#
+# For `z`: the same strict step as in `forward`, in `z`'s dtype, times `grad_output`. It keeps
+# `z`'s shape and is not reduced, since `z` has one value per input (a pre-activation exactly
+# at θ gets 0). For θ: Heaviside's per-input pull with `1/ε` replaced by `θ/ε`, where θ is the
+# saved `threshold` (broadcast against `z`), not `z`; then `.sum_to_size(threshold.shape)`
+# as before. The third return value is still `None`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
+
+# %% tags=["reference"]
 class JumpReLU(torch.autograd.Function):
     """z · H(z - θ), with ∂/∂z = H(z - θ) and ∂/∂θ = -(θ/ε) K((z - θ)/ε)."""
 
@@ -274,7 +363,6 @@ class JumpReLU(torch.autograd.Function):
 
 
 # %%
-checks.test_heaviside(Heaviside)
 checks.test_jumprelu(JumpReLU)
 
 # %% [markdown]
@@ -343,15 +431,37 @@ class JumpReLUToySAE(ToySAE):
 # so the step is tangent to the unit sphere; after the step the rows are renormalised to
 # undo the small drift that remains.
 #
-# **Exercise:** write `remove_parallel_component(grad, W_dec)`: for each decoder row `w` and
-# its gradient row `g` (both `[d_sae, d_in]`), return `g - (g · w) w`, with the dot product
-# taken row by row. Return a new tensor and leave `grad` and `W_dec` as they are: the
+# ### Exercise 3.3: `remove_parallel_component`
+#
+# **Difficulty** ●●○○○ · **Importance** ●●○○○ · **Plan for** 10 minutes
+#
+# Write `remove_parallel_component(grad, W_dec)`: for each decoder row `w` and its gradient
+# row `g` (both `[d_sae, d_in]`), return `g - (g · w) w`, with the dot product taken row by
+# row. Return a new tensor and leave `grad` and `W_dec` as they are: the
 # training loop uses what you return. The rows arrive normalised; use them as given. One
 # detail of the published code: it normalises each row as `v / (‖v‖ + 1e-6)` for this
 # projection, so `w` is a hair shorter than 1 and the parallel part is not quite all
 # removed. Our training loop (`train_jumprelu_sae`, below) does that normalisation and hands
 # you the result: the procedure is exactly the published one while your function stays the
 # clean formula. Normalising the rows again inside it would undo the epsilon.
+#
+# <details><summary>Hint 1: one number per row, then a subtraction</summary>
+#
+# First compute the dot products: one number per decoder row, `d_sae` of them, each the dot
+# product of a gradient row with its own decoder row. Then subtract from each gradient row
+# its dot product times its decoder row.
+# </details>
+#
+# <details><summary>Hint 2: keep the row axis</summary>
+#
+# Multiply `grad` and `W_dec` elementwise (`[d_sae, d_in]`) and sum over `d_in` (`dim=-1`)
+# with `keepdim=True`: the result is `[d_sae, 1]`, which broadcasts against `W_dec` to scale
+# each row by its own dot product. A matrix product such as `grad @ W_dec.T` would pair
+# every gradient row with every decoder row instead. Write `grad - ...` rather than `grad -=`,
+# so that `grad` itself is left as it is.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 def remove_parallel_component(grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
@@ -451,12 +561,34 @@ checks.test_reference_parity(JumpReLU, Heaviside, remove_parallel_component)
 # each input, apply a ReLU to them (a kept value can still be negative), zero the rest. No
 # sparsity penalty is needed, so nothing shrinks, and `k` sets L0 directly.
 #
-# **Exercise:** `topk_activation(pre_acts, k)` for `pre_acts [batch, inst, d_sae]`: for each
-# input and instance, keep exactly the `k` largest values along `d_sae` (largest by value,
-# not by absolute value), ReLU them, zero the rest. Return a new tensor and leave `pre_acts` as it is:
-# the AuxK loss below reads the same pre-activations afterwards. The gradient should reach
-# the kept values only, so build the output from `pre_acts` itself (`topk`, then `scatter`
-# into zeros, does it), not from detached copies.
+# ### Exercise 4.1: `topk_activation`
+#
+# **Difficulty** ●●○○○ · **Importance** ●●●●○ · **Plan for** 10 minutes
+#
+# Write `topk_activation(pre_acts, k)` for `pre_acts [batch, inst, d_sae]`: for each input
+# and instance, keep exactly the `k` largest values along `d_sae` (largest by value, not by
+# absolute value), ReLU them, zero the rest. Return a new tensor and leave `pre_acts` as it
+# is: the AuxK loss below reads the same pre-activations afterwards. The gradient should
+# reach the kept values only, so build the output from `pre_acts` itself (`topk`, then
+# `scatter` into zeros, does it), not from detached copies.
+#
+# <details><summary>Hint 1: find the winners, then put them back</summary>
+#
+# `pre_acts.topk(k, dim=-1)` gives the `k` largest values of each input and instance and
+# where they sit along `d_sae`. Apply the ReLU to those values, then write them at the same
+# places in an otherwise zero tensor of `pre_acts`' shape.
+# </details>
+#
+# <details><summary>Hint 2: the shapes of topk and scatter</summary>
+#
+# `topk` returns `values` and `indices`, each `[batch, inst, k]`. `torch.zeros_like(pre_acts)`
+# (which keeps the dtype and device) `.scatter(-1, indices, F.relu(values))` puts each value
+# back at its index along `d_sae` and returns a new tensor; `scatter_` on `pre_acts` would
+# overwrite the input. Comparing `pre_acts` with its `k`-th largest value instead does not
+# keep exactly `k`: `>` keeps `k - 1` values, and `>=` keeps more than `k` where values tie.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 def topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: int) -> Float[Tensor, "batch inst d_sae"]:
@@ -541,13 +673,39 @@ class TopKToySAE(ToySAE):
 
 
 # %% [markdown]
-# **Exercise:** `auxk_loss(self, pre_acts, h, h_reconstructed, dead)` returning `[batch, inst]`,
+# ### Exercise 4.2: `auxk_loss`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 20 minutes
+#
+# Write `auxk_loss(self, pre_acts, h, h_reconstructed, dead)`, returning `[batch, inst]`,
 # with `dead` a boolean `[inst, d_sae]`; use `self.cfg.k_aux` (not `cfg.k`) and
 # `self.W_dec_normalized`, not detached: AuxK trains the dead latents' encoder columns and
 # decoder rows, and only the residual is detached. `n_dead` counts the dead latents of each
 # instance. An instance with fewer than `k_aux` dead latents uses all of them (any other
 # place `topk` fills contributes 0), and one with none gets a loss of 0, not NaN. Leave
 # `pre_acts` and the other arguments as they are.
+#
+# <details><summary>Hint 1: TopK on the dead latents only</summary>
+#
+# Work in this order: the detached residual `e`; the pre-activations with every live latent
+# put out of reach, so that `topk` can only pick dead ones; the top `k_aux` of those along
+# `d_sae`, ReLU-ed and scattered into zeros as in `topk_activation`; their decoding `ê`
+# (no `b_dec`); the squared error averaged over `d_in`; and last the scale.
+# </details>
+#
+# <details><summary>Hint 2: masking, and the shapes of the scale</summary>
+#
+# `pre_acts.masked_fill(~dead, -torch.inf)` hides the live latents: `dead` `[inst, d_sae]`
+# broadcasts against `[batch, inst, d_sae]`. Where an instance has fewer than `k_aux` dead
+# latents, `topk` has to pick some `-inf` placeholders; the ReLU turns them into 0, so apply
+# it before anything multiplies them (`0 · -inf` is NaN). Decode with
+# `"batch inst d_sae, inst d_sae d_in -> batch inst d_in"`. `dead.sum(dim=-1)` gives `n_dead`
+# per instance, `[inst]`; divide by `k_aux`, cap it at 1 (`.clamp(max=1.0)`), and it
+# broadcasts against the `[batch, inst]` error. Should `k_aux` exceed `d_sae`, `topk` would
+# refuse it: ask for the smaller of the two.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(TopKToySAE)
@@ -657,11 +815,35 @@ for name, result in decoded.items():
 # (per instance), so `k` is only the *average* L0, and `k` can even be a fraction (here
 # inputs mostly hold no feature at all, and a good L0 is about 0.12).
 #
-# **Exercise:** `batch_topk_activation(pre_acts, k)`: for each instance, apply ReLU, keep
-# the `round(k · batch)` largest values among all `batch × d_sae` entries of that instance,
-# zero the rest. `round` is Python's, to the nearest integer (k = 0.12 with a batch of 1,024
-# keeps 123 values, not 122). As for TopK, return a new tensor, leave `pre_acts` as it is, and
-# let the gradient reach the kept values.
+# ### Exercise 5.1: `batch_topk_activation`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 15 minutes
+#
+# Write `batch_topk_activation(pre_acts, k)`: for each instance, apply ReLU, keep the
+# `round(k · batch)` largest values among all `batch × d_sae` entries of that instance, zero
+# the rest. `round` is Python's, to the nearest integer (k = 0.12 with a batch of 1,024 keeps
+# 123 values, not 122). As for TopK, return a new tensor, leave `pre_acts` as it is, and let
+# the gradient reach the kept values.
+#
+# <details><summary>Hint 1: one long row per instance</summary>
+#
+# Apply the ReLU first. Then lay out each instance's values as a single row of
+# `batch × d_sae` numbers, so that one `topk` along that row ranks the whole batch at once.
+# Keep the winners in a row of zeros as in `topk_activation`, and finally put the rows back
+# into the `[batch, inst, d_sae]` layout.
+# </details>
+#
+# <details><summary>Hint 2: move inst first before flattening</summary>
+#
+# `transpose(0, 1)` gives `[inst, batch, d_sae]`; `.reshape(n_inst, batch * d_sae)` then
+# flattens each instance's values into its own row (`reshape`, not `view`: the transposed
+# tensor is not contiguous). Reshaping `[batch, inst, d_sae]` straight to
+# `[inst, batch * d_sae]` would mix the instances. Take `topk(round(k * batch), dim=-1)`,
+# scatter into zeros of the flat shape, then undo the steps in reverse: reshape to
+# `[inst, batch, d_sae]` and transpose back.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
 # %% tags=["reference"]
 def batch_topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: float) -> Float[Tensor, "batch inst d_sae"]:
@@ -846,33 +1028,103 @@ def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list
 
 
 # %%
+def label_positions(
+    x: list[float],
+    y: list[float],
+    labels: list[str],
+    traces: list[int],
+    plot_size: tuple[float, float],
+    ranges: tuple[tuple[float, float], tuple[float, float]],
+) -> list[str]:
+    """For each point, the side of its marker where its label covers the least of the other labels, markers and lines.
+
+    Works in pixels on the plot (x linear, y logarithmic; `traces` says which points a line joins, in order);
+    a label at font size 10 is about 6 px per character and 13 px high. Crowded points choose first.
+    """
+    (x0, x1), (y0, y1) = ranges
+    px = [(xi - x0) / (x1 - x0) * plot_size[0] for xi in x]
+    py = [(math.log10(yi) - y0) / (y1 - y0) * plot_size[1] for yi in y]
+    sides = {  # plotly's textposition: the label's offset from its marker, in x and y
+        "middle right": (1, 0), "middle left": (-1, 0), "top center": (0, 1), "bottom center": (0, -1),
+        "top right": (1, 1), "top left": (-1, 1), "bottom right": (1, -1), "bottom left": (-1, -1),
+    }
+
+    def box(i: int, side: str) -> tuple[float, float, float, float]:
+        (dx, dy), width, height = sides[side], 6 * len(labels[i]), 13
+        left = px[i] + (6 if dx > 0 else -6 - width if dx < 0 else -width / 2)
+        bottom = py[i] + (5 if dy > 0 else -5 - height if dy < 0 else -height / 2)
+        return left, bottom, left + width, bottom + height
+
+    def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    edges = [(-1e9, -1e9, 0, 1e9), (plot_size[0], -1e9, 1e9, 1e9), (-1e9, -1e9, 1e9, 0), (-1e9, plot_size[1], 1e9, 1e9)]
+    obstacles = edges * 10  # a label cut off at the edge is the worst outcome: each edge counts ten times
+    obstacles += [(px[i] - 5, py[i] - 5, px[i] + 5, py[i] + 5) for i in range(len(x))]
+    for i in range(len(x) - 1):  # the lines, as 4-pixel squares every 4 pixels along them
+        if traces[i] == traces[i + 1]:
+            steps = max(1, int(math.dist((px[i], py[i]), (px[i + 1], py[i + 1])) / 4))
+            for t in (s / steps for s in range(steps + 1)):
+                cx, cy = px[i] + t * (px[i + 1] - px[i]), py[i] + t * (py[i + 1] - py[i])
+                obstacles.append((cx - 2, cy - 2, cx + 2, cy + 2))
+    crowding = [sum(math.exp(-math.dist((px[i], py[i]), (px[j], py[j])) / 40) for j in range(len(x)) if j != i) for i in range(len(x))]
+    chosen: dict[int, str] = {}
+    for i in sorted(range(len(x)), key=lambda i: -crowding[i]):
+        chosen[i] = min(sides, key=lambda side: sum(overlap(box(i, side), other) for other in obstacles))  # ties: the order of `sides`
+        obstacles.append(box(i, chosen[i]))
+    return [chosen[i] for i in range(len(x))]
+
+
+# %%
 summary = summarise(results, n_features)
 columns = ["architecture", "setting", "L0", "FVU", "shrinkage", "dead", "MMCS", "recovered"]
 formats = {"L0": "{:.3f}", "FVU": "{:.4f}", "shrinkage": "{:.3f}", "dead": "{:.2f}", "MMCS": "{:.4f}"}
-cells = [[formats.get(column, "{}").format(row[column]) if column != "recovered" else f"{row[column]}/{row['instances']}" for row in summary] for column in columns]
-table = go.Figure(go.Table(header={"values": columns, "align": "left"}, cells={"values": cells, "align": "left"}))
-table.update_layout(title="Every architecture on the same toy data", height=120 + 24 * len(summary), margin={"t": 40, "b": 10})
-table.show()
+table_columns = {
+    column: [formats.get(column, "{}").format(row[column]) if column != "recovered" else f"{row[column]}/{row['instances']}" for row in summary]
+    for column in columns
+}
+html_table(table_columns, title="Every architecture on the same toy data").show()
+
+pareto_size, pareto_margin = (800, 480), {"l": 70, "r": 140, "t": 80, "b": 60}
+plot_area = (pareto_size[0] - pareto_margin["l"] - pareto_margin["r"], pareto_size[1] - pareto_margin["t"] - pareto_margin["b"])
+ordered = [row for name in results for row in sorted((row for row in summary if row["architecture"] == name), key=lambda row: row["L0"])]
+L0s, log_fvus = [row["L0"] for row in ordered], [math.log10(row["FVU"]) for row in ordered]
+# room for a label on every side: about 45 pixels left and right, 20 above and below
+x_pad = (max(L0s) - min(L0s) or 1.0) * 45 / (plot_area[0] - 90)
+y_pad = (max(log_fvus) - min(log_fvus) or 1.0) * 20 / (plot_area[1] - 40)
+pareto_ranges = ((min(L0s) - x_pad, max(L0s) + x_pad), (min(log_fvus) - y_pad, max(log_fvus) + y_pad))
+traces = [list(results).index(row["architecture"]) for row in ordered]
+sides = label_positions(L0s, [row["FVU"] for row in ordered], [row["setting"] for row in ordered], traces, plot_area, pareto_ranges)
 
 pareto = go.Figure()
-for name in results:
-    rows = sorted((row for row in summary if row["architecture"] == name), key=lambda row: row["L0"])
+for name, colour in zip(results, qualitative.Plotly):
+    indices = [i for i, row in enumerate(ordered) if row["architecture"] == name]
+    rows = [ordered[i] for i in indices]
     pareto.add_trace(
         go.Scatter(
             x=[row["L0"] for row in rows],
             y=[row["FVU"] for row in rows],
-            mode="lines+markers",
+            mode="lines+markers+text",
             name=name,
-            text=[f"{row['setting']}, shrinkage {row['shrinkage']:.2f}, recovered {row['recovered']}/{row['instances']}" for row in rows],
-            hovertemplate="%{text}<br>L0 %{x:.3f}, FVU %{y:.4f}<extra></extra>",
+            line={"color": colour},
+            marker={"size": 8},
+            text=[row["setting"] for row in rows],
+            textposition=[sides[i] for i in indices],
+            textfont={"size": 10, "color": colour},
+            hovertext=[
+                f"<b>{name}</b>, {row['setting']}<br>shrinkage {row['shrinkage']:.2f}, recovered {row['recovered']}/{row['instances']}"
+                for row in rows
+            ],
+            hovertemplate="%{hovertext}<br>L0 %{x:.3f}, FVU %{y:.4f}<extra></extra>",
         )
     )
 pareto.update_layout(
-    title="Reconstruction error against sparsity (lower left is better)",
-    xaxis_title="L0 (mean active latents per input)",
-    yaxis={"title": "fraction of variance unexplained", "type": "log"},
-    height=450,
-    width=800,
+    title="Reconstruction error against sparsity (lower left is better)<br><sup>each point is one setting: λ for L1 ReLU, Gated and JumpReLU, k for TopK and BatchTopK</sup>",
+    xaxis={"title": "L0 (mean active latents per input)", "range": pareto_ranges[0]},
+    yaxis={"title": "fraction of variance unexplained", "type": "log", "range": pareto_ranges[1]},
+    width=pareto_size[0],
+    height=pareto_size[1],
+    margin=pareto_margin,
 )
 pareto.show()
 
@@ -992,7 +1244,6 @@ for label, report in comparison.items():
 # The threshold BatchTopK learned during training should give about the same L0 at inference,
 # on fresh data and without any batch to compare against.
 
-# %%
 # %% tags=["reference"]
 @torch.no_grad()
 def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
