@@ -1,5 +1,7 @@
 """Generated notebooks and reference modules must match a fresh generation from source/."""
 
+import re
+
 import nbformat
 
 import notebook_build
@@ -50,3 +52,27 @@ def test_unbalanced_markers_are_refused(tmp_path):
         assert "unbalanced" in str(error)
     else:
         raise AssertionError("unbalanced markers were accepted")
+
+
+PACING = re.compile(r"^\*\*Difficulty\*\* [●○]{5} · \*\*Importance\*\* [●○]{5} · \*\*Plan for\*\* \d+ minutes$", re.MULTILINE)
+HINT = re.compile(r"<details><summary>Hint (\d): [^<]+</summary>")
+
+
+def test_every_exercise_has_a_pacing_line_hints_and_a_pointer_to_its_solution():
+    """Each exercise cell is introduced by markdown with its difficulty, importance and time, one or
+    two progressive hints (Hint 1 before Hint 2), and where the solution is."""
+    for source in notebook_build.source_files():
+        notebook = nbformat.read(notebook_build.output_paths(source)["exercise_notebook"], as_version=4)
+        introduction: list[str] = []
+        for cell in notebook.cells:
+            if cell.cell_type == "markdown":
+                introduction.append(cell.source)
+                continue
+            if notebook_build.STUB in cell.source:
+                text = "\n".join(introduction)
+                where = f"{source.stem}: the exercise before `{cell.source.splitlines()[0][:50]}`"
+                assert PACING.search(text), f"{where} has no pacing line"
+                numbers = [int(n) for n in HINT.findall(text)]
+                assert numbers in ([1], [1, 2]), f"{where} has hints {numbers}"
+                assert f"solutions/{source.stem}.ipynb" in text, f"{where} does not say where its solution is"
+            introduction = []
