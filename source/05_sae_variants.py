@@ -78,7 +78,8 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 
 # %%
 seed_everything(0)
-n_features, d_hidden, n_per_setting = 5, 2, 16
+n_features, d_hidden = 5, 2
+n_per_setting = full_or_fast(16, 4)  # instances per setting (fast mode: fewer, for CI)
 toy_single = ToyModel(ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden), feature_probability=0.025, device=device)
 _ = train_self_supervised(toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model")
 
@@ -1273,7 +1274,7 @@ for i, k in enumerate(topk_settings["BatchTopK"][1]):
 # %%
 for name in ("Gated", "JumpReLU"):
     middle = len(sweeps[name][2]) // 2
-    instances = range(middle * n_per_setting, middle * n_per_setting + 8)
+    instances = range(middle * n_per_setting, middle * n_per_setting + min(8, n_per_setting))
     animate_sae_training(logs[name], feature_directions_for(len(sweeps[name][2]) * n_per_setting), instances=instances, title=f"{name} SAE training").show()
 
 # %% [markdown]
