@@ -30,7 +30,9 @@
 # - see why the decoder must be normalised, and how tied and untied SAEs differ.
 #
 # **Time:** about 2.5 hours. Exercises work as in Part 1: replace the
-# `raise NotImplementedError(...)`, run the cell, then run the check below it.
+# `raise NotImplementedError(...)`, run the cell, then run the check below it. Each one opens
+# with a line rating its difficulty and importance and saying how long to plan for it, and
+# ends with two collapsible hints: open them in order, and only when you are stuck.
 
 # %% tags=["workbook-setup"]
 
@@ -50,6 +52,7 @@ from part_utils.sae_training import SAETrainingLog, train_sae
 
 # %%
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 import tests.part4_toy_sae as checks
 from part_utils.device import get_device
@@ -152,6 +155,8 @@ class ToySAE(nn.Module):
 # %% [markdown]
 # ### Exercise 1: `__init__`
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●○○ · **Plan for** 10 minutes
+#
 # Store `cfg` and the toy `model` itself, and freeze the model (its parameters must not
 # train). Create `W_enc` by applying `nn.init.kaiming_uniform_`, with its default arguments, to
 # an empty `[inst, d_in, d_sae]` tensor (one call for all instances, so that each instance gets
@@ -159,6 +164,28 @@ class ToySAE(nn.Module):
 # `[inst, d_sae, d_in]` tensor; a tied SAE sets `self._W_dec = None` (the `W_dec` property above
 # then returns `W_encᵀ`). Both biases start at zero. Put everything on the model's device
 # (`model.W.device`), in the default float32.
+#
+# <details><summary>Hint 1: the model first, then four parameters</summary>
+#
+# Store `self.cfg = cfg` and the model itself (not a copy); `model.requires_grad_(False)`
+# freezes it in place and returns the same object, so one line can do both. Then make the four
+# parameters, each an `nn.Parameter` wrapped around a tensor created on `model.W.device`:
+# `W_enc`, the decoder (or `None`), `b_enc` and `b_dec`. Only the toy model is frozen; the
+# SAE's own parameters must require grad, which `nn.Parameter` does by default.
+# </details>
+#
+# <details><summary>Hint 2: shapes, and how the initialiser is called</summary>
+#
+# `nn.init.kaiming_uniform_` fills the tensor you pass it in place and returns it, so it can
+# sit directly inside `nn.Parameter(...)`, around `torch.empty(cfg.n_inst, cfg.d_in, cfg.d_sae,
+# device=...)` for `W_enc`; pass no `a`, `mode` or `nonlinearity`. An untied `_W_dec` is a
+# second call on an empty `[n_inst, d_sae, d_in]` tensor (its own draw, not `W_enc`
+# transposed); a tied SAE sets `self._W_dec = None` and creates no decoder parameter at all.
+# The biases are `torch.zeros` of shapes `[n_inst, d_sae]` (`b_enc`) and `[n_inst, d_in]`
+# (`b_dec`).
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -186,11 +213,31 @@ checks.test_init(ToySAE)
 # %% [markdown]
 # ### Exercise 2: `W_dec_normalized`
 #
+# **Difficulty** ●○○○○ · **Importance** ●●●○○ · **Plan for** 5 minutes
+#
 # Return `W_dec` with every latent's row divided by its norm over `d_in` plus
 # `cfg.weight_normalize_eps`: w / (‖w‖ + ε), so that a zero row cannot divide by zero. Read the
 # decoder through the `self.W_dec` property (a tied SAE then normalises `W_encᵀ`), and return a
 # new tensor: dividing `W_dec` in place would rescale the parameter itself on every call. Keep
 # the computation differentiable, norm included; the decoder trains through it.
+#
+# <details><summary>Hint 1: one norm per latent, then a division</summary>
+#
+# Read `self.W_dec` into a local name, compute the length of every latent's row (one number
+# per instance and latent), add `self.cfg.weight_normalize_eps` to it, and divide the rows by
+# the result. The property is a single expression.
+# </details>
+#
+# <details><summary>Hint 2: keep the reduced axis</summary>
+#
+# The rows run along the last axis: `.norm(dim=-1, keepdim=True)` gives `[inst, d_sae, 1]`,
+# which broadcasts against `[inst, d_sae, d_in]`; without `keepdim` the shapes do not line
+# up. ε goes outside the square root, onto the norm itself. Divide with `/` into a new tensor:
+# no `/=`, and no `.detach()`, `.data` or `.item()` on the norm, since the decoder's gradient
+# flows through the denominator too.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -207,8 +254,28 @@ checks.test_W_dec_normalized(ToySAE)
 # %% [markdown]
 # ### Exercise 3: `generate_batch`
 #
+# **Difficulty** ●○○○○ · **Importance** ●●○○○ · **Plan for** 5 minutes
+#
 # The SAE's data is the toy model's hidden vectors: draw features with the model's
 # `generate_batch` and return `h = W x` for each instance, shape `[batch, inst, d_in]`.
+#
+# <details><summary>Hint 1: two steps, both from the model</summary>
+#
+# First draw the features, `self.model.generate_batch(batch_size)`, of shape
+# `[batch, inst, feats]`. Then send them through the model's weights `self.model.W` to the
+# hidden layer: the first half of Part 1's `forward`, stopping at `h` (no `Wᵀ`, no bias, no
+# ReLU).
+# </details>
+#
+# <details><summary>Hint 2: the einsum's axes</summary>
+#
+# `self.model.W` is `[inst, d_in, feats]` (the model's `d_hidden` is the SAE's `d_in`). One
+# einsum with `feats` on both inputs and not in the output sums it away; `inst` appears on both
+# inputs and in the output, so that each instance uses only its own features; the output's
+# axes are `batch inst d_in`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -225,6 +292,8 @@ checks.test_generate_batch(ToySAE)
 # %% [markdown]
 # ### Exercise 4: `forward`
 #
+# **Difficulty** ●●●○○ · **Importance** ●●●●● · **Plan for** 20 minutes
+#
 # Return four things:
 # 1. `loss_dict`: `{"L_reconstruction": [batch, inst], "L_sparsity": [batch, inst]}`;
 # 2. `loss`: the scalar total (reconstruction + `sparsity_coeff` × sparsity, mean over batch,
@@ -236,6 +305,28 @@ checks.test_generate_batch(ToySAE)
 # `self.W_dec_normalized`. `L_sparsity` is the bare L1 norm: `sparsity_coeff` appears only in
 # `loss`. Training backpropagates `loss`, so keep everything on its way differentiable, and
 # leave `h` as it is (it is the caller's batch: centre a new tensor, `h - self.b_dec`).
+#
+# <details><summary>Hint 1: follow the formula left to right</summary>
+#
+# Compute, each into its own name: the centred input `h - b_dec`; the pre-activations
+# (centred input times `W_enc`, plus `b_enc`); `acts`, their ReLU; `h_reconstructed`, `acts`
+# times `self.W_dec_normalized` plus `b_dec`. Then the two loss terms from those, and the total
+# from the two terms. Check each shape before the next step.
+# </details>
+#
+# <details><summary>Hint 2: the axes of each step</summary>
+#
+# Encoding sums over `d_in`: `batch inst d_in, inst d_in d_sae -> batch inst d_sae`, and
+# `b_enc` (`[inst, d_sae]`) then broadcasts over the batch; add it before the ReLU, not after.
+# Decoding sums over `d_sae`: `batch inst d_sae, inst d_sae d_in -> batch inst d_in`. Compare
+# `h_reconstructed` with the original `h` (not the centred one), square, and take the mean
+# over the last axis; `L_sparsity` sums `acts` (their absolute values, which are the same after
+# the ReLU) over the last axis. Both are `[batch, inst]`. The total is
+# `L_reconstruction + sparsity_coeff * L_sparsity`, then `.mean(dim=0)` (the batch) and
+# `.sum()` (the instances). Return tensors, not `.item()` numbers.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -261,16 +352,31 @@ checks.test_forward(ToySAE)
 # %% [markdown]
 # ### Exercise 5: how well were the features recovered?
 #
+# **Difficulty** ●●○○○ · **Importance** ●●●○○ · **Plan for** 10 minutes
+#
 # For each true feature, find the decoder row that points most nearly at it: the maximum
 # over latents of the cosine similarity between the feature direction and the latent's
 # decoder direction (signed: a latent pointing away from a feature does not recover it). Return
 # `[inst, feats]`, and leave both inputs as they are. Averaged over features this is the **mean max
 # cosine similarity** (MMCS); a feature counts as *recovered* when its value is at least 0.99.
 #
-# `recovery_report` (given, below) adds the other standard numbers: dead latents (never fire
-# on a large batch), L0 (average number of active latents per input) and the fraction of
-# variance unexplained (FVU: squared reconstruction error over the variance of `h` about its
-# mean).
+# <details><summary>Hint 1: normalise both sides, then every pair at once</summary>
+#
+# A cosine similarity is a dot product of unit vectors. So first scale every decoder row and
+# every feature direction to unit length (neither input arrives normalised), then take the dot
+# product of every feature with every latent in one go, and finally keep, for each feature,
+# its best latent.
+# </details>
+#
+# <details><summary>Hint 2: the axes, and which one to reduce</summary>
+#
+# `F.normalize(x, dim=-1)` returns a new tensor with unit rows over `d_in`, leaving `x` as it
+# is. The einsum `inst feats d_in, inst d_sae d_in -> inst feats d_sae` gives all the cosines;
+# take the maximum over the last axis, the latents. `tensor.max(dim=...)` returns a pair of
+# values and indices: keep `.values`. No `abs()`: the sign matters.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 def max_cosine_similarity(
@@ -286,6 +392,11 @@ def max_cosine_similarity(
 
 # %%
 checks.test_max_cosine_similarity(max_cosine_similarity)
+
+# %% [markdown]
+# `recovery_report` (given) adds the other standard numbers: dead latents (never fire on a
+# large batch), L0 (average number of active latents per input) and the fraction of variance
+# unexplained (FVU: squared reconstruction error over the variance of `h` about its mean).
 
 # %% tags=["reference"]
 RECOVERED_AT = 0.99
@@ -336,9 +447,11 @@ recovery_table(recovery_report(sae_plain, feature_directions), title="No resampl
 # %% [markdown]
 # **The animation.** One column per instance (the first 8 here; pass `instances=` for others).
 # Top row: encoder directions (columns of `W_enc`); middle row: decoder directions (rows of
-# `W_dec`, unit length) with the true features as grey lines; bottom row: the hidden data
-# (grey) and its reconstruction (coloured by latent count... here by reconstruction loss).
-# Press play, or drag the slider.
+# `W_dec`, unit length) with the true features as grey lines; bottom row: a sample of the
+# hidden vectors (grey) and their reconstructions, each coloured by its reconstruction loss,
+# from almost white (no loss) to dark red (the largest loss at any frame of this run). The
+# animations without this colouring (`colour_by_loss=False`, the default) draw every
+# reconstruction in blue. Press play, or drag the slider.
 
 # %%
 animate_sae_training(log_plain, feature_directions, instances=range(8), colour_by_loss=True, title="SAE training, no resampling").show()
@@ -356,6 +469,10 @@ plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency p
 # %% [markdown]
 # ## 4. Simple resampling
 #
+# ### Exercise 6: `resample_simple`
+#
+# **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 20 minutes
+#
 # Every `resample_every` steps, `train_sae` passes you the fraction of the inputs of the last
 # `resample_window` steps on which each latent fired, `frac_active_in_window [inst, d_sae]`.
 # A latent with zero there is dead. Give each dead latent a fresh start:
@@ -372,6 +489,29 @@ plot_firing_frequencies(log_plain, instances=range(8), title="Firing frequency p
 # column sets the decoder row too. Work in place on `.data` (the method runs under
 # `torch.no_grad()`), and keep the parameters themselves: the optimiser holds them, so a new
 # `nn.Parameter` would never train.
+#
+# <details><summary>Hint 1: the mask, the directions, then the writes</summary>
+#
+# First the mask, `dead`, `[inst, d_sae]`: a latent is dead only when its fraction is exactly
+# 0 (one that fired once in the window is alive). Count the dead latents, draw that many
+# Gaussian vectors of size `d_in` in one `torch.randn` call on the SAE's device, normalise
+# each, then write them into the dead latents' places in `W_enc` (times `resample_scale`)
+# and, if the SAE is untied, `_W_dec`; zero their `b_enc`. Return `dead` itself.
+# </details>
+#
+# <details><summary>Hint 2: indexing that writes into the parameter</summary>
+#
+# `dead.nonzero(as_tuple=True)` gives two index vectors, instance and latent, each of length
+# `n_dead`; draw the directions as `[n_dead, d_in]`. A decoder row is
+# `self._W_dec.data[inst_index, latent_index]`, `[n_dead, d_in]`; an encoder column is
+# `self.W_enc.data[inst_index, :, latent_index]`, also `[n_dead, d_in]` (PyTorch puts the
+# indexed axis first when the two index vectors are separated by a slice). Assign to these
+# expressions directly: `x[index] = value` writes into `x`, whereas `y = x[index]` makes a
+# copy, and writing into `y` changes nothing. `self.b_enc.data[dead] = 0.0` does the biases.
+# For a tied SAE, skip `_W_dec` (it is `None`).
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -409,6 +549,10 @@ animate_sae_training(log_simple, feature_directions, instances=range(8), title="
 # %% [markdown]
 # ## 5. Advanced resampling
 #
+# ### Exercise 7: `resample_advanced`
+#
+# **Difficulty** ●●●●○ · **Importance** ●●●○○ · **Plan for** 45 minutes
+#
 # Anthropic's *Towards Monosemanticity* resamples towards the inputs the SAE reconstructs
 # worst, since those contain the features nobody covers:
 #
@@ -437,6 +581,32 @@ animate_sae_training(log_simple, feature_directions, instances=range(8), title="
 # both makes the new latent start like a freshly initialised weight. Anthropic's recipe
 # does this; many classroom implementations skip it.
 # </details>
+#
+# <details><summary>Hint 1: one batch for all, then a loop over instances</summary>
+#
+# Compute the dead mask as in `resample_simple`. Draw one batch, run your own `self.forward`
+# on it and square `loss_dict["L_reconstruction"]` (`[batch, inst]`). Start the returned
+# mask as all `False` (`torch.zeros_like(dead)`). Then loop over instances: skip one with no
+# dead latents or whose squared losses sum to zero; otherwise draw the inputs, build the
+# directions, compute the live-norm scale (before writing anything), write the dead latents'
+# weights and biases, and set their entries of the returned mask to `True`.
+# </details>
+#
+# <details><summary>Hint 2: the shapes inside the loop</summary>
+#
+# For instance `inst`: `dead_latents = dead[inst].nonzero(as_tuple=True)[0]`, of length
+# `n_dead`; the weights are the squared losses `[:, inst]`, shape `[batch]`, and
+# `torch.multinomial(weights, n_dead, replacement=True)` returns `n_dead` row indices (it
+# normalises the weights itself). `h[chosen, inst]` is `[n_dead, d_in]`; subtract
+# `self.b_dec[inst]` and normalise over the last axis: these are the new decoder rows,
+# `self._W_dec.data[inst][dead_latents]`. In `self.W_enc[inst]` (`[d_in, d_sae]`) a latent is
+# a column, so the live columns' norms are `.norm(dim=0)` of `W_enc[inst][:, live]`, averaged
+# into one number (1 when no latent is live), and the new columns
+# `W_enc.data[inst][:, dead_latents]` are `[d_in, n_dead]`: assign the directions transposed,
+# times that mean and `resample_scale`. A tied SAE writes only `W_enc`.
+# </details>
+#
+# Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -582,35 +752,41 @@ seed_everything(2)
 sae_unnormalised = UnnormalisedToySAE(sae_cfg, toy_model)
 cheat_log = {"step": [], "decoder row norm": [], "mean active activation": []}
 _ = sae_unnormalised.optimize(
-    steps=full_or_fast(6_000, 1_000),
+    steps=full_or_fast(6_000, 3_000),  # fast mode too runs past the first ~1,000 steps, where both sizes still grow
     batch_size=1024,
     lr=1e-3,
-    log_every=full_or_fast(300, 100),
+    log_every=full_or_fast(300, 150),
     description="no decoder normalisation",
     on_log=lambda snapshot: [
         cheat_log[key].append(value)
         for key, value in zip(cheat_log, (snapshot.step, *decoder_and_activation_sizes(sae_unnormalised)), strict=True)
     ],
 )
-cheat_figure = go.Figure(
-    [
-        go.Scatter(x=cheat_log["step"], y=cheat_log["decoder row norm"], name="mean decoder row norm"),
-        go.Scatter(x=cheat_log["step"], y=cheat_log["mean active activation"], name="mean size of an active latent", yaxis="y2"),
-    ]
-)
+cheat_log["product"] = [norm * size for norm, size in zip(cheat_log["decoder row norm"], cheat_log["mean active activation"], strict=True)]
+panels = {
+    "decoder row norm": "mean decoder row norm",
+    "mean active activation": "mean size of an active latent",
+    "product": "their product",
+}
+cheat_figure = make_subplots(rows=1, cols=3, subplot_titles=list(panels.values()), horizontal_spacing=0.08)
+for column, key in enumerate(panels, start=1):
+    cheat_figure.add_trace(go.Scatter(x=cheat_log["step"], y=cheat_log[key], mode="lines+markers", showlegend=False), row=1, col=column)
+    cheat_figure.update_yaxes(rangemode="tozero", tickformat=".2f", nticks=6, row=1, col=column)
+    cheat_figure.update_xaxes(title_text="step", row=1, col=column)
 cheat_figure.update_layout(
-    title="Without decoder normalisation: the decoder grows while activations shrink",
-    xaxis_title="step",
-    yaxis={"title": "decoder row norm", "type": "log"},
-    yaxis2={"title": "active latent size", "type": "log", "overlaying": "y", "side": "right"},
-    height=400,
+    title="Without decoder normalisation: the decoder rows keep growing; the activations rise, then shrink",
+    height=380,
+    width=1000,
+    margin={"t": 100},
 )
 cheat_figure.show()
 
 # %% [markdown]
-# **What to look for.** The two lines move in opposite directions: decoder rows grow, active
-# latents shrink, and their product (what reconstruction needs) stays about the same. The
-# L1 term falls without any change in which latents fire. With normalised rows the decoder
+# **What to look for.** For the first thousand steps or so, while the SAE is still learning to
+# reconstruct, both sizes grow. From then on they move in opposite directions: decoder rows
+# keep growing, active latents shrink, and their product (the right panel: what
+# reconstruction needs) stays about the same. The L1 term keeps falling, yet the SAE fires no
+# fewer latents per input: the penalty is dodged, not obeyed. With normalised rows the decoder
 # norm is pinned to 1 and the only way to lower the penalty is to fire fewer latents or
 # fire them less.
 #
