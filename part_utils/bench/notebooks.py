@@ -18,6 +18,11 @@ class NotebookTiming:
     seconds: float
     slowest_cell: int
     slowest_seconds: float
+    long_cells: tuple[tuple[int, float, str], ...]
+    """Cells over LONG_CELL seconds: (index among code cells, seconds, first line)."""
+
+
+LONG_CELL = 5.0  # seconds: a cell that runs longer shows a progress bar
 
 
 def cell_seconds(cell: nbformat.NotebookNode) -> float:
@@ -41,7 +46,8 @@ def time_notebook(part: str, *, fast: bool, busy: bool = False) -> NotebookTimin
     code_cells = [cell for cell in result.notebook.cells if cell.cell_type == "code"]
     seconds = [cell_seconds(cell) for cell in code_cells]
     slowest = max(range(len(seconds)), key=seconds.__getitem__)
-    return NotebookTiming(result.seconds, slowest, seconds[slowest])
+    long_cells = tuple((i, s, code_cells[i].source.strip().splitlines()[0][:70]) for i, s in enumerate(seconds) if s > LONG_CELL)
+    return NotebookTiming(result.seconds, slowest, seconds[slowest], long_cells)
 
 
 def solution_parts(prefixes: list[str] | None = None) -> list[str]:
@@ -62,5 +68,7 @@ def print_notebook_timings(parts: list[str], *, full: bool, contended: bool) -> 
                 busy = time_notebook(part, fast=fast, busy=True)
                 line += f"{busy.seconds:>8.1f}s{busy.seconds / quiet.seconds:>7.2f}"
             print(line, flush=True)
+            for index, cell_time, first_line in quiet.long_cells:
+                print(f"      cell {index:>3} {cell_time:6.1f}s  {first_line}")
     if full:
         print(f"  all notebooks in full mode, quiet: {total:.0f} s")

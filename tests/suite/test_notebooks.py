@@ -99,6 +99,27 @@ ANIMATIONS_AT_FIRST_FRAME = """() => [...document.querySelectorAll('.plotly-grap
     .map(d => (d._fullLayout.sliders && d._fullLayout.sliders.length ? d._fullLayout.sliders[0].active : 0))"""
 
 
+EXPLORER = """() => [...document.querySelectorAll('.plotly-graph-div')].findIndex(d =>
+    d._fullLayout.sliders && d._fullLayout.sliders.length
+    && (d._fullLayout.sliders[0].currentvalue.prefix || '').startsWith('feature probability'))"""
+SLIDER_STATE = """i => { const d = document.querySelectorAll('.plotly-graph-div')[i];
+    return [d._fullLayout.sliders[0].active, JSON.stringify(d.data.map(trace => [trace.x, trace.y]))] }"""
+
+
+def move_explorer_slider(page) -> tuple[list, list]:
+    """Click three quarters along the Part 1 explorer's slider rail, as a reader would; the
+    slider's state and the plotted data before and after."""
+    index = page.evaluate(EXPLORER)
+    assert index >= 0, "the kernel-free explorer figure is missing"
+    figure = page.query_selector_all(".plotly-graph-div")[index]
+    figure.scroll_into_view_if_needed()
+    before = page.evaluate(SLIDER_STATE, index)
+    rail = figure.query_selector(".slider-rail-rect").bounding_box()
+    page.mouse.click(rail["x"] + 0.75 * rail["width"], rail["y"] + rail["height"] / 2)
+    page.wait_for_timeout(800)
+    return before, page.evaluate(SLIDER_STATE, index)
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir, offline_page):
     """Every figure draws with the network refused; animations wait at their first frame; maths is
@@ -133,5 +154,8 @@ def test_solution_figures_render_offline_in_headless_chromium(part, test_output_
     for index, figure in enumerate(page.query_selector_all(".plotly-graph-div")):
         figure.screenshot(path=str(test_output_dir / f"{part}-figure-{index:02d}.png"))
     page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
+    if part == "01_toy_models":  # the explorer works without a kernel: its slider changes the plot
+        (active_before, data_before), (active_after, data_after) = move_explorer_slider(page)
+        assert active_before == 0 and active_after > 0 and data_after != data_before
     assert not offline_page.errors, offline_page.errors
     assert not offline_page.refused, f"the page tried to reach the network: {offline_page.refused[:3]}"
