@@ -1238,7 +1238,8 @@ for label, report in comparison.items():
 # room. Try it: where the sweep above builds the TopK family, change `d_sae=5` to 20 (about
 # two minutes more) and compare BatchTopK's MMCS, recovered and FVU columns with the run
 # above. SAEs on real models are always much wider than the features they must find, as in
-# Part 6.
+# Part 6. Part 8 compares every architecture of this part where SAEs are really used: 40 latents
+# for 20 features that form a hierarchy, at matched L0, Matryoshka SAEs included.
 #
 # ### BatchTopK at inference
 #
