@@ -56,16 +56,17 @@ from tests.sampling import (
 # generate_hierarchical_batch ------------------------------------------------------------------
 
 SAMPLER = "generate_hierarchical_batch"
-SAMPLER_BATCH = 50_000
+SAMPLER_BATCH = 100_000
 # Numbers unlike the notebook's (0.15, 0.8, 3 children, [0.8, 1.2]), so that hard-coded ones fail,
-# and far enough apart that each plausible mistake's frequencies land outside the tolerance of
-# every other's (the closest pairs, q·C/(C+1) = 0.36 against q = 0.45, and p = 0.1 against the
-# notebook's 0.15, differ by more than twice the tolerance).
+# and far enough apart that, at this batch size, every two of the probabilities a mistake can give
+# differ by more than the sum of their tolerances (the suite proves it): no mistake can pass for
+# the right sampler, nor be named as another.
 SAMPLER_CONFIG = {
     "n_inst": 4, "n_parents": 3, "n_children": 4, "d_hidden": 6, "parent_probability": 0.1,
     "child_probability": 0.45, "min_magnitude": 0.5, "max_magnitude": 2.0, "direction_seed": 3,
 }
 NOTEBOOK_CONFIG = reference.HierarchyConfig(n_inst=1)
+MAGNITUDE_EXAMPLES = 20_000  # plenty for the magnitude tests, whose tolerances follow the count they get
 
 
 def _sampler_data() -> reference.HierarchicalToyData:
@@ -157,23 +158,26 @@ def _check_hierarchy(present: Tensor, cfg: reference.HierarchyConfig) -> None:
     )
 
 
-def _check_parent_frequencies(parent_on: Tensor, cfg: reference.HierarchyConfig) -> None:
+def parent_alternatives(cfg: reference.HierarchyConfig) -> dict[str, float]:
+    """The probability of an active parent that each plausible mistake gives, with the sentence naming it."""
     p, q = cfg.parent_probability, cfg.child_probability
-    probability = torch.full(parent_on.shape[1:], p, dtype=torch.float64)
     alternatives = {
-        f"Parents from `{SAMPLER}` are active with probability 1 - parent_probability: the comparison is reversed (active when the draw is below p).": 1 - probability,
-        f"Parents from `{SAMPLER}` are switched on by children drawn without looking at them: draw the parent first, then a child only for an active parent.": probability
-        + (1 - probability) * q,
+        f"Parents from `{SAMPLER}` are active with probability 1 - parent_probability: the comparison is reversed (active when the draw is below p).": 1 - p,
+        f"Parents from `{SAMPLER}` are switched on by children drawn without looking at them: draw the parent first, then a child only for an active parent.": p
+        + (1 - p) * q,
     }
     if p != NOTEBOOK_CONFIG.parent_probability:
-        alternatives[f"`{SAMPLER}` uses the notebook's parent probability (0.15) instead of self.cfg.parent_probability."] = torch.full_like(
-            probability, NOTEBOOK_CONFIG.parent_probability
-        )
+        alternatives[f"`{SAMPLER}` uses the notebook's parent probability (0.15) instead of self.cfg.parent_probability."] = NOTEBOOK_CONFIG.parent_probability
+    return alternatives
+
+
+def _check_parent_frequencies(parent_on: Tensor, cfg: reference.HierarchyConfig) -> None:
+    probability = torch.full(parent_on.shape[1:], cfg.parent_probability, dtype=torch.float64)
     check_presence_frequencies(
         parent_on,
         probability,
         what=SAMPLER,
-        alternatives=alternatives,
+        alternatives={message: torch.full_like(probability, value) for message, value in parent_alternatives(cfg).items()},
         otherwise=f"Parents from `{SAMPLER}` are active with the wrong probability: each parent must be active with self.cfg.parent_probability, independently.",
     )
 
@@ -187,32 +191,42 @@ def _conditional_frequencies_match(events: Tensor, given: Tensor, probability: T
     return bool(((frequency - probability).abs() <= tolerance).all())
 
 
-def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference.HierarchyConfig) -> None:
+def child_alternatives(cfg: reference.HierarchyConfig) -> dict[str, float]:
+    """P(the parent has a child | it is active) that each plausible mistake gives, with the sentence naming it."""
     p, q, C = cfg.parent_probability, cfg.child_probability, cfg.n_children
+    alternatives = {
+        f"Given an active parent, `{SAMPLER}` gives it a child with probability 1 - child_probability: the comparison is reversed.": 1 - q,
+        f"Every active parent from `{SAMPLER}` has a child: with probability 1 - child_probability the parent must appear alone.": 1.0,
+        f"Given an active parent, `{SAMPLER}` gives it a child with probability parent_probability · child_probability: child_probability is "
+        "already conditional on the parent (the `&` with parent_on does the conditioning), so compare the draw with child_probability alone.": p * q,
+        f"Given an active parent, `{SAMPLER}` gives it a child with probability child_probability / n_children: that is each child's "
+        "share; some child is active with child_probability itself.": q / C,
+        f"Given an active parent, `{SAMPLER}` gives it a child with probability n_children / (n_children + 1) · child_probability: "
+        "draw which child from n_children outcomes, not n_children + 1.": q * C / (C + 1),
+    }
+    if q != NOTEBOOK_CONFIG.child_probability:
+        alternatives[f"`{SAMPLER}` uses the notebook's child probability (0.8) instead of self.cfg.child_probability."] = NOTEBOOK_CONFIG.child_probability
+    return alternatives
+
+
+CONDITIONAL_FALSE_ALARM = FALSE_ALARM_PER_TEST / 4
+"""The two conditional tests (some child, which child) share half of one test's budget; the choice test takes the rest."""
+
+
+def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference.HierarchyConfig) -> None:
+    q, C = cfg.child_probability, cfg.n_children
     has_child = children.any(dim=-1)
     shape = parent_on.shape[1:]
     full = lambda value: torch.full(shape, float(value), dtype=torch.float64)  # noqa: E731
-    alternatives = {
-        f"Given an active parent, `{SAMPLER}` gives it a child with probability 1 - child_probability: the comparison is reversed.": full(1 - q),
-        f"Every active parent from `{SAMPLER}` has a child: with probability 1 - child_probability the parent must appear alone.": full(1),
-        f"Given an active parent, `{SAMPLER}` gives it a child with probability parent_probability · child_probability: child_probability is "
-        "already conditional on the parent (the `&` with parent_on does the conditioning), so compare the draw with child_probability alone.": full(p * q),
-        f"Given an active parent, `{SAMPLER}` gives it a child with probability child_probability / n_children: that is each child's "
-        "share; some child is active with child_probability itself.": full(q / C),
-        f"Given an active parent, `{SAMPLER}` gives it a child with probability n_children / (n_children + 1) · child_probability: "
-        "draw which child from n_children outcomes, not n_children + 1.": full(q * C / (C + 1)),
-    }
-    if q != NOTEBOOK_CONFIG.child_probability:
-        alternatives[f"`{SAMPLER}` uses the notebook's child probability (0.8) instead of self.cfg.child_probability."] = full(NOTEBOOK_CONFIG.child_probability)
-    budget = FALSE_ALARM_PER_TEST / 4  # this test and the next share half of one test's budget; the choice test takes the rest
-    if not _conditional_frequencies_match(has_child, parent_on, full(q), budget):
-        message = next((m for m, a in alternatives.items() if _conditional_frequencies_match(has_child, parent_on, a, budget)), None)
+    if not _conditional_frequencies_match(has_child, parent_on, full(q), CONDITIONAL_FALSE_ALARM):
+        alternatives = child_alternatives(cfg)
+        message = next((m for m, a in alternatives.items() if _conditional_frequencies_match(has_child, parent_on, full(a), CONDITIONAL_FALSE_ALARM)), None)
         raise CheckFailure(
             message
             or f"Given an active parent, `{SAMPLER}` gives it a child with the wrong probability: exactly one child is active with probability child_probability."
         )
     each = torch.full((*shape, C), q / C, dtype=torch.float64)
-    if _conditional_frequencies_match(children, parent_on[..., None].expand_as(children), each, budget):
+    if _conditional_frequencies_match(children, parent_on[..., None].expand_as(children), each, CONDITIONAL_FALSE_ALARM):
         return
     raise CheckFailure(
         f"The children from `{SAMPLER}` are not equally likely: `torch.randint(n_children, ...)` draws 0 to n_children - 1 "
@@ -285,7 +299,7 @@ def test_generate_hierarchical_batch(learner: object) -> str:
     _check_child_frequencies(parent_on, children, cfg)
     _check_child_choice_independent(children, cfg)
     check_presence_independent(present, _marginals(cfg), messages=independence_messages(SAMPLER, "families"), same_group=_same_family(cfg))
-    _check_magnitudes(values, cfg)
+    _check_magnitudes(values[:MAGNITUDE_EXAMPLES], cfg)
     return f"no orphans, one child at most, marginal and conditional frequencies and magnitudes match on {SAMPLER_BATCH} samples"
 
 

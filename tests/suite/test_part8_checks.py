@@ -5,6 +5,7 @@ each plausible mistake with a message that names it.
 """
 
 import functools
+import itertools
 import random
 import re
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 import tests.part8_feature_absorption as part8
 from part_utils.reference import part8_feature_absorption as reference
 from part_utils.reference.part5_sae_variants import batch_topk_activation, topk_activation
+from tests.checking import binomial_tolerance
 from tests.suite.conftest import stub
 
 Data = reference.HierarchicalToyData
@@ -251,6 +253,25 @@ def test_sampler_names_each_mistake(checks, options, message):
 )
 def test_sampler_names_side_effects_and_wrong_outputs(checks, mutant, message):
     checks.fails(part8.test_generate_hierarchical_batch, sampler(mutant), message)
+
+
+@pytest.mark.parametrize(
+    ("alternatives", "expected", "n", "cells", "false_alarm"),
+    [
+        (part8.parent_alternatives, lambda cfg: cfg.parent_probability, lambda cfg: part8.SAMPLER_BATCH, lambda cfg: cfg.n_inst * cfg.n_parents, part8.FALSE_ALARM_PER_TEST),
+        (part8.child_alternatives, lambda cfg: cfg.child_probability, lambda cfg: int(part8.SAMPLER_BATCH * cfg.parent_probability * 0.98),
+         lambda cfg: cfg.n_inst * cfg.n_parents, part8.CONDITIONAL_FALSE_ALARM),
+    ],
+)
+def test_sampler_alternatives_are_separated_beyond_their_tolerances(alternatives, expected, n, cells, false_alarm):
+    """Every two probabilities (the right one and each mistake's) differ by more than the sum of their
+    tolerances, with the number of draws the check has (for the child test: the active parents, taken
+    2% below their expected number)."""
+    cfg = part8._sampler_data().cfg
+    values = [expected(cfg), *alternatives(cfg).values()]
+    tolerance = [float(binomial_tolerance(value, n(cfg), false_alarm=false_alarm / cells(cfg))) for value in values]
+    for (a, ta), (b, tb) in itertools.combinations(zip(values, tolerance), 2):
+        assert abs(a - b) > ta + tb, (a, b)
 
 
 def test_the_sampler_default_options_are_the_reference():

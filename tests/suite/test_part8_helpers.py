@@ -5,7 +5,16 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from part_utils.hierarchy import child_index, feature_labels, latent_order, parent_of_feature, splitting_census, tree_order
+from part_utils.hierarchy import (
+    child_index,
+    count_child_latents,
+    decompose_latents,
+    feature_labels,
+    latent_order,
+    parent_of_feature,
+    splitting_census,
+    tree_order,
+)
 from part_utils.plotting.absorption import (
     animate_absorption,
     label_sides,
@@ -35,6 +44,19 @@ def test_latents_are_ordered_by_their_best_feature_in_tree_order():
     cosine[2, 1] = 0.7  # P1
     cosine[3, 0] = 0.95  # P0, a better match than latent 1
     assert latent_order(cosine, P, C) == [3, 1, 2, 0]
+
+
+def test_decomposition_places_latents_in_their_family_and_counts_carriers():
+    cosine = torch.zeros(4, P * (1 + C))
+    cosine[0, [1, child_index(1, 2, P, C)]] = torch.tensor([0.6, 0.8])  # absorbing child of parent 1
+    cosine[1, [0, child_index(0, 0, P, C)]] = torch.tensor([-0.2, 0.95])  # clean child of parent 0
+    cosine[2, 0] = 0.9  # parent 0
+    cosine[3, child_index(1, 1, P, C)] = 0.5  # dead
+    points = decompose_latents(cosine, torch.tensor([True, True, True, False]), P, C)
+    assert points["latent"] == [0, 1, 2] and points["family"] == [1, 0, 0]
+    assert points["x"] == [0.8, 0.95, 0.0] and points["y"] == [0.6, -0.2, 0.9]
+    assert points["parent_best"] == [False, False, True] and points["label"] == ["P1.c2", "P0.c0", "P0"]
+    assert count_child_latents(points) == (1, 1)
 
 
 def test_splitting_census_counts_latents_of_one_family_and_mixed_ones():
