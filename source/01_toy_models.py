@@ -429,7 +429,7 @@ model_phase = ToyModel(
 )
 _ = train_self_supervised(
     model_phase,
-    steps=full_or_fast(2_000, 300),
+    steps=full_or_fast(1_000, 300),
     batch_size=512,
     lr=2e-2,
     lr_schedule=cosine_decay_lr,

@@ -306,7 +306,7 @@ computation_model = NeuronComputationModel(
     cfg_computation, feature_probability=(1 - computation_sparsities)[:, None], importance=importance_computation, device=device
 )
 _ = train_self_supervised(
-    computation_model, steps=full_or_fast(8_000, 400), lr=3e-3, lr_schedule=cosine_decay_lr, description="computing |x|"
+    computation_model, steps=full_or_fast(4_000, 400), lr=3e-3, lr_schedule=cosine_decay_lr, description="computing |x|"
 )
 
 # %%

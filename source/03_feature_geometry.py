@@ -102,12 +102,12 @@ checks.test_compute_dimensionality(compute_dimensionality)
 
 # %%
 seed_everything(0)
-n_inst_geometry = full_or_fast(24, 6)
+n_inst_geometry = full_or_fast(12, 6)
 inverse_density = torch.logspace(0.0, 1.3, n_inst_geometry)
 cfg_geometry = ToyModelConfig(n_inst=n_inst_geometry, n_features=100, d_hidden=10)
 geometry_model = ToyModel(cfg_geometry, feature_probability=(1 / inverse_density)[:, None], importance=1.0, device=device)
 _ = train_self_supervised(
-    geometry_model, steps=full_or_fast(4_000, 300), batch_size=512, lr=3e-3, lr_schedule=cosine_decay_lr, description="100 features, 10 dims"
+    geometry_model, steps=full_or_fast(3_200, 300), batch_size=512, lr=3e-3, lr_schedule=cosine_decay_lr, description="100 features, 10 dims"
 )
 
 # %%

@@ -974,23 +974,48 @@ def train_variant(sae: ToySAE, description: str) -> Any:
 results: dict[str, list[dict[str, Any]]] = {}
 logs: dict[str, Any] = {}
 trained: dict[str, ToySAE] = {}
-for name, (sae_class, make_cfg, settings) in sweeps.items():
+
+
+def run_sweep(name: str) -> None:
+    """Train one architecture at all its settings (16 instances each, side by side) and report per setting."""
     seed_everything(1)
-    coeffs = torch.tensor(settings, device=device).repeat_interleave(n_per_setting)
-    sae = sae_class(make_cfg(coeffs), make_toy_model(len(coeffs)))
-    logs[name] = train_variant(sae, f"{name}, {len(settings)} settings")
-    report = variant_report(sae, feature_directions_for(len(coeffs)))
-    results[name] = [{"setting": f"λ={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
-for name, (sae_class, settings) in topk_settings.items():
-    seed_everything(1)
-    k_per_instance = [k for k in settings for _ in range(n_per_setting)]
-    sae = sae_class(TopKToySAEConfig(n_inst=len(k_per_instance), d_in=d_hidden, d_sae=5, k=k_per_instance), make_toy_model(len(k_per_instance)))
-    if name == "TopK":
-        sae.b_dec.requires_grad_(False)  # keep it at the data's geometric median, the origin: see below
+    if name in sweeps:
+        sae_class, make_cfg, settings = sweeps[name]
+        per_instance = torch.tensor(settings, device=device).repeat_interleave(n_per_setting)
+        sae = sae_class(make_cfg(per_instance), make_toy_model(len(per_instance)))
+        label = "λ"
+    else:
+        sae_class, settings = topk_settings[name]
+        per_instance = [k for k in settings for _ in range(n_per_setting)]
+        sae = sae_class(TopKToySAEConfig(n_inst=len(per_instance), d_in=d_hidden, d_sae=5, k=per_instance), make_toy_model(len(per_instance)))
+        label = "k"
+        if name == "TopK":
+            sae.b_dec.requires_grad_(False)  # keep it at the data's geometric median, the origin: see below
     logs[name] = train_variant(sae, f"{name}, {len(settings)} settings")
     trained[name] = sae
-    report = variant_report(sae, feature_directions_for(len(k_per_instance)))
-    results[name] = [{"setting": f"k={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
+    report = variant_report(sae, feature_directions_for(len(per_instance)))
+    results[name] = [{"setting": f"{label}={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
+    print(f"{name}: trained {len(settings)} settings × {n_per_setting} instances")
+
+
+# %% [markdown]
+# One cell per architecture, so that each shows its own progress bar (about a minute each in
+# full mode on two CPU cores).
+
+# %%
+run_sweep("L1 ReLU")
+
+# %%
+run_sweep("Gated")
+
+# %%
+run_sweep("JumpReLU")
+
+# %%
+run_sweep("TopK")
+
+# %%
+run_sweep("BatchTopK")
 
 # %% [markdown]
 # The table has one row per architecture and setting; "recovered" counts the instances (of

@@ -10,8 +10,8 @@ from part_utils.seeding import seed_everything
 from part_utils.training import train_self_supervised
 
 
-def toy_sae_recovery(*, steps: int = 20_000) -> None:
-    """Part 4's setting: per recipe, instances recovering all 5 features at cos >= 0.99 with no dead latent."""
+def toy_sae_recovery(*, steps: int = 10_000, resample_every: int = 1_250, resample_window: int = 250) -> None:
+    """Part 4's full-mode setting: per recipe, instances recovering all 5 features at cos >= 0.99 with no dead latent."""
     from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, init_encoder_as_decoder_transpose, recovery_report
     from part_utils.sae_training import train_sae
     from part_utils.training import constant_lr, cosine_decay_lr
@@ -51,8 +51,8 @@ def toy_sae_recovery(*, steps: int = 20_000) -> None:
                 lr=1e-3,
                 lr_schedule=cosine_decay_lr if decay else constant_lr,
                 resample_method=method,
-                resample_every=2_500,
-                resample_window=500,
+                resample_every=resample_every,
+                resample_window=resample_window,
                 resample_redundant_above=0.99 if redundant else None,
                 log_every=steps // 200,
             )
