@@ -1,10 +1,12 @@
 """Shared fixtures for the workbook's own test suite."""
 
+import functools
 import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +23,17 @@ TEST_OUTPUT = ROOT / "test-output"
 def stub(*args: object, **kwargs: object) -> None:
     """What an exercise looks like before the learner writes it."""
     raise NotImplementedError("Exercise: write this part, run the cell, then run the check below.")
+
+
+def with_extra_draws(function: Any, draws: int) -> Any:
+    """A correct function that first draws `draws` random numbers, keeping its signature."""
+
+    @functools.wraps(function)
+    def drawing(*args: Any, **kwargs: Any) -> Any:
+        torch.rand(draws)
+        return function(*args, **kwargs)
+
+    return drawing
 
 
 class CheckRunner:

@@ -1,6 +1,5 @@
 """Mutation suite for Part 5's learner-facing checks (tests/part5_sae_variants.py)."""
 
-import functools
 from typing import Any
 
 import pytest
@@ -12,20 +11,9 @@ import tests.part5_sae_variants as part5
 from part_utils.reference import part4_toy_sae as part4
 from part_utils.reference import part5_sae_variants as reference
 from part_utils.seeding import forked_rng
-from tests.suite.conftest import stub
+from tests.suite.conftest import stub, with_extra_draws
 
 AUX_DECODER = ("aux W", "aux b")
-
-
-def with_extra_draws(function: Any, draws: int) -> Any:
-    """A correct function that first draws `draws` random numbers, keeping its signature."""
-
-    @functools.wraps(function)
-    def drawing(*args: Any, **kwargs: Any) -> Any:
-        torch.rand(draws)
-        return function(*args, **kwargs)
-
-    return drawing
 
 
 # Gated forward ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ Each check must pass the reference and correct implementations written different
 each plausible mistake with a message that names it.
 """
 
-import functools
 import itertools
 import random
 import re
@@ -21,7 +20,7 @@ import tests.part8_feature_absorption as part8
 from part_utils.reference import part8_feature_absorption as reference
 from part_utils.reference.part5_sae_variants import batch_topk_activation, topk_activation
 from tests.checking import binomial_tolerance
-from tests.suite.conftest import stub
+from tests.suite.conftest import stub, with_extra_draws
 
 Data = reference.HierarchicalToyData
 
@@ -29,17 +28,6 @@ Data = reference.HierarchicalToyData
 def sampler(function: Any) -> type:
     """A HierarchicalToyData subclass whose sampler is `function`."""
     return type("LearnerData", (Data,), {"generate_hierarchical_batch": function})
-
-
-def with_extra_draws(function: Any, draws: int) -> Any:
-    """A correct function that first draws `draws` random numbers, keeping its signature."""
-
-    @functools.wraps(function)
-    def drawing(*args: Any, **kwargs: Any) -> Any:
-        torch.rand(draws)
-        return function(*args, **kwargs)
-
-    return drawing
 
 
 # generate_hierarchical_batch -----------------------------------------------------------------
