@@ -11,6 +11,8 @@ Each part is authored once, as a jupytext percent file `source/NN_<name>.py`:
   with the repository URL (from pyproject.toml) and the notebook's build id filled in: a hash
   of the part's source and the setup cell, by which the Colab setup finds the commit that
   introduced this version of the notebook.
+- Numbers in the markdown are placeholders filled in from the part's results file
+  (`section_data/results/partN.json`, written by its full-mode run; see part_utils/claims.py).
 - The first cell of each notebook gets a link that opens it in Colab, and the README's
   notebook table gets a Colab badge per notebook.
 
@@ -27,6 +29,9 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+
+from part_utils.claims import ClaimError, part_number, render
+from part_utils.results import load_results
 
 ROOT = Path(__file__).resolve().parent
 SOURCE_DIR = ROOT / "source"
@@ -92,11 +97,17 @@ def with_colab_link(markdown: str, folder: str, stem: str) -> str:
 def generate(source: Path) -> Outputs:
     notebook = jupytext.reads(source.read_text(), fmt="py:percent")
     setup = setup_code(source)
+    results = load_results(part_number(source))
     exercise_cells, solution_cells, reference_chunks = [], [], []
     for index, cell in enumerate(notebook.cells):
         tags = cell.metadata.get("tags", [])
         text = setup if "workbook-setup" in tags else cell.source
         if cell.cell_type == "markdown":
+            try:
+                # Measured numbers come from the part's results file; `claims --check` fails on any still missing.
+                text = render(text, results, strict=False)
+            except ClaimError as error:
+                raise ClaimError(f"{source.name}: {error}") from None
             first = index == 0
             exercise_cells.append(nbformat.v4.new_markdown_cell(with_colab_link(text, "notebooks", source.stem) if first else text))
             solution_cells.append(nbformat.v4.new_markdown_cell(with_colab_link(text, "solutions", source.stem) if first else text))
@@ -170,22 +181,25 @@ def readme_with_badges(readme: str) -> str:
     return f"{head}{BADGES_BEGIN}\n{table}\n{BADGES_END}{tail}"
 
 
-def generated_files(root: Path = ROOT) -> dict[Path, str]:
-    """Every generated file and its content."""
+def generated_files(root: Path = ROOT, parts: list[int] | None = None) -> dict[Path, str]:
+    """Every generated file (or only those of `parts`) and its content."""
     files = {}
     for source in source_files():
+        if parts and int(source.stem[:2]) not in parts:
+            continue
         outputs = generate(source)
         for kind, path in output_paths(source, root).items():
             files[path] = getattr(outputs, kind)
-    readme = root / "README.md"
-    files[readme] = readme_with_badges(readme.read_text())
+    if not parts:  # the README's badges list every part
+        readme = root / "README.md"
+        files[readme] = readme_with_badges(readme.read_text())
     return files
 
 
-def build(root: Path = ROOT) -> list[Path]:
-    """Write every generated file under `root`; return the paths written."""
+def build(root: Path = ROOT, parts: list[int] | None = None) -> list[Path]:
+    """Write every generated file (or only those of `parts`) under `root`; return the paths written."""
     written = []
-    for path, content in generated_files(root).items():
+    for path, content in generated_files(root, parts).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
         written.append(path)
@@ -198,6 +212,6 @@ def stale_files(root: Path = ROOT) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in build():
+    for path in build(parts=[int(part) for part in sys.argv[1:]]):  # e.g. `notebook_build.py 4 5`: those parts only
         print(f"wrote {path.relative_to(ROOT)}")
     sys.exit(0)

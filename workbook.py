@@ -11,6 +11,9 @@
     python3 workbook.py test [ARGS]   run the whole test suite (fast mode); ARGS go to pytest
     python3 workbook.py build         regenerate notebooks, reference modules and README badges
     python3 workbook.py bench [ARGS]  benchmarks (`bench --help` lists them)
+    python3 workbook.py claims [--part N] [--check]
+                                      re-run parts in full mode and list every sentence whose numbers
+                                      changed; --check verifies the prose against the results (seconds)
     python3 workbook.py zip           write sae-workbook.zip (tracked files only) for Colab's upload route
 
 Setup installs PyTorch before anything else: a torch that is already importable is kept;
@@ -147,6 +150,7 @@ COMMANDS = {
     "test": lambda rest: in_venv_after_setup("-m", "pytest", *rest, environment=TEST_ENVIRONMENT, develop=True),
     "build": lambda rest: in_venv_after_setup("notebook_build.py", *rest, develop=True),
     "bench": lambda rest: in_venv_after_setup("-m", "part_utils.benchmark", *rest),
+    "claims": lambda rest: in_venv_after_setup("-m", "part_utils.claims", *rest, develop=True),
     "zip": lambda rest: make_zip(),
 }
 

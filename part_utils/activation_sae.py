@@ -5,13 +5,17 @@ feature values and the SAE maps them through `model.W` into its input space. An
 `ActivationSource` plays that model's part for real activations: its "features" are the
 activation vectors themselves and its `W` is the identity, so every SAE class, the training
 loop and both resampling methods work unchanged.
+
+`PublishedAuxKTopKSAE` is Part 5's TopK SAE with the AuxK loss as Gao et al. (2024) publish it.
 """
 
 from types import SimpleNamespace
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
+
+from part_utils.reference.part5_sae_variants import TopKToySAE
 
 
 class ActivationSource(nn.Module):
@@ -33,3 +37,28 @@ class ActivationSource(nn.Module):
     def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d"]:
         rows = torch.randint(len(self.activations), (batch_size,), generator=self.generator, device=self.activations.device)
         return self.activations[rows].unsqueeze(1).expand(-1, self.cfg.n_inst, -1)
+
+
+class PublishedAuxKTopKSAE(TopKToySAE):
+    """TopK with AuxK as in Gao et al. 2024 and openai/sparse_autoencoder.
+
+    Part 5's AuxK multiplies the auxiliary error by min(n_dead / k_aux, 1), EleutherAI sparsify's
+    heuristic, and leaves it unnormalised. The published loss has no such factor and divides the
+    error by the residual's variance (about its mean over the batch), so that it keeps its weight
+    as the residual shrinks during training; the paper pairs it with k_aux a power of two near
+    d_in / 2 and aux_coeff 1/32, set through the config.
+    """
+
+    def auxk_loss(
+        self,
+        pre_acts: Float[Tensor, "batch inst d_sae"],
+        h: Float[Tensor, "batch inst d_in"],
+        h_reconstructed: Float[Tensor, "batch inst d_in"],
+        dead: Bool[Tensor, "inst d_sae"],
+    ) -> Float[Tensor, "batch inst"]:
+        scaled = super().auxk_loss(pre_acts, h, h_reconstructed, dead)
+        # Undo the parent's factor: it is at least 1 / k_aux when a latent is dead; with none dead the loss is 0.
+        heuristic = (dead.sum(dim=-1) / self.cfg.k_aux).clamp(min=1 / self.cfg.k_aux, max=1.0)
+        residual = (h - h_reconstructed).detach()
+        variance = (residual - residual.mean(dim=0)).pow(2).mean(dim=(0, 2)).clamp_min(1e-12)
+        return scaled / heuristic / variance

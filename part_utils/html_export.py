@@ -5,21 +5,27 @@
 Figures carry plotly.js inline (see part_utils.plotting.renderer); the template drops the CDN
 scripts nbconvert adds by default (MathJax among them). Markdown maths is converted to MathML
 at export time by the latex2mathml package, which browsers draw natively, so formulas render
-without any script.
+without any script. Raw HTML in markdown (the `<details>` folds of hints and answers, the MathML)
+reaches the page as written; embedding images only changes their sources.
 """
 
 import argparse
 import re
 import sys
+from html import unescape
 from pathlib import Path
 
 import nbformat
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from latex2mathml.converter import convert as tex_to_mathml
 from nbconvert import HTMLExporter
+from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "offline.html.j2"
 CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
 MATH = re.compile(r"\$\$(?P<display>.+?)\$\$|(?<![\\$])\$(?P<inline>[^\s$](?:[^$\n]*[^\s$])?)\$", re.DOTALL)
+IMG_SRC = re.compile(r"(?P<head><img\b[^>]*?\bsrc\s*=\s*)(?P<quote>[\"'])(?P<src>.*?)(?P=quote)", re.I | re.DOTALL)
 
 
 def markdown_with_mathml(markdown: str) -> str:
@@ -38,13 +44,48 @@ def _mathml(match: re.Match[str]) -> str:
     return f'<div class="math-display">{mathml}</div>' if display else mathml
 
 
+class _SrcOnlyRenderer(IPythonRenderer):
+    """nbconvert's markdown renderer, except that embedding images changes `<img src>` and nothing else.
+
+    mistune passes raw HTML on in pieces: a block ends at a blank line, so `<details><summary>…</summary>` comes
+    alone, and inline HTML comes one tag at a time (`<math>`, `<mi>`, …). With embed_images, nbconvert rewrites
+    each piece through BeautifulSoup, which closes the tags it opens and drops the closing tags it did not see:
+    that ends every fold before its contents and empties inline MathML."""
+
+    def _html_embed_images(self, raw_html: str) -> str:
+        return IMG_SRC.sub(self._embedded_src, raw_html)
+
+    def _embedded_src(self, match: re.Match[str]) -> str:
+        data_url = self._src_to_base64(unescape(match["src"]))
+        if data_url is None:  # no such file under the export's folder: the link stays, as nbconvert leaves it
+            return match.group(0)
+        return f"{match['head']}{match['quote']}{data_url}{match['quote']}"
+
+
+class OfflineHTMLExporter(HTMLExporter):
+    """HTMLExporter whose markdown filter is nbconvert's own with _SrcOnlyRenderer in place of IPythonRenderer."""
+
+    @pass_context
+    def markdown2html(self, context: Context, source: str) -> str:
+        renderer = _SrcOnlyRenderer(
+            escape=False,
+            attachments=context.get("cell", {}).get("attachments", {}),
+            embed_images=self.embed_images,
+            path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+            anchor_link_text=self.anchor_link_text,
+            exclude_anchor_links=self.exclude_anchor_links,
+            **self.lexer_options,
+        )
+        return MarkdownWithMath(renderer=renderer).render(source)
+
+
 def export_offline_html(notebook: nbformat.NotebookNode) -> str:
     notebook = nbformat.from_dict(notebook)
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = markdown_with_mathml(cell.source)
-    exporter = HTMLExporter(template_file=str(TEMPLATE), embed_images=True)
+    exporter = OfflineHTMLExporter(template_file=str(TEMPLATE), embed_images=True)
     html, _ = exporter.from_notebook_node(notebook)
     return html
 

@@ -63,9 +63,11 @@ def redundant_latents(
 def reset_adam_moments(optimizer: torch.optim.Optimizer, sae: Any, resampled: Bool[Tensor, "inst d_sae"]) -> None:
     """Zero Adam's running moments for the resampled latents' weights.
 
-    Otherwise the first updates after resampling replay the old latent's gradient
-    history (the momentum term) with the old step size, and push the fresh direction
-    straight back towards where the dead latent was stuck.
+    For a latent that was live until now (a redundant or starved one) this stops the old
+    momentum from pushing the new direction back where the latent was. For a latent dead for
+    the whole window the momentum has already decayed; what the reset removes is its stale
+    second moment. Either way it is no fresh start: torch's Adam corrects the moments' bias with
+    the tensor's global step count, so the first steps after a reset are several times lr.
     """
     for name, latent_axis in sae.latent_axes().items():
         parameter = getattr(sae, name)

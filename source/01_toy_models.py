@@ -13,7 +13,7 @@
 # to represent them in. *Superposition* is the name for what it does then: it packs many
 # features into fewer dimensions, at the price of some interference between them. This part
 # rebuilds the central experiments of Elhage et al. (2022), *Toy Models of Superposition*,
-# small enough that every model here trains in seconds on a laptop CPU.
+# scaled so that every experiment trains on a laptop CPU.
 #
 # **You will**
 # - write a toy model that compresses `feats` features into `d_hidden` dimensions and
@@ -56,12 +56,15 @@ from IPython.display import display
 import tests.part1_toy_models as checks
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting import animate_features_in_2d, plot_features_in_2d, plot_features_in_Nd
+from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.section_artefacts import load_part1_explorer_grid
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
 device = get_device()
 print(f"device: {device}, fast mode: {FAST_MODE}")
+results = Results(part=1)  # the numbers the text quotes, recorded by full-mode runs (part_utils/results.py)
+KEPT_NORM = results.record("kept_norm", 0.5)  # a feature counts as represented when its column of W is longer
 
 # %% [markdown]
 # ## 1. The toy model
@@ -73,7 +76,9 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 #
 # The hidden layer is linear, so its basis carries no special meaning: only the *directions*
 # `W` gives each feature matter. The ReLU at the output is what makes superposition possible:
-# it can clip away small negative interference from other features.
+# it sets negative interference from other features to zero, and with a negative bias `b` it
+# also removes small positive interference. Without it (a linear model) the best the model can
+# do is keep as many features as it has dimensions, like PCA.
 #
 # We train many small models at once. Every tensor has an `inst` (instance) dimension, and
 # each instance has its own **feature probability** (how often each feature is non-zero; the
@@ -237,7 +242,9 @@ checks.test_generate_batch(ToyModel)
 #
 # averaged over the batch and the features, and **summed** over instances; `batch` is `x`
 # and `out` is the model's output `x'`. Return it as a single-number tensor: training calls
-# `.backward()` on it, so no `.item()` or `.detach()`.
+# `.backward()` on it, so no `.item()` or `.detach()`. (The paper writes the loss as a sum over
+# features; its companion code averages, as we do. The two differ by a constant factor, which
+# Adam's updates hardly notice.)
 #
 # <details><summary>Question: why sum over instances rather than average?</summary>
 #
@@ -281,10 +288,19 @@ checks.test_calculate_loss(ToyModel)
 # %% [markdown]
 # ## 2. Five features in two dimensions
 #
-# Now train 16 instances of a model with 5 features and 2 hidden dimensions. Importance
-# decays as `0.9 ** i`, so feature 0 matters most. Feature probability goes from 1 (dense)
-# in the first instance down to 0.02 in the last. The training loop in `part_utils.training`
-# is lean: losses stay on the device and are only read at logging steps.
+# Now train {{five.n_inst:.0f}} instances of a model with 5 features and 2 hidden dimensions.
+# Importance decays as `{{five.importance_decay}} ** i`, so feature 0 matters most (the paper's
+# opening figure uses the same curve). Feature probability goes from {{five.p_max:.0f}} (dense)
+# in the first instance down to {{five.p_min:.2f}} in the last, evenly on a log scale. The
+# training loop in `part_utils.training` is lean: losses stay on the device and are only read
+# at logging steps.
+#
+# **Our recipe, not the paper's.** The paper's companion code trains with AdamW at a constant
+# learning rate of {{=1e-3}} for {{=10,000}} steps. We use Adam at {{five.lr:g}} that decays
+# to zero on a cosine schedule, for {{five.steps:,.0f}} steps of {{five.batch_size:.0f}}
+# examples: a larger step that shrinks at the end, chosen to keep training short on a CPU. The
+# other models of this part train the same way, with their own step counts (and a larger
+# learning rate for the phase diagram).
 #
 # In each small plot, a line from the origin is one column `W[:, i]`: where feature `i`
 # lives in the 2D hidden space. Colours follow importance (yellow: most important).
@@ -293,15 +309,19 @@ checks.test_calculate_loss(ToyModel)
 seed_everything(0)
 n_inst_2d = 16
 cfg_2d = ToyModelConfig(n_inst=n_inst_2d, n_features=5, d_hidden=2)
-importance_2d = 0.9 ** torch.arange(cfg_2d.n_features)
+importance_2d = results.record("five.importance_decay", 0.9) ** torch.arange(cfg_2d.n_features)
 probability_2d = 50 ** -torch.linspace(0, 1, n_inst_2d)[:, None]
 model_2d = ToyModel(cfg_2d, feature_probability=probability_2d, importance=importance_2d, device=device)
+results.record("five.n_inst", n_inst_2d)
+results.record("five.p_max", probability_2d.max())
+results.record("five.p_min", probability_2d.min())
 
 W_snapshots = []
 log_2d = train_self_supervised(
     model_2d,
-    steps=full_or_fast(6_000, 400),
-    lr=3e-3,
+    steps=results.record("five.steps", full_or_fast(6_000, 400)),
+    batch_size=results.record("five.batch_size", 1024),
+    lr=results.record("five.lr", 3e-3),
     lr_schedule=cosine_decay_lr,
     log_every=full_or_fast(100, 50),
     snapshot=lambda: W_snapshots.append(model_2d.W.detach().cpu().clone()),
@@ -312,12 +332,41 @@ plot_features_in_2d(
     model_2d.W, colours=importance_2d, title="5 features in 2D, sparser to the right", subplot_titles=titles_2d
 ).show()
 
+# %%
+# Which arrangement each instance ended in, for the text below (nothing is printed).
+W_2d, p_2d = model_2d.W.detach().cpu(), probability_2d.squeeze(1)
+kept_2d = W_2d.norm(dim=1) > KEPT_NORM  # [inst, feats]
+unit_2d = F.normalize(W_2d, dim=1)
+angles_2d = einsum(unit_2d, unit_2d, "inst d f1, inst d f2 -> inst f1 f2").clamp(-1, 1).acos().rad2deg()
+both_kept = kept_2d[:, :, None] & kept_2d[:, None, :]
+n_antipodal = ((angles_2d > 170) & both_kept).sum(dim=(1, 2)) // 2
+two_pairs = (n_antipodal == 2) & (kept_2d.sum(dim=1) == 4)  # four features in two antipodal pairs, one dropped
+off_diagonal = ~torch.eye(cfg_2d.n_features, dtype=torch.bool)
+pentagon = kept_2d.all(dim=1) & (angles_2d[:, off_diagonal].amin(dim=1) > 60)  # five directions, none closer than 60°
+pentagons_from_here_on = pentagon.flip(0).cumprod(0).flip(0).bool()  # this instance and every sparser one
+results.record("five.dense_kept", kept_2d[0].sum())
+results.record("five.dense_angle", angles_2d[0, 0, 1])
+results.record("five.n_two_pairs", two_pairs.sum())
+results.record("five.n_two_pairs_drop_last", (two_pairs & ~kept_2d[:, -1]).sum())
+results.record("five.n_pentagon", pentagon.sum())
+if two_pairs.any() and pentagons_from_here_on.any():
+    results.record("five.two_pairs_p", p_2d[two_pairs])
+    results.record("five.pentagons_from_p", p_2d[pentagons_from_here_on].max())
+
 # %% [markdown]
-# **What to look for.** With dense features (left) the model keeps the two most important
-# features on orthogonal axes and drops the rest: superposition would cost more in
-# interference than it gains. As features get sparser, less important features appear as
-# *antipodal pairs* (two features on one line, pointing opposite ways) and, at the sparse
-# end, all five share the plane as a pentagon.
+# **What to look for.** With dense features (left) the model keeps the
+# {{five.dense_kept:.0f}} most important features on orthogonal axes
+# ({{five.dense_angle:.0f}}° apart) and drops the rest: superposition would cost more in
+# interference than it gains. As features get sparser, four features sit in two *antipodal
+# pairs* (two features on one line, pointing opposite ways) and the fifth is dropped: that is
+# {{five.n_two_pairs:.0f}} of the instances, from p = {{five.two_pairs_p|max:.2f}} down to
+# {{five.two_pairs_p|min:.2f}}. In the paper the dropped feature is the least important one;
+# here it is feature 4 in only {{five.n_two_pairs_drop_last:.0f}} of them. Dropping feature 4
+# instead would lower the loss a little, but gradient descent rarely moves from one arrangement
+# to another once it has settled (the paper notes the same, and kept the best of several runs:
+# Section 4 does that too). At the sparse end all five share the plane as a *pentagon*: every
+# instance from p = {{five.pentagons_from_p:.3f}} down, {{five.n_pentagon:.0f}} instances in
+# all. A two-pair instance among the pentagons is a run stuck in the worse arrangement.
 #
 # <details><summary>Question: why is an antipodal pair cheap when features are sparse?</summary>
 #
@@ -343,18 +392,24 @@ animate_features_in_2d(
 # `i` has importance `d^i`), so they respond instantly. The grid is
 # `section_data/part1_explorer_grid.npz`, made by `python -m part_utils.section_artefacts`.
 #
-# The first figure has one panel per decay, from 0.50 (feature 0 matters far more than
-# feature 4) to 1.00 (all features equal); the slider under the figure moves all six panels
-# through the feature probabilities together, from 1 (dense) down to 0.01. It runs in the
+# The first figure has one panel per decay, from {{explorer.decay_min:.2f}} (feature 0 matters
+# far more than feature 4) to {{explorer.decay_max:.2f}} (all features equal); the slider under
+# the figure moves all {{explorer.n_decays:.0f}} panels through the feature probabilities
+# together, from {{explorer.p_max:.0f}} (dense) down to {{explorer.p_min:.2f}}. It runs in the
 # browser, so it also works in a saved HTML copy of this notebook, with no kernel. With a
 # running kernel, the two sliders below it choose one probability and one decay each, and draw
 # that model alone in a bigger panel.
 #
-# Try: importance decay 1.0 (all features equal) at high sparsity. Then lower the decay at a
-# fixed sparsity, and watch which feature is dropped first.
+# Try: importance decay {{explorer.decay_max:.1f}} (all features equal) at high sparsity. Then
+# lower the decay at a fixed sparsity, and watch which feature is dropped first.
 
 # %%
 explorer = load_part1_explorer_grid()
+results.record("explorer.decay_min", min(explorer.importance_decays))
+results.record("explorer.decay_max", max(explorer.importance_decays))
+results.record("explorer.n_decays", len(explorer.importance_decays))
+results.record("explorer.p_max", max(explorer.feature_probabilities))
+results.record("explorer.p_min", min(explorer.feature_probabilities))
 explorer_importance = torch.tensor(explorer.importance_decays)[:, None] ** torch.arange(explorer.n_features)  # [decays, feats]
 animate_features_in_2d(
     explorer.W,
@@ -397,23 +452,33 @@ display(widgets.interactive(show_explorer_choice, probability_index=probability_
 #
 # How does one feature's fate depend on its importance and its sparsity? Take the smallest
 # interesting case: 2 features in 1 dimension. Feature 0 has importance 1; feature 1 has
-# relative importance `r`. Both are present with probability `p`. Each cell of the grid below
-# is one (`r`, `p`) pair, and we classify what the model did with feature 1:
+# relative importance `r`, from {{phase.r_min:.1f}} to {{phase.r_max:.0f}}. Both are present
+# with probability `p`, from {{phase.p_max:.0f}} down to {{phase.p_min:.2f}} (the paper's
+# ranges). Each cell of the grid below is one (`r`, `p`) pair, and we classify what the model
+# did with feature 1:
 #
 # - **not represented**: `‖W_1‖` is small (the model spends its one dimension on feature 0);
 # - **dedicated dimension**: feature 1 has the dimension to itself (feature 0 is dropped);
 # - **superposition**: both features are stored, antipodally, in the same dimension.
 #
 # With sparse features a single run sometimes settles in a worse arrangement (say, feature 1
-# dropped although storing it would lower the loss). So each grid cell trains a few models
-# from different random starts, and we keep the one with the lowest loss on a large fresh
-# batch: the phase of the best solution found, not of one lucky or unlucky run.
+# dropped although storing it would lower the loss). So each grid cell trains
+# {{phase.n_restarts:.0f}} models from different random starts, and we keep the one with the
+# lowest loss on a large fresh batch: the phase of the best solution found, not of one lucky or
+# unlucky run. The paper does it differently: it trains ten models per cell, discards the one
+# with the highest loss and averages over the rest. Keeping the best asks the question we care
+# about here (which arrangement wins?) with fewer runs, which matters on a CPU.
 
 # %%
 seed_everything(1)
 n_importance, n_density, n_restarts = full_or_fast((17, 17, 3), (6, 6, 2))
 relative_importance = torch.logspace(-1, 1, n_importance)
 density = torch.logspace(0, -2, n_density)
+results.record("phase.n_restarts", n_restarts)
+results.record("phase.r_min", relative_importance.min())
+results.record("phase.r_max", relative_importance.max())
+results.record("phase.p_max", density.max())
+results.record("phase.p_min", density.min())
 # Instances are laid out [restart, density, importance], flattened.
 grid_importance = torch.stack(
     [torch.ones(n_density, n_importance), relative_importance.expand(n_density, n_importance)], dim=-1
@@ -440,8 +505,10 @@ _ = train_self_supervised(
 # ### Exercise-free step: keep the best restart, classify each cell
 #
 # `per_instance_loss` scores every instance on one large batch; `classify_extra_feature`
-# turns an instance's `W` (shape `[1, 2]`) into one of the three phases. The threshold 0.5 is
-# generous: trained norms end up near 0 or near 1.
+# turns an instance's `W` (shape `[1, 2]`) into one of the three phases, counting a feature as
+# kept when its norm is above {{kept_norm}}. That threshold is generous: trained norms end up
+# near 0 or near 1 ({{phase.frac_norms_near:.0%}} of them within {{phase.near:.1f}} of one or
+# the other).
 
 # %% tags=["reference"]
 PHASES = ("not represented", "dedicated dimension", "superposition")
@@ -454,10 +521,10 @@ def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor
     return (model.importance * (batch - model(batch)).pow(2)).mean(dim=(0, 2))
 
 
-def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"]) -> Tensor:
+def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"], threshold: float = 0.5) -> Tensor:
     """0: feature 1 not represented; 1: feature 1 alone in the dimension; 2: both features, antipodally."""
     norms = W.detach().norm(dim=1)
-    feature_0_kept, feature_1_kept = norms[:, 0] > 0.5, norms[:, 1] > 0.5
+    feature_0_kept, feature_1_kept = norms[:, 0] > threshold, norms[:, 1] > threshold
     phase = torch.zeros(W.shape[0], dtype=torch.long, device=W.device)
     phase[feature_1_kept & ~feature_0_kept] = 1
     phase[feature_1_kept & feature_0_kept] = 2
@@ -468,7 +535,7 @@ def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"]) -> Tenso
 restart_losses = per_instance_loss(model_phase).reshape(n_restarts, n_cells)
 best_restart = restart_losses.argmin(dim=0)
 W_best = model_phase.W.detach().reshape(n_restarts, n_cells, 1, 2)[best_restart, torch.arange(n_cells, device=device)]
-phase = classify_extra_feature(W_best).reshape(n_density, n_importance).cpu()
+phase = classify_extra_feature(W_best, KEPT_NORM).reshape(n_density, n_importance).cpu()
 phase_colours = ["#d9d9d9", "#1f77b4", "#d62728"]
 figure = go.Figure(
     go.Heatmap(
@@ -488,14 +555,34 @@ figure.update_yaxes(type="log", title="feature probability p (1 - sparsity)")
 figure.update_layout(title="What happens to feature 1 (2 features, 1 dimension)", width=700, height=520)
 figure.show()
 
+# %%
+# What the text counts (nothing is printed).
+norms_best = W_best.norm(dim=1).cpu()
+near = results.record("phase.near", 0.2)
+results.record("phase.frac_norms_near", (torch.minimum(norms_best, (norms_best - 1).abs()) < near).float().mean())
+every_restart = classify_extra_feature(model_phase.W, KEPT_NORM).reshape(n_restarts, n_density, n_importance).cpu()
+bordered = F.pad(phase[None].float(), (1, 1, 1, 1), value=-1)[0]  # -1 outside the grid
+neighbours = torch.stack([bordered[:-2, 1:-1], bordered[2:, 1:-1], bordered[1:-1, :-2], bordered[1:-1, 2:]])
+isolated = (neighbours != phase).all(dim=0)
+results.record("phase.n_cells", n_cells)
+results.record("phase.n_isolated", isolated.sum())
+results.record("phase.n_isolated_dropped", (isolated & (every_restart == 0).all(dim=0)).sum())
+both_ends_superposed = (phase[:, 0] == 2) & (phase[:, -1] == 2)  # rows where r_min and r_max both superpose
+if both_ends_superposed.any():
+    p_wide = results.record("phase.p_wide", density[both_ends_superposed].max())
+    results.record("phase.frac_sparse_superposition", (phase[density <= p_wide] == 2).float().mean())
+
 # %% [markdown]
-# **What to look for.** Three regions with sharp borders. When feature 1 is much less
-# important than feature 0 it is simply not represented. When it is more important it takes
-# the dimension and feature 0 is dropped. When features are sparse (small `p`) and the
-# importances are comparable, the model stores *both*, antipodally: that is superposition, and
-# the border where it appears is a phase change, not a gradual blend. (A few isolated cells
-# disagree with their neighbours: there every restart got stuck, or the losses of two
-# arrangements are too close to tell apart on one batch.)
+# **What to look for.** Three regions with sharp borders. With dense features (top rows) only
+# importance decides: feature 1 is not represented when it matters less than feature 0, and
+# takes the dimension (feature 0 is dropped) when it matters more. As features get sparser,
+# the model stores *both*, antipodally, first where the importances are comparable and then
+# over a widening range: from p = {{phase.p_wide:.2f}} down, superposition spans the whole grid,
+# r = {{phase.r_min:.1f}} to {{phase.r_max:.0f}} ({{phase.frac_sparse_superposition:.0%}} of
+# those cells). That is superposition, and the border where it appears is a phase change, not
+# a gradual blend. {{phase.n_isolated:.0f}} of the {{phase.n_cells:.0f}} cells disagree with
+# all their neighbours; in {{phase.n_isolated_dropped:.0f}} of them every restart dropped
+# feature 1 although the cells around store both, so there all the runs got stuck.
 #
 # <details><summary>Question: why does superposition need sparsity here?</summary>
 #
@@ -509,7 +596,8 @@ figure.show()
 # ## 5. A hundred features in twenty dimensions
 #
 # Two dimensions are easy to draw; real models have many. Here are 100 features in 20
-# dimensions, importance decaying from 1 to 0.01, at several sparsities. For each instance:
+# dimensions, importance decaying from 1 to {{nd.importance_min:.2f}} (the setting of the
+# paper's companion code), at sparsities of our choosing. For each instance:
 #
 # - the heatmap is `WᵀW`: entry `(i, j)` is the dot product of features `i` and `j`. A
 #   diagonal of ones and nothing else means "stored in orthogonal directions";
@@ -531,6 +619,15 @@ model_nd = ToyModel(
 _ = train_self_supervised(
     model_nd, steps=full_or_fast(8_000, 300), lr=3e-3, lr_schedule=cosine_decay_lr, description="100 features in 20D"
 )
+W_nd = model_nd.W.detach().cpu()
+kept_nd = W_nd.norm(dim=1) > KEPT_NORM  # [inst, feats]
+unit_nd = F.normalize(W_nd, dim=1)
+sharing_nd = einsum(unit_nd, W_nd, "inst d f1, inst d f2 -> inst f1 f2").pow(2).sum(-1) - W_nd.pow(2).sum(1)  # Σ_{j≠i}
+results.record("nd.importance_min", model_nd.importance.min())
+results.record("nd.dense_kept", kept_nd[0].sum())
+results.record("nd.dense_kept_max_sharing", (sharing_nd[0] * kept_nd[0]).max())  # sharing is never negative
+results.record("nd.sparsest_p", probabilities_nd[-1])
+results.record("nd.sparsest_kept", kept_nd[-1].sum())
 plot_features_in_Nd(
     model_nd.W,
     title="100 features in 20 dimensions",
@@ -539,11 +636,13 @@ plot_features_in_Nd(
 ).show()
 
 # %% [markdown]
-# **What to look for.** Dense features (`1 - S = 1`): exactly 20 features are represented,
-# each with a dimension of its own (a clean diagonal block, dark bars), and the other 80 are
-# dropped. As sparsity grows, more features get a non-zero norm, the heatmap fills with
-# off-diagonal structure, and the bars turn yellow: the model represents many more features
-# than it has dimensions.
+# **What to look for.** Dense features (`1 - S = 1`): {{nd.dense_kept:.0f}} features, as many
+# as there are dimensions, are represented (norm above {{kept_norm}}), each with a dimension of
+# its own (a clean diagonal block, dark bars: no represented feature shares more than
+# {{nd.dense_kept_max_sharing:.2f}}), and the others are dropped. As sparsity grows, more
+# features get a non-zero norm, the heatmap fills with off-diagonal structure, and the bars
+# turn yellow: at `1 - S = {{nd.sparsest_p:.2f}}` the model represents
+# {{nd.sparsest_kept:.0f}} features in its 20 dimensions.
 #
 # <details><summary>Question: which features are dropped first, and why?</summary>
 #
@@ -611,7 +710,11 @@ checks.test_generate_correlated_features(generate_correlated_features)
 # **Difficulty** ●●●○○ · **Importance** ●●○○○ · **Plan for** 20 minutes
 #
 # The two features of a pair are **never present together**, and each is still present with
-# probability `p` (so `p ≤ 1/2`; the check uses values up to `p = 1/2` included).
+# probability `p` (so `p ≤ 1/2`; the check uses values up to `p = 1/2` included). The paper
+# sets this up differently: its pair is active with probability `1 - S` and then one of its
+# two features, chosen at random, is present, so each feature is present only half as often
+# as the pair. We keep `p` as each feature's own probability, the same meaning it has for
+# independent and correlated features, so that the three kinds compare at equal `p`.
 #
 # <details><summary>Hint 1: first the pair, then which feature</summary>
 #
@@ -677,8 +780,9 @@ class CorrelatedToyModel(ToyModel):
 
 # %% [markdown]
 # Train two sets of models with 4 features in 2 dimensions: two correlated pairs, and two
-# anticorrelated pairs. Colours mark pairs: the two shades of blue are one pair, the two
-# shades of red the other.
+# anticorrelated pairs, as in the paper. Colours mark pairs: the two shades of blue are one
+# pair, the two shades of red the other. As in the phase diagram, each probability trains
+# {{pairs.n_restarts:.0f}} models and keeps the one with the lowest loss.
 
 # %%
 seed_everything(3)
@@ -687,7 +791,7 @@ pair_probabilities = {
     "correlated": torch.tensor(full_or_fast([0.4, 0.3, 0.06, 0.02], [0.4, 0.06])),
     "anticorrelated": torch.tensor(full_or_fast([0.45, 0.3, 0.2, 0.1], [0.45, 0.1])),
 }
-n_pair_restarts = full_or_fast(4, 2)
+n_pair_restarts = results.record("pairs.n_restarts", full_or_fast(4, 2))
 best_pair_W = {}
 for name, probabilities in pair_probabilities.items():
     n_settings = len(probabilities)
@@ -713,32 +817,56 @@ for name, probabilities in pair_probabilities.items():
         subplot_titles=[f"p = {p:.2f}" for p in probabilities.tolist()],
     ).show()
 
+# %%
+# The cosines and norms the text quotes (nothing is printed). Probabilities run from dense to sparse.
+for name, W_pairs in best_pair_W.items():
+    unit_pairs = F.normalize(W_pairs.cpu(), dim=1)
+    cosines = einsum(unit_pairs, unit_pairs, "s d f1, s d f2 -> s f1 f2")  # [settings, feats, feats]
+    partners = cosines[:, [0, 2], [1, 3]]  # the cosine within each pair: [settings, pairs]
+    # For each feature, the cosine with the most opposite feature of the other pair: [settings, feats]
+    opposite = torch.cat([cosines[:, :2, 2:], cosines[:, 2:, :2]], dim=1).amin(dim=-1)
+    half = len(pair_probabilities[name]) // 2  # the denser half of the settings, then the sparser half
+    results.record(f"pairs.{name}.dense_p", pair_probabilities[name][:half])
+    results.record(f"pairs.{name}.sparse_p", pair_probabilities[name][half:])
+    results.record(f"pairs.{name}.partner_cos", partners.flatten())
+    results.record(f"pairs.{name}.dense_partner_cos", partners[:half].flatten())
+    results.record(f"pairs.{name}.sparse_partner_abs_cos", partners[half:].abs().flatten())
+    results.record(f"pairs.{name}.dense_norms", W_pairs[:half].norm(dim=1).flatten())
+    results.record(f"pairs.{name}.sparse_cross_cos", opposite[half:].flatten())
+
 # %% [markdown]
 # **What to look for.**
 #
 # - *Anticorrelated* pairs: the two features of a pair (the two blues, the two reds) sit
-#   **antipodally**. They are never active together, so the ReLU hides their interference
-#   completely, and the model reserves the cheap antipodal slot for exactly that partner.
-# - *Correlated* pairs, sparse (small `p`): the two features of a pair sit at **right angles**.
+#   **antipodally** at every `p` (cosine between partners
+#   {{pairs.anticorrelated.partner_cos:.2f}}, mean ± sd over pairs and `p`). They are never active together, so the ReLU hides their interference completely,
+#   and the model reserves the cheap antipodal slot for exactly that partner.
+# - *Correlated* pairs, sparse (`p` = {{pairs.correlated.sparse_p|range:.2f}}): the two
+#   features of a pair sit at **right angles** (cosine within
+#   {{pairs.correlated.sparse_partner_abs_cos|max:.2f}} of 0).
 #   They are always active together, so any overlap between them would cost loss every time
-#   the pair fires; each feature's antipodal partner is instead a feature of the *other* pair,
-#   which it rarely meets.
-# - *Correlated* pairs, dense (large `p`): each pair collapses onto **one direction**, both
-#   features with norm about 1/√2. When the pair nearly always fires together, storing their
-#   sum is cheaper than keeping them apart, much as PCA would merge them.
+#   the pair fires; each feature's antipodal partner is instead a feature of the *other* pair
+#   (cosine at most {{pairs.correlated.sparse_cross_cos|max:.2f}}), which it rarely meets.
+# - *Correlated* pairs, dense (`p` = {{pairs.correlated.dense_p|range:.1f}}): each pair collapses
+#   onto **one direction** (cosine {{pairs.correlated.dense_partner_cos:.2f}}),
+#   both features with norm {{pairs.correlated.dense_norms|mean:.2f}}, close to 1/√2. The pairs
+#   now fire often, so the two pairs would often be active together and interfere if they
+#   shared the plane; instead each pair's sum, its principal component, gets an axis to itself,
+#   much as PCA would do. (The paper calls this the collapse of correlated features.)
 #
 # <details><summary>Question: why would superposition prefer anticorrelated features?</summary>
 #
 # Interference only costs loss when both features are active at once. Anticorrelated
-# features never are, so superposing them is free; correlated features always are, so
-# superposing them costs the most.
+# features never are, so an antipodal pair of them costs nothing: whenever one is active, the
+# other's pre-activation is negative and the ReLU clips it. Correlated features always are
+# active together, so superposing them costs the most.
 # </details>
 #
 # ## Summary
 #
-# - A model with fewer dimensions than features can still represent them all when features
-#   are sparse, by storing them in almost-orthogonal directions and using the ReLU to clip
-#   interference: **superposition**.
+# - When features are sparse, a model can represent more features than it has dimensions, by
+#   storing them in almost-orthogonal directions and using the ReLU to clip interference:
+#   **superposition**.
 # - Whether a feature gets a dimension, shares one, or is dropped depends on its importance
 #   and sparsity, with sharp phase boundaries.
 # - Correlation changes the geometry: anticorrelated features go antipodal; correlated

@@ -21,7 +21,7 @@
 #   its inputs (`NeuronComputationModel`: `forward`, `generate_batch`, `calculate_loss`);
 # - watch neurons become polysemantic as features get sparser.
 #
-# **Time:** about 1.5 hours. Exercises and checks work as in Part 1.
+# **Time:** about {{=1.5}} hours. Exercises and checks work as in Part 1.
 
 # %% tags=["workbook-setup"]
 
@@ -40,11 +40,13 @@ import tests.part2_privileged_basis as checks
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting.neurons import plot_features_in_neurons
+from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
 device = get_device()
 print(f"device: {device}, fast mode: {FAST_MODE}")
+results = Results(part=2)  # the numbers the text quotes, recorded by full-mode runs (part_utils/results.py)
 
 # %% [markdown]
 # ## 1. A ReLU on the hidden layer
@@ -98,16 +100,19 @@ def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, 
 checks.test_neuron_model_forward(NeuronModel)
 
 # %% [markdown]
-# Train 7 instances with 10 features and 5 neurons, importance `0.75 ** i`, from dense
-# features to very sparse ones. Each row of the figure is one instance; each bar is one
-# neuron, stacked from the weights it gives each feature (colour: importance, yellow the
-# most important). Positive weights stack up, negative ones down.
+# Train {{neurons.n_inst:.0f}} instances with 10 features and 5 neurons, importance
+# `{{neurons.importance_decay}} ** i`, from dense features to very sparse ones: the paper's
+# setting. The paper trained a thousand models per sparsity and showed the one with the lowest
+# loss; we train one per sparsity, so expect a rougher version of its picture. Each row of the
+# figure is one instance; each bar is one neuron, stacked from the weights it gives each
+# feature (colour: importance, yellow the most important). Positive weights stack up, negative
+# ones down.
 
 # %%
 seed_everything(0)
 sparsities = torch.tensor([0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999])
-cfg_neurons = ToyModelConfig(n_inst=len(sparsities), n_features=10, d_hidden=5)
-importance_neurons = 0.75 ** torch.arange(cfg_neurons.n_features)
+cfg_neurons = ToyModelConfig(n_inst=results.record("neurons.n_inst", len(sparsities)), n_features=10, d_hidden=5)
+importance_neurons = results.record("neurons.importance_decay", 0.75) ** torch.arange(cfg_neurons.n_features)
 neuron_model = NeuronModel(cfg_neurons, feature_probability=(1 - sparsities)[:, None], importance=importance_neurons, device=device)
 _ = train_self_supervised(
     neuron_model, steps=full_or_fast(10_000, 500), lr=5e-3, lr_schedule=cosine_decay_lr, description="neuron model"
@@ -119,21 +124,45 @@ plot_features_in_neurons(
     subplot_titles=[f"S = {s:.3f}" for s in sparsities.tolist()],
 ).show()
 
+# %%
+# What the text counts (nothing is printed): a neuron reads a feature when that weight is at
+# least half its largest weight; a feature is represented when its column of W is longer than KEPT_NORM.
+KEPT_NORM = results.record("kept_norm", 0.5)
+W_neurons = neuron_model.W.detach().cpu()  # [inst, neurons, feats]
+reads = W_neurons >= 0.5 * W_neurons.amax(dim=-1, keepdim=True).clamp_min(1e-6)
+polysemantic = reads.sum(dim=-1) > 1  # [inst, neurons]
+represented = W_neurons.norm(dim=1) > KEPT_NORM  # [inst, feats]
+results.record("neurons.dense_polysemantic", polysemantic[0].sum())
+results.record("neurons.dense_represented", represented[0].sum())
+results.record("neurons.dense_represented_last", (represented[0] * torch.arange(cfg_neurons.n_features)).max())
+results.record("neurons.represented", represented.sum(dim=-1))
+results.record("neurons.sparsest_polysemantic", polysemantic[-1].sum())
+
 # %% [markdown]
 # **What to look for.** Dense features (top): five neurons, five features, one each: every
-# bar is a single colour, the five most important features, and the rest are dropped. As
-# sparsity grows, bars start mixing colours: neurons become **polysemantic**, each reading
-# several features, and more features are represented in total. Read the part above zero: a
-# negative weight only switches the neuron off when that feature is present, which with
-# sparse features rarely matters, so those weights are loosely constrained and drift.
+# bar is a single colour, the {{neurons.dense_represented:.0f}} most important features
+# (features 0 to {{neurons.dense_represented_last:.0f}}), and the rest are dropped. As sparsity
+# grows, bars start mixing colours: neurons become **polysemantic**, each reading several
+# features, and more features are represented in total. Counting a neuron as polysemantic when
+# a second feature's weight reaches half its largest one, {{neurons.dense_polysemantic:.0f}} of
+# the 5 are polysemantic with dense features and {{neurons.sparsest_polysemantic:.0f}} at the
+# sparsest. The
+# features with a column longer than {{kept_norm}} number {{neurons.dense_represented:.0f}} of
+# 10 with dense features and up to {{neurons.represented|max:.0f}} with sparse ones. Read mostly the
+# part above zero: that is what makes a neuron fire. The weights are tied, so a negative weight
+# also means the neuron writes *negatively* into that feature's output, where the output ReLU
+# clips it: negative weights keep a neuron's firing from leaking into features it does not read.
 #
 # <details><summary>Question: why do features align with neurons at all?</summary>
 #
-# With a ReLU on each neuron, a feature stored along a direction that mixes neurons gets
-# clipped differently in each of them, which distorts it. A feature stored on a single
-# neuron passes the ReLU intact (its activation is non-negative). With no interference to
-# trade off (dense features, nothing in superposition) the model puts each feature on its
-# own neuron. The basis is privileged because the nonlinearity acts neuron by neuron.
+# With dense features the model wants each feature in a direction orthogonal to every other
+# (no interference), and it wants the hidden ReLU to leave each feature intact, which needs
+# the feature's weights to be non-negative on every neuron (a negative component is clipped
+# away). Directions that are both orthogonal and non-negative cannot share a neuron: their dot
+# product is a sum of non-negative terms, zero only if no neuron carries both. So each feature
+# it keeps gets neurons of its own: here five features, one neuron each. Without the
+# hidden ReLU any rotation of that solution would do as well: the basis is privileged because
+# the nonlinearity acts neuron by neuron.
 # </details>
 #
 # ## 2. A model that computes
@@ -292,16 +321,16 @@ def calculate_loss(
 checks.test_computation_calculate_loss(NeuronComputationModel)
 
 # %% [markdown]
-# Train 100 features with 40 neurons, importance `0.8 ** i`, at three sparsities. The plots
-# show `W1`: for each neuron, which inputs it reads, and with which sign. We show the 10 most
-# important features in colour and the rest in grey, and sort neurons by the feature they
-# read most.
+# Train 100 features with 40 neurons, importance `{{computation.importance_decay}} ** i`, as in
+# the paper, at three of its sparsities. The plots show `W1`: for each neuron, which inputs it
+# reads, and with which sign. We show the 10 most important features in colour and the rest in
+# grey, and sort neurons by the feature they read most.
 
 # %%
 seed_everything(1)
 computation_sparsities = torch.tensor(full_or_fast([0.0, 0.9, 0.99], [0.0, 0.99]))
 cfg_computation = ToyModelConfig(n_inst=len(computation_sparsities), n_features=100, d_hidden=40)
-importance_computation = 0.8 ** torch.arange(cfg_computation.n_features)
+importance_computation = results.record("computation.importance_decay", 0.8) ** torch.arange(cfg_computation.n_features)
 computation_model = NeuronComputationModel(
     cfg_computation, feature_probability=(1 - computation_sparsities)[:, None], importance=importance_computation, device=device
 )
@@ -325,12 +354,43 @@ plot_features_in_neurons(
     row_height=230,
 ).show()
 
+# %%
+@torch.no_grad()
+def error_by_sign(model: NeuronComputationModel, batch_size: int = 50_000) -> Float[Tensor, "inst feats 2"]:
+    """Each feature's squared error on |x| as a fraction of E[x²], for positive and for negative inputs apart."""
+    batch = model.generate_batch(batch_size)
+    error = (model(batch) - batch.abs()).pow(2)
+    sides = [batch > 0, batch < 0]
+    return torch.stack([(error * side).sum(0) / (batch.pow(2) * side).sum(0).clamp_min(1e-9) for side in sides], dim=-1)
+
+
+# What the text counts (nothing is printed). A neuron is monosemantic when no second feature's
+# weight reaches half its largest; a side of |x_i| is computed when its error is under a tenth of
+# E[x²] (a constant output, the bias, does no better than a quarter).
+W1 = computation_model.W1.detach().cpu()
+reads_computation = W1.abs() >= 0.5 * W1.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+monosemantic = reads_computation.sum(dim=-1) == 1  # [inst, neurons]
+computed = error_by_sign(computation_model).cpu() < 0.1  # [inst, feats, sign]
+for s, mono, sides in zip(computation_sparsities.tolist(), monosemantic, computed):
+    results.record(f"computation.S{s:g}.monosemantic", mono.sum())
+    results.record(f"computation.S{s:g}.both_sides", sides.all(dim=-1).sum())
+    results.record(f"computation.S{s:g}.one_side", (sides.sum(dim=-1) == 1).sum())
+
 # %% [markdown]
-# **What to look for.** Dense inputs (top): neurons come in monosemantic *pairs*, one
-# reading `+x_i` and one reading `-x_i` (a bar up and a bar down of the same colour): that is
-# `|x| = ReLU(x) + ReLU(-x)`, one feature per pair, for the most important features. With
-# sparse inputs, more features get computed than there are neuron pairs, and individual
-# neurons mix several features: polysemantic neurons appear once features rarely co-occur.
+# **What to look for.** Dense inputs (top): all {{computation.S0.monosemantic:.0f}} neurons
+# are monosemantic, and they come in *pairs*, one reading `+x_i` and one reading `-x_i` (a bar
+# up and a bar down of the same colour): that is `|x| = ReLU(x) + ReLU(-x)`. The
+# {{computation.S0.both_sides:.0f}} most important features are computed exactly this way, the
+# top ones with more than two neurons (duplicates, which add nothing: gradient descent did not
+# move them to other features). With sparse inputs the neurons mix several features: only
+# {{computation.S0.9.monosemantic:.0f}} neurons stay monosemantic at `S = 0.9` and
+# {{computation.S0.99.monosemantic:.0f}} at `S = 0.99`, and more features get a neuron. But
+# check what they compute (the counts come from `error_by_sign`, on fresh inputs): at
+# `S = 0.9`, {{computation.S0.9.one_side:.0f}} features get one side of `|x_i|` right,
+# `ReLU(x_i)` or `ReLU(-x_i)`, and output 0 for the other, while
+# {{computation.S0.9.both_sides:.0f}} get both; at `S = 0.99`,
+# {{computation.S0.99.one_side:.0f}} and {{computation.S0.99.both_sides:.0f}}. The weights
+# alone would not tell you that: a neuron reading `x_i` is not yet a neuron computing `|x_i|`.
 #
 # <details><summary>Question: why does sparsity make polysemanticity cheap here too?</summary>
 #
@@ -345,7 +405,8 @@ plot_features_in_neurons(
 #   each neuron represents.
 # - Dense features: monosemantic neurons. Sparse features: superposition returns, now visible
 #   as polysemantic neurons.
-# - The same holds for models that compute: the absolute-value model uses neuron pairs when
-#   it can afford them and shares neurons when features are sparse.
+# - The same holds for models that compute: the absolute-value model uses neuron pairs with
+#   dense inputs and shares neurons when features are sparse, where our runs compute most
+#   features only on one side. Measure what a model computes, not just what its weights read.
 #
 # Next, Part 3 measures how much of a dimension each feature gets.

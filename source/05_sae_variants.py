@@ -52,40 +52,41 @@ from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_report
 
 # %%
-import plotly.graph_objects as go
-from plotly.colors import qualitative
-
 import tests.part5_sae_variants as checks
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
-from part_utils.plotting.sae import animate_sae_training, recovery_table
+from part_utils.plotting.absorption import plot_pareto
+from part_utils.plotting.sae import animate_sae_training
 from part_utils.plotting.tables import html_table
 from part_utils.reference.part1_toy_models import ToyModelConfig
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
+from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
 device = get_device()
+results = Results(part=5)  # what the text quotes; written by `workbook.py claims --part 5`
 print(f"device: {device}, fast mode: {FAST_MODE}")
 
 # %% [markdown]
 # ## 1. The toy data again
 #
 # The same setting as Part 4: a frozen toy model storing 5 features in 2 dimensions
-# (feature probability 0.025), copied into every instance. `make_toy_model(n)` gives a copy
+# (feature probability {{=0.025}}), copied into every instance. `make_toy_model(n)` gives a copy
 # with `n` instances; we will train several sparsity settings side by side as separate
-# instances of one SAE, 16 instances per setting.
+# instances of one SAE, {{settings.seeds:.0f}} instances per setting.
 
 # %%
 seed_everything(0)
 n_features, d_hidden = 5, 2
-n_per_setting = full_or_fast(16, 4)  # instances per setting (fast mode: fewer, for CI)
-toy_single = ToyModel(ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden), feature_probability=0.025, device=device)
+n_per_setting = full_or_fast(8, 2)  # instances per setting, each its own seed (fast mode: fewer, for CI)
+feature_probability = 0.025
+toy_single = ToyModel(ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden), feature_probability=feature_probability, device=device)
 _ = train_self_supervised(toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model")
 
 
 def make_toy_model(n_inst: int) -> ToyModel:
-    model = ToyModel(ToyModelConfig(n_inst=n_inst, n_features=n_features, d_hidden=d_hidden), feature_probability=0.025, device=device)
+    model = ToyModel(ToyModelConfig(n_inst=n_inst, n_features=n_features, d_hidden=d_hidden), feature_probability=feature_probability, device=device)
     with torch.no_grad():
         model.W.copy_(toy_single.W.expand_as(model.W))
         model.b_final.copy_(toy_single.b_final.expand_as(model.b_final))
@@ -133,13 +134,16 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #
 # <details><summary>Why is L_aux needed, and why does the L1 no longer shrink the output?</summary>
 #
-# The indicator `1[π_gate > 0]` has zero gradient everywhere, so without `L_aux` the
-# reconstruction loss would never reach `W_gate` or `b_gate`: the gate could not learn.
-# `L_aux` gives the gate a reconstruction objective of its own. The decoder is detached in
-# it so that this crude gate-only reconstruction does not drag the decoder around.
-# The L1 penalty acts on `ReLU(π_gate)`. It reaches the magnitudes only through `W_gate`,
-# and `r_mag` and `b_mag` let the magnitude path undo any shrinking of `W_gate`: nothing
-# pulls the *sizes* of the active latents towards zero any more.
+# The indicator `1[π_gate > 0]` has zero gradient everywhere, so the reconstruction loss
+# cannot tell the gate *whether* to fire: without `L_aux`, `b_gate` would get no gradient
+# from it at all, and neither would the on/off decision. `W_gate` is not cut off, since the
+# magnitude path shares it (`W_mag = exp(r_mag) ⊙ W_gate`), but what reaches it that way is
+# about sizes, not about which latents should be active. `L_aux` gives the gate a
+# reconstruction objective of its own. The decoder is detached in it so that this crude
+# gate-only reconstruction does not drag the decoder around. The L1 penalty acts on
+# `ReLU(π_gate)`. It reaches the magnitudes only through the shared `W_gate`, and `r_mag`
+# and `b_mag` let the magnitude path undo any shrinking of `W_gate`: nothing pulls the
+# *sizes* of the active latents towards zero any more.
 # </details>
 #
 # <details><summary>Hint 1: one centred input, two paths, then the losses</summary>
@@ -256,13 +260,13 @@ checks.test_gated_forward(GatedToySAE)
 # (`.sum_to_size(threshold.shape)` does that). `rectangle` is given.
 #
 # A hand-checkable case: `z = [1.0, 1.4, 1.6, 2.0]` with one shared `θ = 1.5`, `ε = 0.5` and
-# `grad_output` all ones. Only 1.4 and 1.6 are within ε/2 = 0.25 of θ. So `H = [0, 0, 1, 1]`,
+# `grad_output` all ones. Only `1.4` and `1.6` are within `ε/2 = 0.25` of θ. So `H = [0, 0, 1, 1]`,
 # the four inputs pull on θ with `[0, -2, -2, 0]` and ∂θ is their sum, -4.
 #
 # <details><summary>Hint 1: forward is one comparison; the work is in backward</summary>
 #
-# `forward` saves what `backward` will need, then returns the step: 1.0 where `z` is strictly
-# above `threshold`, 0.0 elsewhere, in `z`'s dtype. In `backward`, read `z`, `threshold` and the
+# `forward` saves what `backward` will need, then returns the step: `1.0` where `z` is strictly
+# above `threshold`, `0.0` elsewhere, in `z`'s dtype. In `backward`, read `z`, `threshold` and the
 # bandwidth back from `ctx`, compute each input's pull on θ (a tensor with `z`'s shape, using
 # `rectangle`), and only then reduce it to θ's shape. Try it on the hand-checkable case: you
 # should get the pulls `[0, -2, -2, 0]` before reducing and -4 after.
@@ -373,6 +377,13 @@ checks.test_jumprelu(JumpReLU)
 # `acts = JumpReLU(pre, θ, ε)`, and the sparsity term `L_sparsity = Σ_i H(pre_i - θ_i)`,
 # an L0 that carries a gradient to θ. A resampled latent gets its threshold back to the
 # starting value.
+#
+# Two settings differ from the paper's. Rajamanoharan et al. train on activations normalised
+# to a fixed mean squared norm, start every threshold at {{=0.001}} with a bandwidth of
+# {{=0.001}}, and warm the L0 coefficient up from zero over the first part of training. Our
+# toy inputs are not normalised and active pre-activations are a few tenths, so a bandwidth
+# of {{=0.001}} would let almost no input inform θ in a short run: we start θ at
+# {{=0.1}}, use ε = {{=0.1}}, and apply λ in full from the first step.
 
 # %% tags=["reference"]
 @dataclass
@@ -428,7 +439,7 @@ class JumpReLUToySAE(ToySAE):
 #
 # They also train with **fixed decoder norms**: every decoder row stays at unit norm, not by
 # normalising in the forward pass but by constraining the optimiser. Before each Adam step
-# (with β₁ = 0, β₂ = 0.999), the part of each row's gradient parallel to the row is removed,
+# (with β₁ = 0, β₂ = {{=0.999}}), the part of each row's gradient parallel to the row is removed,
 # so the step is tangent to the unit sphere; after the step the rows are renormalised to
 # undo the small drift that remains.
 #
@@ -605,14 +616,22 @@ checks.test_topk_activation(topk_activation)
 # %% [markdown]
 # ### AuxK: a second job for dead latents
 #
-# A latent that never makes the top k gets no gradient and stays dead. OpenAI's fix, AuxK:
-# let the dead latents try to explain what the live ones missed. Take the residual
+# A latent that never makes the top k gets no gradient and stays dead. Gao et al.'s (OpenAI)
+# fix, AuxK: let the dead latents try to explain what the live ones missed. Take the residual
 # `e = h - h_reconstructed`, **detached** (this loss must not move the live latents); pick,
 # for each input, the `k_aux` largest pre-activations **among dead latents only**; ReLU them
 # and decode them through the normalised decoder **without** `b_dec` (the residual has no
 # offset to explain); the loss is the mean over `d_in` of `(ê - e)²`. When fewer than
 # `k_aux` latents are dead, the term is scaled by `n_dead / k_aux` (per instance, at most
 # 1), so that a handful of dead latents is not pushed as hard as a crowd.
+#
+# This is AuxK as EleutherAI's `sparsify` library writes it, not exactly as the paper does.
+# The `n_dead / k_aux` scale is `sparsify`'s heuristic. Gao et al. divide the auxiliary squared
+# error by the residual's variance (a normalised MSE, so its weight does not depend on how
+# well the live latents already reconstruct), choose `k_aux` as a power of two near
+# `d_model / 2` and weight the term by α = 1/32 (as here). We keep a fixed `k_aux = 2` and the
+# raw MSE: with 5 latents in a 2D toy a large `k_aux` would revive every dead latent at once on
+# every input. Part 6 compares the two recipes on a transformer's activations.
 #
 # The TopK toy SAE (given) counts, during training, how many steps each latent has gone
 # without firing; after `dead_after_steps` it counts as dead. Its loss is
@@ -740,6 +759,13 @@ checks.test_auxk_loss(TopKToySAE)
 # row's norm, divide the row by it. For a ReLU SAE nothing changes, because
 # `ReLU(c·z) = c·ReLU(z)` for `c > 0`: each activation grows by `c`, its row shrinks by `c`.
 # For TopK the *ranking* of the pre-activations changes, so different latents win.
+#
+# Every other per-latent quantity on the encoder side that is compared with a pre-activation
+# must be scaled by the same norm, or the folded SAE fires differently: a JumpReLU SAE's
+# thresholds θ (the jump moves with the pre-activation), and a Gated SAE's `b_gate` and
+# `b_mag` along with `W_gate` (its `r_mag` needs no change, since `W_mag` is built from the
+# scaled `W_gate`). The function below folds a plain ReLU or TopK SAE; the same one line,
+# times the norms, applies to θ, `b_gate` and `b_mag`.
 
 # %% tags=["reference"]
 def fold_decoder_norms(
@@ -814,7 +840,7 @@ for name, result in decoded.items():
 # TopK gives every input exactly `k` latents, but inputs differ: some contain one feature,
 # some five. BatchTopK keeps the `k · batch` largest activations **across the whole batch**
 # (per instance), so `k` is only the *average* L0, and `k` can even be a fraction (here
-# inputs mostly hold no feature at all, and a good L0 is about 0.12).
+# inputs mostly hold no feature at all, and a good L0 is about {{=0.12}}).
 #
 # ### Exercise 5.1: `batch_topk_activation`
 #
@@ -822,7 +848,7 @@ for name, result in decoded.items():
 #
 # Write `batch_topk_activation(pre_acts, k)`: for each instance, apply ReLU, keep the
 # `round(k · batch)` largest values among all `batch × d_sae` entries of that instance, zero
-# the rest. `round` is Python's, to the nearest integer (k = 0.12 with a batch of 1,024 keeps
+# the rest. `round` is Python's, to the nearest integer (k = {{=0.12}} with a batch of 1,024 keeps
 # 123 values, not 122). As for TopK, return a new tensor, leave `pre_acts` as it is, and let
 # the gradient reach the kept values.
 #
@@ -895,44 +921,52 @@ class BatchTopKToySAE(TopKToySAE):
 # %% [markdown]
 # ## 6. Every architecture on the same data
 #
-# Now the comparison. Each architecture trains 16 instances per sparsity setting on the toy
-# data, all settings side by side in one SAE (each instance has its own sparsity
-# coefficient, so one run covers a whole sweep). All runs use the recipe that worked best in
+# Now the comparison. Each architecture trains five sparsity settings, {{settings.seeds:.0f}} instances per
+# setting, on the toy data, all side by side in one SAE (each instance has its own sparsity
+# coefficient, so one run covers a whole sweep). The instances of a setting differ only in their
+# random seed, so each number below is a mean over {{settings.seeds:.0f}} seeds, with its standard deviation. All runs use the recipe that worked best in
 # Part 4: encoder initialised as the decoder's transpose, cosine learning-rate decay, and
 # advanced resampling of dead and redundant latents (TopK and BatchTopK have AuxK as well).
-# One addition: latents that fire on fewer than 0.1% of inputs are resampled like dead ones.
+# One addition: latents that fire on fewer than {{=0.1}}% of inputs are resampled like dead ones.
 # The typical failure here is a *pair code*: two latents each fire on two neighbouring
 # features and reconstruct the feature between them together, while a third latent starves,
 # firing so rarely that it is never quite dead. Resampling the starved latent gives it a
 # chance to take over the feature the pair shares.
 #
 # Two per-architecture choices, each explained by a failure we saw: Gated SAEs get larger
-# coefficients than the L1 SAE, since only the gate's L1 argues against pair codes; and TopK
+# coefficients than the L1 SAE, since their L1 falls on the gate alone and a small one lets
+# pair codes through; and TopK
 # keeps `b_dec` fixed at the origin (the geometric median of this data, where most inputs
 # sit). With a trainable `b_dec`, Adam drifts it off the origin until one latent fires on
 # every feature-less input to undo the offset, and all other decoder directions then point
 # from the wrong origin.
 #
 # We measure, per setting: L0, the fraction of variance unexplained (FVU), how many of the
-# 16 instances recover all 5 features at cosine ≥ 0.99 with no dead latent, and the
-# **shrinkage**: the mean of `‖h_reconstructed‖ / ‖h‖` over the inputs on which the SAE
-# fires at least one latent. 1.0 means reconstructions have the right length; below 1 they
-# come out short.
+# {{settings.seeds:.0f}} instances recover all 5 features at cosine ≥ {{=0.99}} with no dead latent, MMCS, the Hungarian
+# score and recall (Part 4), and **shrinkage** as the Gated SAE paper measures it, the
+# *relative reconstruction bias* γ: the factor that, dividing the reconstruction, brings it
+# closest to the input, γ = argmin_γ E‖ĥ/γ − h‖², which is E‖ĥ‖² / E[ĥ · h]. γ = 1 means no
+# systematic shrinking; below 1 the reconstructions come out short. (The simpler ratio
+# ‖ĥ‖ / ‖h‖ mixes in errors of direction, which also make ĥ shorter than h, and the decoder
+# bias; γ asks only how much a rescaling would help.)
 
 # %% tags=["reference"]
 @torch.no_grad()
 def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
-    """Part 4's recovery report, plus shrinkage, measured in inference mode."""
+    """Part 4's recovery report, plus the relative reconstruction bias γ, measured in inference mode."""
     was_training = sae.training
     sae.eval()
     report = recovery_report(sae, feature_directions, n_samples)
     h = sae.generate_batch(n_samples)
-    _, _, acts, h_reconstructed = sae(h)
+    _, _, _, h_reconstructed = sae(h)
     sae.train(was_training)
-    fired = ((acts > 0).any(dim=-1) & (h.norm(dim=-1) > 1e-6)).float()
-    ratio = h_reconstructed.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6)
-    report["shrinkage"] = ((ratio * fired).sum(dim=0) / fired.sum(dim=0).clamp_min(1)).cpu()
+    report["gamma"] = relative_reconstruction_bias(h, h_reconstructed).cpu()
     return report
+
+
+def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, " inst"]:
+    """γ = argmin_γ E‖ĥ/γ − h‖² = E‖ĥ‖² / E[ĥ·h] per instance: below 1, reconstructions come out short."""
+    return h_reconstructed.pow(2).sum(dim=(0, 2)) / (h_reconstructed * h).sum(dim=(0, 2))
 
 
 # %%
@@ -945,17 +979,16 @@ resampling = {
     "resample_rarer_than": 1e-3,
 }
 sweeps: dict[str, tuple[type[ToySAE], Any, list[float]]] = {
-    # name: (class, config factory taking one setting per instance group, settings)
-    "L1 ReLU": (ToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.1, 0.2, 0.4]),
-    "Gated": (GatedToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.4, 0.6, 1.0]),
+    # name: (class, config factory taking one setting per instance, five settings)
+    "L1 ReLU": (ToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.05, 0.1, 0.2, 0.4, 0.8]),
+    "Gated": (GatedToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.2, 0.4, 0.6, 1.0, 1.5]),
     "JumpReLU": (
         JumpReLUToySAE,
         lambda coeffs: JumpReLUToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs),
-        [0.01, 0.03, 0.1],
+        [0.003, 0.01, 0.03, 0.1, 0.3],
     ),
 }
-topk_settings = {"TopK": (TopKToySAE, [1]), "BatchTopK": (BatchTopKToySAE, [0.12, 0.2])}
-
+topk_settings = {"TopK": (TopKToySAE, [1, 2, 3, 4, 5]), "BatchTopK": (BatchTopKToySAE, [0.08, 0.1, 0.12, 0.16, 0.2])}
 
 def train_variant(sae: ToySAE, description: str) -> Any:
     init_encoder_as_decoder_transpose(sae)
@@ -971,13 +1004,13 @@ def train_variant(sae: ToySAE, description: str) -> Any:
     )
 
 
-results: dict[str, list[dict[str, Any]]] = {}
+sweep_reports: dict[str, list[dict[str, Any]]] = {}
 logs: dict[str, Any] = {}
 trained: dict[str, ToySAE] = {}
 
 
 def run_sweep(name: str) -> None:
-    """Train one architecture at all its settings (16 instances each, side by side) and report per setting."""
+    """Train one architecture at all its settings (n_per_setting seeds each, side by side) and report per setting."""
     seed_everything(1)
     if name in sweeps:
         sae_class, make_cfg, settings = sweeps[name]
@@ -994,13 +1027,13 @@ def run_sweep(name: str) -> None:
     logs[name] = train_variant(sae, f"{name}, {len(settings)} settings")
     trained[name] = sae
     report = variant_report(sae, feature_directions_for(len(per_instance)))
-    results[name] = [{"setting": f"{label}={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
-    print(f"{name}: trained {len(settings)} settings × {n_per_setting} instances")
+    sweep_reports[name] = [{"setting": f"{label}={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
+    print(f"{name}: trained {len(settings)} settings × {n_per_setting} seeds")
 
 
 # %% [markdown]
 # One cell per architecture, each with its own progress bar: in full mode on two CPU cores
-# each takes one to two and a half minutes (16 instances per setting, 8,000 steps).
+# each takes a few minutes ({{settings.seeds:.0f}} seeds for each of five settings, {{settings.comparison_steps:,.0f}} steps).
 
 # %%
 run_sweep("L1 ReLU")
@@ -1019,7 +1052,7 @@ run_sweep("BatchTopK")
 
 # %% [markdown]
 # The table has one row per architecture and setting; "recovered" counts the instances (of
-# 16) that found all 5 features at cosine ≥ 0.99 with no dead latent. The plot places each
+# {{settings.seeds:.0f}}) that found all 5 features at cosine ≥ {{=0.99}} with no dead latent. The plot places each
 # setting by its mean L0 and FVU: lower left is better, and the curve through an
 # architecture's settings is its **Pareto frontier**, the best reconstruction it reaches at
 # each sparsity.
@@ -1031,156 +1064,97 @@ def count_recovered(report: dict[str, Any], n_features: int) -> int:
     return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
 
 
-def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
-    """One row per architecture and setting, averaged over its instances."""
+SUMMARISED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall")
+
+
+def summarise(reports: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
+    """One row per architecture and setting: each metric's mean and standard deviation over the seeds."""
     rows = []
-    for name, settings in results.items():
+    for name, settings in reports.items():
         for report in settings:
-            recovered = count_recovered(report, n_features)
-            rows.append(
-                {
-                    "architecture": name,
-                    "setting": report["setting"],
-                    "L0": report["l0"].mean().item(),
-                    "FVU": report["fvu"].mean().item(),
-                    "shrinkage": report["shrinkage"].mean().item(),
-                    "dead": report["dead"].float().mean().item(),
-                    "MMCS": report["mmcs"].mean().item(),
-                    "recovered": recovered,
-                    "instances": len(report["l0"]),
-                }
-            )
+            row = {"architecture": name, "setting": report["setting"], "recovered": count_recovered(report, n_features), "seeds": len(report["l0"])}
+            for key in SUMMARISED:
+                values = report[key].double()
+                row[key], row[f"{key}_sd"] = values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
+            rows.append(row)
     return rows
 
 
-# %%
-def label_positions(
-    x: list[float],
-    y: list[float],
-    labels: list[str],
-    traces: list[int],
-    plot_size: tuple[float, float],
-    ranges: tuple[tuple[float, float], tuple[float, float]],
-) -> list[str]:
-    """For each point, the side of its marker where its label covers the least of the other labels, markers and lines.
-
-    Works in pixels on the plot (x linear, y logarithmic; `traces` says which points a line joins, in order);
-    a label at font size 10 is about 6 px per character and 13 px high. Crowded points choose first.
-    """
-    (x0, x1), (y0, y1) = ranges
-    px = [(xi - x0) / (x1 - x0) * plot_size[0] for xi in x]
-    py = [(math.log10(yi) - y0) / (y1 - y0) * plot_size[1] for yi in y]
-    sides = {  # plotly's textposition: the label's offset from its marker, in x and y
-        "middle right": (1, 0), "middle left": (-1, 0), "top center": (0, 1), "bottom center": (0, -1),
-        "top right": (1, 1), "top left": (-1, 1), "bottom right": (1, -1), "bottom left": (-1, -1),
-    }
-
-    def box(i: int, side: str) -> tuple[float, float, float, float]:
-        (dx, dy), width, height = sides[side], 6 * len(labels[i]), 13
-        left = px[i] + (6 if dx > 0 else -6 - width if dx < 0 else -width / 2)
-        bottom = py[i] + (5 if dy > 0 else -5 - height if dy < 0 else -height / 2)
-        return left, bottom, left + width, bottom + height
-
-    def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-
-    edges = [(-1e9, -1e9, 0, 1e9), (plot_size[0], -1e9, 1e9, 1e9), (-1e9, -1e9, 1e9, 0), (-1e9, plot_size[1], 1e9, 1e9)]
-    obstacles = edges * 10  # a label cut off at the edge is the worst outcome: each edge counts ten times
-    obstacles += [(px[i] - 5, py[i] - 5, px[i] + 5, py[i] + 5) for i in range(len(x))]
-    for i in range(len(x) - 1):  # the lines, as 4-pixel squares every 4 pixels along them
-        if traces[i] == traces[i + 1]:
-            steps = max(1, int(math.dist((px[i], py[i]), (px[i + 1], py[i + 1])) / 4))
-            for t in (s / steps for s in range(steps + 1)):
-                cx, cy = px[i] + t * (px[i + 1] - px[i]), py[i] + t * (py[i + 1] - py[i])
-                obstacles.append((cx - 2, cy - 2, cx + 2, cy + 2))
-    crowding = [sum(math.exp(-math.dist((px[i], py[i]), (px[j], py[j])) / 40) for j in range(len(x)) if j != i) for i in range(len(x))]
-    chosen: dict[int, str] = {}
-    for i in sorted(range(len(x)), key=lambda i: -crowding[i]):
-        chosen[i] = min(sides, key=lambda side: sum(overlap(box(i, side), other) for other in obstacles))  # ties: the order of `sides`
-        obstacles.append(box(i, chosen[i]))
-    return [chosen[i] for i in range(len(x))]
+def result_name(row: dict[str, Any]) -> str:
+    """The row's name in the results file, e.g. `JumpReLU.λ=0.1` → `JumpReLU.lam0.1`."""
+    return f"{row['architecture'].split()[0]}.{row['setting'].replace('λ=', 'lam').replace('k=', 'k')}"
 
 
 # %%
-summary = summarise(results, n_features)
-columns = ["architecture", "setting", "L0", "FVU", "shrinkage", "dead", "MMCS", "recovered"]
-formats = {"L0": "{:.3f}", "FVU": "{:.4f}", "shrinkage": "{:.3f}", "dead": "{:.2f}", "MMCS": "{:.4f}"}
-table_columns = {
-    column: [formats.get(column, "{}").format(row[column]) if column != "recovered" else f"{row[column]}/{row['instances']}" for row in summary]
-    for column in columns
-}
-html_table(table_columns, title="Every architecture on the same toy data").show()
-
-pareto_size, pareto_margin = (800, 480), {"l": 70, "r": 140, "t": 80, "b": 60}
-plot_area = (pareto_size[0] - pareto_margin["l"] - pareto_margin["r"], pareto_size[1] - pareto_margin["t"] - pareto_margin["b"])
-ordered = [row for name in results for row in sorted((row for row in summary if row["architecture"] == name), key=lambda row: row["L0"])]
-L0s, log_fvus = [row["L0"] for row in ordered], [math.log10(row["FVU"]) for row in ordered]
-# room for a label on every side: about 45 pixels left and right, 20 above and below
-x_pad = (max(L0s) - min(L0s) or 1.0) * 45 / (plot_area[0] - 90)
-y_pad = (max(log_fvus) - min(log_fvus) or 1.0) * 20 / (plot_area[1] - 40)
-pareto_ranges = ((min(L0s) - x_pad, max(L0s) + x_pad), (min(log_fvus) - y_pad, max(log_fvus) + y_pad))
-traces = [list(results).index(row["architecture"]) for row in ordered]
-sides = label_positions(L0s, [row["FVU"] for row in ordered], [row["setting"] for row in ordered], traces, plot_area, pareto_ranges)
-
-pareto = go.Figure()
-for name, colour in zip(results, qualitative.Plotly):
-    indices = [i for i, row in enumerate(ordered) if row["architecture"] == name]
-    rows = [ordered[i] for i in indices]
-    pareto.add_trace(
-        go.Scatter(
-            x=[row["L0"] for row in rows],
-            y=[row["FVU"] for row in rows],
-            mode="lines+markers+text",
-            name=name,
-            line={"color": colour},
-            marker={"size": 8},
-            text=[row["setting"] for row in rows],
-            textposition=[sides[i] for i in indices],
-            textfont={"size": 10, "color": colour},
-            hovertext=[
-                f"<b>{name}</b>, {row['setting']}<br>shrinkage {row['shrinkage']:.2f}, recovered {row['recovered']}/{row['instances']}"
-                for row in rows
-            ],
-            hovertemplate="%{hovertext}<br>L0 %{x:.3f}, FVU %{y:.4f}<extra></extra>",
-        )
-    )
-pareto.update_layout(
-    title="Reconstruction error against sparsity (lower left is better)<br><sup>each point is one setting: λ for L1 ReLU, Gated and JumpReLU, k for TopK and BatchTopK</sup>",
-    xaxis={"title": "L0 (mean active latents per input)", "range": pareto_ranges[0]},
-    yaxis={"title": "fraction of variance unexplained", "type": "log", "range": pareto_ranges[1]},
-    width=pareto_size[0],
-    height=pareto_size[1],
-    margin=pareto_margin,
-)
-pareto.show()
+summary = summarise(sweep_reports, n_features)
+for name, settings in sweep_reports.items():
+    for report, row in zip(settings, [row for row in summary if row["architecture"] == name]):
+        for key in SUMMARISED:
+            results.record(f"{result_name(row)}.{key}", report[key])
+        results.record(f"{result_name(row)}.recovered", row["recovered"])
+results.record("settings.seeds", n_per_setting)
+results.record("settings.comparison_steps", comparison_steps)
+html_table(
+    {
+        "architecture": [row["architecture"] for row in summary],
+        "setting": [row["setting"] for row in summary],
+        **{
+            column: [f"{row[key]:{fmt}} ± {row[key + '_sd']:{fmt}}" for row in summary]
+            for column, key, fmt in (
+                ("L0", "l0", ".3f"), ("FVU", "fvu", ".4f"), ("γ", "gamma", ".3f"), ("dead", "dead", ".2f"),
+                ("MMCS", "mmcs", ".3f"), ("Hungarian", "hungarian", ".3f"), ("recall", "recall", ".3f"),
+            )
+        },
+        "recovered": [f"{row['recovered']}/{row['seeds']}" for row in summary],
+    },
+    title=f"Every architecture on the same toy data (mean ± standard deviation over {n_per_setting} seeds)",
+).show()
+plot_pareto(
+    summary,
+    panels=[("fvu", True, "fraction of variance unexplained")],
+    log_x=True,
+    title="Reconstruction error against sparsity (lower left is better)<br><sup>each point one setting (λ or k), bars one standard deviation over seeds</sup>",
+).show()
 
 # %% [markdown]
-# **What to look for.**
+# **What to look for.** Numbers are means over the {{settings.seeds:.0f}} seeds of each setting; the table gives
+# each with its standard deviation, and the error bars in the plot show it.
 #
-# - **Shrinkage.** The L1 rows sit well below 1.0, further below the larger λ is: the penalty
-#   pulls active latents towards zero and the reconstruction comes out short. Gated,
-#   JumpReLU, TopK and BatchTopK stay close to 1.0, since none of them charges for size
-#   (except Gated at λ = 1, at 0.88).
-# - **The frontier.** At a similar L0 the L1 SAE has the highest FVU, and much of its error
-#   is that shrinkage. Gated, JumpReLU and BatchTopK reach lower error at the same
-#   sparsity, in most pairs several times lower.
+# - **Shrinkage.** The L1 rows have γ below 1, further below the larger λ is, from
+#   {{L1.lam0.05.gamma|mean:.2f}} at λ = {{=0.05}} to {{L1.lam0.4.gamma|mean:.2f}} at λ = {{=0.4}}: the penalty pulls active latents towards zero and the
+#   reconstruction comes out short. Gated, JumpReLU, TopK and BatchTopK stay within a few
+#   percent of 1, since none of them charges for size, except where a setting breaks the SAE:
+#   Gated at λ = {{=1.5}} (γ {{Gated.lam1.5.gamma|mean:.2f}}, FVU {{Gated.lam1.5.fvu|mean:.2f}}) barely fires at all.
+# - **The frontier.** At a similar L0 the L1 SAE has the highest FVU, and much of its error is
+#   that shrinkage: at λ = {{=0.2}} it fires {{L1.lam0.2.l0|mean:.3f}} latents per input for an FVU of {{L1.lam0.2.fvu|mean:.3f}}, while
+#   BatchTopK at k = {{=0.12}} fires {{BatchTopK.k0.12.l0|mean:.3f}} for {{BatchTopK.k0.12.fvu|mean:.3f}} and JumpReLU at λ = {{=0.1}} fires {{JumpReLU.lam0.1.l0|mean:.3f}} for
+#   {{JumpReLU.lam0.1.fvu|mean:.3f}}. TopK sits far to the right: nothing stops it firing on the {{=88}}% of inputs that
+#   hold no feature at all (its top pre-activation is then just a bias, kept whenever it is
+#   positive), so its L0 is {{TopK.k1.l0:.2f}} already at k = 1, against the data's own {{data.l0:.3f}}.
 # - **Recovery is a different question.** Better reconstruction does not mean better
-#   features. Count the recovered instances and compare the MMCS column. In our full-mode
-#   run the L1 SAE recovered all five features in 15 of 16 instances at λ = 0.4, Gated in
-#   13 of 16 at λ = 1, TopK in 9 of 16, JumpReLU in 3 of 16 at λ = 0.1 and BatchTopK in 2
-#   of 16 at k = 0.12; JumpReLU and BatchTopK settle with directions *between* features
-#   (MMCS 0.89 to 0.94). With only 2 dimensions, two active latents can reconstruct any
-#   point exactly, so a pair code costs no reconstruction error. Only a penalty on the
-#   encoder side argues against it: the L1 of the activations, or of the gate for Gated
-#   SAEs, which is why both recover more as λ grows. JumpReLU's L0 penalty reaches the
-#   thresholds only (the Heaviside step passes no gradient to the pre-activations), and a
-#   threshold cannot stop a latent firing on one of its two features without the other,
-#   since their pre-activations overlap; BatchTopK has no penalty at all. TopK with k = 1
-#   fires at most one latent per input, so it cannot form pair codes; its failures are
-#   latents left between two features when a neighbour wins every input of both. The
-#   section after the question tests this explanation for JumpReLU.
-# - **Dead latents** are rare: none at the end of training except TopK's 0.19 per instance
-#   on average. Resampling (and AuxK for the TopK family) revives them.
+#   features. In our full-mode run the L1 SAE recovered all five features in {{L1.lam0.4.recovered:.0f}} of {{settings.seeds:.0f}} seeds at
+#   λ = {{=0.4}}, Gated in {{Gated.lam0.6.recovered:.0f}} at λ = {{=0.6}} and {{Gated.lam1.recovered:.0f}} at λ = {{=1}}, TopK in {{TopK.k1.recovered:.0f}} at k = 1, JumpReLU in at most
+#   {{JumpReLU.lam0.1.recovered:.0f}} (λ = {{=0.1}}) and BatchTopK in at most {{BatchTopK.k0.1.recovered:.0f}}; JumpReLU and BatchTopK settle with directions
+#   *between* features (MMCS {{JumpReLU.lam0.03.mmcs|mean:.2f}} to {{JumpReLU.lam0.1.mmcs|mean:.2f}} and {{BatchTopK.k0.12.mmcs|mean:.2f}} to {{BatchTopK.k0.2.mmcs|mean:.2f}}). With only 2 dimensions,
+#   two active latents can reconstruct any point exactly, so a pair code costs no
+#   reconstruction error. What it costs is sparsity: every objective here charges a pair
+#   code more than one latent per feature would, the L1 and L0 penalties and BatchTopK's budget
+#   alike. The difference is in the *gradient* that could act on that cost. The L1 of the
+#   activations (or of the gate, for Gated SAEs) pushes on the encoder, which is why both
+#   recover more as λ grows. JumpReLU's L0 reaches only the thresholds (the Heaviside step
+#   passes no gradient to the pre-activations), and a threshold cannot stop a latent firing on
+#   one of its two features without the other, since their pre-activations overlap. BatchTopK's
+#   budget is enforced by the selection itself, which passes no gradient either. TopK with
+#   k = 1 fires at most one latent per input, so it cannot form pair codes; its failures are
+#   latents left between two features when a neighbour wins every input of both. The section
+#   after the question tests this explanation for JumpReLU.
+# - **Recall** is the column to read beside MMCS. The L1 SAE that recovers every direction at
+#   λ = {{=0.4}} fires the matching latent on only {{L1.lam0.4.recall|mean:.2f}} of the occurrences of its feature, and Gated
+#   at λ = {{=1}} on {{Gated.lam1.recall|mean:.2f}}: occurrences with small magnitudes stay below the threshold their
+#   penalty sets. A dictionary with the right directions can still miss most of the inputs.
+# - **Dead latents** are rare: at the end of training none, except TopK's {{TopK.k1.dead|mean:.2f}} and
+#   {{TopK.k2.dead|mean:.2f}} per seed on average at k = 1 and 2. Resampling (and AuxK for the TopK family)
+#   revives them.
 #
 # <details><summary>Question: which numbers would you trust on a real model, where the true
 # features are unknown?</summary>
@@ -1202,7 +1176,7 @@ pareto.show()
 #
 # This is **not** the reference method: Google DeepMind's step function has ∂H/∂z = 0, and
 # the parity test above depends on it. We train it here only to test the explanation, at
-# JumpReLU's best setting (λ = 0.1) with everything else unchanged.
+# JumpReLU's best setting (λ = {{diagnosis.lam:g}}) with everything else unchanged.
 
 # %% tags=["reference"]
 class HeavisideThroughInput(torch.autograd.Function):
@@ -1239,31 +1213,47 @@ sae = JumpReLUEncoderL0ToySAE(
 )
 train_variant(sae, "JumpReLU, L0 gradient to z")
 comparison = {
-    "reference estimator (∂H/∂z = 0)": next(r for r in results["JumpReLU"] if r["setting"] == f"λ={diagnosis_coeff:g}"),
+    "reference estimator (∂H/∂z = 0)": next(r for r in sweep_reports["JumpReLU"] if r["setting"] == f"λ={diagnosis_coeff:g}"),
     "L0 gradient reaches z": variant_report(sae, feature_directions_for(n_per_setting)),
 }
-for label, report in comparison.items():
+for (label, report), name in zip(comparison.items(), ("reference", "through_z")):
     print(
         f"JumpReLU λ={diagnosis_coeff:g}, {label:<32} recovered {count_recovered(report, n_features):>2}/{n_per_setting}"
-        f"  MMCS {report['mmcs'].mean():.4f}  L0 {report['l0'].mean():.3f}  FVU {report['fvu'].mean():.4f}"
-        f"  shrinkage {report['shrinkage'].mean():.3f}"
+        f"  MMCS {report['mmcs'].mean():.4f}  Hungarian {report['hungarian'].mean():.4f}  recall {report['recall'].mean():.3f}"
+        f"  L0 {report['l0'].mean():.3f}  FVU {report['fvu'].mean():.4f}  γ {report['gamma'].mean():.3f}"
     )
+    for key in SUMMARISED:
+        results.record(f"diagnosis.{name}.{key}", report[key])
+    results.record(f"diagnosis.{name}.recovered", count_recovered(report, n_features))
+results.record("diagnosis.lam", diagnosis_coeff)
+results.record("data.l0", n_features * feature_probability)
 
 # %% [markdown]
-# In our full-mode run the change lifts JumpReLU at λ = 0.1 from 3 to **16 of 16** instances
-# with all five features (MMCS 0.944 → 0.9999), and L0 falls from 0.111 to 0.066, since a
-# pair code fires two latents where one latent per feature fires one. The price
-# shows too: FVU rises from 0.086 to 0.137 and shrinkage comes back (0.83, against 0.98),
-# because the same gradient pulls down every pre-activation just above its threshold, much
-# as an L1 penalty would near the threshold. Neither estimator is simply right: the
-# reference one keeps reconstructions full-length and lets this toy's features blur into
-# pairs; the variant finds the features and shortens them.
+# In our full-mode run the change lifts JumpReLU at λ = {{diagnosis.lam:g}} from {{diagnosis.reference.recovered:.0f}} to **{{diagnosis.through_z.recovered:.0f}} of {{settings.seeds:.0f}}** seeds
+# with all five directions found (MMCS {{diagnosis.reference.mmcs|mean:.3f}} → {{diagnosis.through_z.mmcs|mean:.4f}}, Hungarian {{diagnosis.reference.hungarian|mean:.3f}} → {{diagnosis.through_z.hungarian|mean:.4f}}). But read the
+# other columns before calling it a cure. L0 falls from {{diagnosis.reference.l0|mean:.3f}} to {{diagnosis.through_z.l0|mean:.3f}}, about half the data's own
+# {{data.l0:.3f}} active features per input. One latent per feature, firing whenever its feature is
+# active, would give {{data.l0:.3f}}; so the variant's latents point exactly along the features but stay
+# silent on about half of their occurrences, the ones with small magnitudes, because the same
+# gradient pulls down every pre-activation just above its threshold, much as an L1 penalty
+# would near the threshold. Its recall, {{diagnosis.through_z.recall|mean:.2f}}, says the same. (The reference SAE's recall,
+# {{diagnosis.reference.recall|mean:.2f}}, is low for another reason: under a pair code the latent matched to the feature
+# between the pair stays silent while the pair writes it.) The rise in FVU ({{diagnosis.reference.fvu|mean:.3f}} → {{diagnosis.through_z.fvu|mean:.3f}})
+# is the price of those missed occurrences, and γ falls to {{diagnosis.through_z.gamma|mean:.2f}} (from {{diagnosis.reference.gamma|mean:.2f}}). Neither estimator is simply right: the reference one keeps reconstructions
+# full-length and lets this toy's features blur into pairs; the variant finds the directions
+# and drops the weak occurrences. Anthropic's 2025 JumpReLU recipe also sends sparsity gradient
+# to the encoder, differently: it replaces the L0 count by a smooth tanh penalty on the
+# activations (scaled by decoder norms), which SAELens offers as
+# `jumprelu_sparsity_loss_mode="tanh"`.
 #
 # BatchTopK has no penalty that could be redirected this way. What gives it a way out is
 # room. Try it: where the sweep above builds the TopK family, change `d_sae=5` to 20 (about
 # two minutes more) and compare BatchTopK's MMCS, recovered and FVU columns with the run
-# above. SAEs on real models are always much wider than the features they must find, as in
-# Part 6. Part 8 compares every architecture of this part where SAEs are really used: 40 latents
+# above. Why the toy SAEs here are as wide as the features (or, in Part 8, twice as wide): we
+# know the true features and want to see whether each gets a latent. Real SAEs are much wider
+# than the model's dimension, but the field assumes they are still *narrower* than the number
+# of features the model uses, and an SAE too narrow for correlated features blends them into
+# its latents (Chanin, Dulka and Garriga-Alonso 2025, "feature hedging"). Part 8 compares every architecture of this part where SAEs are really used: 40 latents
 # for 20 features that form a hierarchy, at matched L0, Matryoshka SAEs included.
 #
 # ### BatchTopK at inference
@@ -1289,6 +1279,8 @@ def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1
 l0_training, l0_inference = batch_topk_l0(trained["BatchTopK"])
 for i, k in enumerate(topk_settings["BatchTopK"][1]):
     group = slice(i * n_per_setting, (i + 1) * n_per_setting)
+    results.record(f"batchtopk_inference.k{k:g}.training", l0_training[group])
+    results.record(f"batchtopk_inference.k{k:g}.inference", l0_inference[group])
     print(f"BatchTopK k={k:<5g} L0 with batch top-k: {l0_training[group].mean():.4f}   with the learned threshold: {l0_inference[group].mean():.4f}")
 
 # %% [markdown]
@@ -1306,14 +1298,17 @@ for name in ("Gated", "JumpReLU"):
 # %% [markdown]
 # ## Summary
 #
-# - The L1 penalty charges for size as well as for count, so L1 SAEs shrink their output.
+# - The L1 penalty charges for size as well as for count, so L1 SAEs shrink their output;
+#   the relative reconstruction bias γ measures it.
+# - Compare SAEs by curves over several settings and seeds, and read MMCS, the Hungarian score
+#   and recall together: a dictionary can have the right directions and still miss inputs.
 # - Gated SAEs decide *whether* with one path and *how much* with another; the L1 falls on
 #   the gate only, and an auxiliary loss teaches the gate through a detached decoder.
 # - JumpReLU SAEs learn a threshold per latent and pay for L0 directly, trained through
 #   straight-through pseudo-derivatives; your implementation matches Google DeepMind's
 #   reference numbers, training included. Their L0 reaches only the thresholds, so in this
-#   2D toy JumpReLU keeps pair codes; letting it reach the encoder recovers the features at
-#   the cost of some shrinkage.
+#   2D toy JumpReLU keeps pair codes; letting it reach the encoder recovers the directions,
+#   but the latents then miss the weak occurrences of their features.
 # - TopK fixes L0 per input and needs AuxK to keep latents alive; BatchTopK fixes it per
 #   batch, and its learned global threshold makes inference a JumpReLU.
 # - Folding decoder norms into the encoder is safe for ReLU but changes a TopK SAE.

@@ -18,14 +18,14 @@
 #
 # **You will**
 # - meet the palindrome language `<abc|cba>` and train (or load) a one-layer transformer that
-#   completes the mirrored half perfectly;
+#   completes the mirrored half of strings it has never seen;
 # - collect its MLP outputs token by token with hooks and train L1 and TopK SAEs on them,
 #   with learning-rate and sparsity warm-ups;
 # - write the field's evaluation metrics: fraction of variance explained, L0 and firing
 #   frequencies, and **loss recovered** with the SAE spliced into the model;
 # - read latents through their top examples and a dashboard, and say what they encode.
 #
-# **Time:** about 2.5 hours.
+# **Time:** about {{=2.5}} hours.
 
 # %% tags=["workbook-setup"]
 
@@ -47,12 +47,16 @@ from part_utils.activations import validate_hook_name, validate_tokens
 from part_utils.reference.part4_toy_sae import ToySAE
 
 # %%
+import os
+import time
+from functools import partial
+
 import plotly.express as px
 import plotly.graph_objects as go
 from IPython.display import HTML, display
 
 import tests.part6_sae_transformer as checks
-from part_utils.activation_sae import ActivationSource
+from part_utils.activation_sae import ActivationSource, PublishedAuxKTopKSAE
 from part_utils.activations import collect_activations
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
@@ -70,10 +74,13 @@ from part_utils.plotting.latents import latent_dashboard, max_activating_html
 from part_utils.plotting.tables import html_table
 from part_utils.reference.part4_toy_sae import ToySAEConfig, init_encoder_as_decoder_transpose
 from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
+from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.training import warmup_cosine_lr
 
 device = get_device()
+results = Results(part=6)  # what the text quotes, recorded by the full-mode run (a no-op otherwise)
+results.record("machine.cpu_cores", os.cpu_count())
 print(f"device: {device}, fast mode: {FAST_MODE}")
 
 # %% [markdown]
@@ -99,30 +106,37 @@ print("tokens of", tokenizer.decode(data.train_tokens[0]), "→", data.train_tok
 # %% [markdown]
 # ## 2. A one-layer transformer, trained from scratch
 #
-# One attention layer (4 heads) and one ReLU MLP, with LayerNorm, d_model 64 and d_mlp 256,
-# built offline with TransformerLens's `TransformerBridge.boot_native`. Attention can copy a
+# One attention layer ({{settings.n_heads:.0f}} heads) and one ReLU MLP, with LayerNorm,
+# d_model {{settings.d_model:.0f}} and d_mlp {{settings.d_mlp:.0f}}, built offline with
+# TransformerLens's `TransformerBridge.boot_native`. Attention can copy a
 # letter from an earlier position; the MLP reshapes what attention wrote.
 #
-# In full mode the next cell trains the model (about half a minute on a laptop CPU); in fast
+# In full mode the next cell trains the model (it took {{model.training_seconds:.0f}} s in our
+# full-mode run, on a {{machine.cpu_cores:.0f}}-core CPU that other work was sharing); in fast
 # mode it loads the weights in `section_data/`, which this exact code produced
 # (`python -m part_utils.palindromes.retrain`).
 
 # %%
 config = palindrome_model_config()
 print({name: getattr(config, name) for name in ["n_layers", "n_heads", "d_head", "d_model", "d_mlp", "act_fn", "normalization_type", "n_ctx", "d_vocab"]})
+for name in ["n_heads", "d_model", "d_mlp"]:
+    results.record(f"settings.{name}", getattr(config, name))
 if FAST_MODE:
     model = load_palindrome_model(device=device)
 else:
     seed_everything(0)
     model = build_palindrome_model(device=device)
+    started = time.perf_counter()
     losses = train_palindrome_model(model, data)
+    results.record("model.training_seconds", time.perf_counter() - started)
     print(f"final training loss {losses[-1]:.4f} (a perfect model: {3 * torch.log(torch.tensor(26.0)).item() / 8:.4f})")
     model.requires_grad_(False)
 
 # %% [markdown]
 # Accuracy at each position on the **held-out** strings. Position p predicts token p + 1.
-# The first three predictions are guesses (1/26 ≈ 0.04 is chance); from the separator on,
-# every token is determined by the first half.
+# The first three predictions are guesses (1/26 ≈ {{=0.04}} is chance); from the separator
+# on, every token is determined by the first half. In our full-mode run the model predicted
+# {{model.mirrored_accuracy:.2%}} of those determined tokens correctly.
 
 # %%
 accuracy = per_position_accuracy(model, data.test_tokens)
@@ -131,7 +145,8 @@ colours = ["#2a9d8f" if p in MIRRORED_POSITIONS else "#adb5bd" for p in range(le
 fig = go.Figure(go.Bar(x=labels, y=accuracy.numpy(), marker_color=colours, text=[f"{a:.3f}" for a in accuracy.tolist()], textposition="outside"))
 fig.update_layout(title="Held-out next-token accuracy (green: the mirrored half and the end token)", yaxis_range=[0, 1.1], height=380, width=760)
 fig.show()
-print(f"accuracy on the mirrored half and the end token (held out): {mirrored_accuracy(model, data.test_tokens):.4f}")
+held_out_accuracy = results.record("model.mirrored_accuracy", mirrored_accuracy(model, data.test_tokens))
+print(f"accuracy on the mirrored half and the end token (held out): {held_out_accuracy:.4f}")
 
 # %% [markdown]
 # ## 3. Activations, one vector per token
@@ -149,7 +164,8 @@ print(f"accuracy on the mirrored half and the end token (held out): {mirrored_ac
 #
 # Two more choices, both standard:
 # - we drop position 0. It always holds the begin token, so its activation is the same
-#   vector in every string (and much larger than the rest): an SAE would spend a latent on it
+#   vector in every string (and its norm is {{acts.norm_ratio_position_0:.1f}} times the
+#   others' on average): an SAE would spend a latent on it
 #   and our metrics would be flattered by a point it reconstructs for free;
 # - we divide by one constant so that the average squared norm is d_model. The sparsity
 #   coefficient then means the same thing at any hook; when we splice the SAE into the model
@@ -160,7 +176,9 @@ HOOK = "blocks.0.hook_mlp_out"
 train_acts = collect_activations(model, data.train_tokens, HOOK)
 test_acts = collect_activations(model, data.test_tokens, HOOK)
 print(f"activations at {HOOK}: {tuple(train_acts.shape)} (strings, positions, d_model)")
-print(f"mean norm at position 0: {train_acts[:, 0].norm(dim=-1).mean():.1f}; at the other positions: {train_acts[:, 1:].norm(dim=-1).mean():.1f}")
+norm_at_0, norm_elsewhere = train_acts[:, 0].norm(dim=-1).mean().item(), train_acts[:, 1:].norm(dim=-1).mean().item()
+results.record("acts.norm_ratio_position_0", norm_at_0 / norm_elsewhere)
+print(f"mean norm at position 0: {norm_at_0:.1f}; at the other positions: {norm_elsewhere:.1f}")
 
 train_rows = train_acts[:, 1:].flatten(0, 1)
 activation_scale = (train_rows.pow(2).sum(dim=-1).mean() / train_rows.shape[-1]).sqrt().item()
@@ -177,26 +195,58 @@ print(f"{len(train_rows):,} training tokens; scale {activation_scale:.3f}")
 #
 # Two schedules that SAE training on real models uses:
 # - **learning-rate warm-up then decay**: Adam's first updates are large and noisy, so the
-#   rate ramps up over the first 5% of steps, then follows a cosine down to zero;
-# - **sparsity warm-up** (L1 SAE): the penalty ramps from 0 over the first 5% of steps, so
-#   latents find something to reconstruct before the L1 starts pushing them to zero.
+#   rate ramps up over the first {{settings.warmup_fraction:.0%}} of steps, then follows a
+#   cosine down to zero;
+# - **sparsity warm-up** (L1 SAE): the penalty ramps from 0 over the first
+#   {{settings.warmup_fraction:.0%}} of steps, so latents find something to reconstruct before
+#   the L1 starts pushing them to zero.
 #
-# TopK needs no sparsity warm-up: k fixes the sparsity from the first step.
+# TopK needs no sparsity warm-up: k fixes the sparsity from the first step. It needs AuxK
+# (Part 5) to keep its latents alive, and here we use AuxK as Gao et al. (2024) publish it
+# (and OpenAI's `sparse_autoencoder` code runs it), not as Part 5 wrote it:
+# `PublishedAuxKTopKSAE` (in `part_utils/activation_sae.py`) divides the auxiliary squared
+# error by the residual's variance and drops Part 5's `n_dead / k_aux` factor (EleutherAI
+# `sparsify`'s heuristic); `k_aux` is {{settings.k_aux:.0f}}, the power of two at
+# d_model / 2, instead of Part 5's {{settings.part5_k_aux:.0f}}, and the coefficient stays
+# {{=1/32}}. Section 5 compares the two recipes.
 
 # %%
 d_sae = 256
 sae_steps = full_or_fast(2_000, 300)
 l1_coeffs = [0.003, 0.01, 0.03]
 topk_ks = [2, 4, 8]
+warmup_fraction = 0.05  # of the steps: the learning rate's warm-up, and the L1 penalty's
+k_aux = d_model // 2  # Gao et al.: a power of two near d_model / 2
+settings = {
+    "d_sae": d_sae,
+    "l1_coeffs": l1_coeffs,
+    "topk_ks": topk_ks,
+    "warmup_fraction": warmup_fraction,
+    "k_aux": k_aux,
+    "part5_k_aux": TopKToySAEConfig.k_aux,
+}
+for name, value in settings.items():
+    results.record(f"settings.{name}", value)
 
 
 def sparsity_warmup(step: int, steps: int) -> float:
-    return min(1.0, (step + 1) / (0.05 * steps))
+    return min(1.0, (step + 1) / (warmup_fraction * steps))
 
 
 def train_on_activations(sae: ToySAE, description: str, **schedules: Any) -> None:
     init_encoder_as_decoder_transpose(sae)
-    sae.optimize(steps=sae_steps, batch_size=1024, lr=1e-3, lr_schedule=warmup_cosine_lr, log_every=sae_steps, description=description, **schedules)
+    lr_schedule = partial(warmup_cosine_lr, warmup_fraction=warmup_fraction)
+    options = {"batch_size": 1024, "lr": 1e-3, "log_every": sae_steps, "description": description}
+    sae.optimize(steps=sae_steps, lr_schedule=lr_schedule, **options, **schedules)
+
+
+def train_topk(sae_class: type[TopKToySAE], k_aux: int) -> TopKToySAE:
+    """One TopK SAE per k of `topk_ks`; the same seed gives every AuxK recipe the same start and batches."""
+    seed_everything(2)
+    cfg = TopKToySAEConfig(n_inst=len(topk_ks), d_in=d_model, d_sae=d_sae, k=topk_ks, k_aux=k_aux, aux_coeff=1 / 32)
+    sae = sae_class(cfg, ActivationSource(normalised_rows, len(topk_ks)))
+    train_on_activations(sae, f"TopK SAEs, {sae_class.__name__}, k_aux {k_aux}")
+    return sae
 
 
 seed_everything(1)
@@ -206,8 +256,7 @@ l1_sae = ToySAE(
     ActivationSource(normalised_rows, len(l1_coeffs)),
 )
 train_on_activations(l1_sae, "L1 SAEs", sparsity_schedule=sparsity_warmup, resample_method="advanced", resample_every=sae_steps // 4, resample_window=sae_steps // 20)
-topk_sae = TopKToySAE(TopKToySAEConfig(n_inst=len(topk_ks), d_in=d_model, d_sae=d_sae, k=topk_ks), ActivationSource(normalised_rows, len(topk_ks)))
-train_on_activations(topk_sae, "TopK SAEs")
+topk_sae = train_topk(PublishedAuxKTopKSAE, k_aux)
 
 # %% [markdown]
 # Every metric below runs on the **held-out** strings. For each SAE instance we need its
@@ -279,7 +328,8 @@ checks.test_fraction_variance_explained(fraction_variance_explained)
 # Why about the mean? Measured about zero (dividing by $\sum_t \lVert x_t \rVert^2$), the
 # score also gives the SAE credit for reproducing the mean activation, which `b_dec` does for
 # free. The last line below is the giveaway: a "reconstruction" that outputs the mean vector
-# for every token, and knows nothing about any token, already scores well above zero that way.
+# for every token, and knows nothing about any token, already scores
+# {{fve.mean_vector_about_zero:.2f}} that way.
 
 # %%
 for name, (latents, reconstruction) in encoded.items():
@@ -287,7 +337,9 @@ for name, (latents, reconstruction) in encoded.items():
         about_mean = float(fraction_variance_explained(test_rows, reconstruction[i]))
         about_zero = 1 - ((test_rows - reconstruction[i]).pow(2).sum() / test_rows.pow(2).sum()).item()
         print(f"{name} {label:7}  FVE about the mean {about_mean:.4f}   about zero {about_zero:.4f}")
-print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, about zero {1 - ((test_rows - test_rows.mean(0)).pow(2).sum() / test_rows.pow(2).sum()).item():.4f}")
+mean_vector_about_zero = 1 - ((test_rows - test_rows.mean(0)).pow(2).sum() / test_rows.pow(2).sum()).item()
+results.record("fve.mean_vector_about_zero", mean_vector_about_zero)
+print(f"a 'reconstruction' that is just the mean vector: about the mean 0, about zero {mean_vector_about_zero:.4f}")
 
 # %% [markdown]
 # ### Exercise 5.2: L0 and firing frequencies
@@ -304,7 +356,8 @@ print(f"a 'reconstruction' that is just the mean vector: about the mean 0.0000, 
 #   active, between 0 and 1; a floating-point tensor `[d_sae]`.
 #
 # A latent that never fires on the evaluation tokens is **dead**; one that fires on more
-# than 10% of tokens is **dense** (suspicious in an SAE whose L0 is a few out of 256).
+# than {{settings.dense_above:.0%}} of tokens is **dense** (suspicious in an SAE whose L0 is a
+# few out of {{settings.d_sae:.0f}}).
 #
 # <details><summary>Hint 1: one mask for both</summary>
 #
@@ -345,7 +398,7 @@ checks.test_sparsity_metrics(l0_norm, firing_frequency)
 # the far left (we put them at −6 so that they show up).
 
 # %%
-DENSE_ABOVE = 0.1
+DENSE_ABOVE = results.record("settings.dense_above", 0.1)
 density = []
 for name, (latents, _) in encoded.items():
     for i, label in enumerate(saes[name][1]):
@@ -372,7 +425,7 @@ fig.show()
 #    returning nothing works too). `run_with_hooks` removes the hook when it returns; a hook
 #    left attached would change every later run of the model.
 # 2. `loss_recovered(clean, spliced, ablated)`: where the spliced loss sits between the clean
-#    loss (1.0: nothing lost) and the loss with the activation ablated (0.0: as bad as
+#    loss ({{=1.0}}: nothing lost) and the loss with the activation ablated ({{=0.0}}: as bad as
 #    removing it). The losses are numbers (floats, or 0-dimensional tensors):
 #
 # $$\text{loss recovered} = \frac{L_\text{ablated} - L_\text{spliced}}{L_\text{ablated} - L_\text{clean}}.$$
@@ -461,13 +514,18 @@ clean_loss = model(eval_tokens, return_type="loss").item()
 zero_loss = spliced_loss(model, eval_tokens, HOOK, constant_replacement(torch.zeros(d_model, device=device)))
 mean_loss = spliced_loss(model, eval_tokens, HOOK, constant_replacement(train_rows.mean(dim=0).to(device)))
 identity_loss = spliced_loss(model, eval_tokens, HOOK, lambda act: act)
+for name, value in {"clean": clean_loss, "zero_ablated": zero_loss, "mean_ablated": mean_loss}.items():
+    results.record(f"loss.{name}", value)
 print(f"clean {clean_loss:.4f}   zero-ablated {zero_loss:.4f}   mean-ablated {mean_loss:.4f}")
 print(f"sanity check, an identity 'SAE' recovers {loss_recovered(clean_loss, identity_loss, zero_loss):.1%} of the loss")
 
 # %% [markdown]
-# Everything in one table. Loss recovered is given against both ablations: zero-ablation
-# is the usual baseline, mean-ablation is the stricter one when (as here) replacing the MLP's
-# output with its mean hurts the model even more than removing it.
+# Everything in one table. Loss recovered is given against both ablations. Zero-ablation is
+# the usual baseline; here, replacing the MLP's output with its mean hurts the model even more
+# than removing it (loss {{loss.mean_ablated:.3f}} against {{loss.zero_ablated:.3f}}, clean
+# {{loss.clean:.3f}}). That makes mean-ablation the more lenient baseline here, not the
+# stricter one: loss recovered divides by L_ablated − L_clean, so the baseline that hurts
+# more enlarges the denominator and pulls every score closer to 1.
 
 # %%
 rows = []
@@ -493,37 +551,107 @@ formats = {"L0": "{:.2f}", "FVE": "{:.4f}", "loss": "{:.4f}", "recovered (zero)"
 columns = {c: [formats.get(c, "{}").format(row[c]) for row in rows] for c in rows[0]}
 html_table(columns, title=f"SAEs on {HOOK}, held-out strings (clean loss {clean_loss:.4f})").show()
 
+
+def result_key(sae: str) -> str:
+    """'L1 λ=0.003' → 'l1.lambda0.003', 'TopK k=2' → 'topk.k2': a name the results file accepts."""
+    return sae.lower().replace(" λ=", ".lambda").replace(" k=", ".k")
+
+
+measured = {"L0": "l0", "FVE": "fve", "dead": "dead", "dense": "dense"}
+measured |= {"recovered (zero)": "recovered_zero", "recovered (mean)": "recovered_mean"}
+for row in rows:
+    for column, name in measured.items():
+        results.record(f"metrics.{result_key(row['SAE'])}.{name}", row[column])
+for column, name in measured.items():
+    results.record(f"metrics.all.{name}", [row[column] for row in rows])
+below_clean = [clean_loss - row["loss"] for row in rows if row["loss"] < clean_loss]
+results.record("metrics.below_clean.n", len(below_clean))
+results.record("metrics.below_clean.largest", max(below_clean, default=0.0))
+
 # %% [markdown]
-# **What to look for.** In full mode all six SAEs explain at least 0.97 of the variance
-# (about the mean), and all recover 99.7% or more of the loss against either ablation: at
-# L0 ≤ 8, this small MLP's output is reconstructed almost perfectly. The L1 SAE at λ = 0.03
-# (L0 ≈ 4.9) gives up the most: FVE 0.969 and 99.8% of the loss. The other settings come out
-# a hair *above* 100%: their spliced loss is 0.0002 below the clean loss. The clean model is
-# not perfect, and a reconstruction can nudge it the right way, so loss recovered can exceed
-# 1. Loss recovered saturates long before FVE does.
+# **What to look for.** In full mode the {{metrics.all.fve|n}} SAEs explain between
+# {{metrics.all.fve|min:.3f}} and {{metrics.all.fve|max:.3f}} of the variance (about the mean),
+# and recover between {{metrics.all.recovered_zero|min:.2%}} and
+# {{metrics.all.recovered_zero|max:.2%}} of the loss against zero-ablation: at L0 between
+# {{metrics.all.l0|min:.0f}} and {{metrics.all.l0|max:.0f}}, this small MLP's output is
+# reconstructed almost perfectly. The L1 SAE at λ = {{settings.l1_coeffs|max:g}} (L0
+# {{metrics.l1.lambda0.03.l0:.1f}}) gives up the most: FVE {{metrics.l1.lambda0.03.fve:.3f}} and
+# {{metrics.l1.lambda0.03.recovered_zero:.2%}} of the loss. {{metrics.below_clean.n:.0f}} of the
+# others come out a hair *above* {{=100%}}: their spliced loss is below the clean loss, by up
+# to {{metrics.below_clean.largest:.4f}}. The clean model is not perfect, and a reconstruction
+# can nudge it the right way, so loss recovered can exceed 1. Loss recovered saturates long
+# before FVE does.
 #
-# The other columns differ more. L1 at small λ has many dense latents (55 fire on more than
-# 10% of tokens at λ = 0.003), and TopK at k = 2 leaves 171 of its 256 latents dead: at that
-# sparsity, the data needs far fewer directions than we gave it.
+# The other columns differ more. L1 at small λ has many dense latents
+# ({{metrics.l1.lambda0.003.dense:.0f}} fire on more than {{settings.dense_above:.0%}} of tokens
+# at λ = {{settings.l1_coeffs|min:g}}), and TopK at k = {{settings.topk_ks|min:.0f}} leaves
+# {{metrics.topk.k2.dead:.0f}} of its {{settings.d_sae:.0f}} latents dead.
 #
-# <details><summary>Question: an SAE with FVE 0.99 could still recover less of the loss than one
-# with FVE 0.97. How?</summary>
+# <details><summary>Question: an SAE with FVE {{=0.99}} could still recover less of the loss than
+# one with FVE {{=0.97}}. How?</summary>
 #
 # FVE weights every direction of the activation space by its variance. The model reads only
 # some directions (the unembedding and, in deeper models, later layers), and a direction with
 # little variance can matter a lot to the output. An SAE can spend its error budget on
 # directions the model ignores, or on ones it relies on; only loss recovered can tell.
 # </details>
+#
+# ### Dead latents: too weak an AuxK?
+#
+# So many dead latents at k = {{settings.topk_ks|min:.0f}} have two possible explanations: at
+# that sparsity the SAE has no use for more latents, or AuxK is too weak to bring them back.
+# Part 5's AuxK would be the weaker one: it looks for replacements among only
+# {{settings.part5_k_aux:.0f}} dead latents per token, and its error is not normalised, so it
+# fades as the residual it targets shrinks. The next cell trains the same TopK SAEs, from the
+# same start on the same batches, with Part 5's AuxK, and compares them with ours.
+
+# %%
+part5_topk_sae = train_topk(TopKToySAE, TopKToySAEConfig.k_aux)
+
+
+def dead_and_fve(sae: TopKToySAE) -> tuple[list[int], list[float]]:
+    """Dead latents and FVE on the held-out tokens, one of each per k."""
+    latents, reconstruction = encode_and_reconstruct(sae, test_rows)
+    dead = [int((firing_frequency(latents[i]) == 0).sum()) for i in range(len(topk_ks))]
+    fve = [float(fraction_variance_explained(test_rows, reconstruction[i])) for i in range(len(topk_ks))]
+    return dead, fve
+
+
+(dead_published, fve_published), (dead_part5, fve_part5) = dead_and_fve(topk_sae), dead_and_fve(part5_topk_sae)
+for topk_k, dead, fve in zip(topk_ks, dead_part5, fve_part5, strict=True):
+    results.record(f"auxk.part5.k{topk_k}.dead", dead)
+    results.record(f"auxk.part5.k{topk_k}.fve", fve)
+results.record("auxk.fve_largest_difference", max(abs(a - b) for a, b in zip(fve_published, fve_part5, strict=True)))
+comparison = {
+    "k": topk_ks,
+    "dead, published AuxK": dead_published,
+    "dead, Part 5's AuxK": dead_part5,
+    "FVE, published AuxK": [f"{fve:.4f}" for fve in fve_published],
+    "FVE, Part 5's AuxK": [f"{fve:.4f}" for fve in fve_part5],
+}
+html_table(comparison, title=f"TopK SAEs with two AuxK recipes, held-out tokens (dead: of {d_sae} latents)").show()
+
+# %% [markdown]
+# With Part 5's AuxK, the TopK SAEs leave {{auxk.part5.k2.dead:.0f}},
+# {{auxk.part5.k4.dead:.0f}} and {{auxk.part5.k8.dead:.0f}} latents dead at k = 2, 4 and 8;
+# with the published one, {{metrics.topk.k2.dead:.0f}}, {{metrics.topk.k4.dead:.0f}} and
+# {{metrics.topk.k8.dead:.0f}}. An AuxK that searches {{settings.k_aux:.0f}} dead latents
+# instead of {{settings.part5_k_aux:.0f}}, with an error that does not fade, does not
+# reliably keep more latents alive, and the SAEs reconstruct no better for it: their FVEs lie
+# within {{auxk.fve_largest_difference:.4f}} of each other at every k. So a weak AuxK is not
+# why so many latents are dead at k = 2: at that sparsity the SAE reconstructs this MLP's
+# output with the latents it keeps alive and has little use for the rest. We keep the
+# published recipe, the one the paper describes.
 
 # %% [markdown]
 # ## 6. What do the latents encode?
 #
-# We take the TopK SAE with k = 4 and run it over every held-out string, keeping latent
+# We take the TopK SAE with k = {{settings.interpreted_k:.0f}} and run it over every held-out string, keeping latent
 # activations per string and position, and the token the model should predict at each
 # position (the last position has none; we reuse its own token there).
 
 # %%
-interpreted = topk_ks.index(4)
+interpreted = topk_ks.index(results.record("settings.interpreted_k", 4))
 with torch.no_grad():
     latents_by_token, _ = encode_and_reconstruct(topk_sae, test_acts.flatten(0, 1))
 latents_by_token = latents_by_token[interpreted].reshape(*test_acts.shape[:2], d_sae).cpu()
@@ -572,14 +700,22 @@ top_logit = direct_logit_effect(model, decoder_in_model_units).argmax(dim=-1).cp
 live = frequency > 0
 letter_positions = list(MIRRORED_POSITIONS[:-1])  # 4, 5, 6: the next token is a determined letter
 mirrored_share = latents_by_token[:, letter_positions].sum(dim=(0, 1)) / latents_by_token.sum(dim=(0, 1)).clamp_min(1e-12)
-mirrored_letter = live & (mirrored_share >= 0.9)
-one_letter = mirrored_letter & (profiles["next-token share"] >= 0.9)
+MOSTLY = results.record("settings.most_share", 0.9)  # "most of a latent's activation": at least this share of it
+mirrored_letter = live & (mirrored_share >= MOSTLY)
+one_letter = mirrored_letter & (profiles["next-token share"] >= MOSTLY)
 says_it = one_letter & (top_logit == profiles["next token"])
-print(f"{int(mirrored_letter.sum())} of {int(live.sum())} live latents put ≥ 90% of their activation on positions 4–6, where the next letter is determined;")
-print(f"  {int(one_letter.sum())} of them put ≥ 90% of it before one particular letter,")
+one_position = live & (profiles["position share"] >= MOSTLY)
+counted = {"live": live, "mirrored_letter": mirrored_letter, "one_letter": one_letter, "says_it": says_it}
+for name, group in counted.items():
+    results.record(f"interp.{name}", group.sum())
+median_position_share = profiles["position share"][one_letter].median()  # NaN if a short run finds none
+results.record("interp.one_letter.median_position_share", median_position_share.nan_to_num(0.0))
+print(f"{int(mirrored_letter.sum())} of {int(live.sum())} live latents put ≥ {MOSTLY:.0%} of their activation")
+print("  on positions 4–6, where the next letter is determined;")
+print(f"  {int(one_letter.sum())} of them put ≥ {MOSTLY:.0%} of it before one particular letter,")
 print(f"  and for {int(says_it.sum())} of those, that letter is also the token their direct path raises most")
-print(f"  their largest share on a single position: median {profiles['position share'][one_letter].median():.0%}")
-print(f"{int((live & (profiles['position share'] >= 0.9)).sum())} live latents put ≥ 90% of their activation on one position")
+print(f"  their largest share on a single position: median {median_position_share:.0%}")
+print(f"{int(one_position.sum())} live latents put ≥ {MOSTLY:.0%} of their activation on one position")
 
 
 def profile_rows(latents: list[int]) -> dict[str, list[str]]:
@@ -594,8 +730,32 @@ def profile_rows(latents: list[int]) -> dict[str, list[str]]:
 
 
 by_frequency = frequency.argsort(descending=True)
-chosen = [j for j in by_frequency.tolist() if mirrored_letter[j]][:7] + [j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j]][:5]
+others = [j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j]][:5]
+chosen = [j for j in by_frequency.tolist() if mirrored_letter[j]][:7] + others
 html_table(profile_rows(chosen), title="The 7 most frequent latents of positions 4–6, then the 5 most frequent others").show()
+results.record("interp.mirrored_letter.largest_frequency", (frequency * mirrored_letter).max())  # 0 if there are none
+
+
+def record_group(name: str, latents: list[int]) -> None:
+    """How many latents a group has, and their profiles (an empty group has none to record)."""
+    results.record(f"interp.{name}.n", len(latents))
+    if not latents:
+        return
+    columns = {
+        "frequency": frequency,
+        "top_position": profiles["position"],
+        "position_share": profiles["position share"],
+        "next_token_share": profiles["next-token share"],
+    }
+    for column, values in columns.items():
+        results.record(f"interp.{name}.{column}", values[latents])
+
+
+unpredictable = [j for j in others if int(profiles["position"][j]) in (1, 2)]  # the next letter is still a guess there
+record_group("others", others)
+record_group("others.unpredictable", unpredictable)
+one_job = [j for j in others if j not in unpredictable and profiles["position share"][j] >= MOSTLY]
+record_group("others.one_position", one_job)
 
 # %% [markdown]
 # ### Max-activating examples
@@ -650,7 +810,7 @@ for latent in [showcase[0], showcase[-1]]:
 # Start from the table: "share on positions 4–6" splits the latents into those of the mirrored
 # half, where the next letter is determined, and the rest. Take the two groups one at a time,
 # and for each latent read "top position (share)" and "next token (share)" side by side: a
-# share near 100% means the latent is about that one position, or that one letter.
+# share near {{=100%}} means the latent is about that one position, or that one letter.
 # </details>
 #
 # <details><summary>Hint 2: rows or columns of the heatmap</summary>
@@ -667,21 +827,30 @@ for latent in [showcase[0], showcase[-1]]:
 #
 # <details><summary>What we found (full mode)</summary>
 #
-# - About half of the live latents (123 of 221) put at least 90% of their activation on
-#   positions 4–6, where the next letter is fixed by the first half. Half of those (62) are
-#   also about **one letter**: at least 90% of their activation comes right before that
-#   letter. For two in three of these (40), the direct path raises exactly that letter's
-#   logit most. These are "write letter x next" features: the latent is both *about* the
-#   letter and *causes* it to be said.
-# - They are **not** specific to a position: their largest share on any single position is
-#   about a third (median 36%). The same latent fires before an `r` at position 4, 5 or 6,
-#   whichever earlier position attention copied the `r` from. The MLP output encodes the
-#   letter to write, not where it came from.
-# - The most frequent latents lie elsewhere. Several fire on about a quarter of all tokens,
-#   at positions 1 and 2, where the next letter cannot be predicted: the MLP output there
-#   carries what has been read so far, and their next-token share is at chance level (4%).
-#   Others fire almost only at position 7, right before `>` (and at position 3, before `|`):
-#   one fixed job each.
+# - Of the {{interp.live:.0f}} live latents, {{interp.mirrored_letter:.0f}} put at least
+#   {{settings.most_share:.0%}} of their activation on positions 4–6, where the next letter is
+#   fixed by the first half. {{interp.one_letter:.0f}} of those are also about **one letter**:
+#   at least {{settings.most_share:.0%}} of their activation comes right before that letter.
+#   For {{interp.says_it:.0f}} of these {{interp.one_letter:.0f}}, the direct path raises
+#   exactly that letter's logit most. These are "write letter x next" features: the latent is
+#   both *about* the letter and *causes* it to be said.
+# - They are **not** specific to a position: their largest share on any single position has
+#   a median of {{interp.one_letter.median_position_share:.0%}}. The same latent fires before
+#   an `r` at position 4, 5 or 6, whichever earlier position attention copied the `r` from.
+#   The MLP output encodes the letter to write, not where it came from.
+# - The most frequent latents lie elsewhere: the most frequent of the mirrored-half latents
+#   fires on {{interp.mirrored_letter.largest_frequency:.1%}} of tokens, the five most frequent
+#   others on {{interp.others.frequency|min:.1%}} to {{interp.others.frequency|max:.1%}}.
+#   {{interp.others.unpredictable.n:.0f}} of those five put their largest share
+#   ({{interp.others.unpredictable.position_share|min:.0%}} to
+#   {{interp.others.unpredictable.position_share|max:.0%}}) on position 1 or 2, where the next
+#   letter cannot be predicted: the MLP output there carries what has been read so far, and
+#   their next-token share is at chance level ({{interp.others.unpredictable.next_token_share|min:.0%}}
+#   to {{interp.others.unpredictable.next_token_share|max:.0%}}, against 1/26 ≈ {{=4%}}).
+#   {{interp.others.one_position.n:.0f}} fires almost only at one position: position
+#   {{interp.others.one_position.top_position|min:.0f}}, with
+#   {{interp.others.one_position.position_share|min:.0%}} of its activation, where the next
+#   token is always the same (`|` after position 3, `>` after position 7). One fixed job.
 #
 # Check this against your own numbers: the latent indices depend on the seed, the pattern
 # should not.
@@ -715,8 +884,8 @@ for what, attempt in attempts.items():
 #   the one that asks the model: loss recovered, between clean and ablated.
 # - Per-token activations, position 0 excluded and a fixed normalisation, are what SAEs are
 #   trained on.
-# - The latents of this model line up with the task's variables: mostly "write letter x next",
-#   shared across the positions of the mirrored half.
+# - The latents of this model line up with the task's variables: many are "write letter x
+#   next", shared across the positions of the mirrored half.
 #
 # In Part 7 we use two SAEs on either side of this model's MLP to see which input latents
 # drive which output latents.

@@ -17,10 +17,10 @@
 # MLP of Part 6's palindrome transformer, first slowly and obviously, then fast.
 #
 # Sparsity is also what makes SAEs cheap to run, if the code exploits it. The second half
-# decodes with a realistically wide TopK SAE (`d_in` 768, `d_sae` 49,152, `k` 32) three ways
-# and times them. Timing code is easy to get wrong, so you will also see how to measure
-# properly: warm-up, device synchronisation, many runs, the median and its spread, and
-# memory.
+# decodes with a realistically wide TopK SAE (`d_in` {{settings.decoding_d_in:.0f}}, `d_sae`
+# {{settings.decoding_d_sae:,.0f}}, `k` 32) three ways and times them. Timing code is easy
+# to get wrong, so you will also see how to measure properly: warm-up, device
+# synchronisation, many runs, the median and its spread, and memory.
 #
 # **You will**
 # - train two TopK SAEs, one on the MLP's input and one on its output;
@@ -31,7 +31,7 @@
 # - compare three sparse decoders at a realistic width across token counts and `k`, with
 #   times and peak memory.
 #
-# **Time:** about 2 hours.
+# **Time:** about {{=2}} hours.
 
 # %% tags=["workbook-setup"]
 
@@ -56,9 +56,13 @@ from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
 from part_utils.timing import measure
 
 # %%
+import os
+import time
+
 import plotly.graph_objects as go
 
 import tests.part7_sae_circuits as checks
+from part_utils.activation_sae import PublishedAuxKTopKSAE
 from part_utils.activations import collect_activations
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
@@ -67,11 +71,14 @@ from part_utils.plotting.benchmarks import plot_timings, timing_table
 from part_utils.plotting.tables import html_table
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
 from part_utils.reference.part6_sae_transformer import firing_frequency, fraction_variance_explained
+from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.timing import format_bytes, format_seconds
 from part_utils.training import cosine_decay_lr
 
 device = get_device()
+results = Results(part=7)  # what the text quotes, recorded by the full-mode run (a no-op otherwise)
+results.record("machine.cpu_cores", os.cpu_count())
 print(f"device: {device}, fast mode: {FAST_MODE}, CPU threads: {torch.get_num_threads()}")
 
 # %% [markdown]
@@ -88,7 +95,8 @@ print(f"device: {device}, fast mode: {FAST_MODE}, CPU threads: {torch.get_num_th
 # residual stream instead, the Jacobian would also contain LayerNorm's derivative (a
 # token-dependent projection and rescaling) and an identity term from the skip connection.
 #
-# First, confirm that the MLP weights reproduce `hook_mlp_out` from `mlp.hook_in` exactly.
+# First, confirm that the MLP weights reproduce `hook_mlp_out` from `mlp.hook_in`, to
+# floating-point precision.
 
 # %%
 model = load_palindrome_model()
@@ -103,19 +111,26 @@ print(f"{len(mlp_in):,} training tokens, d_model {d_model}, d_mlp {d_mlp}")
 print(f"largest |MLP(mlp.hook_in) - hook_mlp_out|: {(recomputed - mlp_out).abs().max():.1e} (activations are of size {mlp_out.abs().max():.0f})")
 
 # %% [markdown]
-# Now the two SAEs: Part 5's `TopKToySAE` with one instance, fed by Part 6's
-# `ActivationSource` (random rows of the stored activations). Both have `d_sae` = 8 ·
-# `d_model` = 512 latents and `k` = 8; the decoder bias starts at the data mean. Each trains
-# in well under a minute.
+# Now the two SAEs: Part 5's TopK SAE with one instance, fed by Part 6's `ActivationSource`
+# (random rows of the stored activations). Both have `d_sae` = 8 · `d_model` =
+# {{settings.d_sae:.0f}} latents and `k` = {{settings.k:.0f}}, and AuxK as Gao et al. (2024)
+# publish it, not Part 5's variant: Part 6's `PublishedAuxKTopKSAE`, with `k_aux` =
+# {{settings.k_aux:.0f}}, the auxiliary error divided by the residual's variance and the
+# coefficient {{=1/32}}. The decoder bias starts at the data mean. Each SAE took
+# {{timing.sae_training_seconds_each:.0f}} s to train in our full-mode run, on a
+# {{machine.cpu_cores:.0f}}-core CPU that other work was sharing.
 
 # %%
 d_sae, k = 8 * d_model, 8
+k_aux = d_model // 2  # Gao et al.: a power of two near d_model / 2
+for name, value in {"d_sae": d_sae, "k": k, "k_squared": k * k, "k_aux": k_aux}.items():
+    results.record(f"settings.{name}", value)
 
 
 def train_topk_sae(activations: Float[Tensor, "tokens d_model"], name: str) -> TopKToySAE:
     seed_everything(1)
-    cfg = TopKToySAEConfig(n_inst=1, d_in=d_model, d_sae=d_sae, k=k, k_aux=2 * k, dead_after_steps=200)
-    sae = TopKToySAE(cfg, ActivationSource(activations, n_inst=1, seed=1))
+    cfg = TopKToySAEConfig(n_inst=1, d_in=d_model, d_sae=d_sae, k=k, k_aux=k_aux, aux_coeff=1 / 32, dead_after_steps=200)
+    sae = PublishedAuxKTopKSAE(cfg, ActivationSource(activations, n_inst=1, seed=1))
     init_encoder_as_decoder_transpose(sae)
     with torch.no_grad():
         sae.b_dec.copy_(activations.mean(dim=0))
@@ -132,8 +147,10 @@ def sae_quality(sae: TopKToySAE, activations: Float[Tensor, "tokens d_model"]) -
     return f"fraction of variance unexplained {fvu:.4f}, dead latents {dead} of {d_sae}"
 
 
+started = time.perf_counter()
 sae_in = train_topk_sae(mlp_in, "SAE on mlp.hook_in")
 sae_out = train_topk_sae(mlp_out, "SAE on hook_mlp_out")
+results.record("timing.sae_training_seconds_each", (time.perf_counter() - started) / 2)
 print(f"input SAE:  {sae_quality(sae_in, mlp_in)}")
 print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 
@@ -172,8 +189,9 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # The inputs: `mlp_pre` is `pre` for every token, `[tokens, d_mlp]`; `active_in[t]` and
 # `active_out[t]` hold the numbers of that token's `k_in` and `k_out` active latents (distinct
 # within a token, as TopK's are). Return `J` of shape `[tokens, k_out, k_in]`, every axis
-# kept even when it has length 1. The ReLU derivative is 0 where `pre` is exactly 0, as in
-# autograd. Leave the inputs unchanged: build new tensors rather than editing them in place.
+# kept even when it has length 1, in `mlp_pre`'s dtype: float64 inputs give a float64 `J`.
+# The ReLU derivative is 0 where `pre` is exactly 0, as in autograd. Leave the inputs
+# unchanged: build new tensors rather than editing them in place.
 #
 # <details><summary>Hint 1: one token at a time</summary>
 #
@@ -258,8 +276,9 @@ checks.test_jacobian_loop(jacobian_loop)
 # Write `latent_products(weights)`, returning the two products as `LatentProducts`
 # (`written` `[d_sae_in, d_mlp]`, `read` `[d_sae_out, d_mlp]`), and
 # `jacobian_vectorised(products, mlp_pre, active_in, active_out)`, with the same inputs, the
-# same result and the same conventions as `jacobian_loop`, and no Python loops. The check
-# compares them with the reference and with your loop, and compares the result with
+# same result and the same conventions as `jacobian_loop` (float64 in, float64 out, for the
+# products too), and no Python loops. The check compares them with the reference and with
+# your loop, and compares the result with
 # `torch.autograd.functional.jacobian` of the whole chain (SAE decoder, MLP, SAE encoder,
 # biases included) on a tiny case.
 #
@@ -324,7 +343,7 @@ checks.test_jacobian_vectorised(latent_products, jacobian_vectorised, loop=jacob
 # <details><summary>Question: when would you <em>not</em> precompute <code>W_dec_in @ W_in</code>?</summary>
 #
 # When it is large and you only need a few rows. For a model with `d_mlp` 3,072 and an SAE
-# with 49,152 latents it has 151 million entries (600 MB in float32), while a batch of 64
+# with 49,152 latents it has 151 million entries (about 600 MB in float32), while a batch of 64
 # tokens with `k` 32 touches at most 2,048 of its rows. Then gather the decoder rows first and
 # multiply only those by `W_in`. Precomputing pays off when the product fits comfortably and
 # is reused across many batches.
@@ -354,10 +373,14 @@ checks.test_jacobian_vectorised(latent_products, jacobian_vectorised, loop=jacob
 #    a multi-threaded CPU kernel waits for its slowest thread and small operations can get
 #    many times slower; `torch.set_num_threads(1)` is then worth a comparison.
 #
-# The benchmark below uses the real MLP and 64 tokens of real activations, but SAEs of the
-# size the target is stated for, `k` = 32 with `d_sae` = 32 · `d_model` = 2,048 (random unit
-# directions), since our trained SAEs have `k` = 8. The loop does `64 · 32 · 32 = 65,536`
-# small products per call, so it gets only a few runs.
+# The benchmark below uses the real MLP and {{settings.bench_tokens:.0f}} tokens of real
+# activations, but not our trained SAEs: their `k` = {{settings.k:.0f}} is small, and the
+# loop's cost grows with `k_in · k_out`. It uses random SAEs with `k` =
+# {{settings.bench_k:.0f}} active latents on each side instead (the `k` OpenAI's
+# `sparse_autoencoder` trains with by default, and the one section 6 decodes with), and
+# `d_sae` = 32 · `d_model` = {{settings.bench_d_sae:,.0f}} random unit directions. The loop does
+# {{settings.bench_tokens:.0f}} · {{settings.bench_k:.0f}} · {{settings.bench_k:.0f}} =
+# {{settings.loop_products:,.0f}} small products per call, so it gets only a few runs.
 
 # %% tags=["reference"]
 def random_circuit_case(
@@ -381,8 +404,12 @@ def random_circuit_case(
 
 # %%
 # Timings vary from run to run.
-bench_tokens, bench_k = full_or_fast(64, 16), 32
-bench_weights, bench_pre, bench_in, bench_out = random_circuit_case(W_in, b_in, W_out, mlp_in[:bench_tokens], d_sae=32 * d_model, k=bench_k)
+bench_tokens, bench_k, bench_d_sae = full_or_fast(64, 16), 32, 32 * d_model
+bench_settings = {"bench_tokens": bench_tokens, "bench_k": bench_k, "bench_d_sae": bench_d_sae}
+for name, value in {**bench_settings, "loop_products": bench_tokens * bench_k**2}.items():
+    results.record(f"settings.{name}", value)
+bench_case = random_circuit_case(W_in, b_in, W_out, mlp_in[:bench_tokens], d_sae=bench_d_sae, k=bench_k)
+bench_weights, bench_pre, bench_in, bench_out = bench_case
 bench_products = latent_products(bench_weights)
 jacobian_timings = {
     "jacobian_loop": measure(lambda: jacobian_loop(bench_weights, bench_pre, bench_in, bench_out), device, warmup=1, min_runs=3, budget_seconds=0.0),
@@ -392,15 +419,19 @@ jacobian_timings = {
 for name, timing in jacobian_timings.items():
     print(f"{name:<36} {timing}")
 loop, vectorised, products = (timing.median for timing in jacobian_timings.values())
-print(f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.get_num_threads()} thread(s): {loop / vectorised:.0f}×, "
-      f"or {loop / (vectorised + products):.0f}× if the products are recomputed for every batch")
+speedup = results.record("timing.jacobian_speedup", loop / vectorised)
+speedup_with_products = results.record("timing.jacobian_speedup_with_products", loop / (vectorised + products))
+print(f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.get_num_threads()} thread(s): "
+      f"{speedup:.0f}×, or {speedup_with_products:.0f}× if the products are recomputed for every batch")
 
 # %% [markdown]
-# In our runs on a two-core CPU the vectorised version was several hundred times faster at
-# 64 tokens, and still over two hundred times faster when the products were recomputed for
-# every batch. The loop's cost is almost all Python and per-call overhead: each of its 65,536
-# inner steps launches a few tiny operations. On a GPU each tiny operation is also a kernel
-# launch, so the gap there is larger still.
+# In our full-mode run, on a {{machine.cpu_cores:.0f}}-core CPU shared with other work, the
+# vectorised version was {{timing.jacobian_speedup:.0f}} times faster than the loop at
+# {{settings.bench_tokens:.0f}} tokens, and {{timing.jacobian_speedup_with_products:.0f}}
+# times faster when the products were recomputed for every batch. The loop's cost is almost
+# all Python and per-call overhead: each of its {{settings.loop_products:,.0f}} inner steps
+# launches a few tiny operations. On a GPU each tiny operation is also a kernel launch, so
+# expect the gap there to be larger still.
 #
 # ## 5. How sparse is the Jacobian, and what does it connect?
 #
@@ -438,14 +469,15 @@ weights, mlp_pre, active_in, active_out = circuit
 J = jacobian_vectorised(latent_products(weights), mlp_pre, active_in, active_out)  # [tokens, k_out, k_in]
 
 relative = (J.abs() / J.abs().amax(dim=(1, 2), keepdim=True)).flatten().cpu()
-for fraction in (0.01, 0.1):
-    print(f"entries below {fraction:.0%} of their token's largest |J|: {(relative < fraction).float().mean():.1%}")
 
 # The same MLP and active-set sizes, but random SAE directions: is the trained pair's Jacobian sparser?
 random_weights, random_pre, random_in, random_out = random_circuit_case(W_in, b_in, W_out, test_in, d_sae=d_sae, k=k, seed=1)
 J_random = jacobian_vectorised(latent_products(random_weights), random_pre, random_in, random_out)
 relative_random = (J_random.abs() / J_random.abs().amax(dim=(1, 2), keepdim=True)).flatten().cpu()
-print(f"with random SAE directions: {(relative_random < 0.01).float().mean():.1%} below 1%, {(relative_random < 0.1).float().mean():.1%} below 10%")
+for fraction in (0.01, 0.1):
+    below = results.record(f"jacobian.trained.below_{fraction:g}", (relative < fraction).float().mean())
+    below_random = results.record(f"jacobian.random.below_{fraction:g}", (relative_random < fraction).float().mean())
+    print(f"entries below {fraction:.0%} of their token's largest |J|: {below:.1%} (random SAEs: {below_random:.1%})")
 
 histogram = go.Figure()
 for name, values in (("trained SAEs", relative), ("random SAE directions", relative_random)):
@@ -461,12 +493,14 @@ histogram.update_layout(
 histogram.show()
 
 # %% [markdown]
-# With `k` = 8 on both sides each token's block has only 64 entries, and it is not extremely
-# sparse: in our full-mode run about 38% of the entries are below a tenth of their token's
-# largest, and 4.5% below a hundredth. Random directions through the same MLP give about 24%
-# and 2.5%. So the trained pair is sparser than chance: the SAEs found latents that the MLP
-# connects selectively, though every active input still nudges most active outputs a little.
-# (A *Jacobian SAE* trains the pair to make these blocks sparse on purpose.)
+# With `k` = {{settings.k:.0f}} on both sides each token's block has only
+# {{settings.k_squared:.0f}} entries, and it is not extremely sparse: in our full-mode run
+# {{jacobian.trained.below_0.1:.0%}} of the entries are below a tenth of their token's largest,
+# and {{jacobian.trained.below_0.01:.1%}} below a hundredth. Random directions through the same
+# MLP give {{jacobian.random.below_0.1:.0%}} and {{jacobian.random.below_0.01:.1%}}. So the
+# trained pair is sparser than chance: the SAEs found latents that the MLP connects
+# selectively, though every active input still nudges most active outputs a little. (A
+# *Jacobian SAE* trains the pair to make these blocks sparse on purpose.)
 #
 # Which latents do the largest entries connect? Only positions 4 to 7 matter for the task:
 # there the next character is fixed by the first half (position 4, the separator, predicts
@@ -515,6 +549,10 @@ described_out = describe_latents(active_out[mirrored], positions[mirrored], foll
 connections = strongest_connections(J[mirrored], active_in[mirrored], active_out[mirrored], d_sae, n=10, min_tokens=full_or_fast(50, 10))
 letter = lambda description: description.split("'")[1]
 same_letter = sum(letter(described_in[row["in"]]) == letter(described_out[row["out"]]) for row in connections)
+results.record("connections.n", len(connections))
+results.record("connections.same_letter", same_letter)
+same_letter_rows = [row for row in connections if letter(described_in[row["in"]]) == letter(described_out[row["out"]])]
+results.record("connections.same_letter_positive", sum(row["mean J"] > 0 for row in same_letter_rows))
 print(f"{same_letter} of the {len(connections)} strongest connections join two latents that mostly sit before the same character")
 columns = {
     "input latent": [row["in"] for row in connections],
@@ -528,12 +566,14 @@ html_table(columns, title="The strongest connections through the MLP, at positio
 
 # %% [markdown]
 # Most of the strongest connections join an input latent and an output latent that both sit
-# before the same character: in our full-mode run, 8 of the 10. The input latent carries
-# "the next character is g", which attention copied from the first half; the output latent
-# writes "g" in the form the unembedding reads. The MLP's job at these positions is largely
-# that hand-over, and the Jacobian shows it latent by latent: positive (the input pushes the
-# output up) and strong. Pairs whose letters differ usually involve a latent that is active
-# at several positions or for several letters: look at its shares.
+# before the same character: in our full-mode run, {{connections.same_letter:.0f}} of the
+# {{connections.n:.0f}}. The input latent carries "the next character is g", which attention
+# copied from the first half; the output latent writes "g" in the form the unembedding reads.
+# The MLP's job at these positions is largely that hand-over, and the Jacobian shows it latent
+# by latent: strong, and positive (the input pushes the output up) for
+# {{connections.same_letter_positive:.0f}} of those {{connections.same_letter:.0f}}. For the
+# pairs whose letters differ, look at the shares: is one of the two latents active at several
+# positions, or before several letters?
 #
 # <details><summary>Question: a large Jacobian entry between two latents that are rarely
 # active together: does it matter?</summary>
@@ -549,8 +589,9 @@ html_table(columns, title="The strongest connections through the MLP, at positio
 # Part 5 gave three ways to decode TopK codes `values, indices` (`[tokens, k]` each):
 # `decode_dense` (scatter into `[tokens, d_sae]`, then a dense matmul with `W_dec`),
 # `decode_gather` (gather the `k` decoder rows of each token and weight them) and
-# `decode_sparse` (a `torch.sparse_coo_tensor` times `W_dec`). With `d_sae` = 49,152 and
-# `k` = 32, the dense version multiplies 1,536 zeros for every useful number.
+# `decode_sparse` (a `torch.sparse_coo_tensor` times `W_dec`). With `d_sae` =
+# {{settings.decoding_d_sae:,.0f}} and `k` = 32, the dense version multiplies
+# {{decoding.zeros_per_useful:,.0f}} zeros for every useful number.
 #
 # `decoder_benchmark` times all three on random codes (distinct indices per token) for a
 # list of `(tokens, k)` settings, after checking that they agree.
@@ -625,19 +666,58 @@ timing_table(decoder_rows, ["device", "decoder", "tokens", "k"], title="Sparse d
 plot_timings([row for row in decoder_rows if row["k"] == 32], x="tokens", series="decoder", panels="device", title="Decoding time against tokens (k = 32)", x_title="tokens").show()
 plot_timings([row for row in decoder_rows if row["tokens"] == 64], x="k", series="decoder", panels="device", title="Decoding time against k (64 tokens)", x_title="k").show()
 
+
+# %%
+# What the text below quotes, from the CPU rows: ratios and memory (times themselves depend on the machine).
+def record_cpu_decoding(rows: list[dict[str, Any]], sizes: dict[str, Any]) -> None:
+    cpu = {(row["decoder"], row["tokens"], row["k"]): row for row in rows if row["device"] == "cpu"}
+    median = lambda name, n_tokens, k: cpu[(name, n_tokens, k)]["median"]
+    dense, gather, sparse = DECODERS
+    most_tokens = max(n_tokens for n_tokens, _ in sizes["settings"])
+    for name, value in {"d_in": sizes["d_in"], "d_sae": sizes["d_sae"], "most_tokens": most_tokens}.items():
+        results.record(f"settings.decoding_{name}", value)
+    results.record("decoding.dense_multiply_adds_billions_64", 64 * sizes["d_sae"] * sizes["d_in"] / 1e9)
+    results.record("decoding.zeros_per_useful", (sizes["d_sae"] - 32) / 32)
+    for n_tokens in (64, most_tokens):
+        results.record(f"decoding.output_mb_{n_tokens}", n_tokens * sizes["d_in"] * 4 / 2**20)
+    ranked = [sorted(DECODERS, key=lambda name: median(name, *setting)) for setting in sizes["settings"]]
+    results.record("decoding.cpu.settings", len(ranked))
+    results.record("decoding.cpu.dense_slowest", sum(order[-1] == dense for order in ranked))
+    results.record("decoding.cpu.sparse_fastest", sum(order[0] == sparse for order in ranked))
+    ks_at_64 = sorted(k for n_tokens, k in sizes["settings"] if n_tokens == 64)
+    results.record("decoding.cpu.gather_speedup_64", [median(dense, 64, k) / median(gather, 64, k) for k in ks_at_64])
+    sparse_speedup = median(gather, most_tokens, 32) / median(sparse, most_tokens, 32)
+    results.record("decoding.cpu.sparse_speedup_most_tokens", sparse_speedup)
+    for name, n_tokens in [(dense, 64), (dense, most_tokens), (gather, 64), (sparse, 64)]:
+        peak = cpu[(name, n_tokens, 32)]["peak_bytes"]
+        if peak is not None:  # None where the platform cannot measure it
+            results.record(f"decoding.cpu.peak_mb.{name.split()[0]}_{n_tokens}", peak / 2**20)
+
+
+record_cpu_decoding(decoder_rows, benchmark_sizes(torch.device("cpu")))
+
 # %% [markdown]
-# **What to look for** (our full-mode runs on two CPU cores).
+# **What to look for** (our full-mode run, on the CPU: {{machine.cpu_cores:.0f}} cores shared
+# with other work).
 #
-# - **Dense is slowest by far, and grows with tokens.** It does `tokens · d_sae · d_in`
-#   multiply-adds whatever `k` is (about 2.4 billion at 64 tokens), so its line is flat in
-#   `k`. Its memory is two `[tokens, d_sae]` matrices (the zeros, and the scatter's copy):
-#   24 MB at 64 tokens and about 390 MB at 1,024, for an output of 0.2 MB and 3 MB.
-# - **Gather** does only `tokens · k · d_in` multiply-adds: tens to hundreds of times faster
-#   than dense at 64 tokens. Its memory is the gathered `[tokens, k, d_in]` block, 6 MB at
-#   64 tokens and `k` = 32, growing with both.
+# - **Dense is the slowest, and grows with tokens**: the slowest of the three in
+#   {{decoding.cpu.dense_slowest:.0f}} of the {{decoding.cpu.settings:.0f}} settings. It does
+#   `tokens · d_sae · d_in` multiply-adds whatever `k` is (about
+#   {{decoding.dense_multiply_adds_billions_64:.1f}} billion at 64 tokens), so its cost does not
+#   depend on `k`. Its memory is two `[tokens, d_sae]` matrices (the zeros, and the scatter's
+#   copy): a peak of {{decoding.cpu.peak_mb.dense_64:.0f}} MB at 64 tokens and
+#   {{decoding.cpu.peak_mb.dense_1024:.0f}} MB at {{settings.decoding_most_tokens:,.0f}}, for
+#   an output of {{decoding.output_mb_64:.1f}} MB and {{decoding.output_mb_1024:.0f}} MB.
+# - **Gather** does only `tokens · k · d_in` multiply-adds: at 64 tokens it was
+#   {{decoding.cpu.gather_speedup_64|min:.0f}} to {{decoding.cpu.gather_speedup_64|max:.0f}}
+#   times faster than dense, depending on `k`. Its memory is the gathered `[tokens, k, d_in]`
+#   block, growing with both: a peak of {{decoding.cpu.peak_mb.gather_64:.1f}} MB at 64 tokens
+#   and `k` = 32.
 # - **The sparse matmul** does the same arithmetic as gather without materialising that
-#   block: its peak memory stays below a megabyte at 64 tokens. On our CPU it was the
-#   fastest of the three, several times faster than gather at 1,024 tokens.
+#   block: its peak was {{decoding.cpu.peak_mb.sparse_64:.2f}} MB at 64 tokens and `k` = 32.
+#   It was the fastest of the three in {{decoding.cpu.sparse_fastest:.0f}} of the
+#   {{decoding.cpu.settings:.0f}} settings, and {{decoding.cpu.sparse_speedup_most_tokens:.1f}}
+#   times faster than gather at {{settings.decoding_most_tokens:,.0f}} tokens.
 #
 # The ranking can change with hardware, sizes and library versions, which is the point of
 # measuring: run this on your machine (and on a GPU, if you have one) and compare.
@@ -657,12 +737,16 @@ plot_timings([row for row in decoder_rows if row["tokens"] == 64], x="k", series
 #   input latents is `W_dec_in[active_in] · W_in · diag(ReLU'(pre)) · W_out · W_enc_out[:, active_out]`,
 #   exact because the SAEs read right after the LayerNorm and right before the residual
 #   addition.
-# - Vectorised, it is two precomputable products, two gathers and one einsum: hundreds of
-#   times faster than loops, and equal to what autograd computes.
+# - Vectorised, it is two precomputable products, two gathers and one einsum:
+#   {{timing.jacobian_speedup:.0f}} times faster than the loop in our run, and equal to what
+#   autograd computes.
 # - The resulting `k_out × k_in` blocks are sparser than chance (not extremely sparse at
-#   k = 8), and their strongest entries can be read off in terms of the task: mostly an
-#   input latent and an output latent about the same letter.
-# - Sparse codes should be decoded sparsely: gathering `k` rows (or a sparse matmul) beats a
-#   dense matmul by orders of magnitude at realistic widths, in time and in memory.
+#   k = {{settings.k:.0f}}), and their strongest entries can be read off in terms of the task:
+#   mostly an input latent and an output latent about the same letter.
+# - Sparse codes should be decoded sparsely: at a realistic width, gathering `k` rows beat a
+#   dense matmul by {{decoding.cpu.gather_speedup_64|min:.0f}} to
+#   {{decoding.cpu.gather_speedup_64|max:.0f}} times at 64 tokens in our run (the smaller `k`,
+#   the larger the gain), and a sparse matmul was faster still and needed a fraction of the
+#   memory of either.
 # - Benchmark with warm-up, synchronisation, many runs, the median with its spread, and
 #   memory measured separately; `part_utils.timing.measure` does all of it.

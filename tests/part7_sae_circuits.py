@@ -4,7 +4,8 @@ Every size differs from every other (d_model 6, d_mlp 11, 13 input and 17 output
 k_in 3 and k_out 4), so a transposed weight, a gather along the wrong axis or a transposed
 result fails instead of passing by accident. Further cases have k_in = k_out, as in
 practice, where a transposed result keeps its shape and has to be caught by its values; a
-single token with one latent on each side (where a `.squeeze()` loses axes); and float64.
+single token with one latent on each side (where a `.squeeze()` loses axes); and float64,
+which must come back as float64 (a float32 result is close enough to pass on values alone).
 Some pre-activations are exactly 0, where the ReLU derivative is 0 (as autograd has it).
 Learner code gets copies of every input; the expected values come from the originals.
 
@@ -117,7 +118,18 @@ def _jacobian_result(result: object, case: Case, what: str) -> Tensor:
             f"`{what}` returned shape {tuple(result.shape)} where [tokens, k_out, k_in] is {(n_tokens, k_out, k_in)}: keep every axis, "
             "even one of length 1 (no .squeeze()), in that order."
         )
-    return expect_tensor(result, (n_tokens, k_out, k_in), what=what, axes="tokens, k_out, k_in")
+    actual = expect_tensor(result, (n_tokens, k_out, k_in), what=what, axes="tokens, k_out, k_in")
+    _expect_float64_kept(result, mlp_pre.dtype, f"`{what}` returned")
+    return actual
+
+
+def _expect_float64_kept(result: Tensor, input_dtype: torch.dtype, returned: str) -> None:
+    """Float64 in, float64 out: a float32 result passes the value tolerance, so the dtype is checked itself."""
+    if input_dtype == torch.float64 and result.dtype != torch.float64:
+        raise CheckFailure(
+            f"{returned} {result.dtype} for float64 inputs: keep the inputs' dtype (no .float(), and tensors "
+            "you create made with it, e.g. torch.zeros(..., dtype=mlp_pre.dtype)): float64 in, float64 out."
+        )
 
 
 def _diagnose(actual: Tensor, case: Case, what: str) -> None:
@@ -168,7 +180,7 @@ def _check_jacobian(function: Callable[..., Any], arguments_for: Callable[[Case]
 def test_jacobian_loop(learner: object) -> str:
     function = _function(learner, "jacobian_loop")
     _check_jacobian(function, lambda case: case, "jacobian_loop")
-    return "random cases with distinct sizes, k_in = k_out, a single token with k = 1, and float64"
+    return "random cases with distinct sizes, k_in = k_out, a single token with k = 1, and float64 in, float64 out"
 
 
 @check("latent_products and jacobian_vectorised")
@@ -188,13 +200,17 @@ def test_jacobian_vectorised(products_function: object, vectorised: object, loop
         if not close(fast, slow):
             raise CheckFailure(f"jacobian_vectorised and jacobian_loop disagree (largest difference {(fast - slow).abs().max():.2e}); run test_jacobian_loop again.")
         summary = "your loop, " + summary
-    return f"agrees with {summary}"
+    return f"agrees with {summary}; float64 in, float64 out"
 
 
 def _learner_chain(products_function: Callable[..., Any], vectorised: Callable[..., Any], case: Case) -> Any:
     """The learner's latent_products, then the learner's jacobian_vectorised on them."""
     weights, mlp_pre, active_in, active_out = case
     products = _call(products_function, (weights,), "latent_products")
+    for name in ("written", "read"):
+        product = getattr(products, name, None)
+        if isinstance(product, Tensor):
+            _expect_float64_kept(product, weights.W_in.dtype, f"`latent_products` returned a `{name}` of")
     return _call(vectorised, (products, mlp_pre, active_in, active_out), "jacobian_vectorised")
 
 

@@ -33,7 +33,11 @@ def toy_sae_recovery(*, steps: int = 10_000, resample_every: int = 1_250, resamp
         "all three": (True, True, True),
     }
     print(f"\nToy SAE (16 inst, 5 feats in 2D, p 0.025, d_sae 5, lambda 0.2, batch 1024, lr 1e-3, {steps} steps):")
-    print(f"  {'resampling':<12}{'recipe':<32}{'all 5 & 0 dead':>15}{'dead':>6}{'MMCS':>8}{'seconds':>9}{'steps/s':>9}")
+    print("  mean ± sd over the 16 instances (each its own initialisation and data: the seeds)")
+    print(
+        f"  {'resampling':<12}{'recipe':<32}{'all 5 & 0 dead':>15}{'dead':>6}"
+        f"{'MMCS':>18}{'Hungarian':>18}{'recall':>16}{'seconds':>9}{'steps/s':>9}"
+    )
     for method in (None, "simple", "advanced"):
         for name, (encoder_init, decay, redundant) in recipes.items():
             if method is None and name not in ("classroom", "all three"):
@@ -60,8 +64,16 @@ def toy_sae_recovery(*, steps: int = 10_000, resample_every: int = 1_250, resamp
             seconds = time.perf_counter() - start
             report = recovery_report(sae, features)
             complete = int(((report["recovered"] == 5) & (report["dead"] == 0)).sum())
+            spreads = "".join(f"{_mean_sd(report[key], digits):>{width}}" for key, digits, width in SPREAD_COLUMNS)
             print(
-                f"  {str(method):<12}{name:<32}{complete:>12}/16{int(report['dead'].sum()):>6}{report['mmcs'].mean():>8.4f}"
+                f"  {str(method):<12}{name:<32}{complete:>12}/16{int(report['dead'].sum()):>6}{spreads}"
                 f"{seconds:>9.1f}{steps / seconds:>9.0f}",
                 flush=True,
             )
+
+
+SPREAD_COLUMNS = (("mmcs", 4, 18), ("hungarian", 4, 18), ("recall", 3, 16))  # report key, decimals, column width
+
+
+def _mean_sd(values: torch.Tensor, digits: int) -> str:
+    return f"{values.float().mean():.{digits}f} ± {values.float().std():.{digits}f}"

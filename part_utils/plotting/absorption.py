@@ -322,51 +322,69 @@ def label_sides(points: Sequence[tuple[float, float]], labels: Sequence[str], jo
 
 
 PARETO_SIZE, PARETO_MARGIN, PARETO_GAP = (1000, 500), {"l": 70, "r": 170, "t": 90, "b": 60}, 0.1
+PARETO_PANELS = (("fvu", True, "fraction of variance unexplained"), ("absorption", False, "mean absorption rate"))
 
 
-def plot_pareto(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> go.Figure:
-    """FVU (log scale) and mean absorption against L0, one line per architecture through its settings,
-    each point labelled with its setting. `rows` need architecture, setting, l0, fvu and absorption."""
+def plot_pareto(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    panels: Sequence[tuple[str, bool, str]] = PARETO_PANELS,
+    log_x: bool = False,
+    title: str | None = None,
+) -> go.Figure:
+    """Each panel's metric against L0, one line per architecture through its settings, each point labelled
+    with its setting. `rows` need architecture, setting, l0 and each panel's key; a `<key>_sd` (and `l0_sd`)
+    entry, the spread over seeds, is drawn as an error bar. `panels`: (key, log scale, axis title)."""
     architectures = list(dict.fromkeys(row["architecture"] for row in rows))
     ordered = [row for name in architectures for row in sorted((r for r in rows if r["architecture"] == name), key=lambda r: r["l0"])]
     group = [architectures.index(row["architecture"]) for row in ordered]
-    figure = make_subplots(rows=1, cols=2, horizontal_spacing=PARETO_GAP, subplot_titles=["reconstruction error", "absorption"])
-    panel_width = (PARETO_SIZE[0] - PARETO_MARGIN["l"] - PARETO_MARGIN["r"]) * (1 - PARETO_GAP) / 2
+    gap = PARETO_GAP if len(panels) > 1 else 0.0
+    figure = make_subplots(rows=1, cols=len(panels), horizontal_spacing=gap or None, subplot_titles=[title for _, _, title in panels] if len(panels) > 1 else None)
+    width = PARETO_SIZE[0] if len(panels) > 1 else PARETO_SIZE[0] * 0.75
+    panel_width = (width - PARETO_MARGIN["l"] - PARETO_MARGIN["r"]) * (1 - gap) / len(panels)
     panel_height = PARETO_SIZE[1] - PARETO_MARGIN["t"] - PARETO_MARGIN["b"]
-    x = [row["l0"] for row in ordered]
+    x = [math.log10(row["l0"]) if log_x else row["l0"] for row in ordered]
     x_range = _padded([min(x), max(x)], panel_width)
-    panels = {1: ("fvu", True, "fraction of variance unexplained"), 2: ("absorption", False, "mean absorption rate")}
-    for column, (key, log, axis_title) in panels.items():
+    for column, (key, log, axis_title) in enumerate(panels, start=1):
         y = [math.log10(row[key]) if log else row[key] for row in ordered]
         y_range = _padded([min(y), max(y)] if log else [0.0, max(max(y), 0.05)], panel_height, vertical=True)
         pixels = [((xi - x_range[0]) / (x_range[1] - x_range[0]) * panel_width, (yi - y_range[0]) / (y_range[1] - y_range[0]) * panel_height) for xi, yi in zip(x, y)]
         sides = label_sides(pixels, [row["setting"] for row in ordered], group, (panel_width, panel_height))
         for index, name in enumerate(architectures):
-            chosen = [i for i, g in enumerate(group) if g == index]
+            chosen = [ordered[i] for i, g in enumerate(group) if g == index]
             colour = ARCHITECTURE_COLOURS[index % len(ARCHITECTURE_COLOURS)]
             figure.add_trace(
                 go.Scatter(
-                    x=[ordered[i]["l0"] for i in chosen],
-                    y=[ordered[i][key] for i in chosen],
+                    x=[row["l0"] for row in chosen],
+                    y=[row[key] for row in chosen],
+                    error_x=_error_bar(chosen, "l0_sd"),
+                    error_y=_error_bar(chosen, f"{key}_sd"),
                     mode="lines+markers+text",
                     name=name,
                     legendgroup=name,
                     showlegend=column == 1,
                     line={"color": colour},
                     marker={"size": 8},
-                    text=[ordered[i]["setting"] for i in chosen],
-                    textposition=[sides[i] for i in chosen],
+                    text=[row["setting"] for row in chosen],
+                    textposition=[sides[i] for i, g in enumerate(group) if g == index],
                     textfont={"size": 10, "color": colour},
-                    hovertext=[f"<b>{name}</b>, {ordered[i]['setting']}" for i in chosen],
-                    hovertemplate="%{hovertext}<br>L0 %{x:.2f}, " + key + " %{y:.4f}<extra></extra>",
+                    hovertext=[f"<b>{name}</b>, {row['setting']}" for row in chosen],
+                    hovertemplate="%{hovertext}<br>L0 %{x:.3f}, " + key + " %{y:.4f}<extra></extra>",
                 ),
                 row=1,
                 col=column,
             )
-        figure.update_xaxes(range=x_range, title_text="L0 (mean active latents per input)", row=1, col=column)
+        figure.update_xaxes(range=x_range, type="log" if log_x else "linear", title_text="L0 (mean active latents per input)", row=1, col=column)
         figure.update_yaxes(range=y_range, type="log" if log else "linear", title_text=axis_title, row=1, col=column)
-    figure.update_layout(title=title, width=PARETO_SIZE[0], height=PARETO_SIZE[1], margin=PARETO_MARGIN)
+    figure.update_layout(title=title, width=width, height=PARETO_SIZE[1], margin=PARETO_MARGIN)
     return figure
+
+
+def _error_bar(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any] | None:
+    """One standard deviation over seeds either side, where the rows carry it."""
+    if not all(key in row for row in rows):
+        return None
+    return {"type": "data", "array": [row[key] for row in rows], "thickness": 1, "width": 3}
 
 
 def _padded(span: list[float], pixels: float, *, vertical: bool = False) -> list[float]:

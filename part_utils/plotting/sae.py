@@ -1,11 +1,11 @@
-"""Figures for SAEs trained on toy data: the training animation, firing frequencies, recovery table."""
+"""Figures for SAEs trained on toy data: training animation, firing frequencies, recovery tables, Adam step sizes."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
@@ -141,16 +141,62 @@ def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | N
 
 
 def recovery_table(report: Mapping[str, Tensor], *, title: str | None = None) -> HtmlTable:
-    """One row per instance: mean max cosine similarity, features recovered, dead latents, L0, FVU."""
+    """One row per instance: MMCS, one-to-one (Hungarian) cosine, recall, features recovered, dead latents, L0, FVU."""
     columns = {
         "instance": list(range(len(report["mmcs"]))),
         "mean max cos sim": [f"{value:.4f}" for value in report["mmcs"].tolist()],
+        "Hungarian cos sim": [f"{value:.4f}" for value in report["hungarian"].tolist()],
+        "recall": [f"{value:.3f}" for value in report["recall"].tolist()],
         "features recovered (cos ≥ 0.99)": report["recovered"].tolist(),
         "dead latents": report["dead"].tolist(),
         "L0": [f"{value:.3f}" for value in report["l0"].tolist()],
         "FVU": [f"{value:.4f}" for value in report["fvu"].tolist()],
     }
     return html_table(columns, title=title)
+
+
+def complete_instances(report: Mapping[str, Tensor], n_features: int) -> Bool[Tensor, " inst"]:
+    """Instances that recover every feature (max cosine ≥ 0.99) and have no dead latent."""
+    return (report["recovered"] == n_features) & (report["dead"] == 0)
+
+
+def recipe_table(
+    reports: Mapping[str, Mapping[str, Tensor]], n_features: int, *, title: str | None = None
+) -> HtmlTable:
+    """One row per training recipe: complete instances, and each metric as mean ± sd over the instances (the seeds)."""
+
+    def spread(key: str, digits: int) -> list[str]:
+        values = [report[key].float() for report in reports.values()]
+        return [f"{value.mean():.{digits}f} ± {value.std():.{digits}f}" for value in values]
+
+    columns = {
+        "recipe": list(reports),
+        f"all {n_features} features, no dead latent": [
+            f"{int(complete_instances(report, n_features).sum())}/{len(report['mmcs'])}" for report in reports.values()
+        ],
+        "mean max cos sim": spread("mmcs", 4),
+        "Hungarian cos sim": spread("hungarian", 4),
+        "recall": spread("recall", 3),
+        "dead latents (all instances)": [int(report["dead"].sum()) for report in reports.values()],
+        "L0": spread("l0", 3),
+        "FVU": spread("fvu", 4),
+    }
+    return html_table(columns, title=title)
+
+
+def plot_step_sizes(curves: Mapping[str, Sequence[float]], *, title: str | None = None) -> go.Figure:
+    """Each curve's update size (in units of the learning rate) against steps since the optimiser (re)started, log x."""
+    figure = go.Figure()
+    for (name, sizes), colour in zip(curves.items(), LATENT_COLOURS, strict=False):
+        steps = np.arange(1, len(sizes) + 1)
+        line = {"color": colour, "width": 2}
+        figure.add_trace(go.Scatter(x=steps, y=list(sizes), mode="lines", name=name, line=line))
+    figure.add_hline(y=1.0, line={"color": "#999999", "dash": "dot"})
+    figure.update_xaxes(type="log", title_text="steps since the moments were zeroed (or since the start)")
+    figure.update_yaxes(rangemode="tozero", title_text="update size / learning rate")
+    legend = {"x": 0.99, "xanchor": "right", "y": 0.99}
+    figure.update_layout(title=title, height=420, width=MAX_FIGURE_WIDTH, legend=legend)
+    return figure
 
 
 def _nonzero_points(h: np.ndarray) -> np.ndarray:

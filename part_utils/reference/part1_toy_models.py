@@ -88,10 +88,10 @@ def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor
     return (model.importance * (batch - model(batch)).pow(2)).mean(dim=(0, 2))
 
 
-def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"]) -> Tensor:
+def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"], threshold: float = 0.5) -> Tensor:
     """0: feature 1 not represented; 1: feature 1 alone in the dimension; 2: both features, antipodally."""
     norms = W.detach().norm(dim=1)
-    feature_0_kept, feature_1_kept = norms[:, 0] > 0.5, norms[:, 1] > 0.5
+    feature_0_kept, feature_1_kept = norms[:, 0] > threshold, norms[:, 1] > threshold
     phase = torch.zeros(W.shape[0], dtype=torch.long, device=W.device)
     phase[feature_1_kept & ~feature_0_kept] = 1
     phase[feature_1_kept & feature_0_kept] = 2

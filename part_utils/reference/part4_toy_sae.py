@@ -11,9 +11,11 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from part_utils.matching import hungarian_match, matched_recall
 from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.sae_training import SAETrainingLog, train_sae
+from part_utils.training import make_adam
 
 
 @dataclass
@@ -109,17 +111,27 @@ RECOVERED_AT = 0.99
 @torch.no_grad()
 def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
     """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
-    h = sae.generate_batch(n_samples)
+    features = sae.model.generate_batch(n_samples)
+    h = einsum(features, sae.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
     _, _, acts, h_reconstructed = sae(h)
     best_cosine = max_cosine_similarity(sae.W_dec_normalized, feature_directions)
+    matched_cosine, matched_latent = hungarian_match(decoder_feature_cosines(sae.W_dec_normalized, feature_directions))
     variance = (h - h.mean(dim=0)).pow(2).sum(dim=(0, 2))
     return {
         "mmcs": best_cosine.mean(dim=-1).cpu(),
+        "hungarian": matched_cosine.mean(dim=-1),
+        "recall": matched_recall(features, acts, matched_latent).mean(dim=-1),
         "recovered": (best_cosine >= RECOVERED_AT).sum(dim=-1).cpu(),
         "dead": ((acts > 0).sum(dim=0) == 0).sum(dim=-1).cpu(),
         "l0": (acts > 0).float().sum(dim=-1).mean(dim=0).cpu(),
         "fvu": ((h_reconstructed - h).pow(2).sum(dim=(0, 2)) / variance).cpu(),
     }
+
+
+def decoder_feature_cosines(
+    W_dec: Float[Tensor, "inst d_sae d_in"], feature_directions: Float[Tensor, "inst feats d_in"]
+) -> Float[Tensor, "inst feats d_sae"]:
+    return einsum(F.normalize(feature_directions, dim=-1), F.normalize(W_dec, dim=-1), "inst feats d_in, inst d_sae d_in -> inst feats d_sae")
 
 
 @add_to_class(ToySAE)
@@ -161,6 +173,27 @@ def resample_advanced(
         self.b_enc.data[inst][dead_latents] = 0.0
         resampled[inst, dead_latents] = True
     return resampled
+
+
+def adam_step_sizes(reset_at: int, n_steps: int, lr: float) -> list[float]:
+    """Adam's updates of one weight with gradient 1, in units of lr, for `n_steps` steps from step `reset_at` on.
+
+    The optimiser first runs `reset_at` steps; then its moments are zeroed, as `train_sae` does for a
+    resampled latent, while its step count carries on. `reset_at=0` is a fresh optimiser.
+    """
+    weight = nn.Parameter(torch.zeros(1))
+    optimizer = make_adam([weight], lr)
+    sizes = []
+    for step in range(reset_at + n_steps):
+        if step == reset_at > 0:
+            for moment in ("exp_avg", "exp_avg_sq"):
+                optimizer.state[weight][moment].zero_()
+        weight.data.zero_()  # the update is then the weight itself, with no rounding against a large value
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+        if step >= reset_at:
+            sizes.append(-weight.item() / lr)
+    return sizes
 
 
 @torch.no_grad()

@@ -340,17 +340,20 @@ class BatchTopKToySAE(TopKToySAE):
 
 @torch.no_grad()
 def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
-    """Part 4's recovery report, plus shrinkage, measured in inference mode."""
+    """Part 4's recovery report, plus the relative reconstruction bias γ, measured in inference mode."""
     was_training = sae.training
     sae.eval()
     report = recovery_report(sae, feature_directions, n_samples)
     h = sae.generate_batch(n_samples)
-    _, _, acts, h_reconstructed = sae(h)
+    _, _, _, h_reconstructed = sae(h)
     sae.train(was_training)
-    fired = ((acts > 0).any(dim=-1) & (h.norm(dim=-1) > 1e-6)).float()
-    ratio = h_reconstructed.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6)
-    report["shrinkage"] = ((ratio * fired).sum(dim=0) / fired.sum(dim=0).clamp_min(1)).cpu()
+    report["gamma"] = relative_reconstruction_bias(h, h_reconstructed).cpu()
     return report
+
+
+def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, " inst"]:
+    """γ = argmin_γ E‖ĥ/γ − h‖² = E‖ĥ‖² / E[ĥ·h] per instance: below 1, reconstructions come out short."""
+    return h_reconstructed.pow(2).sum(dim=(0, 2)) / (h_reconstructed * h).sum(dim=(0, 2))
 
 
 def count_recovered(report: dict[str, Any], n_features: int) -> int:
@@ -358,26 +361,25 @@ def count_recovered(report: dict[str, Any], n_features: int) -> int:
     return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
 
 
-def summarise(results: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
-    """One row per architecture and setting, averaged over its instances."""
+SUMMARISED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall")
+
+
+def summarise(reports: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
+    """One row per architecture and setting: each metric's mean and standard deviation over the seeds."""
     rows = []
-    for name, settings in results.items():
+    for name, settings in reports.items():
         for report in settings:
-            recovered = count_recovered(report, n_features)
-            rows.append(
-                {
-                    "architecture": name,
-                    "setting": report["setting"],
-                    "L0": report["l0"].mean().item(),
-                    "FVU": report["fvu"].mean().item(),
-                    "shrinkage": report["shrinkage"].mean().item(),
-                    "dead": report["dead"].float().mean().item(),
-                    "MMCS": report["mmcs"].mean().item(),
-                    "recovered": recovered,
-                    "instances": len(report["l0"]),
-                }
-            )
+            row = {"architecture": name, "setting": report["setting"], "recovered": count_recovered(report, n_features), "seeds": len(report["l0"])}
+            for key in SUMMARISED:
+                values = report[key].double()
+                row[key], row[f"{key}_sd"] = values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
+            rows.append(row)
     return rows
+
+
+def result_name(row: dict[str, Any]) -> str:
+    """The row's name in the results file, e.g. `JumpReLU.λ=0.1` → `JumpReLU.lam0.1`."""
+    return f"{row['architecture'].split()[0]}.{row['setting'].replace('λ=', 'lam').replace('k=', 'k')}"
 
 
 class HeavisideThroughInput(torch.autograd.Function):

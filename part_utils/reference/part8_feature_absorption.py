@@ -166,6 +166,31 @@ def only_child(features: Float[Tensor, "batch inst feats"], n_parents: int, chil
     return features * torch.cat([torch.ones(n_parents, dtype=torch.bool, device=features.device), keep.flatten()])
 
 
+def carrier_fires(
+    acts: Float[Tensor, "batch inst d_sae"], parent_cosine: Float[Tensor, "inst d_sae parents"], parent_latent: Int[Tensor, "inst parents"], threshold: float
+) -> Bool[Tensor, "batch inst parents"]:
+    """Whether a latent that carries the parent (cosine ≥ threshold), other than ℓ_p, fires."""
+    latent = torch.arange(acts.shape[-1], device=acts.device)
+    carriers = (parent_cosine >= threshold) & (latent[None, :, None] != parent_latent[:, None, :])
+    return einsum((acts > 0).float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+
+
+def absorption_fraction(
+    acts: Float[Tensor, "batch inst d_sae"],
+    parent_on: Bool[Tensor, "batch inst parents"],
+    parent_cosine: Float[Tensor, "inst d_sae parents"],
+    parent_latent: Int[Tensor, "inst parents"],
+) -> Float[Tensor, "inst parents"]:
+    """SAEBench's partial-absorption measure with the true direction as the probe: on inputs with the parent
+    active, the share of the reconstruction's component along the parent that ℓ_p does not write (0 to 1)."""
+    along_parent = einsum(acts, parent_cosine, "batch inst d_sae, inst d_sae parents -> batch inst parents")
+    index = parent_latent.expand(acts.shape[0], -1, -1)
+    by_main = acts.gather(-1, index) * parent_cosine.gather(1, parent_latent[:, None, :]).squeeze(1)
+    counted = parent_on & (along_parent > 0)
+    fraction = (1 - by_main / along_parent.clamp_min(1e-12)).clamp(0, 1)
+    return (fraction * counted).sum(dim=0) / counted.sum(dim=0).clamp_min(1)
+
+
 @torch.no_grad()
 def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"], threshold: float = CARRIES_PARENT_AT) -> dict[str, Tensor]:
     """Absorption per instance and parent on the inputs made of `features`, with what explains it."""
@@ -177,8 +202,11 @@ def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"
     parent_on, child_on = family_presence(features, n_parents)
     parent_fires = (acts > 0).gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
     per_child = [absorption_rate(acts, only_child(features, n_parents, c), parent_cosine, parent_latent, threshold) for c in range(n_children)]
+    absorbed = ~parent_fires & carrier_fires(acts, parent_cosine, parent_latent, threshold)
     return {
         "absorption": absorption_rate(acts, features, parent_cosine, parent_latent, threshold).cpu(),
+        "absorption_all_inputs": rate_where(absorbed, parent_on).cpu(),
+        "absorption_fraction": absorption_fraction(acts, parent_on, parent_cosine, parent_latent).cpu(),
         "absorption_per_child": torch.stack(per_child, dim=-1).cpu(),  # [inst, parents, children]
         "fires_alone": rate_where(parent_fires, parent_on & ~child_on.any(dim=-1)).cpu(),
         "fires_with_child": rate_where(parent_fires, parent_on & child_on.any(dim=-1)).cpu(),

@@ -120,10 +120,28 @@ def move_explorer_slider(page) -> tuple[list, list]:
     return before, page.evaluate(SLIDER_STATE, index)
 
 
+VISIBLE_TEXT = "element => element.innerText.trim()"  # innerText leaves out what is not rendered
+IS_OPEN = "details => details.open"
+
+
+def check_fold(fold) -> None:
+    """One <details>: closed at load, hiding rendered markdown with text besides its summary; a click on
+    the summary opens it and shows that text."""
+    summary, content = fold.locator(":scope > summary"), fold.locator(":scope > :not(summary)")
+    label = summary.evaluate(VISIBLE_TEXT)
+    assert not fold.evaluate(IS_OPEN), f"{label!r} is open at load"
+    assert content.count() and "".join(content.all_text_contents()).strip(), f"{label!r} holds nothing"
+    assert fold.evaluate(VISIBLE_TEXT) == label and not content.first.is_visible(), f"{label!r} shows its content"
+    summary.click()
+    assert fold.evaluate(IS_OPEN), f"{label!r} did not open"
+    assert content.first.is_visible() and fold.evaluate(VISIBLE_TEXT) != label, f"{label!r} shows nothing when open"
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_solution_figures_render_offline_in_headless_chromium(part, test_output_dir, offline_page):
     """Every figure draws with the network refused; animations wait at their first frame; maths is
-    typeset (MathML, no script); one screenshot per figure lands in the test's output folder."""
+    typeset (MathML, no script); hints and answers stay folded until clicked; one screenshot per figure
+    lands in the test's output folder."""
     result = executed_solution(part)
     html_path = test_output_dir / f"{part}.html"
     html_path.write_text(export_offline_html(result.notebook))
@@ -151,11 +169,17 @@ def test_solution_figures_render_offline_in_headless_chromium(part, test_output_
     if maths_in_source:
         assert page.locator("math").count() > 0, "no maths was typeset"
         assert "$$" not in page.inner_text("body"), "raw TeX is left in the page"
+        assert page.eval_on_selector_all("math", "ms => ms.every(m => m.textContent.trim())"), "a formula is empty"
     for index, figure in enumerate(page.query_selector_all(".plotly-graph-div")):
         figure.screenshot(path=str(test_output_dir / f"{part}-figure-{index:02d}.png"))
     page.screenshot(path=str(test_output_dir / f"{part}.png"), full_page=True)
     if part == "01_toy_models":  # the explorer works without a kernel: its slider changes the plot
         (active_before, data_before), (active_after, data_after) = move_explorer_slider(page)
         assert active_before == 0 and active_after > 0 and data_after != data_before
+    markdown = "".join(cell.source for cell in result.notebook.cells if cell.cell_type == "markdown")
+    folds = page.locator("details")
+    assert folds.count() == markdown.count("<details"), "a hint or answer is missing"
+    for index in range(folds.count()):
+        check_fold(folds.nth(index))
     assert not offline_page.errors, offline_page.errors
     assert not offline_page.refused, f"the page tried to reach the network: {offline_page.refused[:3]}"

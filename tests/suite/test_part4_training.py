@@ -1,11 +1,18 @@
-"""Part 4's training loop: resampling revives dead latents, Adam moments reset, and the animation stays small."""
+"""Part 4's training loop: resampling revives dead latents, Adam moments reset (and what that does to the step size),
+the recovery tables, and the animation stays small."""
 
 import pytest
 import torch
 
-from part_utils.plotting.sae import animate_sae_training
+from part_utils.plotting.sae import (
+    animate_sae_training,
+    complete_instances,
+    plot_step_sizes,
+    recipe_table,
+    recovery_table,
+)
 from part_utils.reference.part1_toy_models import ToyModel, ToyModelConfig
-from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig
+from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, adam_step_sizes
 from part_utils.sae_training import redundant_latents, reset_adam_moments, train_sae
 from part_utils.seeding import seed_everything
 from part_utils.training import make_adam, train_self_supervised
@@ -106,3 +113,57 @@ def test_animation_of_16_instances_and_200_frames_is_under_5_mb(pentagon_model, 
     # plotly.js rejects the promise of an animation that a newer one interrupts, and its slider
     # leaves that rejection unhandled: the only error a user's clicks may cause.
     assert set(offline_page.errors) <= {"Uncaught (in promise) undefined"}, offline_page.errors
+
+
+@pytest.mark.parametrize("reset_at", [0, 1_250, 8_750])
+def test_adam_step_sizes_follow_the_bias_correction_of_the_global_step(reset_at):
+    """Zeroed moments with a running step count: lr·(1 − β₁ⁿ)/(1 − β₁ᵗ⁺ⁿ)·√((1 − β₂ᵗ⁺ⁿ)/(1 − β₂ⁿ)); fresh: lr."""
+    sizes = adam_step_sizes(reset_at, n_steps=1_000, lr=1e-3)
+    beta1, beta2 = 0.9, 0.999
+    for n in (1, 12, 100, 1_000):
+        t = reset_at + n
+        expected = (1 - beta1**n) / (1 - beta1**t) * ((1 - beta2**t) / (1 - beta2**n)) ** 0.5
+        assert sizes[n - 1] == pytest.approx(expected, rel=1e-4), n
+    if reset_at == 0:
+        assert sizes == pytest.approx([1.0] * 1_000, rel=1e-4)
+    else:
+        assert max(sizes) > 5.0 and sizes[-1] > 1.15  # a kick of several lr, still above lr after 1,000 steps
+
+
+def fake_report(mmcs: list[float], recovered: list[int], dead: list[int]) -> dict[str, torch.Tensor]:
+    return {
+        "mmcs": torch.tensor(mmcs),
+        "hungarian": torch.tensor(mmcs) - 0.1,
+        "recall": torch.full((len(mmcs),), 0.5),
+        "recovered": torch.tensor(recovered),
+        "dead": torch.tensor(dead),
+        "l0": torch.full((len(mmcs),), 0.1),
+        "fvu": torch.full((len(mmcs),), 0.01),
+    }
+
+
+def test_recipe_table_counts_complete_instances_and_shows_mean_and_sd():
+    reports = {
+        "a": fake_report([1.0, 0.9, 0.8], [5, 5, 4], [0, 1, 0]),
+        "b": fake_report([1.0, 1.0, 1.0], [5, 5, 5], [0, 0, 0]),
+    }
+    assert complete_instances(reports["a"], 5).tolist() == [True, False, False]
+    table = recipe_table(reports, 5)
+    assert table.columns["all 5 features, no dead latent"] == ["1/3", "3/3"]
+    assert table.columns["mean max cos sim"][0] == "0.9000 ± 0.1000"
+    assert table.columns["Hungarian cos sim"][1] == "0.9000 ± 0.0000"
+    assert table.columns["dead latents (all instances)"] == [1, 0]
+
+
+def test_recovery_table_shows_hungarian_and_recall_beside_mmcs():
+    table = recovery_table(fake_report([0.95, 0.99], [4, 5], [1, 0]))
+    names = list(table.columns)
+    assert names[1:4] == ["mean max cos sim", "Hungarian cos sim", "recall"]
+    assert table.columns["Hungarian cos sim"] == ["0.8500", "0.8900"]
+
+
+def test_plot_step_sizes_draws_one_line_per_curve_on_a_log_axis():
+    figure = plot_step_sizes({"fresh": [1.0, 1.0, 1.0], "reset": [3.2, 4.2, 5.0]})
+    assert [trace.name for trace in figure.data] == ["fresh", "reset"]
+    assert list(figure.data[1].x) == [1, 2, 3]
+    assert figure.layout.xaxis.type == "log"

@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from part_utils.activation_sae import ActivationSource
+from part_utils.activation_sae import ActivationSource, PublishedAuxKTopKSAE
 from part_utils.activations import collect_activations
 from part_utils.palindromes import (
     MIRRORED_POSITIONS,
@@ -19,6 +19,7 @@ from part_utils.palindromes import (
     train_palindrome_model,
 )
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig
+from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
 from part_utils.reference.part6_sae_transformer import constant_replacement, loss_recovered, sae_replacement, spliced_loss
 
 HOOK = "blocks.0.hook_mlp_out"
@@ -125,6 +126,47 @@ def test_activation_source_serves_buffer_rows_to_every_instance():
     assert matches.any(dim=1).all(), "every sample is a row of the buffer"
     with pytest.raises(ValueError, match="flatten"):
         ActivationSource(torch.randn(4, 9, 6), n_inst=1)
+
+
+def published_auxk_case() -> tuple[PublishedAuxKTopKSAE, tuple[torch.Tensor, ...]]:
+    """An SAE with a non-zero decoder bias, and an instance with fewer dead latents than k_aux beside one with none."""
+    torch.manual_seed(0)
+    cfg = TopKToySAEConfig(n_inst=2, d_in=6, d_sae=10, k=2, k_aux=4)
+    sae = PublishedAuxKTopKSAE(cfg, ActivationSource(torch.randn(50, 6), n_inst=2))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    dead = torch.zeros(2, 10, dtype=torch.bool)
+    dead[0, [1, 3, 5]] = True
+    return sae, (torch.randn(32, 2, 10), torch.randn(32, 2, 6), torch.randn(32, 2, 6), dead)
+
+
+def test_published_auxk_is_the_top_dead_latents_error_over_the_residuals_variance():
+    sae, (pre_acts, h, h_reconstructed, dead) = published_auxk_case()
+    residual = h - h_reconstructed
+    top = pre_acts.masked_fill(~dead, -torch.inf).topk(4, dim=-1)
+    aux_acts = torch.zeros_like(pre_acts).scatter(-1, top.indices, torch.relu(top.values))
+    residual_hat = torch.einsum("bis,isd->bid", aux_acts, sae.W_dec_normalized)  # no b_dec: the residual has no offset
+    variance = (residual - residual.mean(dim=0)).pow(2).mean(dim=(0, 2))
+    expected = (residual_hat - residual).pow(2).mean(dim=-1) / variance
+    expected[:, 1] = 0.0  # no dead latent in instance 1
+    loss = sae.auxk_loss(pre_acts, h, h_reconstructed, dead)
+    torch.testing.assert_close(loss, expected)
+    # Averaged over the batch, it is openai/sparse_autoencoder's normalized_mse(ê + b_dec, e + b_dec).
+    target, reconstruction = residual[:, 0] + sae.b_dec[0], residual_hat[:, 0] + sae.b_dec[0]
+    normalized_mse = (reconstruction - target).pow(2).mean() / (target.mean(dim=0) - target).pow(2).mean()
+    torch.testing.assert_close(loss[:, 0].mean(), normalized_mse)
+    # Part 5's AuxK is the same error, unnormalised and scaled by n_dead / k_aux = 3/4.
+    part5 = TopKToySAE.auxk_loss(sae, pre_acts, h, h_reconstructed, dead)
+    torch.testing.assert_close(part5[:, 0], loss[:, 0] * variance[0] * 3 / 4)
+
+
+def test_published_auxk_trains_only_the_dead_latents():
+    sae, (_, h, _, dead) = published_auxk_case()
+    pre_acts = torch.einsum("bid,ids->bis", h - sae.b_dec, sae.W_enc) + sae.b_enc
+    h_reconstructed = torch.einsum("bis,isd->bid", sae.activation(pre_acts), sae.W_dec_normalized) + sae.b_dec
+    sae.auxk_loss(pre_acts, h, h_reconstructed, dead).sum().backward()
+    assert sae.W_enc.grad[0][:, ~dead[0]].abs().max() == 0 and sae.W_enc.grad[0][:, dead[0]].abs().max() > 0
+    assert sae.W_enc.grad[1].abs().max() == 0, "an instance without dead latents has no auxiliary loss"
 
 
 def test_install_on_colab_installs_only_in_colab(monkeypatch):

@@ -181,11 +181,11 @@ def test_checks_do_not_change_the_learners_random_state(checks):
 # Further mistakes and rewrites -------------------------------------------------------------
 
 
-def loop_with_python_sums(weights, mlp_pre, active_in, active_out):
-    """Correct: four nested loops down to single numbers, into a float32 tensor even for float64 inputs."""
+def loop_with_python_sums(weights, mlp_pre, active_in, active_out, dtype=None):
+    """Correct: four nested loops down to single numbers, into a tensor of mlp_pre's dtype (or of `dtype`)."""
     tokens, k_in = active_in.shape
     k_out = active_out.shape[1]
-    jacobian = torch.zeros(tokens, k_out, k_in)
+    jacobian = torch.zeros(tokens, k_out, k_in, dtype=dtype or mlp_pre.dtype)
     for t in range(tokens):
         for o in range(k_out):
             reads = weights.W_out @ weights.W_enc_out[:, active_out[t, o]]
@@ -222,6 +222,44 @@ def loop_sign_of_pre(weights, mlp_pre, active_in, active_out):
 @pytest.mark.parametrize("learner", [make_loop(derivative="post-activation"), loop_with_python_sums, loop_in_place_on_own_temporaries, loop_sign_of_pre])
 def test_jacobian_loop_accepts_further_rewrites(checks, learner):
     checks.passes(part7.test_jacobian_loop, learner)
+
+
+# Float64 in, float64 out: a float32 result is as close to the values as the tolerance asks, so only the dtype tells.
+FLOAT32_FOR_FLOAT64 = r"returned torch\.float32 for float64 inputs: keep the inputs' dtype"
+
+
+def loop_into_float32(weights, mlp_pre, active_in, active_out):
+    """Right values, written into a float32 tensor whatever the inputs' dtype."""
+    return loop_with_python_sums(weights, mlp_pre, active_in, active_out, dtype=torch.float32)
+
+
+def vectorised_in_float32(products, mlp_pre, active_in, active_out):
+    return reference.jacobian_vectorised(products, mlp_pre, active_in, active_out).float()
+
+
+def products_in_float32(weights):
+    products = reference.latent_products(weights)
+    return reference.LatentProducts(written=products.written.float(), read=products.read.float())
+
+
+def test_float64_inputs_need_a_float64_result(checks):
+    assert any(case[1].dtype == torch.float64 for case in part7.check_cases())
+    assert "float64 in, float64 out" in checks.passes(part7.test_jacobian_loop, reference.jacobian_loop)
+    checks.passes(part7.test_jacobian_loop, loop_with_python_sums)
+    checks.fails(part7.test_jacobian_loop, loop_into_float32, r"`jacobian_loop` " + FLOAT32_FOR_FLOAT64)
+    reference_pair = (reference.latent_products, reference.jacobian_vectorised)
+    assert "float64 in, float64 out" in checks.passes(lambda _: part7.test_jacobian_vectorised(*reference_pair), None)
+    checks.passes(lambda _: part7.test_jacobian_vectorised(products_with_einsum, vectorised_broadcast), None)
+    checks.fails(
+        lambda _: part7.test_jacobian_vectorised(reference.latent_products, vectorised_in_float32),
+        None,
+        r"`jacobian_vectorised` " + FLOAT32_FOR_FLOAT64,
+    )
+    checks.fails(
+        lambda _: part7.test_jacobian_vectorised(products_in_float32, reference.jacobian_vectorised),
+        None,
+        r"`latent_products` returned a `written` of torch\.float32 for float64 inputs",
+    )
 
 
 def loop_binarises_mlp_pre_in_place(weights, mlp_pre, active_in, active_out):
