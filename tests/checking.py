@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from part_utils.seeding import forked_rng
 
 CHECKS_DIR = Path(__file__).resolve().parent
+GRADING_SEED: int | None = None
+"""Set by the grader for one check: inputs then come from a seed secret to that grading run."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -76,7 +78,8 @@ def check(exercise: str, seed: int = 0) -> Callable[[Callable[P, R]], Callable[P
     def decorate(body: Callable[P, R]) -> Callable[P, None]:
         @functools.wraps(body)
         def run(*args: P.args, **kwargs: P.kwargs) -> None:
-            with forked_rng(seed), single_threaded():
+            secret = seed if GRADING_SEED is None else (seed * 1_000_003 + GRADING_SEED) % 2**32
+            with forked_rng(secret), single_threaded():
                 summary = body(*args, **kwargs)
             suffix = f" ({summary})" if summary else ""
             print(f"✔ {exercise}: all checks passed{suffix}.")
@@ -264,6 +267,8 @@ def _same(a: Tensor, b: Tensor) -> bool:
 
 def _learner_location(error: BaseException) -> str:
     """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
+    if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there
+        return str(error.learner_location)
     location = "your code"
     traceback = error.__traceback__
     while traceback is not None:
