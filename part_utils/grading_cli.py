@@ -18,8 +18,8 @@ def progress(requested: list[str], time_limit: float) -> int:
     print(f"Running {len(chosen)} of your exercise notebooks in fast mode (each in a fresh Python, up to its last check)...", flush=True)
     results = []
     for part in chosen:
+        print(f"  running {part}...", flush=True)
         results.append(grade_notebook(ROOT / "notebooks" / f"{part}.ipynb", part, time_limit=time_limit, sandboxed=False))
-        print(f"{results[-1].part}: {results[-1].passed}/{results[-1].total} exercises pass", flush=True)
     print(progress_table(results))
     print(f"\nIn all: {sum(result.passed for result in results)} of {sum(result.total for result in results)} exercises pass.")
     return 0
