@@ -149,10 +149,11 @@ def sandbox_command(part: str, imported: set[str], scratch: Path, worker_fds: tu
     command = [
         "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox",
-        *_system_binds(),
-        "--proc", "/proc", "--dev", "/dev",
+        # The private /tmp first: the workbook or its environment may live under /tmp, and their binds must land on top.
         "--size", str(TMP_SIZE), "--tmpfs", "/tmp",
         "--size", str(TMP_SIZE), "--tmpfs", "/home/learner",
+        *_system_binds(),
+        "--proc", "/proc", "--dev", "/dev",
         "--ro-bind", str(ROOT / "part_utils"), f"{root}/part_utils",
         "--tmpfs", str(reference),
         "--ro-bind", str(reference / "__init__.py"), str(reference / "__init__.py"),
