@@ -29,20 +29,38 @@ def code_of(source: str) -> str:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
+def parsed_cells(notebook: nbformat.NotebookNode) -> list[ast.Module]:
+    """The syntax trees of a notebook's code cells (cells that do not parse are left out)."""
+    trees = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            try:
+                trees.append(ast.parse(code_of(cell.source)))
+            except SyntaxError:
+                continue
+    return trees
+
+
 def check_modules(notebook: nbformat.NotebookNode) -> dict[str, str]:
     """Alias → checks module, from lines such as `import tests.part1_toy_models as checks`."""
     aliases = {}
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        try:
-            tree = ast.parse(code_of(cell.source))
-        except SyntaxError:
-            continue
+    for tree in parsed_cells(notebook):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 aliases.update({alias.asname: alias.name for alias in node.names if alias.asname and alias.name.startswith("tests.")})
     return aliases
+
+
+def imported_modules(notebook: nbformat.NotebookNode) -> set[str]:
+    """Every module a notebook's code cells import."""
+    found = set()
+    for tree in parsed_cells(notebook):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+    return found
 
 
 def check_calls(source: str, aliases: dict[str, str]) -> list[CheckCall] | None:

@@ -22,29 +22,12 @@ import nbformat
 import torch
 
 from part_utils.grading.bridge import Peer, _MethodCaller
-from part_utils.grading.catalogue import EXERCISES, check_modules, code_of, exercises_of, part_of
+from part_utils.grading.catalogue import EXERCISES, code_of, exercises_of, imported_modules, part_of
 from part_utils.grading.sandbox import own_reference_module, start_worker
 from part_utils.grading.verdicts import ERROR, FAIL, NOT_RUN, PASS, STUB, CheckCall, SubmissionResult, Verdict
 from part_utils.grading.wire import Channel, ChannelClosed, Deadline
 
 STUB_MARK = "raise NotImplementedError"
-
-
-def imported_modules(notebook: nbformat.NotebookNode) -> set[str]:
-    found = set()
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        try:
-            tree = ast.parse(code_of(cell.source))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-    return found
 
 
 def exercise_method_names(exercise_notebook: nbformat.NotebookNode) -> frozenset[str]:
