@@ -1,22 +1,22 @@
 """Training loop for SAEs on toy data, with dead-latent resampling and a log for animations.
 
-The SAE supplies `generate_batch(batch_size)`, `forward(h) -> (loss_dict, loss, acts, h_reconstructed)`,
-`resample_simple` / `resample_advanced` (each returning which latents it resampled), optionally
-`reset_latent_state(resampled)` for per-latent state beyond the weights (called after each resampling),
-`W_dec_normalized` and `latent_axes()` (which axis of each parameter indexes latents, so
-the optimiser's moments of resampled latents can be reset). Like the toy-model loop, it
-reads nothing back from the device except at log and resample steps.
+The SAE keeps the contract in `part_utils.sae_interface.TrainableSAE`: `generate_batch`, a forward pass
+returning an `SAEOutput`, `encode`, `resample_simple` / `resample_advanced` (each returning which latents it
+resampled), optionally `reset_latent_state(resampled)` for per-latent state beyond the weights (called after
+each resampling), `W_dec_normalized` and `latent_axes()`. Like the toy-model loop, it reads nothing back from
+the device except at log and resample steps.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from part_utils.progress import progress_bar
+from part_utils.sae_interface import TrainableSAE
 from part_utils.training import LearningRateSchedule, constant_lr, make_adam, set_learning_rate
 
 ResampleMethod = Literal["simple", "advanced"] | None
@@ -60,7 +60,7 @@ def redundant_latents(
     return ((cosine > threshold) & both_live & fires_more).any(dim=-1)
 
 
-def reset_adam_moments(optimizer: torch.optim.Optimizer, sae: Any, resampled: Bool[Tensor, "inst d_sae"]) -> None:
+def reset_adam_moments(optimizer: torch.optim.Optimizer, sae: TrainableSAE, resampled: Bool[Tensor, "inst d_sae"]) -> None:
     """Zero Adam's running moments for the resampled latents' weights.
 
     For a latent that was live until now (a redundant or starved one) this stops the old
@@ -87,7 +87,7 @@ def _mask_shape(ndim: int, latent_axis: int, mask_shape: torch.Size) -> tuple[in
 
 
 def train_sae(
-    sae: Any,
+    sae: TrainableSAE,
     *,
     steps: int,
     batch_size: int = 1024,
@@ -128,7 +128,8 @@ def train_sae(
         set_learning_rate(optimizer, step_lr)
         sae.cfg.sparsity_coeff = sparsity_coeff * sparsity_schedule(step, steps)
         h = sae.generate_batch(batch_size)
-        _, loss, acts, _ = sae(h)
+        output = sae(h)
+        loss, acts = output.loss, output.acts
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,7 +167,7 @@ def train_sae(
     return log
 
 
-def _resample(sae: Any, method: str, frac_active: Tensor, resample_scale: float) -> Tensor:
+def _resample(sae: TrainableSAE, method: str, frac_active: Tensor, resample_scale: float) -> Tensor:
     """Resample, then let the SAE reset any per-latent state of its own (thresholds, counters...)."""
     if method not in ("simple", "advanced"):
         raise ValueError(f"resample_method must be None, 'simple' or 'advanced', got {method!r}")
@@ -180,22 +181,22 @@ def _resample(sae: Any, method: str, frac_active: Tensor, resample_scale: float)
 
 
 @torch.no_grad()
-def _firing_rates(sae: Any, h: Tensor) -> Float[Tensor, "inst d_sae"]:
-    _, _, acts, _ = sae(h)
-    return (acts > 0).float().mean(dim=0)
+def _firing_rates(sae: TrainableSAE, h: Tensor) -> Float[Tensor, "inst d_sae"]:
+    return (sae.encode(h) > 0).float().mean(dim=0)
 
 
 @torch.no_grad()
-def _snapshot(sae: Any, step: int, h_sample: Tensor, resampled: Tensor | None) -> SAESnapshot:
+def _snapshot(sae: TrainableSAE, step: int, h_sample: Tensor, resampled: Tensor | None) -> SAESnapshot:
     h = h_sample.to(sae.W_enc.device)
-    loss_dict, _, acts, h_reconstructed = sae(h)
+    output = sae(h)
+    acts = output.acts
     n_inst, d_sae = acts.shape[1], acts.shape[2]
     return SAESnapshot(
         step=step,
         W_enc=sae.W_enc.detach().cpu().clone(),
         W_dec_normalized=sae.W_dec_normalized.detach().cpu().clone(),
-        h_reconstructed=h_reconstructed.cpu(),
-        reconstruction_loss=loss_dict["L_reconstruction"].cpu(),
+        h_reconstructed=output.h_reconstructed.cpu(),
+        reconstruction_loss=output.loss_dict["L_reconstruction"].cpu(),
         frac_active=(acts > 0).float().mean(dim=0).cpu(),
         resampled=(resampled if resampled is not None else torch.zeros(n_inst, d_sae, dtype=torch.bool)).cpu(),
     )

@@ -1,6 +1,5 @@
 """Shape validation for plotting and training helpers, with messages that name the expected shape."""
 
-from collections.abc import Sequence
 
 import torch
 
@@ -37,10 +36,3 @@ def _describe(axis: str, fixed: dict[str, int] | None, bound: dict[str, int] | N
     size = (fixed or {}).get(axis, (bound or {}).get(axis))
     return axis if size is None else f"{axis}={size}"
 
-
-def as_list(values: Sequence[str] | str | None, length: int) -> list[str | None]:
-    if values is None:
-        return [None] * length
-    if isinstance(values, str):
-        return [values] * length
-    return list(values)

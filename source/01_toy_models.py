@@ -510,7 +510,7 @@ _ = train_self_supervised(
 # near 0 or near 1 ({{phase.frac_norms_near:.0%}} of them within {{phase.near:.1f}} of one or
 # the other).
 
-# %% tags=["reference"]
+# %%
 PHASES = ("not represented", "dedicated dimension", "superposition")
 
 
@@ -759,7 +759,7 @@ checks.test_generate_anticorrelated_features(generate_anticorrelated_features)
 # A model whose `generate_batch` puts correlated pairs first, then anticorrelated pairs, then
 # independent features (given, using your two functions):
 
-# %% tags=["reference"]
+# %%
 class CorrelatedToyModel(ToyModel):
     """Features: correlated pairs first, then anticorrelated pairs, then independent features.
 

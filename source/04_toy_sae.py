@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from part_utils.matching import hungarian_match, matched_recall
 from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
+from part_utils.sae_interface import SAEOutput
 from part_utils.sae_training import SAETrainingLog, train_sae
 from part_utils.training import make_adam
 
@@ -182,6 +183,14 @@ class ToySAE(nn.Module):
         if self._W_dec is not None:
             axes["_W_dec"] = 1
         return axes
+
+    def activation(self, pre_acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_sae"]:
+        """ReLU here; Part 5's architectures replace it."""
+        return F.relu(pre_acts)
+
+    def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+        """The latent activations `acts` for inputs `h`."""
+        return self.activation(self.pre_activations(h))
 
     def optimize(self, **training: Any) -> SAETrainingLog:
         """Train with Adam and optional resampling: see `part_utils.sae_training.train_sae` for the options."""
@@ -326,34 +335,44 @@ def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
 checks.test_generate_batch(ToySAE)
 
 # %% [markdown]
-# ### Exercise 4: `forward`
+# ### Exercise 4: `pre_activations`, `decode` and `forward`
 #
 # **Difficulty** ●●●○○ · **Importance** ●●●●● · **Plan for** 20 minutes
 #
-# Return four things:
-# 1. `loss_dict`: `{"L_reconstruction": [batch, inst], "L_sparsity": [batch, inst]}`;
-# 2. `loss`: the scalar total (reconstruction + `sparsity_coeff` × sparsity, mean over batch,
-#    sum over instances);
-# 3. `acts`: the latent activations `z`, `[batch, inst, d_sae]`;
-# 4. `h_reconstructed`: `[batch, inst, d_in]`.
+# Every SAE in this workbook offers the same three calls, so that the training loop, the
+# evaluations and the plots work with any of them: `encode(h)` gives the latent activations,
+# `decode(acts)` the reconstruction, and `forward(h)` runs both and adds the losses. The class
+# above already has `encode`: the ReLU (`activation`) of `pre_activations(h)`. Write:
 #
-# Subtract `b_dec` before encoding and add it back after decoding, and decode with
-# `self.W_dec_normalized`. `L_sparsity` is the bare L1 norm: `sparsity_coeff` appears only in
-# `loss`. Training backpropagates `loss`, so keep everything on its way differentiable, and
-# leave `h` as it is (it is the caller's batch: centre a new tensor, `h - self.b_dec`).
+# - `pre_activations(h)`: the encoder's input to the ReLU, `(h - b_dec) W_enc + b_enc`,
+#   `[batch, inst, d_sae]`. Subtract `b_dec` before encoding, and leave `h` as it is (it is
+#   the caller's batch: centre a new tensor, `h - self.b_dec`).
+# - `decode(acts)`: `acts` times `self.W_dec_normalized`, plus `b_dec`, `[batch, inst, d_in]`.
+# - `forward(h)`: `acts = self.encode(h)`, `h_reconstructed = self.decode(acts)`, then return an
+#   `SAEOutput` with four named fields:
+#   1. `loss_dict`: `{"L_reconstruction": [batch, inst], "L_sparsity": [batch, inst]}`;
+#   2. `loss`: the scalar total (reconstruction + `sparsity_coeff` × sparsity, mean over batch,
+#      sum over instances);
+#   3. `acts`: the latent activations `z`, `[batch, inst, d_sae]`;
+#   4. `h_reconstructed`: `[batch, inst, d_in]`.
+#
+# `SAEOutput` is a named tuple: build it as `SAEOutput(loss_dict=..., loss=..., acts=...,
+# h_reconstructed=...)`, and read it by name, `sae(h).acts`. `L_sparsity` is the bare L1 norm:
+# `sparsity_coeff` appears only in `loss`. Training backpropagates `loss`, so keep everything on
+# its way differentiable.
 #
 # <details><summary>Hint 1: follow the formula left to right</summary>
 #
-# Compute, each into its own name: the centred input `h - b_dec`; the pre-activations
-# (centred input times `W_enc`, plus `b_enc`); `acts`, their ReLU; `h_reconstructed`, `acts`
-# times `self.W_dec_normalized` plus `b_dec`. Then the two loss terms from those, and the total
+# In `pre_activations`: the centred input `h - b_dec`, then the centred input times `W_enc`,
+# plus `b_enc`. In `forward`: `acts` from `self.encode(h)` (the ReLU of your pre-activations),
+# `h_reconstructed` from `self.decode(acts)`, then the two loss terms from those, and the total
 # from the two terms. Check each shape before the next step.
 # </details>
 #
 # <details><summary>Hint 2: the axes of each step</summary>
 #
 # Encoding sums over `d_in`: `batch inst d_in, inst d_in d_sae -> batch inst d_sae`, and
-# `b_enc` (`[inst, d_sae]`) then broadcasts over the batch; add it before the ReLU, not after.
+# `b_enc` (`[inst, d_sae]`) then broadcasts over the batch; it is added before the ReLU, not after.
 # Decoding sums over `d_sae`: `batch inst d_sae, inst d_sae d_in -> batch inst d_in`. Compare
 # `h_reconstructed` with the original `h` (not the centred one), square, and take the mean
 # over the last axis; `L_sparsity` sums `acts` (their absolute values, which are the same after
@@ -366,19 +385,30 @@ checks.test_generate_batch(ToySAE)
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
-def forward(
-    self, h: Float[Tensor, "batch inst d_in"]
-) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
+def pre_activations(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
     # BEGIN SOLUTION
-    h_centred = h - self.b_dec
-    acts = F.relu(einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc)
-    h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+    return einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+    # END SOLUTION
+
+
+@add_to_class(ToySAE)
+def decode(self, acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_in"]:
+    # BEGIN SOLUTION
+    return einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+    # END SOLUTION
+
+
+@add_to_class(ToySAE)
+def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
+    # BEGIN SOLUTION
+    acts = self.encode(h)
+    h_reconstructed = self.decode(acts)
     loss_dict = {
         "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
         "L_sparsity": acts.abs().sum(dim=-1),
     }
     loss = (loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]).mean(dim=0).sum()
-    return loss_dict, loss, acts, h_reconstructed
+    return SAEOutput(loss_dict=loss_dict, loss=loss, acts=acts, h_reconstructed=h_reconstructed)
     # END SOLUTION
 
 
@@ -453,7 +483,8 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
     """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
     features = sae.model.generate_batch(n_samples)
     h = einsum(features, sae.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
-    _, _, acts, h_reconstructed = sae(h)
+    output = sae(h)
+    acts, h_reconstructed = output.acts, output.h_reconstructed
     best_cosine = max_cosine_similarity(sae.W_dec_normalized, feature_directions)
     matched_cosine, matched_latent = hungarian_match(decoder_feature_cosines(sae.W_dec_normalized, feature_directions))
     variance = (h - h.mean(dim=0)).pow(2).sum(dim=(0, 2))
@@ -739,7 +770,7 @@ def resample_advanced(
     # BEGIN SOLUTION
     dead = frac_active_in_window < 1e-8
     h = self.generate_batch(batch_size)
-    loss_dict, _, _, _ = self.forward(h)
+    loss_dict = self.forward(h).loss_dict
     squared_loss = loss_dict["L_reconstruction"].pow(2)  # [batch, inst]
     resampled = torch.zeros_like(dead)
     for inst in range(self.cfg.n_inst):
@@ -1022,7 +1053,8 @@ class UnnormalisedToySAE(ToySAE):
 def cheat_sizes(sae: ToySAE) -> dict[str, Float[Tensor, " inst"]]:
     """Per instance, on a fresh batch: mean decoder row norm, mean size of an active latent, L0 and the L1 term."""
     with torch.no_grad():
-        loss_dict, _, acts, _ = sae(sae.generate_batch(10_000))
+        output = sae(sae.generate_batch(10_000))
+    loss_dict, acts = output.loss_dict, output.acts
     fires = acts > 0
     return {
         "decoder_norm": sae.W_dec.detach().norm(dim=-1).mean(dim=-1).cpu(),

@@ -267,8 +267,8 @@ topk_sae = train_topk(PublishedAuxKTopKSAE, k_aux)
 @torch.no_grad()
 def encode_and_reconstruct(sae: ToySAE, acts: Float[Tensor, "tokens d_model"]) -> tuple[Float[Tensor, "inst tokens d_sae"], Float[Tensor, "inst tokens d_model"]]:
     h = (acts / activation_scale).unsqueeze(1).expand(-1, sae.cfg.n_inst, -1)
-    _, _, latents, reconstruction = sae(h)
-    return latents.transpose(0, 1), reconstruction.transpose(0, 1) * activation_scale
+    latents = sae.encode(h)
+    return latents.transpose(0, 1), sae.decode(latents).transpose(0, 1) * activation_scale
 
 
 test_rows = test_acts[:, 1:].flatten(0, 1)
@@ -497,7 +497,7 @@ def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float
         if act.shape[-1] != sae.cfg.d_in:
             raise ValueError(f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size {act.shape[-1]}: was it trained on another hook?")
         h = (act[:, 1:] / scale).unsqueeze(2).expand(-1, -1, sae.cfg.n_inst, -1).flatten(0, 1)
-        reconstruction = sae(h)[3][:, instance].reshape(act[:, 1:].shape) * scale
+        reconstruction = sae.decode(sae.encode(h))[:, instance].reshape(act[:, 1:].shape) * scale
         return torch.cat([act[:, :1], reconstruction], dim=1)
 
     return replace
@@ -672,7 +672,7 @@ print(f"{int((frequency > 0).sum())} live latents of {d_sae}")
 # its own, tells the model to say.
 
 
-# %% tags=["reference"]
+# %%
 @torch.no_grad()
 def direct_logit_effect(model: TransformerBridge, decoder_directions: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Logit change per unit of each latent along the direct path: centre, LayerNorm weights, unembed."""
@@ -766,7 +766,7 @@ record_group("others.one_position", one_job)
 # one letter, and the most frequent latent elsewhere.
 
 
-# %% tags=["reference"]
+# %%
 def top_activating_examples(latents: Float[Tensor, "strings pos d_sae"], latent: int, n: int = 8) -> list[tuple[int, int, float]]:
     """(string index, position, activation) of the `n` largest activations of `latent`."""
     values, flat = latents[..., latent].flatten().topk(n)

@@ -141,7 +141,8 @@ def train_topk_sae(activations: Float[Tensor, "tokens d_model"], name: str) -> T
 
 @torch.no_grad()
 def sae_quality(sae: TopKToySAE, activations: Float[Tensor, "tokens d_model"]) -> str:
-    _, _, acts, reconstruction = sae(activations[:, None, :])
+    acts = sae.encode(activations[:, None, :])
+    reconstruction = sae.decode(acts)
     fvu = 1 - fraction_variance_explained(activations, reconstruction[:, 0])
     dead = int((firing_frequency(acts[:, 0]) == 0).sum())
     return f"fraction of variance unexplained {fvu:.4f}, dead latents {dead} of {d_sae}"
@@ -439,12 +440,11 @@ print(f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.g
 # the input SAE, decode it, run the MLP's first layer on the reconstruction for the ReLU
 # derivative, and take the output SAE's active latents on the true `hook_mlp_out`.
 
-# %% tags=["reference"]
+# %%
 @torch.no_grad()
 def topk_code(sae: TopKToySAE, x: Float[Tensor, "tokens d_in"]) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
-    """The values and indices of a one-instance TopK SAE's active latents."""
-    pre_acts = (x - sae.b_dec[0]) @ sae.W_enc[0] + sae.b_enc[0]
-    top = pre_acts.topk(int(sae.cfg.k), dim=-1)
+    """A one-instance TopK SAE's code in sparse form: the values and indices of its active latents."""
+    top = sae.pre_activations(x[:, None, :])[:, 0].topk(int(sae.cfg.k), dim=-1)
     return F.relu(top.values), top.indices
 
 
@@ -509,7 +509,7 @@ histogram.show()
 # position it is most often active at. Then we rank the pairs of latents by their mean |J|
 # over the tokens at which both are active.
 
-# %% tags=["reference"]
+# %%
 def describe_latents(
     active: Int[Tensor, "tokens k"], positions: Int[Tensor, " tokens"], following: Int[Tensor, " tokens"], vocabulary: list[str], d_sae: int
 ) -> list[str]:

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from part_utils.methods import add_to_class
 from part_utils.reference.part5_sae_variants import BatchTopKToySAE, TopKToySAEConfig
+from part_utils.sae_interface import SAEOutput
 
 # %%
 import copy
@@ -434,7 +435,7 @@ def inference_acts(sae: nn.Module, features: Float[Tensor, "batch inst feats"]) 
     h = einsum(sae.model.W, features, "inst d_in feats, batch inst feats -> batch inst d_in")
     was_training = sae.training
     sae.eval()
-    acts = sae(h)[2]
+    acts = sae.encode(h)
     sae.train(was_training)
     return acts
 
@@ -889,11 +890,6 @@ class MatryoshkaToySAE(BatchTopKToySAE):
 
     cfg: MatryoshkaToySAEConfig
 
-    def record_firing(self, acts: Float[Tensor, "batch inst d_sae"]) -> None:
-        """Count, for AuxK, the training steps since each latent last fired; evaluation counts nothing."""
-        if self.training and torch.is_grad_enabled():
-            self.steps_since_fired.add_(1).masked_fill_((acts > 0).any(dim=0), 0)
-
 
 def doubling_prefixes(first: int, d_sae: int) -> list[int]:
     """first, 2·first, 4·first, ... and finally d_sae."""
@@ -908,10 +904,11 @@ def doubling_prefixes(first: int, d_sae: int) -> list[int]:
 #
 # **Difficulty** ●●●○○ · **Importance** ●●●●○ · **Plan for** 30 minutes
 #
-# Return the same four things as every SAE's forward: `loss_dict`, `loss`, `acts`,
-# `h_reconstructed`. Step by step:
+# Return an `SAEOutput` with the same four fields as every SAE's forward: `loss_dict`, `loss`,
+# `acts`, `h_reconstructed`. Step by step:
 #
-# 1. The pre-activations $(h - b_{dec}) W_{enc} + b_{enc}$, and `acts = self.activation(pre_acts)`,
+# 1. The pre-activations $(h - b_{dec}) W_{enc} + b_{enc}$, which Part 4's
+#    `pre_acts = self.pre_activations(h)` computes, and `acts = self.activation(pre_acts)`,
 #    BatchTopK's activation (top k·batch in training, the learned threshold in inference). Call
 #    it once: in training it also updates the threshold.
 # 2. For each prefix end `m` in `self.cfg.prefix_sizes`: the prefix's reconstruction, `b_dec`
@@ -951,11 +948,9 @@ def doubling_prefixes(first: int, d_sae: int) -> list[int]:
 
 # %% tags=["reference"]
 @add_to_class(MatryoshkaToySAE)
-def forward(
-    self, h: Float[Tensor, "batch inst d_in"]
-) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
+def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     # BEGIN SOLUTION
-    pre_acts = einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+    pre_acts = self.pre_activations(h)
     acts = self.activation(pre_acts)
     W_dec = self.W_dec_normalized
     h_reconstructed = self.b_dec.expand_as(h)
@@ -973,7 +968,7 @@ def forward(
     }
     self.record_firing(acts)
     loss = (loss_dict["L_matryoshka"] + self.cfg.aux_coeff * loss_dict["L_aux"]).mean(dim=0).sum()
-    return loss_dict, loss, acts, h_reconstructed
+    return SAEOutput(loss_dict=loss_dict, loss=loss, acts=acts, h_reconstructed=h_reconstructed)
     # END SOLUTION
 
 

@@ -78,26 +78,6 @@ def calculate_loss(
     return weighted_error.mean(dim=(0, 2)).sum()
 
 
-PHASES = ("not represented", "dedicated dimension", "superposition")
-
-
-@torch.no_grad()
-def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor, "inst"]:
-    """Each instance's importance-weighted squared error on one fresh batch."""
-    batch = model.generate_batch(batch_size)
-    return (model.importance * (batch - model(batch)).pow(2)).mean(dim=(0, 2))
-
-
-def classify_extra_feature(W: Float[Tensor, "inst d_hidden=1 feats=2"], threshold: float = 0.5) -> Tensor:
-    """0: feature 1 not represented; 1: feature 1 alone in the dimension; 2: both features, antipodally."""
-    norms = W.detach().norm(dim=1)
-    feature_0_kept, feature_1_kept = norms[:, 0] > threshold, norms[:, 1] > threshold
-    phase = torch.zeros(W.shape[0], dtype=torch.long, device=W.device)
-    phase[feature_1_kept & ~feature_0_kept] = 1
-    phase[feature_1_kept & feature_0_kept] = 2
-    return phase
-
-
 def generate_correlated_features(
     batch_size: int, feature_probability: Float[Tensor, "inst pairs"]
 ) -> Float[Tensor, "batch inst 2*pairs"]:
@@ -119,21 +99,3 @@ def generate_anticorrelated_features(
     which = torch.stack([first_chosen, ~first_chosen], dim=-1)
     magnitudes = torch.rand(batch_size, n_inst, n_pairs, 2, device=device)
     return (magnitudes * (pair_active[..., None] & which)).flatten(-2)
-
-
-class CorrelatedToyModel(ToyModel):
-    """Features: correlated pairs first, then anticorrelated pairs, then independent features.
-
-    Each pair uses the probability of its first feature in `feature_probability`."""
-
-    def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
-        n_correlated = 2 * self.cfg.n_correlated_pairs
-        n_paired = n_correlated + 2 * self.cfg.n_anticorrelated_pairs
-        blocks = []
-        if self.cfg.n_correlated_pairs:
-            blocks.append(generate_correlated_features(batch_size, self.feature_probability[:, 0:n_correlated:2]))
-        if self.cfg.n_anticorrelated_pairs:
-            blocks.append(generate_anticorrelated_features(batch_size, self.feature_probability[:, n_correlated:n_paired:2]))
-        if n_paired < self.cfg.n_features:
-            blocks.append(super().generate_batch(batch_size)[..., n_paired:])
-        return torch.cat(blocks, dim=-1)

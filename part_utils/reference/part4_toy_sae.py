@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from part_utils.matching import hungarian_match, matched_recall
 from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
+from part_utils.sae_interface import SAEOutput
 from part_utils.sae_training import SAETrainingLog, train_sae
 from part_utils.training import make_adam
 
@@ -46,6 +47,14 @@ class ToySAE(nn.Module):
         if self._W_dec is not None:
             axes["_W_dec"] = 1
         return axes
+
+    def activation(self, pre_acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_sae"]:
+        """ReLU here; Part 5's architectures replace it."""
+        return F.relu(pre_acts)
+
+    def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+        """The latent activations `acts` for inputs `h`."""
+        return self.activation(self.pre_activations(h))
 
     def optimize(self, **training: Any) -> SAETrainingLog:
         """Train with Adam and optional resampling: see `part_utils.sae_training.train_sae` for the options."""
@@ -82,18 +91,25 @@ def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d_in"]:
 
 
 @add_to_class(ToySAE)
-def forward(
-    self, h: Float[Tensor, "batch inst d_in"]
-) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
-    h_centred = h - self.b_dec
-    acts = F.relu(einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc)
-    h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+def pre_activations(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+    return einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+
+
+@add_to_class(ToySAE)
+def decode(self, acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_in"]:
+    return einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+
+
+@add_to_class(ToySAE)
+def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
+    acts = self.encode(h)
+    h_reconstructed = self.decode(acts)
     loss_dict = {
         "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
         "L_sparsity": acts.abs().sum(dim=-1),
     }
     loss = (loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]).mean(dim=0).sum()
-    return loss_dict, loss, acts, h_reconstructed
+    return SAEOutput(loss_dict=loss_dict, loss=loss, acts=acts, h_reconstructed=h_reconstructed)
 
 
 def max_cosine_similarity(
@@ -113,7 +129,8 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
     """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
     features = sae.model.generate_batch(n_samples)
     h = einsum(features, sae.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
-    _, _, acts, h_reconstructed = sae(h)
+    output = sae(h)
+    acts, h_reconstructed = output.acts, output.h_reconstructed
     best_cosine = max_cosine_similarity(sae.W_dec_normalized, feature_directions)
     matched_cosine, matched_latent = hungarian_match(decoder_feature_cosines(sae.W_dec_normalized, feature_directions))
     variance = (h - h.mean(dim=0)).pow(2).sum(dim=(0, 2))
@@ -155,7 +172,7 @@ def resample_advanced(
 ) -> Bool[Tensor, "inst d_sae"]:
     dead = frac_active_in_window < 1e-8
     h = self.generate_batch(batch_size)
-    loss_dict, _, _, _ = self.forward(h)
+    loss_dict = self.forward(h).loss_dict
     squared_loss = loss_dict["L_reconstruction"].pow(2)  # [batch, inst]
     resampled = torch.zeros_like(dead)
     for inst in range(self.cfg.n_inst):

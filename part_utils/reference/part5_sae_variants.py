@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from part_utils.methods import add_to_class
 from part_utils.reference.part1_toy_models import ToyModel
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, recovery_report
+from part_utils.sae_interface import SAEOutput
 
 
 class GatedToySAE(ToySAE):
@@ -39,15 +40,18 @@ class GatedToySAE(ToySAE):
 
 
 @add_to_class(GatedToySAE)
-def forward(
-    self, h: Float[Tensor, "batch inst d_in"]
-) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
-    h_centred = h - self.b_dec
-    pi_gate = einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+    pi_gate = self.pre_activations(h)
     W_mag = self.r_mag.exp()[:, None, :] * self.W_enc
-    pi_mag = einsum(h_centred, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
-    acts = (pi_gate > 0).to(h.dtype) * F.relu(pi_mag)
-    h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+    pi_mag = einsum(h - self.b_dec, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
+    return (pi_gate > 0).to(h.dtype) * F.relu(pi_mag)
+
+
+@add_to_class(GatedToySAE)
+def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
+    pi_gate = self.pre_activations(h)
+    acts = self.encode(h)
+    h_reconstructed = self.decode(acts)
     gate_acts = F.relu(pi_gate)
     via_gate = einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec.detach()
     loss_dict = {
@@ -56,7 +60,7 @@ def forward(
         "L_aux": (via_gate - h).pow(2).mean(dim=-1),
     }
     per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"] + loss_dict["L_aux"]
-    return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
+    return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -115,19 +119,20 @@ class JumpReLUToySAE(ToySAE):
     def latent_axes(self) -> dict[str, int]:
         return {**super().latent_axes(), "log_threshold": 1}
 
-    def forward(
-        self, h: Float[Tensor, "batch inst d_in"]
-    ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
-        pre_acts = einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
-        threshold = self.log_threshold.exp()
+    def activation(self, pre_acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_sae"]:
+        return JumpReLU.apply(pre_acts, self.log_threshold.exp(), self.cfg.bandwidth)
+
+    def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
+        pre_acts = self.pre_activations(h)
+        threshold = self.log_threshold.exp()  # once: the threshold's gradient gathers from both uses
         acts = JumpReLU.apply(pre_acts, threshold, self.cfg.bandwidth)
-        h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+        h_reconstructed = self.decode(acts)
         loss_dict = {
             "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
             "L_sparsity": self.l0(pre_acts, threshold),
         }
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
-        return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
+        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
 
     def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
         return Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
@@ -249,22 +254,23 @@ class TopKToySAE(ToySAE):
         """A resampled latent gets a fresh dead-latent count, so AuxK leaves it alone at first."""
         self.steps_since_fired[resampled] = 0
 
-    def forward(
-        self, h: Float[Tensor, "batch inst d_in"]
-    ) -> tuple[dict[str, Float[Tensor, "batch inst"]], Float[Tensor, ""], Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_in"]]:
-        pre_acts = einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+    def record_firing(self, acts: Float[Tensor, "batch inst d_sae"]) -> None:
+        """Count, for AuxK, the training steps since each latent last fired; evaluation counts nothing."""
+        if self.training and torch.is_grad_enabled():
+            self.steps_since_fired.add_(1).masked_fill_((acts > 0).any(dim=0), 0)
+
+    def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
+        pre_acts = self.pre_activations(h)
         acts = self.activation(pre_acts)
-        h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+        h_reconstructed = self.decode(acts)
         dead = self.steps_since_fired >= self.cfg.dead_after_steps
         loss_dict = {
             "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
             "L_aux": self.auxk_loss(pre_acts, h, h_reconstructed, dead),
         }
-        if self.training and torch.is_grad_enabled():  # count training steps only, not evaluation
-            fired = (acts > 0).any(dim=0)
-            self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+        self.record_firing(acts)
         per_input = loss_dict["L_reconstruction"] + self.cfg.aux_coeff * loss_dict["L_aux"]
-        return loss_dict, per_input.mean(dim=0).sum(), acts, h_reconstructed
+        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
 
 
 @add_to_class(TopKToySAE)
@@ -345,7 +351,7 @@ def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_
     sae.eval()
     report = recovery_report(sae, feature_directions, n_samples)
     h = sae.generate_batch(n_samples)
-    _, _, _, h_reconstructed = sae(h)
+    h_reconstructed = sae(h).h_reconstructed
     sae.train(was_training)
     report["gamma"] = relative_reconstruction_bias(h, h_reconstructed).cpu()
     return report
@@ -414,7 +420,7 @@ def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1
     l0 = {}
     for mode in (True, False):
         sae.train(mode)
-        counts = [(sae(sae.generate_batch(batch_size))[2] > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)]
+        counts = [(sae.encode(sae.generate_batch(batch_size)) > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)]
         l0[mode] = torch.stack(counts).mean(dim=0).cpu()
     sae.train(was_training)
     return l0[True], l0[False]

@@ -53,7 +53,7 @@ def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float
         if act.shape[-1] != sae.cfg.d_in:
             raise ValueError(f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size {act.shape[-1]}: was it trained on another hook?")
         h = (act[:, 1:] / scale).unsqueeze(2).expand(-1, -1, sae.cfg.n_inst, -1).flatten(0, 1)
-        reconstruction = sae(h)[3][:, instance].reshape(act[:, 1:].shape) * scale
+        reconstruction = sae.decode(sae.encode(h))[:, instance].reshape(act[:, 1:].shape) * scale
         return torch.cat([act[:, :1], reconstruction], dim=1)
 
     return replace
@@ -62,31 +62,3 @@ def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float
 def constant_replacement(value: Float[Tensor, " d"]) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
     """Ablate every position but the first to `value` (zeros, or the mean activation)."""
     return lambda act: torch.cat([act[:, :1], value.expand_as(act[:, 1:])], dim=1)
-
-
-@torch.no_grad()
-def direct_logit_effect(model: TransformerBridge, decoder_directions: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """Logit change per unit of each latent along the direct path: centre, LayerNorm weights, unembed."""
-    centred = decoder_directions - decoder_directions.mean(dim=-1, keepdim=True)
-    return (centred * model.ln_final.w) @ model.W_U
-
-
-@torch.no_grad()
-def latent_profiles(latents: Float[Tensor, "strings pos d_sae"], next_tokens: Int[Tensor, "strings pos"], d_vocab: int) -> dict[str, Tensor]:
-    """Each latent's favourite position and next token, with the share of its activation they take."""
-    mass = latents.sum(dim=(0, 1)).clamp_min(1e-12)
-    by_position = latents.sum(dim=0) / mass
-    by_next = torch.zeros(d_vocab, latents.shape[-1]).index_add_(0, next_tokens.flatten(), latents.flatten(0, 1)) / mass
-    return {
-        "position": by_position.argmax(dim=0),
-        "position share": by_position.max(dim=0).values,
-        "next token": by_next.argmax(dim=0),
-        "next-token share": by_next.max(dim=0).values,
-    }
-
-
-def top_activating_examples(latents: Float[Tensor, "strings pos d_sae"], latent: int, n: int = 8) -> list[tuple[int, int, float]]:
-    """(string index, position, activation) of the `n` largest activations of `latent`."""
-    values, flat = latents[..., latent].flatten().topk(n)
-    n_pos = latents.shape[1]
-    return [(i // n_pos, i % n_pos, v) for i, v in zip(flat.tolist(), values.tolist()) if v > 0]

@@ -94,55 +94,6 @@ def random_circuit_case(
     return weights, x @ W_in + b_in, active_in, active_out
 
 
-@torch.no_grad()
-def topk_code(sae: TopKToySAE, x: Float[Tensor, "tokens d_in"]) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
-    """The values and indices of a one-instance TopK SAE's active latents."""
-    pre_acts = (x - sae.b_dec[0]) @ sae.W_enc[0] + sae.b_enc[0]
-    top = pre_acts.topk(int(sae.cfg.k), dim=-1)
-    return F.relu(top.values), top.indices
-
-
-@torch.no_grad()
-def sae_circuit(
-    sae_in: TopKToySAE, sae_out: TopKToySAE, W_in: Tensor, b_in: Tensor, W_out: Tensor, x: Float[Tensor, "tokens d_model"], y: Float[Tensor, "tokens d_model"]
-) -> tuple[CircuitWeights, Float[Tensor, "tokens d_mlp"], Int[Tensor, "tokens k_in"], Int[Tensor, "tokens k_out"]]:
-    """Everything the Jacobian needs, for inputs `x` to the MLP and its outputs `y`."""
-    values_in, active_in = topk_code(sae_in, x)
-    x_hat = decode_gather(values_in, active_in, sae_in.W_dec_normalized[0]) + sae_in.b_dec[0]
-    _, active_out = topk_code(sae_out, y)
-    weights = CircuitWeights(sae_in.W_dec_normalized[0], W_in, W_out, sae_out.W_enc[0])
-    return weights, x_hat @ W_in + b_in, active_in, active_out
-
-
-def describe_latents(
-    active: Int[Tensor, "tokens k"], positions: Int[Tensor, " tokens"], following: Int[Tensor, " tokens"], vocabulary: list[str], d_sae: int
-) -> list[str]:
-    """Per latent: the next character it most often precedes, and its most common position, each with its share."""
-
-    def most_common(labels: Tensor, n_labels: int) -> tuple[list[int], list[float]]:
-        counts = torch.zeros(d_sae, n_labels, device=active.device)
-        counts.index_put_((active.flatten(), labels[:, None].expand_as(active).flatten()), torch.ones(active.numel(), device=active.device), accumulate=True)
-        top = counts.max(dim=-1)
-        return top.indices.tolist(), (top.values / counts.sum(dim=-1).clamp_min(1)).tolist()
-
-    letter, letter_share = most_common(following, len(vocabulary))
-    position, position_share = most_common(positions, int(positions.max()) + 1)
-    return [f"before '{vocabulary[letter[i]]}' ({letter_share[i]:.0%}), pos {position[i]} ({position_share[i]:.0%})" for i in range(d_sae)]
-
-
-def strongest_connections(
-    J: Float[Tensor, "tokens k_out k_in"], active_in: Int[Tensor, "tokens k_in"], active_out: Int[Tensor, "tokens k_out"], d_sae_in: int, n: int, min_tokens: int
-) -> list[dict[str, Any]]:
-    """The `n` (input latent, output latent) pairs with the largest mean |J| over the tokens where
-    both are active, among pairs active together on at least `min_tokens` tokens."""
-    d_sae_out = int(active_out.max()) + 1
-    pair = (active_out[:, :, None] * d_sae_in + active_in[:, None, :]).flatten()
-    summed = lambda values: torch.zeros(d_sae_out * d_sae_in, device=J.device).index_add_(0, pair, values.flatten())
-    count, signed, magnitude = summed(torch.ones_like(J)), summed(J), summed(J.abs())
-    score = torch.where(count >= min_tokens, magnitude / count.clamp_min(1), 0.0)
-    return [{"in": int(p) % d_sae_in, "out": int(p) // d_sae_in, "mean J": (signed[p] / count[p]).item(), "tokens": int(count[p])} for p in score.topk(n).indices]
-
-
 DECODERS: dict[str, Callable[..., Tensor]] = {"dense scatter + matmul": decode_dense, "gather k rows": decode_gather, "sparse tensor matmul": decode_sparse}
 
 

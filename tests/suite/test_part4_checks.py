@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tests.part4_toy_sae as part4
+from part_utils.sae_interface import SAEOutput
 from part_utils.reference.part4_toy_sae import ToySAE, max_cosine_similarity
 from part_utils.seeding import forked_rng
 from tests.checking import binomial_tolerance
@@ -364,7 +365,7 @@ def make_forward(
             loss = per_instance.sum() if inst == "sum" else per_instance.mean()
         if squeeze:
             acts, h_rec = acts.squeeze(), h_rec.squeeze()
-        return loss_dict, loss, acts, h_rec
+        return SAEOutput(loss_dict, loss, acts, h_rec)
 
     return forward
 
@@ -377,7 +378,7 @@ def forward_matmul_float64(self, h):
     reconstruction = ((h_rec - h) ** 2).sum(-1) / h.shape[-1]
     sparsity = acts.sum(-1)
     loss = ((reconstruction + self.cfg.sparsity_coeff * sparsity).sum(0) / h.shape[0]).sum()
-    return {"L_reconstruction": reconstruction, "L_sparsity": sparsity}, loss, acts, h_rec
+    return SAEOutput({"L_reconstruction": reconstruction, "L_sparsity": sparsity}, loss, acts, h_rec)
 
 
 def forward_in_place_on_own_copies(self, h):
@@ -389,7 +390,7 @@ def forward_in_place_on_own_copies(self, h):
     h_rec = torch.einsum("bis,isd->bid", acts, self.W_dec_normalized) + self.b_dec
     loss_dict = {"L_reconstruction": F.mse_loss(h_rec, h, reduction="none").mean(-1), "L_sparsity": acts.sum(-1)}
     loss = loss_dict["L_reconstruction"].mean(0).sum() + self.cfg.sparsity_coeff * loss_dict["L_sparsity"].mean(0).sum()
-    return loss_dict, loss, acts, h_rec
+    return SAEOutput(loss_dict, loss, acts, h_rec)
 
 
 def forward_normalising_decoder_in_place(self, h):
@@ -447,7 +448,7 @@ def test_forward_refuses_the_wrong_return_shape(checks):
 def test_forward_names_a_loss_from_item(checks):
     def forward(self, h):
         loss_dict, loss, acts, h_rec = make_forward()(self, h)
-        return loss_dict, loss.item(), acts, h_rec
+        return SAEOutput(loss_dict, loss.item(), acts, h_rec)
 
     checks.fails(part4.test_forward, with_method("forward", forward), r"Python float \(from .item\(\)\?\)")
 

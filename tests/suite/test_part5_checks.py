@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from einops import einsum
 
 import tests.part5_sae_variants as part5
+from part_utils.sae_interface import SAEOutput
 from part_utils.reference import part4_toy_sae as part4
 from part_utils.reference import part5_sae_variants as reference
 from part_utils.seeding import forked_rng
@@ -93,7 +94,7 @@ def make_gated_forward(
         sparsity_term = losses["L_sparsity"] * (coeff if coeff_in_loss else 1.0)
         total = losses["L_reconstruction"] + sparsity_term + (losses["L_aux"] if with_aux else 0.0)
         loss = total.mean(0).sum() if batch == "mean" else total.sum()
-        return losses, loss, acts, h_rec
+        return SAEOutput(losses, loss, acts, h_rec)
 
     return forward
 
@@ -117,7 +118,7 @@ def gated_forward_without_gradients(self, h):
 def gated_forward_coefficient_after_instances(self, h):
     loss_dict, _, acts, h_rec = reference.GatedToySAE.forward(self, h)
     mean = {key: value.mean(0).sum() for key, value in loss_dict.items()}
-    return loss_dict, mean["L_reconstruction"] + self.cfg.sparsity_coeff.mean() * mean["L_sparsity"] + mean["L_aux"], acts, h_rec
+    return SAEOutput(loss_dict, mean["L_reconstruction"] + self.cfg.sparsity_coeff.mean() * mean["L_sparsity"] + mean["L_aux"], acts, h_rec)
 
 
 def gated(forward: Any) -> type:

@@ -17,6 +17,7 @@ from einops import einsum
 from torch import nn
 
 import tests.part8_feature_absorption as part8
+from part_utils.sae_interface import SAEOutput
 from part_utils.reference import part8_feature_absorption as reference
 from part_utils.reference.part5_sae_variants import batch_topk_activation, topk_activation
 from tests.checking import binomial_tolerance
@@ -616,7 +617,7 @@ def make_forward(
         per_instance = per_input.mean(0) if batch == "mean" else per_input.sum(0)
         loss = per_instance.sum() if instances == "sum" else per_instance.mean()
         loss_dict = {"L_reconstruction": L_full if reconstruction_key == "full" else L_matryoshka, "L_matryoshka": L_matryoshka, "L_aux": L_aux}
-        return loss_dict, loss, acts, reconstructions[0] if returned == "first" else full
+        return SAEOutput(loss_dict, loss, acts, reconstructions[0] if returned == "first" else full)
 
     return forward
 
@@ -638,7 +639,7 @@ def forward_recomputing_each_prefix(self, h):
     self.record_firing(acts)
     L_matryoshka = sum(losses)
     loss = (L_matryoshka + self.cfg.aux_coeff * L_aux).mean(dim=0).sum()
-    return {"L_reconstruction": losses[-1], "L_matryoshka": L_matryoshka, "L_aux": L_aux}, loss, acts, reconstruction
+    return SAEOutput({"L_reconstruction": losses[-1], "L_matryoshka": L_matryoshka, "L_aux": L_aux}, loss, acts, reconstruction)
 
 
 MATRYOSHKA_REWRITES = [make_forward(), make_forward(start="in place"), forward_recomputing_each_prefix]
@@ -696,12 +697,12 @@ def test_matryoshka_names_each_mistake(checks, options, message):
 def forward_without_loss_dict_key(self, h):
     loss_dict, loss, acts, reconstruction = reference.MatryoshkaToySAE.forward(self, h)
     del loss_dict["L_matryoshka"]
-    return loss_dict, loss, acts, reconstruction
+    return SAEOutput(loss_dict, loss, acts, reconstruction)
 
 
 def forward_with_item_loss(self, h):
     loss_dict, loss, acts, reconstruction = reference.MatryoshkaToySAE.forward(self, h)
-    return loss_dict, loss.detach(), acts, reconstruction
+    return SAEOutput(loss_dict, loss.detach(), acts, reconstruction)
 
 
 @pytest.mark.parametrize(

@@ -126,11 +126,10 @@ def test_absorption_report_sees_a_fully_absorbed_parent():
             directions = data.feature_directions[0]  # [feats, d]: parent, child
             self.W_dec_normalized = torch.stack([directions[0], torch.nn.functional.normalize(directions[0] + directions[1], dim=0)])[None]
 
-        def forward(self, h):
+        def encode(self, h):
             parent, child = (h @ self.model.feature_directions[0].T).unbind(-1)
             has_child = child > 0.5
-            acts = torch.stack([parent * ~has_child, (parent + child) * has_child], dim=-1).clamp_min(0)
-            return {}, torch.zeros(()), acts, h
+            return torch.stack([parent * ~has_child, (parent + child) * has_child], dim=-1).clamp_min(0)
 
     features = torch.zeros(8, 1, 2)
     features[:, 0, 0] = 1.0
