@@ -117,9 +117,9 @@ def stand_in_checks(folder: Path) -> Path:
         path.chmod(0o755)  # readable by the sandbox's unprivileged user
     (stand_in / "__init__.py").write_text('"""Checks run outside the sandbox while grading."""\n')
     body = '"""Checks run outside the sandbox while grading."""\n\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n'
-    for module in (ROOT / "tests").glob("*.py"):
-        if module.name != "__init__.py":
-            (stand_in / module.name).write_text(body)
+    for module in (ROOT / "tests").iterdir():  # modules, and packages such as Part 5's checks
+        if module.suffix == ".py" and module.name != "__init__.py" or (module / "__init__.py").is_file():
+            (stand_in / f"{module.stem}.py").write_text(body)
     return stand_in
 
 

@@ -20,7 +20,7 @@ import pytest
 from notebook_build import ROOT, STUB as STUB_LINE
 from part_utils.grading.catalogue import exercises_of
 from part_utils.grading.folder import grade_folder
-from part_utils.grading.sandbox import sandbox_problem
+from part_utils.grading.sandbox import sandbox_problem, stand_in_checks
 from part_utils.grading.session import grade_notebook, trusted_exportable, trusted_resolvable
 from part_utils.grading.verdicts import FAIL, NOT_RUN, PASS, STUB
 
@@ -270,3 +270,9 @@ def test_the_grader_never_lends_learner_code_its_own_reference_or_tools():
     assert resolvable("part_utils.reference.part4_toy_sae:ToySAE") and resolvable("torch.nn.modules.module:Module")
     assert not any(trusted_exportable(thing) for thing in (eval, exec, open, os.system, subprocess.run, type, Path.write_text))
     assert trusted_exportable(mini_notebook) is False  # a test module's function, not a check's
+
+
+def test_every_checks_module_has_a_stand_in_in_the_sandbox(tmp_path):
+    """A part's checks may be a module or a package (Part 5's); the notebook imports either by the same name."""
+    stand_ins = {path.stem for path in stand_in_checks(tmp_path).glob("*.py")}
+    assert {"part1_toy_models", "part5_sae_variants"} <= stand_ins
