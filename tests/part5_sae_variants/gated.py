@@ -1,4 +1,4 @@
-"""The check of `GatedToySAE.forward`: gate, magnitudes, the three loss terms, and where the gradient flows."""
+"""The check of `GatedToySAE.encode` and `forward`: gate, magnitudes, the three loss terms, and where the gradient flows."""
 
 import inspect
 from collections.abc import Callable, Collection, Mapping
@@ -25,6 +25,7 @@ from tests.checking import (
     learner_callable,
 )
 from tests.fixtures import toy_model
+from tests.sae_output import require_named_fields
 from tests.part5_sae_variants._common import (
     _as_float64,
     _decode,
@@ -49,15 +50,21 @@ GATED_PARAMETERS = {
 AUX_DECODER = ("aux W_dec", "aux b_dec")  # what the text detaches: the decoder inside L_aux, nothing else
 
 
-def _own_gated_forward(learner: object) -> Callable[..., Any]:
-    forward = learner_callable(learner, "forward", owner_hint="GatedToySAE")
-    if forward is inspect.getattr_static(part4.ToySAE, "forward"):
+def _own_gated_method(learner: object, name: str) -> Callable[..., Any]:
+    method = learner_callable(learner, name, owner_hint="GatedToySAE")
+    if method is inspect.getattr_static(part4.ToySAE, name):
         raise CheckFailure(
-            "This class has no `forward` of yours: the one it has is the L1 SAE's, inherited from ToySAE, "
+            f"This class has no `{name}` of yours: the one it has is the L1 SAE's, inherited from ToySAE, "
             "so the method was never attached to the class. Run the exercise cell that defines it (with "
-            "`@add_to_class(GatedToySAE)` right above `def forward`), then this check."
+            f"`@add_to_class(GatedToySAE)` right above `def {name}`), then this check."
         )
-    return forward
+    return method
+
+
+def _with_learner_encode(sae: reference.GatedToySAE, encode: Callable[..., Any]) -> reference.GatedToySAE:
+    """The same SAE, whose `self.encode` is the learner's: their forward may call it."""
+    sae.__class__ = type("GatedWithYourEncode", (reference.GatedToySAE,), {"encode": encode})
+    return sae
 
 
 def _gated_sae() -> reference.GatedToySAE:
@@ -192,11 +199,11 @@ def _gated_expectation(sae: reference.GatedToySAE, h: Tensor) -> _GatedExpectati
     )
 
 
-def _check_gated_acts(acts: object, e: _GatedExpectation) -> None:
+def _check_gated_acts(acts: object, e: _GatedExpectation, *, what: str = "acts") -> None:
     p, x, gate = e.p, e.x, e.gate
     batch, _, d_sae = e.pi_gate.shape
     diagnose(
-        expect_tensor(acts, (batch, N_INST, d_sae), what="acts", axes="batch, inst, d_sae"),
+        expect_tensor(acts, (batch, N_INST, d_sae), what=what, axes="batch, inst, d_sae"),
         e.acts,
         {
             "`acts` ignores b_dec: subtract b_dec from h before both the gate and the magnitude path.": (
@@ -368,9 +375,12 @@ def _check_gated_gradients(sae: reference.GatedToySAE, h: Tensor, loss: Tensor) 
     )
 
 
-def _check_gated_case(forward: Callable[..., Any], sae: reference.GatedToySAE, h: Tensor) -> None:
+def _check_gated_case(
+    encode: Callable[..., Any], forward: Callable[..., Any], sae: reference.GatedToySAE, h: Tensor
+) -> None:
     expectation = _gated_expectation(sae, h)
-    result = call_learner(forward, sae, h.clone(), what="forward")
+    _check_gated_acts(call_learner(encode, sae, h.clone(), what="encode"), expectation, what="encode")
+    result = call_learner(forward, _with_learner_encode(sae, encode), h.clone(), what="forward")
     if not isinstance(result, tuple) or len(result) != 4:
         raise CheckFailure("`forward` should return a tuple of four things: (loss_dict, loss, acts, h_reconstructed).")
     loss_dict, loss, acts, h_reconstructed = result
@@ -381,6 +391,7 @@ def _check_gated_case(forward: Callable[..., Any], sae: reference.GatedToySAE, h
     scaled = _check_gated_terms(loss_dict, expectation)
     _check_gated_total(loss, expectation, scaled=scaled)
     _check_gated_gradients(sae, h, loss)
+    require_named_fields(result)
 
 
 GATE_MARGIN = (
@@ -402,10 +413,13 @@ def _gated_cases(batches: tuple[int, ...] = (64, 1)) -> list[tuple[reference.Gat
     return cases
 
 
-@check("GatedToySAE.forward")
+@check("GatedToySAE.encode and forward")
 def test_gated_forward(learner: object) -> str:
-    forward = _own_gated_forward(learner)
+    forward = _own_gated_method(learner, "forward")
+    encode = _own_gated_method(learner, "encode")
     cases = _gated_cases()  # drawn before the learner's code runs, so random numbers it draws change nothing
     for sae, h in cases:
-        _check_gated_case(forward, sae, h)
-    return "gate, magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"
+        _check_gated_case(encode, forward, sae, h)
+    return (
+        "encode's gate and magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"
+    )

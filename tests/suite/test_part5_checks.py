@@ -201,6 +201,47 @@ def test_gated_forward_says_when_forward_was_never_attached(checks):
     checks.fails(part5.test_gated_forward, type("GatedToySAE", (part4.ToySAE,), {}), "never attached")
 
 
+def gated_encode_ungated(self, h):
+    """The magnitudes alone: the gate's indicator is missing."""
+    centred = h - self.b_dec
+    return F.relu(einsum(centred, self.r_mag.exp()[:, None, :] * self.W_enc, "b i d, i d s -> b i s") + self.b_mag)
+
+
+def gated_forward_calling_encode(self, h):
+    """A correct rewrite in the text's shape: encode, decode, and the gate for the losses."""
+    pi_gate = self.pre_activations(h)
+    acts = self.encode(h)
+    h_rec = self.decode(acts)
+    gate = F.relu(pi_gate)
+    via_gate = einsum(gate, self.W_dec_normalized.detach(), "b i s, i s d -> b i d") + self.b_dec.detach()
+    losses = {
+        "L_reconstruction": (h_rec - h).pow(2).mean(-1),
+        "L_sparsity": gate.sum(-1),
+        "L_aux": (via_gate - h).pow(2).mean(-1),
+    }
+    per_input = losses["L_reconstruction"] + self.cfg.sparsity_coeff * losses["L_sparsity"] + losses["L_aux"]
+    return SAEOutput(losses, per_input.mean(0).sum(), acts, h_rec)
+
+
+def test_gated_forward_accepts_a_forward_that_calls_encode(checks):
+    checks.passes(part5.test_gated_forward, gated(gated_forward_calling_encode))
+
+
+def test_gated_forward_tests_the_learners_own_encode(checks):
+    """A forward that calls `self.encode` is checked with the learner's encode, not the reference's."""
+    learner = type("LearnerGatedSAE", (reference.GatedToySAE,), {"forward": gated_forward_calling_encode, "encode": gated_encode_ungated})
+    checks.fails(part5.test_gated_forward, learner, "not gated")
+
+
+def test_gated_forward_says_when_encode_was_never_written(checks):
+    learner = type("GatedToySAE", (part4.ToySAE,), {"forward": gated_forward_calling_encode})
+    checks.fails(part5.test_gated_forward, learner, "no `encode` of yours")
+
+
+def test_gated_forward_asks_for_named_fields(checks):
+    checks.fails(part5.test_gated_forward, gated(lambda self, h: tuple(reference.GatedToySAE.forward(self, h))), "plain tuple")
+
+
 def test_gated_forward_inputs_keep_clear_of_the_gate():
     with forked_rng(0):
         for sae, h in part5._gated_cases():
