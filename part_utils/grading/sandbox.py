@@ -117,9 +117,10 @@ def stand_in_checks(folder: Path) -> Path:
         path.chmod(0o755)  # readable by the sandbox's unprivileged user
     (stand_in / "__init__.py").write_text('"""Checks run outside the sandbox while grading."""\n')
     body = '"""Checks run outside the sandbox while grading."""\n\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n'
-    for module in (ROOT / "tests").iterdir():  # modules, and packages such as Part 5's checks
-        if module.suffix == ".py" and module.name != "__init__.py" or (module / "__init__.py").is_file():
-            (stand_in / f"{module.stem}.py").write_text(body)
+    modules = [module.stem for module in (ROOT / "tests").glob("*.py") if module.name != "__init__.py"]
+    packages = [package.parent.name for package in (ROOT / "tests").glob("part*/__init__.py")]  # a part's checks
+    for name in modules + packages:
+        (stand_in / f"{name}.py").write_text(body)
     return stand_in
 
 

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from tests.checking import (
+    CHECKS_DIR,
     CheckFailure,
     NotImplementedYet,
+    _in_check_modules,
     binomial_tolerance,
     call_learner,
     check,
@@ -98,6 +100,12 @@ def test_call_learner_turns_stubs_and_crashes_into_one_sentence():
         call_learner(stub, torch.ones(2), what="stub")
     with pytest.raises(CheckFailure, match=r"raised RuntimeError: .* \(at line \d+ of `crash`\)"):
         call_learner(crash, torch.ones(2), what="crash")
+
+
+def test_a_learner_line_is_found_past_check_modules_and_packages_but_not_past_the_suite():
+    assert _in_check_modules(str(CHECKS_DIR / "checking.py"))
+    assert _in_check_modules(str(CHECKS_DIR / "part6_sae_transformer" / "loss_recovered.py"))  # a part's package
+    assert not _in_check_modules(__file__)  # the suite's stand-ins for learner code are learner code
 
 
 def test_learner_callable_says_a_method_was_never_attached():
