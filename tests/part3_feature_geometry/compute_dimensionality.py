@@ -1,4 +1,5 @@
-"""Checks for Part 3 (feature geometry). E.g. `test_compute_dimensionality(compute_dimensionality)`."""
+"""Check of `compute_dimensionality`: D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)² for each instance and feature, on random W
+and on a W with known dimensionalities."""
 
 from dataclasses import dataclass
 
@@ -6,7 +7,7 @@ import torch
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import call_learner, check, CheckFailure, diagnose, expect_tensor, learner_function
+from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, learner_function
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,38 @@ def _dimensionality_mistakes(W: Tensor) -> dict[str, Tensor]:
     rows_unit = W / W.norm(dim=2, keepdim=True)
     whole_unit = W / W.norm(dim=(1, 2), keepdim=True)
     off_diagonal = ~torch.eye(W.shape[2], dtype=torch.bool)
+    squared_norms = norms.pow(2)
     return {
         "The numerator should be the squared norm ‖W_i‖², not the norm.": norms / squared_sum,
-        "The overlaps in the denominator must be squared: Σ_j (Ŵ_i · W_j)².": norms.pow(2) / overlaps.sum(-1),
-        "The denominator is the norm of the overlaps; it is the sum of their squares, Σ_j (Ŵ_i · W_j)², with no square root.": norms.pow(2)
-        / squared_sum.sqrt(),
-        "The denominator adds absolute values; square the overlaps instead: Σ_j (Ŵ_i · W_j)².": norms.pow(2) / overlaps.abs().sum(-1),
-        "The denominator leaves out j = i; the sum runs over every feature, itself included.": norms.pow(2) / (overlaps.pow(2) * off_diagonal).sum(-1),
-        "Ŵ_i in the denominator is not normalised, or the numerator ‖W_i‖² is missing (both give 1 / Σ_j (Ŵ_i · W_j)²): "
-        "D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)², with feature i's column divided by its norm.": 1 / squared_sum,
-        "Both vectors in the denominator are normalised: it is Ŵ_i · W_j, with W_j as it is.": norms.pow(2) / torch.einsum("ihf,ihg->ifg", unit, unit).pow(2).sum(-1),
-        "The denominator sums (Ŵ_j · W_i)² over j, the wrong index of the overlap matrix (or the unit vector on the wrong "
-        "side): it is Σ_j (Ŵ_i · W_j)², with feature i's own column normalised.": norms.pow(2) / overlaps.transpose(1, 2).pow(2).sum(-1),
-        "You normalised the rows of W (over feats); features are columns, normalise over d_hidden.": norms.pow(2)
-        / torch.einsum("ihf,ihg->ifg", rows_unit, W).pow(2).sum(-1),
-        "You normalised the whole matrix W; normalise each feature's column on its own (over d_hidden).": norms.pow(2)
-        / torch.einsum("ihf,ihg->ifg", whole_unit, W).pow(2).sum(-1),
-        "The fraction is upside down: the squared norm goes on top.": squared_sum / norms.pow(2),
-        "The overlaps mix instances: contract each instance's columns with that instance's own W.": norms.pow(2)
-        / torch.einsum("ihf,jhg->ifg", unit, W).pow(2).sum(-1),
+        "The overlaps in the denominator must be squared: Σ_j (Ŵ_i · W_j)².": squared_norms / overlaps.sum(-1),
+        "The denominator is the norm of the overlaps; it is the sum of their squares, Σ_j (Ŵ_i · W_j)², with no "
+        "square root.": squared_norms / squared_sum.sqrt(),
+        "The denominator adds absolute values; square the overlaps instead: Σ_j (Ŵ_i · W_j)².": (
+            squared_norms / overlaps.abs().sum(-1)
+        ),
+        "The denominator leaves out j = i; the sum runs over every feature, itself included.": (
+            squared_norms / (overlaps.pow(2) * off_diagonal).sum(-1)
+        ),
+        "Ŵ_i in the denominator is not normalised, or the numerator ‖W_i‖² is missing "
+        "(both give 1 / Σ_j (Ŵ_i · W_j)²): D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)², with feature i's column divided by "
+        "its norm.": 1 / squared_sum,
+        "Both vectors in the denominator are normalised: it is Ŵ_i · W_j, with W_j as it is.": (
+            squared_norms / torch.einsum("ihf,ihg->ifg", unit, unit).pow(2).sum(-1)
+        ),
+        "The denominator sums (Ŵ_j · W_i)² over j, the wrong index of the overlap matrix (or the unit vector on "
+        "the wrong side): it is Σ_j (Ŵ_i · W_j)², with feature i's own column normalised.": (
+            squared_norms / overlaps.transpose(1, 2).pow(2).sum(-1)
+        ),
+        "You normalised the rows of W (over feats); features are columns, normalise over d_hidden.": (
+            squared_norms / torch.einsum("ihf,ihg->ifg", rows_unit, W).pow(2).sum(-1)
+        ),
+        "You normalised the whole matrix W; normalise each feature's column on its own (over d_hidden).": (
+            squared_norms / torch.einsum("ihf,ihg->ifg", whole_unit, W).pow(2).sum(-1)
+        ),
+        "The fraction is upside down: the squared norm goes on top.": squared_sum / squared_norms,
+        "The overlaps mix instances: contract each instance's columns with that instance's own W.": (
+            squared_norms / torch.einsum("ihf,jhg->ifg", unit, W).pow(2).sum(-1)
+        ),
     }
 
 
@@ -76,7 +90,9 @@ def _check_case(function: object, case: Case) -> None:
     n_inst, d_hidden, n_features = case.W.shape
     output = call_learner(function, case.W.clone().to(get_device()), what="compute_dimensionality")
     if isinstance(output, Tensor) and output.shape == (n_inst, d_hidden) and d_hidden != n_features:
-        raise CheckFailure("You returned one value per hidden dimension: features are the columns of W, so return [inst, feats].")
+        raise CheckFailure(
+            "You returned one value per hidden dimension: features are the columns of W, so return [inst, feats]."
+        )
     actual = expect_tensor(output, (n_inst, n_features), what="compute_dimensionality", axes="inst, feats")
     W = case.W.double()
     expected = W.pow(2).sum(1) / torch.einsum("ihf,ihg->ifg", W / W.norm(dim=1, keepdim=True), W).pow(2).sum(-1)
