@@ -265,6 +265,12 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
+def _in_checks(filename: str) -> bool:
+    """A file of the checks: a module in tests/, or one in a part's check package there (our suite is not)."""
+    folder = Path(filename).resolve().parent
+    return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name != "suite")
+
+
 def _learner_location(error: BaseException) -> str:
     """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
     if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there
@@ -273,7 +279,7 @@ def _learner_location(error: BaseException) -> str:
     traceback = error.__traceback__
     while traceback is not None:
         filename = traceback.tb_frame.f_code.co_filename
-        if Path(filename).resolve().parent != CHECKS_DIR and "-packages" not in filename:
+        if not _in_checks(filename) and "-packages" not in filename:
             location = f"line {traceback.tb_lineno} of `{traceback.tb_frame.f_code.co_name}`"
         traceback = traceback.tb_next
     return location
