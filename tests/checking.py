@@ -265,10 +265,10 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
-def _in_check_modules(filename: str) -> bool:
-    """Whether a frame's file is check code: a module in tests/, or in a part's package of checks (tests/partN_*/)."""
+def _in_checks(filename: str) -> bool:
+    """A file of the checks: a module in tests/, or one in a part's check package there (our suite is not)."""
     folder = Path(filename).resolve().parent
-    return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name.startswith("part"))
+    return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name != "suite")
 
 
 def _learner_location(error: BaseException) -> str:
@@ -279,7 +279,7 @@ def _learner_location(error: BaseException) -> str:
     traceback = error.__traceback__
     while traceback is not None:
         filename = traceback.tb_frame.f_code.co_filename
-        if not _in_check_modules(filename) and "-packages" not in filename:
+        if not _in_checks(filename) and "-packages" not in filename:
             location = f"line {traceback.tb_lineno} of `{traceback.tb_frame.f_code.co_name}`"
         traceback = traceback.tb_next
     return location

@@ -2,9 +2,11 @@
 
 Parts 1 and 2: sparse feature batches, the check of a toy model's forward pass (value, named
 mistake, gradients), and the check of an importance-weighted squared-error loss (its reductions,
-its scalar, its gradient). Parts 4, 5 and 8: a toy model for SAEs to read.
+its scalar, its gradient). Samplers called twice, and a learner's own method of a class. Parts 4, 5
+and 8: a toy model for SAEs to read.
 """
 
+import inspect
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 
@@ -22,8 +24,10 @@ from tests.checking import (
     first_gradient_mismatch,
     gradients,
     inputs_clear_of_kinks,
+    learner_callable,
     reference_with_gradients,
 )
+from tests.sampling import check_fresh_draws, draw_twice, sample_values
 
 
 def sparse_features(shape: tuple[int, ...], presence: float = 0.6) -> Tensor:
@@ -203,6 +207,33 @@ def check_weighted_loss(
         otherwise=loss_fallback(loss, out_leaf, expected_gradient, default=default),
     )
     check_loss_gradient(loss, out_leaf, expected_gradient, what="calculate_loss")
+
+
+# Samplers and methods a learner attaches (Parts 1, 2, 5, 8) ----------------------------------------
+
+
+def fresh_sample(
+    generate: Callable[..., object], *args: object, shape: tuple[int, ...], device: torch.device, what: str, axes: str
+) -> Tensor:
+    """A learner's sampler called twice: the first sample, checked, as float64 values, once the two differ."""
+    first, second = draw_twice(generate, *args, what=what)
+    values = sample_values(first, shape, device=device, what=what, axes=axes)
+    check_fresh_draws(first, second, what=what)
+    return values
+
+
+def own_method(
+    learner: object, *, owner: str, inherited: type, whose: str, name: str = "forward"
+) -> Callable[..., object]:
+    """The learner's method `name` of class `owner`, failing where the class still has only `inherited`'s (`whose`)."""
+    method = learner_callable(learner, name, owner_hint=owner)
+    if method is inspect.getattr_static(inherited, name):
+        raise CheckFailure(
+            f"This class has no `{name}` of yours: the one it has is {whose}, so the method was never attached to the "
+            f"class. Run the exercise cell that defines it (with `@add_to_class({owner})` right above `def {name}`), "
+            "then this check."
+        )
+    return method
 
 
 # Parts 4, 5 and 8 ----------------------------------------------------------------------------

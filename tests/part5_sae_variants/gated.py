@@ -1,6 +1,5 @@
-"""The check of `GatedToySAE.encode` and `forward`: gate, magnitudes, the three loss terms, and where the gradient flows."""
+"""The check of `GatedToySAE.encode` and `forward`: gate, magnitudes, the three loss terms, and the gradients."""
 
-import inspect
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,30 +12,29 @@ from part_utils.device import get_device
 from part_utils.reference import part4_toy_sae as part4
 from part_utils.reference import part5_sae_variants as reference
 from tests.checking import (
+    CheckFailure,
     call_learner,
     check,
-    CheckFailure,
     close,
     diagnose,
     diagnose_among,
     expect_tensor,
     first_gradient_mismatch,
     gradients,
-    learner_callable,
 )
-from tests.fixtures import toy_model
-from tests.sae_output import require_named_fields
+from tests.fixtures import own_method, toy_model
 from tests.part5_sae_variants._common import (
+    D_IN,
+    D_SAE,
+    N_INST,
     _as_float64,
     _decode,
     _encode,
     _gradient_dict,
     _randomise,
     _scalar,
-    D_IN,
-    D_SAE,
-    N_INST,
 )
+from tests.sae_output import require_named_fields
 
 GATED_COEFFICIENTS = (0.3, 0.6, 0.15)  # one per instance, as in the comparison at the end of Part 5
 GATED_PARAMETERS = {
@@ -48,17 +46,6 @@ GATED_PARAMETERS = {
     "b_dec": "b_dec",
 }
 AUX_DECODER = ("aux W_dec", "aux b_dec")  # what the text detaches: the decoder inside L_aux, nothing else
-
-
-def _own_gated_method(learner: object, name: str) -> Callable[..., Any]:
-    method = learner_callable(learner, name, owner_hint="GatedToySAE")
-    if method is inspect.getattr_static(part4.ToySAE, name):
-        raise CheckFailure(
-            f"This class has no `{name}` of yours: the one it has is the L1 SAE's, inherited from ToySAE, "
-            "so the method was never attached to the class. Run the exercise cell that defines it (with "
-            f"`@add_to_class(GatedToySAE)` right above `def {name}`), then this check."
-        )
-    return method
 
 
 def _with_learner_encode(sae: reference.GatedToySAE, encode: Callable[..., Any]) -> reference.GatedToySAE:
@@ -415,8 +402,9 @@ def _gated_cases(batches: tuple[int, ...] = (64, 1)) -> list[tuple[reference.Gat
 
 @check("GatedToySAE.encode and forward")
 def test_gated_forward(learner: object) -> str:
-    forward = _own_gated_method(learner, "forward")
-    encode = _own_gated_method(learner, "encode")
+    inherited = {"owner": "GatedToySAE", "inherited": part4.ToySAE, "whose": "the L1 SAE's, inherited from ToySAE"}
+    forward = own_method(learner, **inherited)
+    encode = own_method(learner, **inherited, name="encode")
     cases = _gated_cases()  # drawn before the learner's code runs, so random numbers it draws change nothing
     for sae, h in cases:
         _check_gated_case(encode, forward, sae, h)

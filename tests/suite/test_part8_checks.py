@@ -802,3 +802,8 @@ def test_checks_leave_every_random_state_and_the_thread_count_as_they_were(check
 def test_failure_messages_do_not_reveal_reference_values(checks, check, learner):
     text = checks.fails(check, learner, ".")
     assert not re.search(r"\d\.\d{3}", text), text
+
+
+def test_matryoshka_forward_asks_for_named_fields(checks):
+    plain = lambda self, h: tuple(reference.MatryoshkaToySAE.forward(self, h))  # noqa: E731
+    checks.fails(part8.test_matryoshka_forward, type("M", (reference.MatryoshkaToySAE,), {"forward": plain}), "plain tuple")
