@@ -10,7 +10,7 @@ from tests.checking import (
     CHECKS_DIR,
     CheckFailure,
     NotImplementedYet,
-    _in_check_modules,
+    _in_checks,
     binomial_tolerance,
     call_learner,
     check,
@@ -103,9 +103,9 @@ def test_call_learner_turns_stubs_and_crashes_into_one_sentence():
 
 
 def test_a_learner_line_is_found_past_check_modules_and_packages_but_not_past_the_suite():
-    assert _in_check_modules(str(CHECKS_DIR / "checking.py"))
-    assert _in_check_modules(str(CHECKS_DIR / "part6_sae_transformer" / "loss_recovered.py"))  # a part's package
-    assert not _in_check_modules(__file__)  # the suite's stand-ins for learner code are learner code
+    assert _in_checks(str(CHECKS_DIR / "checking.py"))
+    assert _in_checks(str(CHECKS_DIR / "part6_sae_transformer" / "loss_recovered.py"))  # a part's package
+    assert not _in_checks(__file__)  # the suite's stand-ins for learner code are learner code
 
 
 def test_learner_callable_says_a_method_was_never_attached():
