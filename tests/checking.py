@@ -9,9 +9,9 @@ its message (no traceback into this module), and still stops "Run all".
 import contextlib
 import dataclasses
 import functools
-import numbers
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -89,7 +89,9 @@ def check(exercise: str, seed: int = 0) -> Callable[[Callable[P, R]], Callable[P
     return decorate
 
 
-def learner_callable(thing: object, name: str, *, owner_hint: str | None = None, as_property: bool = False) -> Callable[..., Any]:
+def learner_callable(
+    thing: object, name: str, *, owner_hint: str | None = None, as_property: bool = False
+) -> Callable[..., Any]:
     """The learner's function: given directly, or looked up on the class (or an instance's class).
 
     `owner_hint` names the class the exercise belongs to (None for a free function);
@@ -99,7 +101,11 @@ def learner_callable(thing: object, name: str, *, owner_hint: str | None = None,
     if inspect.isfunction(thing):
         return thing
     if not inspect.isclass(thing) and not isinstance(thing, nn.Module):
-        wanted = f"the class that has your `{name}` (e.g. `{owner_hint}`) or the function itself" if owner_hint else f"your `{name}` function itself"
+        wanted = (
+            f"the class that has your `{name}` (e.g. `{owner_hint}`) or the function itself"
+            if owner_hint
+            else f"your `{name}` function itself"
+        )
         raise CheckFailure(f"Pass {wanted}; this got {type(thing).__name__} `{thing!r:.60}`.")
     owner = thing if inspect.isclass(thing) else type(thing)
     candidate = inspect.getattr_static(owner, name, None)
@@ -125,7 +131,9 @@ def learner_function(thing: object, name: str) -> Callable[..., Any]:
     """The learner's free function; a class or a model handed in instead is named as such."""
     if inspect.isclass(thing) or isinstance(thing, nn.Module):
         kind = thing.__name__ if inspect.isclass(thing) else type(thing).__name__
-        raise CheckFailure(f"`{name}` is a function of its own, not a method of `{kind}`: pass the function itself, `test_{name}({name})`.")
+        raise CheckFailure(
+            f"`{name}` is a function of its own, not a method of `{kind}`: pass the function itself, `test_{name}({name})`."
+        )
     return learner_callable(thing, name)
 
 
@@ -262,7 +270,11 @@ class Snapshot:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
+    )
 
 
 def _in_checks(filename: str) -> bool:
@@ -288,7 +300,9 @@ def _learner_location(error: BaseException) -> str:
 def expect_tensor(value: object, shape: tuple[int, ...], *, what: str, axes: str) -> Tensor:
     """Fail with the expected shape named, or return the value as a float64 CPU tensor."""
     if not isinstance(value, Tensor):
-        raise CheckFailure(f"`{what}` should return a torch.Tensor of shape [{axes}], but returned {type(value).__name__}.")
+        raise CheckFailure(
+            f"`{what}` should return a torch.Tensor of shape [{axes}], but returned {type(value).__name__}."
+        )
     if tuple(value.shape) != shape:
         raise CheckFailure(
             f"`{what}` returned shape {tuple(value.shape)}, but [{axes}] here is {shape}: check which dimensions you "
@@ -301,11 +315,15 @@ def expect_tensor(value: object, shape: tuple[int, ...], *, what: str, axes: str
     return value.detach().to("cpu", torch.float64)
 
 
-def close(a: Tensor | Mapping[str, Tensor], b: Tensor | Mapping[str, Tensor], *, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+def close(
+    a: Tensor | Mapping[str, Tensor], b: Tensor | Mapping[str, Tensor], *, rtol: float = 1e-4, atol: float = 1e-5
+) -> bool:
     """Tensors (or same-keyed mappings of tensors, such as gradients) equal within tolerance."""
     if isinstance(a, Mapping) or isinstance(b, Mapping):
         return (
-            isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+            isinstance(a, Mapping)
+            and isinstance(b, Mapping)
+            and a.keys() == b.keys()
             and all(close(a[key], b[key], rtol=rtol, atol=atol) for key in a)
         )
     return a.shape == b.shape and torch.allclose(a.to(torch.float64), b.to(torch.float64), rtol=rtol, atol=atol)
@@ -349,7 +367,9 @@ def expect_number(value: object, what: str, *, per_axis: Mapping[int, str] | Non
             raise CheckFailure(f"`{what}` returned {value}: look for a division by zero.")
         return torch.tensor(float(value), dtype=torch.float64)
     if not isinstance(value, Tensor):
-        raise CheckFailure(f"`{what}` should return a number (a 0-dimensional tensor or a float), but returned {type(value).__name__}.")
+        raise CheckFailure(
+            f"`{what}` should return a number (a 0-dimensional tensor or a float), but returned {type(value).__name__}."
+        )
     if value.ndim == 1 and per_axis and len(value) in per_axis:
         raise CheckFailure(per_axis[len(value)])
     if value.ndim > 0:
@@ -358,7 +378,9 @@ def expect_number(value: object, what: str, *, per_axis: Mapping[int, str] | Non
             "(reduce over every axis, without keepdim=True)."
         )
     if not torch.is_floating_point(value):
-        raise CheckFailure(f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() before dividing or averaging.")
+        raise CheckFailure(
+            f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() before dividing or averaging."
+        )
     return expect_tensor(value, (), what=what, axes="a single number, 0-dimensional")
 
 
@@ -381,7 +403,11 @@ def diagnose_among(
     """
     if close(actual, expected, rtol=rtol, atol=atol):
         return
-    pairs = [(message, wrong) for message, results in mistakes.items() for wrong in results] if isinstance(mistakes, Mapping) else mistakes
+    pairs = (
+        [(message, wrong) for message, results in mistakes.items() for wrong in results]
+        if isinstance(mistakes, Mapping)
+        else mistakes
+    )
     matching = list(dict.fromkeys(message for message, wrong in pairs if close(actual, wrong, rtol=rtol, atol=atol)))
     if not matching:
         raise CheckFailure(otherwise)
@@ -408,7 +434,9 @@ def gradients(loss: object, tensors: Mapping[str, Tensor], *, what: str) -> dict
         )
     grads = torch.autograd.grad(loss.reshape(()), list(tensors.values()), allow_unused=True, retain_graph=True)
     return {
-        name: torch.zeros_like(tensor, dtype=torch.float64, device="cpu") if grad is None else grad.detach().to("cpu", torch.float64)
+        name: torch.zeros_like(tensor, dtype=torch.float64, device="cpu")
+        if grad is None
+        else grad.detach().to("cpu", torch.float64)
         for (name, tensor), grad in zip(tensors.items(), grads)
     }
 
@@ -471,7 +499,9 @@ def check_output_gradients(
     gradient must match the reference's (the output itself is checked before)."""
     cut_off = "(.detach(), .data, torch.no_grad(), or a detour through NumPy or .tolist())"
     if not output.requires_grad:
-        raise CheckFailure(f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so training would never change the weights.")
+        raise CheckFailure(
+            f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so training would never change the weights."
+        )
     loss = (output * upstream.to(output.device, output.dtype)).sum()
     actual = gradients(loss, parameters, what=f"the output of `{what}`")
     scale = max(float(grad.abs().max()) for grad in expected.values())
@@ -528,7 +558,9 @@ def check_random_directions(
     for index in instance.unique():
         rows = unit[instance == index]
         if len(rows) > 1 and (rows - rows[:1]).abs().max() < 1e-6:
-            raise CheckFailure(f"`{what}` gave every resampled latent of an instance the same direction: draw one per latent.")
+            raise CheckFailure(
+                f"`{what}` gave every resampled latent of an instance the same direction: draw one per latent."
+            )
     shared = 0
     for index in latent.unique():
         rows = unit[latent == index]

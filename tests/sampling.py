@@ -21,6 +21,7 @@ SAMPLE_BATCH = 10_000
 
 AXIS_LABELS = ("examples of the batch", "instances", "features")
 
+
 def sample_values(output: object, shape: tuple[int, ...], *, device: torch.device, what: str, axes: str) -> Tensor:
     """The learner's sample as a float64 CPU tensor, after naming a wrong type, dtype, device or shape."""
     if isinstance(output, Tensor) and output.dtype == torch.bool:
@@ -34,20 +35,30 @@ def sample_values(output: object, shape: tuple[int, ...], *, device: torch.devic
             "every magnitude to 0 or 1)."
         )
     if isinstance(output, Tensor) and output.device.type != device.type:
-        raise CheckFailure(f"`{what}` returned a tensor on {output.device}; make it on {device}, where its inputs are (e.g. `torch.rand(..., device=...)`).")
+        raise CheckFailure(
+            f"`{what}` returned a tensor on {output.device}; make it on {device}, where its inputs are (e.g. `torch.rand(..., device=...)`)."
+        )
     return expect_tensor(output, shape, what=what, axes=axes)
+
 
 def draw_twice(function: Callable[..., object], *args: object, what: str) -> tuple[object, object]:
     """Two calls with the same arguments (copies of any tensors), to catch code that reseeds itself."""
     copies = lambda: [arg.clone() if isinstance(arg, Tensor) else arg for arg in args]  # noqa: E731
     return call_learner(function, *copies(), what=what), call_learner(function, *copies(), what=what)
 
+
 def check_fresh_draws(first: object, second: object, *, what: str) -> None:
-    if isinstance(first, Tensor) and isinstance(second, Tensor) and first.shape == second.shape and torch.equal(first, second):
+    if (
+        isinstance(first, Tensor)
+        and isinstance(second, Tensor)
+        and first.shape == second.shape
+        and torch.equal(first, second)
+    ):
         raise CheckFailure(
             f"`{what}` returned the same sample on two calls: don't set a seed inside it (torch.manual_seed), or "
             "training would see one batch over and over."
         )
+
 
 def check_examples_vary(values: Tensor, probability: Tensor, *, what: str) -> None:
     """Every example of the batch identical, or with the same features present, is one draw broadcast over the batch."""
@@ -65,6 +76,7 @@ def check_examples_vary(values: Tensor, probability: Tensor, *, what: str) -> No
             "shape [batch, ...], not one draw broadcast over the batch."
         )
 
+
 def check_presence_frequencies(
     present: Tensor, probability: Tensor, *, what: str, alternatives: Mapping[str, Tensor], otherwise: str
 ) -> None:
@@ -74,13 +86,18 @@ def check_presence_frequencies(
     if frequencies_match(frequency, probability, n, false_alarm=FALSE_ALARM_PER_TEST):
         return
     if frequencies_match(frequency, torch.ones_like(probability), n, false_alarm=FALSE_ALARM_PER_TEST):
-        raise CheckFailure(f"Every feature from `{what}` is non-zero in every example: absent features must be exactly 0.")
+        raise CheckFailure(
+            f"Every feature from `{what}` is non-zero in every example: absent features must be exactly 0."
+        )
     for message, alternative in alternatives.items():
         if frequencies_match(frequency, alternative.clamp(0, 1), n, false_alarm=FALSE_ALARM_PER_TEST):
             raise CheckFailure(message)
     raise CheckFailure(otherwise)
 
-def _co_occurrence_cells(present: Tensor, probability: Tensor, same_group: Tensor) -> dict[str, tuple[Tensor, Tensor, int]]:
+
+def _co_occurrence_cells(
+    present: Tensor, probability: Tensor, same_group: Tensor
+) -> dict[str, tuple[Tensor, Tensor, int]]:
     """(observed frequency, probability under independence, draws) of two events both happening,
     for every pair of cells that must be independent, grouped by the axis that separates them."""
     x = present.float()
@@ -100,6 +117,7 @@ def _co_occurrence_cells(present: Tensor, probability: Tensor, same_group: Tenso
         "features": (across_features[:, feature_pairs], product_features[:, feature_pairs], n_batch),
     }
 
+
 def check_presence_independent(
     present: Tensor, probability: Tensor, *, messages: Mapping[str, str], same_group: Tensor | None = None
 ) -> None:
@@ -116,6 +134,7 @@ def check_presence_independent(
         if ((observed - expected).abs() > tolerance).any():
             raise CheckFailure(messages[axis])
 
+
 def independence_messages(what: str, features_label: str = "features") -> dict[str, str]:
     return {
         "examples": f"Presence in `{what}` depends on the other examples of the batch: draw fresh random numbers for every example.",
@@ -129,6 +148,7 @@ def independence_messages(what: str, features_label: str = "features") -> dict[s
         ),
     }
 
+
 def check_values_not_shared(values: Tensor, comparisons: Mapping[str, tuple[Tensor, Tensor]]) -> None:
     """Where both are present, two values that must be drawn separately are (almost) never equal;
     `comparisons` maps the message naming the shared draw to the two aligned views to compare."""
@@ -137,7 +157,10 @@ def check_values_not_shared(values: Tensor, comparisons: Mapping[str, tuple[Tens
         if int(((a == b) & both).sum()) > 0.5 * int(both.sum()) > 0:
             raise CheckFailure(message)
 
-def neighbour_comparisons(values: Tensor, what: str, labels: Sequence[str] = AXIS_LABELS) -> dict[str, tuple[Tensor, Tensor]]:
+
+def neighbour_comparisons(
+    values: Tensor, what: str, labels: Sequence[str] = AXIS_LABELS
+) -> dict[str, tuple[Tensor, Tensor]]:
     """Each value next to its neighbour along every axis (batch, inst, feats), with the message for a shared magnitude."""
     comparisons = {}
     for axis, label in enumerate(labels):
@@ -146,6 +169,7 @@ def neighbour_comparisons(values: Tensor, what: str, labels: Sequence[str] = AXI
             message = f"Present features in `{what}` share one magnitude across {label}: draw a magnitude for every (example, instance, feature)."
             comparisons[message] = (values.narrow(axis, 0, size - 1), values.narrow(axis, 1, size - 1))
     return comparisons
+
 
 def check_uniform(unit: Tensor, *, what: str, otherwise: str) -> None:
     """Values that must be uniform on [0, 1]: the fraction below each decile is binomial."""
@@ -156,10 +180,13 @@ def check_uniform(unit: Tensor, *, what: str, otherwise: str) -> None:
     if not frequencies_match(below, deciles, unit.numel(), false_alarm=FALSE_ALARM_PER_TEST):
         raise CheckFailure(otherwise)
 
+
 def check_unit_range(values: Tensor, probability: Tensor, *, what: str) -> None:
     """Part 1's samplers give values in [0, 1]; name the usual ways of leaving it."""
     if values.min() < 0:
-        raise CheckFailure(f"`{what}` returned negative values: magnitudes must be uniform on [0, 1] (torch.rand, not torch.randn).")
+        raise CheckFailure(
+            f"`{what}` returned negative values: magnitudes must be uniform on [0, 1] (torch.rand, not torch.randn)."
+        )
     if values.max() <= 1:
         return
     if (values <= 1 / probability + 1e-6).all():
@@ -167,18 +194,26 @@ def check_unit_range(values: Tensor, probability: Tensor, *, what: str) -> None:
             f"`{what}` returned values above 1: dividing a draw u by p gives [0, 1) only for the draw that decided "
             "presence (u < p); with a separate presence draw, use the magnitude draw as it is."
         )
-    raise CheckFailure(f"`{what}` returned values above 1: magnitudes must be uniform on [0, 1] (torch.rand; torch.randn is not bounded).")
+    raise CheckFailure(
+        f"`{what}` returned values above 1: magnitudes must be uniform on [0, 1] (torch.rand; torch.randn is not bounded)."
+    )
+
 
 def check_magnitudes_vary(values: Tensor, *, what: str, advice: str = "draw magnitudes uniformly on [0, 1]") -> None:
     if bool(((values == 0) | (values.abs() == 1)).all()):
         raise CheckFailure(f"Every present feature in `{what}` has magnitude 1: {advice}.")
+
 
 def check_unit_magnitudes(values: Tensor, presence_bound: Tensor, importance: Tensor | None, *, what: str) -> None:
     """Present values uniform on [0, 1]; when not, name magnitudes confined below the presence draw's
     bound (p, or 2p for a pair's shared draw) or below the importance."""
     magnitudes = values[values != 0]
     try:
-        check_uniform(magnitudes, what=what, otherwise=f"The magnitudes of present features in `{what}` are not uniform on [0, 1].")
+        check_uniform(
+            magnitudes,
+            what=what,
+            otherwise=f"The magnitudes of present features in `{what}` are not uniform on [0, 1].",
+        )
     except CheckFailure:
         informative = presence_bound < 0.9
         if (values <= presence_bound + 1e-6)[:, informative].all():
@@ -188,21 +223,33 @@ def check_unit_magnitudes(values: Tensor, presence_bound: Tensor, importance: Te
                 "and don't multiply the magnitudes by a probability."
             ) from None
         if importance is not None and (values <= importance + 1e-6).all():
-            raise CheckFailure(f"The magnitudes in `{what}` are scaled by the importance: importance only weights the loss.") from None
+            raise CheckFailure(
+                f"The magnitudes in `{what}` are scaled by the importance: importance only weights the loss."
+            ) from None
         raise
+
 
 def _normal_cdf(x: Tensor) -> Tensor:
     return 0.5 * (1 + torch.erf(x / 2**0.5))
 
+
 def presence_alternatives(probability: Tensor, importance: Tensor) -> dict[str, Tensor]:
     """The presence probabilities that plausible mistakes give, each with the sentence naming it."""
     return {
-        "Features are present with probability 1 - p: the comparison is reversed (present when the draw is below p).": 1 - probability,
-        "Every instance uses the same feature probabilities: use feature_probability[inst, feat] for each instance.": probability[:1].expand_as(probability),
-        "Every feature uses the same probability: use feature_probability[inst, feat] for each feature.": probability[:, :1].expand_as(probability),
-        "Presence follows a normal draw (torch.randn < p): decide it with a uniform draw, torch.rand(...) < p.": _normal_cdf(probability),
+        "Features are present with probability 1 - p: the comparison is reversed (present when the draw is below p).": 1
+        - probability,
+        "Every instance uses the same feature probabilities: use feature_probability[inst, feat] for each instance.": probability[
+            :1
+        ].expand_as(probability),
+        "Every feature uses the same probability: use feature_probability[inst, feat] for each feature.": probability[
+            :, :1
+        ].expand_as(probability),
+        "Presence follows a normal draw (torch.randn < p): decide it with a uniform draw, torch.rand(...) < p.": _normal_cdf(
+            probability
+        ),
         "Features are present with the importance as their probability: use feature_probability[inst, feat].": importance,
     }
+
 
 def check_sparse_unit_sample(values: Tensor, probability: Tensor, importance: Tensor, *, what: str) -> None:
     """A [batch, inst, feats] sample: independent presence with `probability`, magnitudes uniform on [0, 1]."""

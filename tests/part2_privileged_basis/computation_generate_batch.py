@@ -85,7 +85,10 @@ def test_computation_generate_batch(learner: object) -> str:
     probability, importance = model.feature_probability.cpu().double(), model.importance.cpu().double()
     first, second = draw_twice(generate, model, SAMPLE_BATCH, what="generate_batch")
     values = sample_values(
-        first, (SAMPLE_BATCH, N_INST, N_FEATURES), device=model.b_final.device, what="generate_batch",
+        first,
+        (SAMPLE_BATCH, N_INST, N_FEATURES),
+        device=model.b_final.device,
+        what="generate_batch",
         axes="batch, inst, feats",
     )
     check_fresh_draws(first, second, what="generate_batch")

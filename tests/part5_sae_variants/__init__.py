@@ -12,12 +12,12 @@ from tests.checking import CheckFailure
 from tests.part5_sae_variants._step_functions import _check_step_grad_threshold, _step_cases
 from tests.part5_sae_variants.auxk_loss import test_auxk_loss
 from tests.part5_sae_variants.batch_topk_activation import test_batch_topk_activation
-from tests.part5_sae_variants.gated import _gated_cases, _gated_expectation, GATE_MARGIN, test_gated_forward
+from tests.part5_sae_variants.gated import GATE_MARGIN, _gated_cases, _gated_expectation, test_gated_forward
 from tests.part5_sae_variants.heaviside import test_heaviside
 from tests.part5_sae_variants.jumprelu import test_jumprelu
 from tests.part5_sae_variants.reference_parity import (
-    build_jumprelu_sae,
     PUBLISHED,
+    build_jumprelu_sae,
     published_comparison,
     test_reference_parity,
     training_comparison,

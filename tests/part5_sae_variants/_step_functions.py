@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.checking import call_learner, CheckFailure, diagnose, diagnose_among, expect_tensor
-from tests.part5_sae_variants._common import _float64, D_SAE, N_INST
+from tests.checking import CheckFailure, call_learner, diagnose, diagnose_among, expect_tensor
+from tests.part5_sae_variants._common import D_SAE, N_INST, _float64
 
 
 def _apply(function: type[torch.autograd.Function]) -> Callable[[Tensor, Tensor, float], Tensor]:

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from part_utils.reference import part5_sae_variants as reference
 from tests.checking import (
+    CheckFailure,
     call_learner,
     check,
-    CheckFailure,
     diagnose_among,
     expect_tensor,
     gradients,
@@ -21,7 +21,7 @@ from tests.checking import (
     require_gradient,
 )
 from tests.fixtures import toy_model
-from tests.part5_sae_variants._common import _as_float64, _decode, _gradient_dict, _randomise, D_IN, D_SAE, N_INST
+from tests.part5_sae_variants._common import D_IN, D_SAE, N_INST, _as_float64, _decode, _gradient_dict, _randomise
 
 
 def _topk_sae() -> reference.TopKToySAE:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from part_utils.device import get_device
 from tests.checking import call_learner, check, diagnose_among, expect_tensor, handed_in, learner_function
-from tests.part5_sae_variants._common import _check_kept_gradient, _keep_top, D_SAE
+from tests.part5_sae_variants._common import D_SAE, _check_kept_gradient, _keep_top
 
 
 def _keep_per_instance(values: Tensor, n_keep: int, *, transpose_first: bool = True) -> Tensor:

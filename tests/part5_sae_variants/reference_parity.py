@@ -8,9 +8,8 @@ from torch import Tensor
 
 from part_utils import jumprelu_numpy
 from part_utils.reference import part5_sae_variants as reference
-from tests.checking import call_learner, check, CheckFailure, learner_function
+from tests.checking import CheckFailure, call_learner, check, learner_function
 from tests.part5_sae_variants._common import _autograd_function
-
 
 # Google DeepMind's published regression values for its JumpReLU reference (CURRICULUM.md).
 PUBLISHED = {

@@ -11,7 +11,6 @@ from part_utils.reference import part5_sae_variants as reference
 from tests.checking import call_learner, check, diagnose_among, expect_tensor, learner_function
 from tests.part5_sae_variants._common import D_IN, D_SAE
 
-
 # remove_parallel_component ----------------------------------------------------------------
 
 # The published training normalises each decoder row as v / (‖v‖ + 1e-6) and projects with that; the

@@ -48,9 +48,7 @@ def _hook_name(model: TransformerBridge, module_name: str, preferred: str) -> st
     return preferred if preferred in names else (names[0] if names else module_name.replace("._original_component", ""))
 
 
-def _run_with_hook(
-    model: TransformerBridge, tokens: Tensor, hook: str, replace: Callable[[Tensor], Tensor]
-) -> Tensor:
+def _run_with_hook(model: TransformerBridge, tokens: Tensor, hook: str, replace: Callable[[Tensor], Tensor]) -> Tensor:
     return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, lambda act, hook: replace(act))])
 
 
@@ -159,9 +157,7 @@ def _spliced_number(result: object, tokens: Tensor, what: str) -> Tensor:
     return expect_number(result, what, per_axis={n_strings: per_string})
 
 
-def _splice_mistakes(
-    expectations: SplicedExpectations, hook: str, n_predicted: int
-) -> dict[str, list[Tensor]]:
+def _splice_mistakes(expectations: SplicedExpectations, hook: str, n_predicted: int) -> dict[str, list[Tensor]]:
     """What mistaken splices at `hook` give, each under the sentence that names it."""
     tokens, outcomes = expectations.tokens, expectations.outcomes
     expected, other = outcomes[hook], next(h for h in HOOKS if h != hook)

@@ -72,7 +72,9 @@ def l0_mistakes(latents: Tensor) -> dict[str, list[Tensor]]:
             mask.sum(dim=1).mean() for mask in _above_thresholds(latents)
         ],
         "L0 should count active latents, not measure their size (a sum or a norm of their values).": [
-            latents.sum(dim=1).mean(), latents.norm(dim=1).mean(), latents.sum()
+            latents.sum(dim=1).mean(),
+            latents.norm(dim=1).mean(),
+            latents.sum(),
         ],
         (
             "L0 is averaged only over tokens with some latent active; average over every token "
@@ -104,8 +106,7 @@ def frequency_mistakes(latents: Tensor) -> dict[str, list[Tensor]]:
             "however small."
         ): [mask.mean(dim=0) for mask in _above_thresholds(latents)],
         (
-            "Each latent's firings are divided by the number of firings of all latents; "
-            "divide by the number of tokens."
+            "Each latent's firings are divided by the number of firings of all latents; divide by the number of tokens."
         ): [active.sum(dim=0) / active.sum().clamp_min(1)],
     }
 

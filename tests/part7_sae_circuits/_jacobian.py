@@ -83,9 +83,7 @@ def _relu_mistakes(case: Case) -> dict[str, Tensor]:
         "You multiplied by ReLU(pre); the derivative of ReLU is the step 1[pre > 0].": expected_jacobian(
             case, F.relu(mlp_pre)
         ),
-        "The ReLU derivative is 1 where pre > 0, not where pre < 0.": expected_jacobian(
-            case, (mlp_pre < 0).double()
-        ),
+        "The ReLU derivative is 1 where pre > 0, not where pre < 0.": expected_jacobian(case, (mlp_pre < 0).double()),
         (
             "The ReLU derivative counts neurons with pre exactly 0 as on (>= 0): it is 1[pre > 0], 0 at the kink, "
             "as autograd's ReLU has it."
@@ -95,8 +93,7 @@ def _relu_mistakes(case: Case) -> dict[str, Tensor]:
             "0 at the kink, as autograd's ReLU has it."
         ): expected_jacobian(case, step + 0.5 * (mlp_pre == 0).double()),
         (
-            "Every token uses the first token's ReLU derivative; each token needs its own, "
-            "from its own row of mlp_pre."
+            "Every token uses the first token's ReLU derivative; each token needs its own, from its own row of mlp_pre."
         ): expected_jacobian(case, step[:1].expand_as(step)),
     }
 

@@ -33,8 +33,13 @@ DESIGN_THRESHOLD = 0.375  # not the notebook's 0.5, so that a hard-coded τ fail
 def _design_features(batch: int, n_inst: int, n_parents: int, n_children: int) -> Tensor:
     """Hierarchical features with every situation common: parents often alone and often with a child."""
     cfg = reference.HierarchyConfig(
-        n_inst=n_inst, n_parents=n_parents, n_children=n_children, parent_probability=0.6, child_probability=0.6,
-        min_magnitude=0.5, max_magnitude=1.5,
+        n_inst=n_inst,
+        n_parents=n_parents,
+        n_children=n_children,
+        parent_probability=0.6,
+        child_probability=0.6,
+        min_magnitude=0.5,
+        max_magnitude=1.5,
     )
     return reference.HierarchicalToyData(cfg).generate_batch(batch).double()
 

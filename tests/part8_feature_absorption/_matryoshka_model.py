@@ -174,7 +174,7 @@ def _variant_reconstructions(
     slices = _prefix_slices(sizes, v.prefixes)
     for index, (start, end) in enumerate(slices):
         last = index == len(slices) - 1
-        keep = (lambda tensor, place: tensor.detach() if v.cut == place and not last else tensor)  # noqa: E731
+        keep = lambda tensor, place: tensor.detach() if v.cut == place and not last else tensor  # noqa: E731
         latents = acts[..., start:end]
         if v.topk == "per prefix" and training and not last:
             latents = _per_instance_batch_topk(pre_acts[..., start:end], k)
@@ -195,6 +195,7 @@ def _matryoshka_terms(
     pre_acts = torch.einsum("bid,ids->bis", x - p["b_dec"], p["W_enc"]) + p["b_enc"]
     acts = _variant_acts(sae, pre_acts, training, v)
     reconstructions = _variant_reconstructions(sae, p, W, pre_acts, acts, training, v)
+
     def error(rec: Tensor) -> Tensor:
         return (rec - x).pow(2).mean(dim=-1) if v.squared == "mean" else (rec - x).pow(2).sum(dim=-1)
 

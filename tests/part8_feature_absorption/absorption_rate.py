@@ -90,19 +90,24 @@ ABSORPTION_MISTAKES: dict[str, list[AbsorptionCount]] = {
     "Inputs where ℓ_p is silent count as absorbed even when no other latent carrying the parent fires: that is a "
     "missing parent, not absorption.": [AbsorptionCount(carrier_fires=False)],
     "Any other latent firing counts as a carrier; a carrier must have decoder cosine ≥ threshold with the parent.": [
-        AbsorptionCount(carriers="all")],
+        AbsorptionCount(carriers="all")
+    ],
     "Carriers are compared strictly (cosine > threshold); a latent with cosine exactly at the threshold carries the "
     "parent (≥).": [AbsorptionCount(carriers=">")],
     "Latents whose decoder points against the parent count as carriers (|cosine| ≥ threshold); use the signed "
     "cosine.": [AbsorptionCount(carriers="abs")],
     "The function uses τ = 0.5 whatever `threshold` is passed: compare with the `threshold` argument.": [
-        AbsorptionCount(threshold=reference.CARRIES_PARENT_AT)],
+        AbsorptionCount(threshold=reference.CARRIES_PARENT_AT)
+    ],
     "The numerator counts carrier latents, not inputs: an absorbed input counts once however many carriers fire.": [
-        AbsorptionCount(count_carriers=True)],
+        AbsorptionCount(count_carriers=True)
+    ],
     "A latent with activation 0 counts as firing (acts >= 0): a latent fires when its activation is > 0.": [
-        AbsorptionCount(fires=">=")],
+        AbsorptionCount(fires=">=")
+    ],
     "The counts are pooled over instances: compute the rate of every instance from its own inputs.": [
-        AbsorptionCount(pooled=True)],
+        AbsorptionCount(pooled=True)
+    ],
     "The rate is the mean of the children's rates; count all eligible inputs of a parent together, whichever child "
     "is active.": [AbsorptionCount(per_child=True)],
     "This is how often ℓ_p fires on the eligible inputs; absorption is how often it is silent while another latent "
@@ -155,11 +160,13 @@ def _check_absorption_case(function: Callable[..., object], case: AbsorptionCase
             "get a rate."
         )
     if right_shape and torch.is_floating_point(result) and not torch.isfinite(result).all():
-        raise CheckFailure(_prefix(
-            case,
-            "`absorption_rate` gives NaN or inf for a parent with no eligible input: divide by the count clamped to at "
-            "least 1 (clamp_min(1)), which gives 0 there.",
-        ))
+        raise CheckFailure(
+            _prefix(
+                case,
+                "`absorption_rate` gives NaN or inf for a parent with no eligible input: divide by the count clamped to at "
+                "least 1 (clamp_min(1)), which gives 0 there.",
+            )
+        )
     actual = expect_tensor(result, (n_inst, n_parents), what="absorption_rate", axes="inst, parents")
     expected = _absorption(case)
     mistakes = {

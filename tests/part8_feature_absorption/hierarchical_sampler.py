@@ -32,8 +32,15 @@ SAMPLER_BATCH = 100_000
 # differ by more than the sum of their tolerances (the suite proves it): no mistake can pass for
 # the right sampler, nor be named as another.
 SAMPLER_CONFIG = {
-    "n_inst": 4, "n_parents": 3, "n_children": 4, "d_hidden": 6, "parent_probability": 0.1,
-    "child_probability": 0.45, "min_magnitude": 0.5, "max_magnitude": 2.0, "direction_seed": 3,
+    "n_inst": 4,
+    "n_parents": 3,
+    "n_children": 4,
+    "d_hidden": 6,
+    "parent_probability": 0.1,
+    "child_probability": 0.45,
+    "min_magnitude": 0.5,
+    "max_magnitude": 2.0,
+    "direction_seed": 3,
 }
 NOTEBOOK_CONFIG = reference.HierarchyConfig(n_inst=1)
 MAGNITUDE_EXAMPLES = 20_000  # plenty for the magnitude tests, whose tolerances follow the count they get
@@ -209,7 +216,8 @@ def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference
     if not _conditional_frequencies_match(has_child, parent_on, full(q), CONDITIONAL_FALSE_ALARM):
         alternatives = child_alternatives(cfg)
         matching = (
-            m for m, a in alternatives.items()
+            m
+            for m, a in alternatives.items()
             if _conditional_frequencies_match(has_child, parent_on, full(a), CONDITIONAL_FALSE_ALARM)
         )
         message = next(matching, None)

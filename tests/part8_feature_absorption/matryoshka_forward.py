@@ -20,7 +20,6 @@ from tests.checking import (
     handed_in,
 )
 from tests.fixtures import own_method
-from tests.sae_output import require_named_fields
 from tests.part8_feature_absorption._common import _prefix
 from tests.part8_feature_absorption._matryoshka_model import (
     M_PARAMETERS,
@@ -31,6 +30,7 @@ from tests.part8_feature_absorption._matryoshka_model import (
     _matryoshka_cases,
     _matryoshka_terms,
 )
+from tests.sae_output import require_named_fields
 
 MATRYOSHKA = "MatryoshkaToySAE.forward"
 Outputs = tuple[dict[str, Tensor], Tensor, Tensor, Tensor]
@@ -49,18 +49,22 @@ VARIANT_MISTAKES: dict[str, MatryoshkaVariant] = {
     "b_dec is left out of the reconstructions: add it back to every prefix's reconstruction (b_dec plus the decoded "
     "latents).": MatryoshkaVariant(bias="none"),
     "The prefix losses are averaged; L_matryoshka is their sum.": MatryoshkaVariant(reduce="mean"),
-    "The empty prefix (b_dec alone) has a loss term too; sum only the prefixes listed in prefix_sizes.":
-        MatryoshkaVariant(empty_prefix=True),
+    "The empty prefix (b_dec alone) has a loss term too; sum only the prefixes listed in prefix_sizes.": MatryoshkaVariant(
+        empty_prefix=True
+    ),
     "Each prefix picks its own top-k among its latents; the BatchTopK is applied once, to all latents, and each "
     "prefix uses those activations.": MatryoshkaVariant(topk="per prefix"),
-    "The top-k is taken within each group of latents; apply self.activation once, to all pre-activations.":
-        MatryoshkaVariant(topk="per group"),
-    "The activations are a plain ReLU: use self.activation(pre_acts), BatchTopK's activation.":
-        MatryoshkaVariant(topk="none"),
+    "The top-k is taken within each group of latents; apply self.activation once, to all pre-activations.": MatryoshkaVariant(
+        topk="per group"
+    ),
+    "The activations are a plain ReLU: use self.activation(pre_acts), BatchTopK's activation.": MatryoshkaVariant(
+        topk="none"
+    ),
     "The activations keep the top k of each input (TopK); BatchTopK keeps the top k·batch of the whole batch: use "
     "self.activation.": MatryoshkaVariant(topk="per input"),
-    "The squared error is summed over d_in; each prefix's loss is its mean over d_in.":
-        MatryoshkaVariant(squared="sum"),
+    "The squared error is summed over d_in; each prefix's loss is its mean over d_in.": MatryoshkaVariant(
+        squared="sum"
+    ),
     "The decoder is used unnormalised: decode with self.W_dec_normalized.": MatryoshkaVariant(decoder="raw"),
     "AuxK reconstructs the residual of the first prefix; it uses the full reconstruction's residual, h - "
     "h_reconstructed.": MatryoshkaVariant(aux_from="first"),
@@ -68,16 +72,20 @@ VARIANT_MISTAKES: dict[str, MatryoshkaVariant] = {
     "firing.": MatryoshkaVariant(dead_after_counting=True),
     # ... and those that change only the loss.
     "The loss has no AuxK term: add aux_coeff · L_aux.": MatryoshkaVariant(with_aux=False),
-    "L_aux enters the loss without its coefficient: add self.cfg.aux_coeff · L_aux.":
-        MatryoshkaVariant(aux_coefficient=False),
-    "The loss trains only the full reconstruction: use L_matryoshka, the sum of every prefix's loss.":
-        MatryoshkaVariant(loss_terms="full only"),
+    "L_aux enters the loss without its coefficient: add self.cfg.aux_coeff · L_aux.": MatryoshkaVariant(
+        aux_coefficient=False
+    ),
+    "The loss trains only the full reconstruction: use L_matryoshka, the sum of every prefix's loss.": MatryoshkaVariant(
+        loss_terms="full only"
+    ),
     "The loss adds L_reconstruction on top of L_matryoshka, counting the full dictionary twice: L_matryoshka already "
     "contains it.": MatryoshkaVariant(loss_terms="both"),
-    "The loss is summed over the batch; average it over the batch (and sum over instances).":
-        MatryoshkaVariant(batch="sum"),
-    "The loss is averaged over instances; sum it over instances (after the mean over the batch).":
-        MatryoshkaVariant(instances="mean"),
+    "The loss is summed over the batch; average it over the batch (and sum over instances).": MatryoshkaVariant(
+        batch="sum"
+    ),
+    "The loss is averaged over instances; sum it over instances (after the mean over the batch).": MatryoshkaVariant(
+        instances="mean"
+    ),
 }
 GRADIENT_MISTAKES = {
     "acts": "`acts` is detached in the smaller prefixes' reconstructions, so their losses cannot train the encoder: "
@@ -188,7 +196,7 @@ def _first_prefix_mistakes(
                 "the full dictionary's loss here.",
                 expected.L_matryoshka.detach(),
             ),
-            ('loss_dict["L_reconstruction"] is the first prefix\'s loss; it is the full dictionary\'s.', first_loss),
+            ("loss_dict[\"L_reconstruction\"] is the first prefix's loss; it is the full dictionary's.", first_loss),
         ],
     }
 
@@ -232,36 +240,46 @@ def _check_counters(case: MatryoshkaCase, expected: MatryoshkaTerms, before: Map
     counts = sae.steps_since_fired.detach().cpu()
     if not torch.equal(counts, expected.steps_since_fired):
         if torch.equal(counts, before["steps_since_fired"]):
-            raise CheckFailure(_prefix(
-                case,
-                "self.steps_since_fired did not change: call self.record_firing(acts) after computing L_aux, so that "
-                "AuxK knows which latents are dead.",
-            ))
+            raise CheckFailure(
+                _prefix(
+                    case,
+                    "self.steps_since_fired did not change: call self.record_firing(acts) after computing L_aux, so that "
+                    "AuxK knows which latents are dead.",
+                )
+            )
         if not case.training:
-            raise CheckFailure(_prefix(
+            raise CheckFailure(
+                _prefix(
+                    case,
+                    "steps_since_fired changed although the SAE is evaluating: count firing only through "
+                    "self.record_firing(acts), which skips evaluation.",
+                )
+            )
+        raise CheckFailure(
+            _prefix(
                 case,
-                "steps_since_fired changed although the SAE is evaluating: count firing only through "
-                "self.record_firing(acts), which skips evaluation.",
-            ))
-        raise CheckFailure(_prefix(
-            case,
-            "self.steps_since_fired was not updated as self.record_firing(acts) does it (once per forward, from the "
-            "returned acts).",
-        ))
+                "self.steps_since_fired was not updated as self.record_firing(acts) does it (once per forward, from the "
+                "returned acts).",
+            )
+        )
     threshold = sae.threshold.detach().cpu().double()
     if close(threshold, expected.threshold, rtol=1e-5, atol=1e-6):
         return
     if close(threshold, before["threshold"], rtol=1e-5, atol=1e-6):
-        raise CheckFailure(_prefix(
+        raise CheckFailure(
+            _prefix(
+                case,
+                "The BatchTopK threshold did not move: use self.activation(pre_acts), which in training also keeps the "
+                "threshold used at inference.",
+            )
+        )
+    raise CheckFailure(
+        _prefix(
             case,
-            "The BatchTopK threshold did not move: use self.activation(pre_acts), which in training also keeps the "
-            "threshold used at inference.",
-        ))
-    raise CheckFailure(_prefix(
-        case,
-        "The BatchTopK threshold moved more than once, or with other activations: call self.activation once per "
-        "forward, on all pre-activations.",
-    ))
+            "The BatchTopK threshold moved more than once, or with other activations: call self.activation once per "
+            "forward, on all pre-activations.",
+        )
+    )
 
 
 def _check_matryoshka_case(forward: Callable[..., object], case: MatryoshkaCase) -> None:

@@ -125,23 +125,29 @@ def _check_parent_latents_form(result: object, case: AbsorptionCase) -> Tensor:
             f"{type(result).__name__}."
         )
     if result.shape == (n_inst, case.acts.shape[-1], n_parents):
-        raise CheckFailure(_prefix(
-            case,
-            "`parent_latents` returned [inst, d_sae, parents] (a mask or the scores?): return one latent index per "
-            "instance and parent, [inst, parents].",
-        ))
+        raise CheckFailure(
+            _prefix(
+                case,
+                "`parent_latents` returned [inst, d_sae, parents] (a mask or the scores?): return one latent index per "
+                "instance and parent, [inst, parents].",
+            )
+        )
     if result.shape == (n_parents, n_inst) and n_parents != n_inst:
-        raise CheckFailure(_prefix(
-            case,
-            "`parent_latents` returned [parents, inst]: the result is [inst, parents] (take the argmax over the latent "
-            "axis, dim=1).",
-        ))
+        raise CheckFailure(
+            _prefix(
+                case,
+                "`parent_latents` returned [parents, inst]: the result is [inst, parents] (take the argmax over the latent "
+                "axis, dim=1).",
+            )
+        )
     if result.shape != (n_inst, n_parents):
-        raise CheckFailure(_prefix(
-            case,
-            f"`parent_latents` returned shape {tuple(result.shape)}, but [inst, parents] here is "
-            f"{(n_inst, n_parents)}: take the argmax over the latent axis.",
-        ))
+        raise CheckFailure(
+            _prefix(
+                case,
+                f"`parent_latents` returned shape {tuple(result.shape)}, but [inst, parents] here is "
+                f"{(n_inst, n_parents)}: take the argmax over the latent axis.",
+            )
+        )
     if torch.is_floating_point(result) or result.dtype == torch.bool:
         raise CheckFailure(
             "`parent_latents` returned a floating-point or boolean tensor: return integer latent indices (argmax gives "

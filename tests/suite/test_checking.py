@@ -52,7 +52,12 @@ def test_call_learner_names_a_parameter_buffer_or_attribute_changed_in_place():
     def replace_parameter(self):
         self.weight = nn.Parameter(self.weight.detach().clone())
 
-    for function, name in [(normalise_weight, "self.weight"), (touch_buffer, "self.scale"), (touch_attribute, "self.probability"), (replace_parameter, "self.weight")]:
+    for function, name in [
+        (normalise_weight, "self.weight"),
+        (touch_buffer, "self.scale"),
+        (touch_attribute, "self.probability"),
+        (replace_parameter, "self.weight"),
+    ]:
         with pytest.raises(CheckFailure, match=rf"changed `{name}` in place"):
             call_learner(function, Holder(), what="it")
 
@@ -181,7 +186,10 @@ def test_check_random_directions_accepts_independent_gaussian_directions():
     [
         (lambda g: nn.functional.normalize(torch.rand(60, 4, generator=g, dtype=torch.float64), dim=-1), "one orthant"),
         (lambda g: _random_unit(20, 4, g).repeat(3, 1), "same direction in every instance"),
-        (lambda g: _random_unit(3, 4, g).repeat_interleave(20, dim=0), "every resampled latent of an instance the same direction"),
+        (
+            lambda g: _random_unit(3, 4, g).repeat_interleave(20, dim=0),
+            "every resampled latent of an instance the same direction",
+        ),
         (_first_coordinate_positive, "favour one sign"),
     ],
 )
@@ -225,7 +233,12 @@ def test_diagnose_among_names_both_slips_when_the_numbers_fit_both():
     from tests.checking import diagnose_among
 
     with pytest.raises(CheckFailure, match="Averaged; or else, as these numbers fit both: Halved."):
-        diagnose_among(torch.ones(2), torch.zeros(2), {"Averaged.": [torch.ones(2)], "Halved.": [torch.full((2,), 3.0), torch.ones(2)]}, otherwise="?")
+        diagnose_among(
+            torch.ones(2),
+            torch.zeros(2),
+            {"Averaged.": [torch.ones(2)], "Halved.": [torch.full((2,), 3.0), torch.ones(2)]},
+            otherwise="?",
+        )
     with pytest.raises(CheckFailure, match=r"^\?$"):
         diagnose_among(torch.ones(2), torch.zeros(2), [("Averaged.", torch.full((2,), 5.0))], otherwise="?")
 

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import tests.part1_toy_models as part1
-from tests.checking import KINK_MARGIN, inputs_clear_of_kinks
-from tests.suite.conftest import stub
 from part_utils.reference.part1_toy_models import (
     ToyModel,
     generate_anticorrelated_features,
     generate_correlated_features,
 )
+from tests.checking import KINK_MARGIN, inputs_clear_of_kinks
+from tests.suite.conftest import stub
 
 
 def with_method(name: str, function: object) -> type[ToyModel]:
@@ -202,7 +202,13 @@ def forward_leaves_grad_off(self, features):
 
 def test_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_forward, ToyModel)
-    for rewrite in (forward_matmul_float64, forward_broadcasting, forward_loop_in_place_on_temporaries, forward_einops, forward_bmm_per_instance):
+    for rewrite in (
+        forward_matmul_float64,
+        forward_broadcasting,
+        forward_loop_in_place_on_temporaries,
+        forward_einops,
+        forward_bmm_per_instance,
+    ):
         checks.passes(part1.test_forward, with_method("forward", rewrite))
     checks.passes(part1.test_forward, forward_matmul_float64)  # the bare function works too
 
@@ -370,7 +376,9 @@ def generate_shared_across_features(self, batch_size):
 
 def generate_one_draw_for_the_batch(self, batch_size):
     draws = torch.rand(1, *self.feature_probability.shape, device=self.W.device)
-    return torch.where(draws < self.feature_probability, draws / self.feature_probability, 0.0).expand(batch_size, -1, -1)
+    return torch.where(draws < self.feature_probability, draws / self.feature_probability, 0.0).expand(
+        batch_size, -1, -1
+    )
 
 
 def generate_presence_once_for_the_batch(self, batch_size):
@@ -413,7 +421,12 @@ def generate_feats_first(self, batch_size):
     return generate_two_draws_float64(self, batch_size).transpose(1, 2)
 
 
-GENERATE_REWRITES = [generate_two_draws_float64, generate_magnitudes_first_bernoulli, generate_loop_over_instances, generate_upper_tail_one_draw]
+GENERATE_REWRITES = [
+    generate_two_draws_float64,
+    generate_magnitudes_first_bernoulli,
+    generate_loop_over_instances,
+    generate_upper_tail_one_draw,
+]
 
 
 def test_generate_batch_accepts_reference_and_rewrites(checks):
@@ -442,7 +455,10 @@ def test_generate_batch_verdict_does_not_depend_on_the_draw_order():
         (generate_presence_mask, "boolean tensor"),
         (generate_rounded_to_int, "torch.int64 tensor"),
         (generate_reused_draw_unscaled, r"stay below the probability of the presence draw.*rescale it"),
-        (generate_scaled_by_probability, r"stay below the probability of the presence draw.*multiply the magnitudes by a probability"),
+        (
+            generate_scaled_by_probability,
+            r"stay below the probability of the presence draw.*multiply the magnitudes by a probability",
+        ),
         (generate_divided_separate_draw, "the draw that decided presence"),
         (generate_scaled_by_importance, "scaled by the importance"),
         (generate_shared_across_instances, "correlated across instances"),
@@ -507,10 +523,16 @@ LOSS_MUTANTS = [
     (lambda self, out, batch: (self.importance**2 * (batch - out) ** 2).mean((0, 2)).sum(), "applied squared"),
     (lambda self, out, batch: (self.importance * (batch - out)).mean((0, 2)).pow(2).sum(), "averaged error is squared"),
     (lambda self, out, batch: _weighted(self, out, batch).mean(-1), r"shape \(16, 5\), keeping the batch, inst axes"),
-    (lambda self, out, batch: _weighted(self, out.detach(), batch).mean((0, 2)).sum() + 0 * out.sum(), "gradient with respect to `out` is not"),
+    (
+        lambda self, out, batch: _weighted(self, out.detach(), batch).mean((0, 2)).sum() + 0 * out.sum(),
+        "gradient with respect to `out` is not",
+    ),
     (_loss_subtracting_in_place, "changed `out` in place"),
     (lambda self, out, batch: 0.5 * _weighted(self, out, batch).mean((0, 2)).sum(), "half of what it should be"),
-    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum() / batch.shape[-1], "times a constant factor"),
+    (
+        lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum() / batch.shape[-1],
+        "times a constant factor",
+    ),
 ]
 
 
@@ -518,7 +540,13 @@ def test_calculate_loss_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_calculate_loss, ToyModel)
     sum_instances_then_mean = lambda self, out, batch: _weighted(self, out, batch).sum(1).mean()  # noqa: E731
     relu_on_the_output = lambda self, out, batch: (self.importance * (batch - F.relu(out)) ** 2).mean((0, 2)).sum()  # noqa: E731
-    rewrites = (loss_explicit_float64, loss_mse_per_element_einsum, loss_in_place_on_temporaries, sum_instances_then_mean, relu_on_the_output)
+    rewrites = (
+        loss_explicit_float64,
+        loss_mse_per_element_einsum,
+        loss_in_place_on_temporaries,
+        sum_instances_then_mean,
+        relu_on_the_output,
+    )
     for rewrite in rewrites:
         checks.passes(part1.test_calculate_loss, with_method("calculate_loss", rewrite))
 
@@ -622,7 +650,9 @@ def correlated_reversed(batch_size, feature_probability):
 def correlated_both_draws_below_p(batch_size, feature_probability):
     n_inst, n_pairs = feature_probability.shape
     shape = (batch_size, n_inst, n_pairs)
-    present = ((torch.rand(shape) < feature_probability) & (torch.rand(shape) < feature_probability)).repeat_interleave(2, dim=-1)
+    present = ((torch.rand(shape) < feature_probability) & (torch.rand(shape) < feature_probability)).repeat_interleave(
+        2, dim=-1
+    )
     return torch.rand(batch_size, n_inst, 2 * n_pairs) * present
 
 
@@ -633,9 +663,10 @@ def correlated_magnitudes_shared_across_instances(batch_size, feature_probabilit
 
 
 def correlated_gaussian(batch_size, feature_probability):
-    return correlated_float64_repeat(batch_size, feature_probability).sign() * torch.randn(
-        batch_size, *feature_probability.shape[:1], 2 * feature_probability.shape[1]
-    ).double()
+    return (
+        correlated_float64_repeat(batch_size, feature_probability).sign()
+        * torch.randn(batch_size, *feature_probability.shape[:1], 2 * feature_probability.shape[1]).double()
+    )
 
 
 def correlated_presence_mask(batch_size, feature_probability):
@@ -652,7 +683,9 @@ def anticorrelated_one_draw(batch_size, feature_probability):
     u = torch.rand(batch_size, n_inst, n_pairs, dtype=torch.float64)
     p = feature_probability.double()
     choice = torch.stack([u < p, (u >= p) & (u < 2 * p)], dim=-1)
-    return (torch.rand(batch_size, n_inst, n_pairs, 2, dtype=torch.float64) * choice).reshape(batch_size, n_inst, 2 * n_pairs)
+    return (torch.rand(batch_size, n_inst, n_pairs, 2, dtype=torch.float64) * choice).reshape(
+        batch_size, n_inst, 2 * n_pairs
+    )
 
 
 def anticorrelated_both_tails(batch_size, feature_probability):
@@ -748,7 +781,12 @@ def anticorrelated_gaussian(batch_size, feature_probability):
 
 
 PAIR_REWRITES = {
-    "generate_correlated_features": [generate_correlated_features, correlated_float64_repeat, correlated_loop_over_pairs, correlated_einops_repeat],
+    "generate_correlated_features": [
+        generate_correlated_features,
+        correlated_float64_repeat,
+        correlated_loop_over_pairs,
+        correlated_einops_repeat,
+    ],
     "generate_anticorrelated_features": [
         generate_anticorrelated_features,
         anticorrelated_one_draw,
@@ -773,7 +811,10 @@ def test_pair_checks_accept_reference_and_rewrites(checks, name):
 @pytest.mark.parametrize("name", PAIR_REWRITES)
 def test_pair_verdicts_do_not_depend_on_the_draw_order(name):
     reference = PAIR_REWRITES[name][0]
-    assert failing_draw_counts(PAIR_CHECK[name], lambda count: preceded_by_draws(reference, count), counts=range(1, 40, 3)) == []
+    assert (
+        failing_draw_counts(PAIR_CHECK[name], lambda count: preceded_by_draws(reference, count), counts=range(1, 40, 3))
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -867,8 +908,10 @@ def test_a_crash_is_reported_with_the_learners_line(checks):
     assert "forward_with_typo" in message
 
 
-@pytest.mark.parametrize(("check", "learner"), [(c, ToyModel) for c, _ in ALL_CHECKS]
-                         + [(part1.test_generate_correlated_features, generate_correlated_features)])
+@pytest.mark.parametrize(
+    ("check", "learner"),
+    [(c, ToyModel) for c, _ in ALL_CHECKS] + [(part1.test_generate_correlated_features, generate_correlated_features)],
+)
 def test_checks_leave_the_learners_random_state_alone(checks, check, learner):
     random.seed(123), np.random.seed(123), torch.manual_seed(123)
     expected = (random.random(), np.random.rand(), torch.rand(3))

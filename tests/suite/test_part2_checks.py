@@ -18,7 +18,9 @@ def with_method(base: type, name: str, function: object) -> type:
 # NeuronModel.forward ----------------------------------------------------------------------
 
 
-def neuron_forward(hidden_relu=True, output_relu=True, bias=True, bias_after_relu=False, first_instance=False, detach=False):
+def neuron_forward(
+    hidden_relu=True, output_relu=True, bias=True, bias_after_relu=False, first_instance=False, detach=False
+):
     def forward(self, x):
         W = self.W[:1].expand_as(self.W) if first_instance else self.W
         hidden = torch.einsum("ihf,bif->bih", W.detach() if detach else W, x)
@@ -73,12 +75,17 @@ def test_neuron_forward_accepts_reference_and_rewrites(checks):
     ],
 )
 def test_neuron_forward_names_each_mistake(checks, options, message):
-    checks.fails(part2.test_neuron_model_forward, with_method(NeuronModel, "forward", neuron_forward(**options)), message)
+    checks.fails(
+        part2.test_neuron_model_forward, with_method(NeuronModel, "forward", neuron_forward(**options)), message
+    )
 
 
 @pytest.mark.parametrize(
     ("mutant", "message"),
-    [(neuron_forward_no_grad, "carries no gradient"), (neuron_forward_relu_on_W_in_place, r"changed `self\.W` in place")],
+    [
+        (neuron_forward_no_grad, "carries no gradient"),
+        (neuron_forward_relu_on_W_in_place, r"changed `self\.W` in place"),
+    ],
 )
 def test_neuron_forward_names_graph_and_side_effect_mistakes(checks, mutant, message):
     checks.fails(part2.test_neuron_model_forward, with_method(NeuronModel, "forward", mutant), message)
@@ -87,7 +94,16 @@ def test_neuron_forward_names_graph_and_side_effect_mistakes(checks, mutant, mes
 # NeuronComputationModel.forward -----------------------------------------------------------
 
 
-def computation_forward(hidden_relu=True, output_relu=True, tied=False, swapped=False, bias=True, abs_output=False, abs_input=False, detach_W2=False):
+def computation_forward(
+    hidden_relu=True,
+    output_relu=True,
+    tied=False,
+    swapped=False,
+    bias=True,
+    abs_output=False,
+    abs_input=False,
+    detach_W2=False,
+):
     def forward(self, x):
         x = x.abs() if abs_input else x
         if swapped:
@@ -132,7 +148,12 @@ def computation_forward_changes_input(self, x):
 
 def test_computation_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_computation_forward, NeuronComputationModel)
-    for rewrite in (computation_forward(), computation_forward_matmul_float64, computation_forward_loop, computation_forward_transposed_W2):
+    for rewrite in (
+        computation_forward(),
+        computation_forward_matmul_float64,
+        computation_forward_loop,
+        computation_forward_transposed_W2,
+    ):
         checks.passes(part2.test_computation_forward, with_method(NeuronComputationModel, "forward", rewrite))
 
 
@@ -150,11 +171,19 @@ def test_computation_forward_accepts_reference_and_rewrites(checks):
     ],
 )
 def test_computation_forward_names_each_mistake(checks, options, message):
-    checks.fails(part2.test_computation_forward, with_method(NeuronComputationModel, "forward", computation_forward(**options)), message)
+    checks.fails(
+        part2.test_computation_forward,
+        with_method(NeuronComputationModel, "forward", computation_forward(**options)),
+        message,
+    )
 
 
 def test_computation_forward_names_an_input_changed_in_place(checks):
-    checks.fails(part2.test_computation_forward, with_method(NeuronComputationModel, "forward", computation_forward_changes_input), "changed `x` in place")
+    checks.fails(
+        part2.test_computation_forward,
+        with_method(NeuronComputationModel, "forward", computation_forward_changes_input),
+        "changed `x` in place",
+    )
 
 
 # NeuronComputationModel.generate_batch ----------------------------------------------------
@@ -191,7 +220,9 @@ def generate_loop_uniform_(self, batch_size):
     values = torch.empty(_shape(self, batch_size), device=self.b_final.device)
     for inst in range(values.shape[1]):
         values[:, inst].uniform_(-1, 1)
-        values[:, inst] *= torch.rand(batch_size, values.shape[2], device=values.device) < self.feature_probability[inst]
+        values[:, inst] *= (
+            torch.rand(batch_size, values.shape[2], device=values.device) < self.feature_probability[inst]
+        )
     return values
 
 
@@ -245,7 +276,9 @@ def generate_uses_W(self, batch_size):
 def test_computation_generate_batch_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_computation_generate_batch, NeuronComputationModel)
     for rewrite in (generate_sign_times_magnitude_float64, generate_one_draw_rescaled, generate_loop_uniform_):
-        checks.passes(part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", rewrite))
+        checks.passes(
+            part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", rewrite)
+        )
 
 
 def test_computation_generate_batch_verdict_does_not_depend_on_the_draw_order():
@@ -259,7 +292,11 @@ def test_computation_generate_batch_verdict_does_not_depend_on_the_draw_order():
     [({"low": 0.0}, r"not \[0, 1\]"), ({"gaussian": True}, "outside"), ({"reversed_probability": True}, "1 - p")],
 )
 def test_computation_generate_batch_names_each_mistake(checks, options, message):
-    checks.fails(part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", generate(**options)), message)
+    checks.fails(
+        part2.test_computation_generate_batch,
+        with_method(NeuronComputationModel, "generate_batch", generate(**options)),
+        message,
+    )
 
 
 @pytest.mark.parametrize(
@@ -277,7 +314,9 @@ def test_computation_generate_batch_names_each_mistake(checks, options, message)
     ],
 )
 def test_computation_generate_batch_names_further_mistakes(checks, mutant, message):
-    checks.fails(part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", mutant), message)
+    checks.fails(
+        part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", mutant), message
+    )
 
 
 # NeuronComputationModel.calculate_loss ----------------------------------------------------
@@ -299,18 +338,29 @@ LOSS_MUTANTS = [
     (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().detach(), "cut off from the graph"),
     (lambda self, out, batch: (self.importance * (F.relu(batch) - out).pow(2)).mean((0, 2)).sum(), r"ReLU\(x\)"),
     (lambda self, out, batch: _weighted(self, out, batch).sum(0).mean(-1).sum(), "summed over the batch"),
-    (lambda self, out, batch: (self.importance * (batch - out).pow(2)).mean(), "compares the output with x and the loss is averaged over instances"),
+    (
+        lambda self, out, batch: (self.importance * (batch - out).pow(2)).mean(),
+        "compares the output with x and the loss is averaged over instances",
+    ),
     (lambda self, out, batch: (self.importance * (batch.abs() - out).abs()).mean((0, 2)).sum(), "not squared"),
     (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().item(), "Python float"),
     (_loss_abs_in_place, "changed `batch` in place"),
-    (lambda self, out, batch: (self.importance * (out.abs() - batch).pow(2)).mean((0, 2)).sum(), r"compares the output with x.*second argument"),
+    (
+        lambda self, out, batch: (self.importance * (out.abs() - batch).pow(2)).mean((0, 2)).sum(),
+        r"compares the output with x.*second argument",
+    ),
     (lambda self, out, batch: 0.5 * _weighted(self, out, batch).mean((0, 2)).sum(), "half of what it should be"),
 ]
 
 
 def test_computation_loss_accepts_reference_and_rewrites(checks):
-    rewrite = lambda self, out, batch: (self.importance.double() * (torch.sqrt(batch.double() ** 2) - out.double()) ** 2).sum((0, 2)).sum() / (batch.shape[0] * batch.shape[2])  # noqa: E731
-    mse = lambda self, output, x: (F.mse_loss(output, x.abs(), reduction="none") * self.importance).mean(dim=(0, 2)).sum()  # noqa: E731
+    rewrite = lambda self, out, batch: (
+        (self.importance.double() * (torch.sqrt(batch.double() ** 2) - out.double()) ** 2).sum((0, 2)).sum()
+        / (batch.shape[0] * batch.shape[2])
+    )  # noqa: E731
+    mse = lambda self, output, x: (
+        (F.mse_loss(output, x.abs(), reduction="none") * self.importance).mean(dim=(0, 2)).sum()
+    )  # noqa: E731
 
     def in_place_temporaries(self, out, batch):
         target = batch.abs()
@@ -318,15 +368,21 @@ def test_computation_loss_accepts_reference_and_rewrites(checks):
         target.pow_(2)
         return torch.einsum("bif,if->", target, self.importance) / (batch.shape[0] * batch.shape[2])
 
-    relu_on_the_output = lambda self, out, batch: (self.importance * (batch.abs() - F.relu(out)) ** 2).mean((0, 2)).sum()  # noqa: E731
+    relu_on_the_output = lambda self, out, batch: (
+        (self.importance * (batch.abs() - F.relu(out)) ** 2).mean((0, 2)).sum()
+    )  # noqa: E731
     checks.passes(part2.test_computation_calculate_loss, NeuronComputationModel)
     for learner in (rewrite, mse, in_place_temporaries, relu_on_the_output):
-        checks.passes(part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", learner))
+        checks.passes(
+            part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", learner)
+        )
 
 
 @pytest.mark.parametrize(("mutant", "message"), LOSS_MUTANTS)
 def test_computation_loss_names_each_mistake(checks, mutant, message):
-    checks.fails(part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", mutant), message)
+    checks.fails(
+        part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", mutant), message
+    )
 
 
 # shared behaviour -------------------------------------------------------------------------
@@ -349,4 +405,8 @@ def test_stubs_and_wrong_objects_are_reported(checks, check, base, name):
 def test_a_method_still_inherited_from_part_1_was_never_attached(checks, check, base, name):
     # The learner's class subclasses Part 1's ToyModel, so an unrun exercise cell leaves Part 1's method in place.
     learners_class = type(base.__name__, (ToyModel,), {})
-    checks.fails(check, learners_class, rf"`{base.__name__}\.{name}` is still Part 1's ToyModel\.{name}: the method was never attached")
+    checks.fails(
+        check,
+        learners_class,
+        rf"`{base.__name__}\.{name}` is still Part 1's ToyModel\.{name}: the method was never attached",
+    )

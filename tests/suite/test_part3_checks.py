@@ -78,16 +78,25 @@ def rows_when_square(W):
 MUTANTS = [
     (lambda W: W.norm(dim=1) / _overlaps(unit_columns(W), W).pow(2).sum(-1), "squared norm"),
     (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).sum(-1), "must be squared"),
-    (lambda W: W.pow(2).sum(1) / (_overlaps(unit_columns(W), W).pow(2) * (1 - torch.eye(W.shape[2]))).sum(-1), "leaves out j = i"),
+    (
+        lambda W: W.pow(2).sum(1) / (_overlaps(unit_columns(W), W).pow(2) * (1 - torch.eye(W.shape[2]))).sum(-1),
+        "leaves out j = i",
+    ),
     (lambda W: W.pow(2).sum(1) / _overlaps(W, W).pow(2).sum(-1), "not normalised"),
     (lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(dim=2, keepdim=True), W).pow(2).sum(-1), "normalised the rows"),
     (lambda W: 1 / compute_dimensionality(W), "upside down"),
     (lambda W: W.pow(2).sum(2), "one value per hidden dimension"),
     (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).abs().sum(-1), "adds absolute values"),
-    (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), unit_columns(W)).pow(2).sum(-1), "Both vectors .* are normalised"),
+    (
+        lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), unit_columns(W)).pow(2).sum(-1),
+        "Both vectors .* are normalised",
+    ),
     (lambda W: W.pow(2).sum(1) / _overlaps(W, unit_columns(W)).pow(2).sum(-1), "wrong index of the overlap matrix"),
     (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).pow(2).sum(-2), "wrong index of the overlap matrix"),
-    (lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(dim=(1, 2), keepdim=True), W).pow(2).sum(-1), "normalised the whole matrix"),
+    (
+        lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(dim=(1, 2), keepdim=True), W).pow(2).sum(-1),
+        "normalised the whole matrix",
+    ),
     (lambda W: 1 / _overlaps(unit_columns(W), W).pow(2).sum(-1), "numerator ‖W_i‖² is missing"),
     (lambda W: W.pow(2).sum(1) / torch.einsum("ihf,jhg->ifg", unit_columns(W), W).pow(2).sum(-1), "mix instances"),
     (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).norm(dim=-1), "norm of the overlaps"),

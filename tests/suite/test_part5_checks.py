@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from einops import einsum
 
 import tests.part5_sae_variants as part5
-from part_utils.sae_interface import SAEOutput
 from part_utils.reference import part4_toy_sae as part4
 from part_utils.reference import part5_sae_variants as reference
+from part_utils.sae_interface import SAEOutput
 from part_utils.seeding import forked_rng
 from tests.suite.conftest import stub, with_extra_draws
 
@@ -60,7 +60,9 @@ def make_gated_forward(
             r_mag = d(self.r_mag, "r_mag")
             scale = r_mag.exp() if exp_r_mag else r_mag
             W_mag = scale[:, None, :] * d(W_gate, "W_gate in W_mag")
-            pi_mag = einsum(h_mag, W_mag, "b i d, i d s -> b i s") + (d(self.b_mag, "b_mag") if own_mag_bias else self.b_enc)
+            pi_mag = einsum(h_mag, W_mag, "b i d, i d s -> b i s") + (
+                d(self.b_mag, "b_mag") if own_mag_bias else self.b_enc
+            )
         magnitudes = F.relu(pi_mag) if mag_relu else pi_mag
         if in_place_temporaries:  # a correct rewrite that edits its own tensors in place
             acts = magnitudes.clone()
@@ -78,7 +80,9 @@ def make_gated_forward(
         h_rec = einsum(acts, d(W_dec, "main W"), "b i s, i s d -> b i d") + d(b_dec_out, "main b")
         aux_W = {"normalized": W_dec, "raw": self.W_dec.to(acts.dtype)}[aux_decoder]
         gate_acts = F.relu(pi_gate)
-        via_gate = einsum(d(gate_acts, "gate in aux"), d(aux_W, "aux W"), "b i s, i s d -> b i d") + (d(b_dec_out, "aux b") if aux_bias else 0.0)
+        via_gate = einsum(d(gate_acts, "gate in aux"), d(aux_W, "aux W"), "b i s, i s d -> b i d") + (
+            d(b_dec_out, "aux b") if aux_bias else 0.0
+        )
         reference_point = h if target == "h" else h - self.b_dec
         error = (h_rec - reference_point).pow(2)
         sparsity_source = {"gate": gate_acts, "acts": acts, "abs_gate": pi_gate.abs(), "mag": F.relu(pi_mag)}[l1_on]
@@ -118,7 +122,12 @@ def gated_forward_without_gradients(self, h):
 def gated_forward_coefficient_after_instances(self, h):
     loss_dict, _, acts, h_rec = reference.GatedToySAE.forward(self, h)
     mean = {key: value.mean(0).sum() for key, value in loss_dict.items()}
-    return SAEOutput(loss_dict, mean["L_reconstruction"] + self.cfg.sparsity_coeff.mean() * mean["L_sparsity"] + mean["L_aux"], acts, h_rec)
+    return SAEOutput(
+        loss_dict,
+        mean["L_reconstruction"] + self.cfg.sparsity_coeff.mean() * mean["L_sparsity"] + mean["L_aux"],
+        acts,
+        h_rec,
+    )
 
 
 def gated(forward: Any) -> type:
@@ -157,7 +166,10 @@ def test_gated_forward_accepts_the_reference(checks):
         ({"l1_on": "abs_gate"}, r"takes \|π_gate\|"),
         ({"l1_on": "mag"}, r"penalises the magnitudes"),
         ({"l1_on": "acts", "coeff_in_dict": True, "coeff_in_loss": False}, r"put the penalty on ReLU\(π_gate\)"),
-        ({"detached": ()}, r"L_aux sends gradient into the decoder: decode ReLU\(π_gate\) with W_dec_normalized.detach\(\) and b_dec.detach\(\)"),
+        (
+            {"detached": ()},
+            r"L_aux sends gradient into the decoder: decode ReLU\(π_gate\) with W_dec_normalized.detach\(\) and b_dec.detach\(\)",
+        ),
         ({"detached": ("aux b",)}, "L_aux sends gradient into W_dec"),
         ({"detached": ("aux W",)}, "L_aux sends gradient into b_dec"),
         ({"detached": (*AUX_DECODER, "main W", "main b")}, "detached in the main reconstruction too"),
@@ -229,7 +241,11 @@ def test_gated_forward_accepts_a_forward_that_calls_encode(checks):
 
 def test_gated_forward_tests_the_learners_own_encode(checks):
     """A forward that calls `self.encode` is checked with the learner's encode, not the reference's."""
-    learner = type("LearnerGatedSAE", (reference.GatedToySAE,), {"forward": gated_forward_calling_encode, "encode": gated_encode_ungated})
+    learner = type(
+        "LearnerGatedSAE",
+        (reference.GatedToySAE,),
+        {"forward": gated_forward_calling_encode, "encode": gated_encode_ungated},
+    )
     checks.fails(part5.test_gated_forward, learner, "not gated")
 
 
@@ -239,7 +255,9 @@ def test_gated_forward_says_when_encode_was_never_written(checks):
 
 
 def test_gated_forward_asks_for_named_fields(checks):
-    checks.fails(part5.test_gated_forward, gated(lambda self, h: tuple(reference.GatedToySAE.forward(self, h))), "plain tuple")
+    checks.fails(
+        part5.test_gated_forward, gated(lambda self, h: tuple(reference.GatedToySAE.forward(self, h))), "plain tuple"
+    )
 
 
 def test_gated_forward_inputs_keep_clear_of_the_gate():
@@ -382,7 +400,10 @@ COMMON_STEP_MISTAKES = [
     ({"reduce": "mean"}, "averaged over the batch; sum over the batch"),
     ({"reduce": "mean0"}, "averaged over the batch; sum over the batch"),
     ({"reduce": "scalar"}, "averaged over the batch; sum over the batch"),
-    ({"reduce": "sum_last"}, r"returns a gradient for threshold of shape \[10, 3\], which autograd cannot sum to threshold's shape \[3, 7\]"),
+    (
+        {"reduce": "sum_last"},
+        r"returns a gradient for threshold of shape \[10, 3\], which autograd cannot sum to threshold's shape \[3, 7\]",
+    ),
     ({"use_upstream": False}, "ignores grad_output"),
     ({"bandwidth_grad": True}, "returns a gradient for bandwidth"),
     ({"n_grads": 2}, "one gradient per input of forward"),
@@ -404,7 +425,9 @@ COMMON_STEP_MISTAKES = [
     ],
 )
 def test_heaviside_names_each_mistake(checks, options, message):
-    checks.fails(part5.test_heaviside, make_step_function(jump=False, **options), message.replace("{name}", "Heaviside"))
+    checks.fails(
+        part5.test_heaviside, make_step_function(jump=False, **options), message.replace("{name}", "Heaviside")
+    )
 
 
 @pytest.mark.parametrize(
@@ -517,15 +540,35 @@ def test_remove_parallel_component_names_each_mistake(checks, mutant, message):
 
 
 def test_reference_parity_check_passes_the_reference(checks):
-    checks.passes(lambda _: part5.test_reference_parity(reference.JumpReLU, reference.Heaviside, reference.remove_parallel_component), None)
+    checks.passes(
+        lambda _: part5.test_reference_parity(
+            reference.JumpReLU, reference.Heaviside, reference.remove_parallel_component
+        ),
+        None,
+    )
 
 
 @pytest.mark.parametrize(
     ("jumprelu", "heaviside", "project", "message"),
     [
-        (make_step_function(jump=True, sign=1.0), reference.Heaviside, reference.remove_parallel_component, "grad log θ"),
-        (make_step_function(jump=True, grad_to_z="identity"), reference.Heaviside, reference.remove_parallel_component, "grad b_"),
-        (reference.JumpReLU, make_step_function(jump=False, half_width=1.0), reference.remove_parallel_component, "grad log θ"),
+        (
+            make_step_function(jump=True, sign=1.0),
+            reference.Heaviside,
+            reference.remove_parallel_component,
+            "grad log θ",
+        ),
+        (
+            make_step_function(jump=True, grad_to_z="identity"),
+            reference.Heaviside,
+            reference.remove_parallel_component,
+            "grad b_",
+        ),
+        (
+            reference.JumpReLU,
+            make_step_function(jump=False, half_width=1.0),
+            reference.remove_parallel_component,
+            "grad log θ",
+        ),
         (reference.JumpReLU, reference.Heaviside, lambda g, w: g, "three training steps"),
         (reference.JumpReLU, reference.Heaviside, renormalising_projection, "without the published 1e-6"),
     ],
@@ -591,7 +634,14 @@ def topk_from_next_value(pre_acts, k):
 
 @pytest.mark.parametrize(
     "function",
-    [reference.topk_activation, topk_with_sort, topk_by_threshold, topk_relu_first, topk_in_place_on_a_copy, lambda x, k: topk_with_sort(x, k).float()],
+    [
+        reference.topk_activation,
+        topk_with_sort,
+        topk_by_threshold,
+        topk_relu_first,
+        topk_in_place_on_a_copy,
+        lambda x, k: topk_with_sort(x, k).float(),
+    ],
 )
 def test_topk_activation_accepts_reference_and_rewrites(checks, function):
     checks.passes(part5.test_topk_activation, function)
@@ -758,7 +808,9 @@ def batch_topk_loop(pre_acts, k):
     return out
 
 
-def batch_topk_mutant(*, relu="before", pooled=False, count="round", per_row=False, transpose=True, in_place=False, detach=False):
+def batch_topk_mutant(
+    *, relu="before", pooled=False, count="round", per_row=False, transpose=True, in_place=False, detach=False
+):
     def activation(pre_acts, k):
         batch, n_inst, d_sae = pre_acts.shape
         if in_place:
@@ -767,7 +819,12 @@ def batch_topk_mutant(*, relu="before", pooled=False, count="round", per_row=Fal
         x = x.detach() if detach else x
         if per_row:
             return keep_top(x, 1)
-        n_keep = {"round": round(k * batch), "int": int(k * batch), "ceil": -int(-k * batch // 1), "k": max(1, round(k))}[count]
+        n_keep = {
+            "round": round(k * batch),
+            "int": int(k * batch),
+            "ceil": -int(-k * batch // 1),
+            "k": max(1, round(k)),
+        }[count]
         if pooled:
             flat = x.reshape(-1)
             top = flat.topk(n_keep * n_inst)
@@ -825,7 +882,10 @@ def test_batch_topk_names_each_mistake(checks, mutant, message):
     ("check", "learner"),
     [
         (part5.test_gated_forward, lambda draws: gated(with_extra_draws(reference.GatedToySAE.forward, draws))),
-        (part5.test_remove_parallel_component, lambda draws: with_extra_draws(reference.remove_parallel_component, draws)),
+        (
+            part5.test_remove_parallel_component,
+            lambda draws: with_extra_draws(reference.remove_parallel_component, draws),
+        ),
         (part5.test_topk_activation, lambda draws: with_extra_draws(reference.topk_activation, draws)),
         (part5.test_auxk_loss, lambda draws: topk_sae(with_extra_draws(reference.TopKToySAE.auxk_loss, draws))),
         (part5.test_batch_topk_activation, lambda draws: with_extra_draws(reference.batch_topk_activation, draws)),

@@ -42,7 +42,9 @@ def fve_rewritten(x, x_hat):
 def fve_einsum_means(x, x_hat):
     """Correct: both sums written as means over every entry, with einsum."""
     error, centred = x - x_hat, x - x.mean(dim=0, keepdim=True)
-    return 1 - torch.einsum("td,td->", error, error) / error.numel() / (torch.einsum("td,td->", centred, centred) / centred.numel())
+    return 1 - torch.einsum("td,td->", error, error) / error.numel() / (
+        torch.einsum("td,td->", centred, centred) / centred.numel()
+    )
 
 
 def fve_in_place_on_own_temporaries(x, x_hat):
@@ -119,7 +121,9 @@ def fve_per_dimension_vector(x, x_hat):
 
 
 def fve_keepdim(x, x_hat):
-    return 1 - (x - x_hat).pow(2).sum(dim=(0, 1), keepdim=True) / (x - x.mean(dim=0)).pow(2).sum(dim=(0, 1), keepdim=True)
+    return 1 - (x - x_hat).pow(2).sum(dim=(0, 1), keepdim=True) / (x - x.mean(dim=0)).pow(2).sum(
+        dim=(0, 1), keepdim=True
+    )
 
 
 def fve_explained_sum_of_squares(x, x_hat):
@@ -137,7 +141,13 @@ def fve_trace_of_covariance(x, x_hat):
 
 @pytest.mark.parametrize(
     "learner",
-    [reference.fraction_variance_explained, fve_rewritten, fve_einsum_means, fve_in_place_on_own_temporaries, fve_loop_over_dimensions],
+    [
+        reference.fraction_variance_explained,
+        fve_rewritten,
+        fve_einsum_means,
+        fve_in_place_on_own_temporaries,
+        fve_loop_over_dimensions,
+    ],
 )
 def test_fve_accepts_reference_and_rewrites(checks, learner):
     checks.passes(part6.test_fraction_variance_explained, learner)
@@ -288,7 +298,11 @@ def l0_counts_in_place(latents):
         (reference.l0_norm, lambda a: (a > 0).float().sum(dim=0) / (a > 0).sum(), "number of firings of all latents"),
         (reference.l0_norm, lambda a: (a > 0).mean(dim=0), "torch.mean refuses"),
         (reference.l0_norm, lambda a: (a > 0).float().sum(dim=0) / a.shape[1], "divided by d_sae"),
-        (reference.l0_norm, lambda a: (a > 0).float().mean(dim=0, keepdim=True), r"shape \(1, d_sae\).*without keepdim=True"),
+        (
+            reference.l0_norm,
+            lambda a: (a > 0).float().mean(dim=0, keepdim=True),
+            r"shape \(1, d_sae\).*without keepdim=True",
+        ),
         (stub, reference.firing_frequency, "not implemented yet"),
         (reference.l0_norm, stub, "not implemented yet"),
     ],
@@ -297,12 +311,17 @@ def test_sparsity_metrics_name_each_mistake(checks, l0, frequency, message):
     checks.fails(sparsity_check(l0, frequency), None, message)
 
 
-@pytest.mark.parametrize(("mistakes", "right"), [(part6.l0_mistakes, reference.l0_norm), (part6.frequency_mistakes, reference.firing_frequency)])
+@pytest.mark.parametrize(
+    ("mistakes", "right"),
+    [(part6.l0_mistakes, reference.l0_norm), (part6.frequency_mistakes, reference.firing_frequency)],
+)
 def test_sparsity_mistakes_are_told_apart_on_the_first_case(mistakes, right):
     """Each message's wrong values differ from the right one and from other messages' (where the shapes allow a match)."""
     torch.manual_seed(0)
     latents = part6.latent_cases()[0]
-    values = [("right", right(latents).double())] + [(message, value) for message, wrongs in mistakes(latents).items() for value in wrongs]
+    values = [("right", right(latents).double())] + [
+        (message, value) for message, wrongs in mistakes(latents).items() for value in wrongs
+    ]
     for (name_a, a), (name_b, b) in itertools.combinations(values, 2):
         assert name_a == name_b or not close(a, b, rtol=1e-3, atol=1e-4), (name_a, name_b)
 
@@ -361,7 +380,10 @@ def spliced_in_train_mode(model, tokens, hook_name, replace):
     return reference.spliced_loss(model, tokens, hook_name, replace)
 
 
-@pytest.mark.parametrize("learner", [reference.spliced_loss, spliced_rewritten, spliced_in_place, spliced_add_then_reset, spliced_in_train_mode])
+@pytest.mark.parametrize(
+    "learner",
+    [reference.spliced_loss, spliced_rewritten, spliced_in_place, spliced_add_then_reset, spliced_in_train_mode],
+)
 def test_spliced_loss_accepts_reference_and_rewrites(checks, learner):
     checks.passes(part6.test_spliced_loss, learner)
 
@@ -391,7 +413,9 @@ def spliced_replace_as_hook(model, tokens, hook_name, replace):
 
 
 def spliced_replace_with_hook(model, tokens, hook_name, replace):
-    return model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_name, lambda act, hook: replace(act, hook))]).item()
+    return model.run_with_hooks(
+        tokens, return_type="loss", fwd_hooks=[(hook_name, lambda act, hook: replace(act, hook))]
+    ).item()
 
 
 def spliced_keeps_first_position(model, tokens, hook_name, replace):
@@ -412,7 +436,9 @@ def spliced_shifted_backwards(model, tokens, hook_name, replace):
 
 
 def spliced_keeps_hooks_at_the_end(model, tokens, hook_name, replace):
-    return model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_name, lambda act, hook: replace(act))], reset_hooks_end=False).item()
+    return model.run_with_hooks(
+        tokens, return_type="loss", fwd_hooks=[(hook_name, lambda act, hook: replace(act))], reset_hooks_end=False
+    ).item()
 
 
 def spliced_on_another_device(model, tokens, hook_name, replace):
@@ -426,7 +452,9 @@ def spliced_summed(model, tokens, hook_name, replace):
 
 
 def spliced_per_token(model, tokens, hook_name, replace):
-    return model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, lambda act, hook: replace(act))])
+    return model.run_with_hooks(
+        tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, lambda act, hook: replace(act))]
+    )
 
 
 def spliced_changes_tokens(model, tokens, hook_name, replace):
@@ -467,7 +495,9 @@ def test_spliced_loss_names_each_mistake(checks, learner, message):
     checks.fails(part6.test_spliced_loss, learner, message)
 
 
-@pytest.mark.parametrize("culprit", [spliced_leaves_hook, spliced_leaves_torch_hook, spliced_changes_weights, spliced_in_train_mode])
+@pytest.mark.parametrize(
+    "culprit", [spliced_leaves_hook, spliced_leaves_torch_hook, spliced_changes_weights, spliced_in_train_mode]
+)
 def test_the_next_spliced_loss_check_starts_from_a_clean_model(checks, culprit):
     try:
         part6.test_spliced_loss(culprit)
@@ -523,10 +553,16 @@ def loss_recovered_in_another_order(clean, ablated, spliced):
         (lambda clean, spliced, ablated: (ablated - spliced) / ablated, "whole range"),
         (lambda clean, spliced, ablated: (spliced - ablated) / (ablated - clean), "sign is flipped"),
         (lambda clean, spliced, ablated: 100 * (ablated - spliced) / (ablated - clean), "percentage"),
-        (lambda clean, spliced, ablated: min(1.0, max(0.0, (ablated - spliced) / (ablated - clean))), r"clipped to \[0, 1\]"),
+        (
+            lambda clean, spliced, ablated: min(1.0, max(0.0, (ablated - spliced) / (ablated - clean))),
+            r"clipped to \[0, 1\]",
+        ),
         (lambda clean, spliced, ablated: max(0.0, (ablated - spliced) / (ablated - clean)), r"clipped to \[0, 1\]"),
         (lambda clean, spliced, ablated: abs(ablated - spliced) / (ablated - clean), "absolute value"),
-        (lambda clean, spliced, ablated: (clean - spliced) / (ablated - clean), "numerator should be ablated − spliced"),
+        (
+            lambda clean, spliced, ablated: (clean - spliced) / (ablated - clean),
+            "numerator should be ablated − spliced",
+        ),
         (loss_recovered_in_another_order, r"takes its arguments as \(clean, ablated, spliced\)"),
         (stub, "not implemented yet"),
     ],
@@ -540,7 +576,12 @@ def test_loss_recovered_mistakes_are_told_apart_on_the_first_case():
     clean, spliced, ablated = part6.loss_cases()[0]
     right = reference.loss_recovered(clean, spliced, ablated)
     values = [("right", right)]
-    values += [(message, value) for message, wrongs in part6.loss_recovered_mistakes(clean, spliced, ablated).items() for value in wrongs if value != right]
+    values += [
+        (message, value)
+        for message, wrongs in part6.loss_recovered_mistakes(clean, spliced, ablated).items()
+        for value in wrongs
+        if value != right
+    ]
     assert len(values) == 12
     for (name_a, a), (name_b, b) in itertools.combinations(values, 2):
         assert name_a == name_b or abs(a - b) > 1e-2, (name_a, name_b)

@@ -9,7 +9,6 @@ from part_utils.reference import part7_sae_circuits as reference
 from tests.checking import CheckFailure
 from tests.suite.conftest import stub
 
-
 DERIVATIVES = {
     "step": lambda pre: (pre > 0).double(),
     "post-activation": lambda pre: (F.relu(pre) > 0).double(),  # correct: the same step
@@ -73,13 +72,27 @@ def make_products(
         written = weights.W_dec_in @ W_in
         written = F.normalize(written, dim=-1) if normalised_written else written
         read = W_out @ W_enc_out
-        written, read = (written.T if transposed_written else written), (read if untransposed_read else W_enc_out.T @ W_out.T)
-        return reference.LatentProducts(written=read, read=written) if swapped else reference.LatentProducts(written=written, read=read)
+        written, read = (
+            (written.T if transposed_written else written),
+            (read if untransposed_read else W_enc_out.T @ W_out.T),
+        )
+        return (
+            reference.LatentProducts(written=read, read=written)
+            if swapped
+            else reference.LatentProducts(written=written, read=read)
+        )
 
     return latent_products
 
 
-def make_vectorised(*, gather_axis: str = "rows", derivative: str = "step", matmul: bool = False, read_by_input: bool = False, output: str = "toi"):
+def make_vectorised(
+    *,
+    gather_axis: str = "rows",
+    derivative: str = "step",
+    matmul: bool = False,
+    read_by_input: bool = False,
+    output: str = "toi",
+):
     def jacobian_vectorised(products, mlp_pre, active_in, active_out):
         scale = DERIVATIVES[derivative](mlp_pre).to(mlp_pre.dtype)
         written = products.written[active_in]  # [tokens, k_in, d_mlp]
@@ -136,8 +149,12 @@ def test_jacobian_loop_names_a_crash_with_its_line(checks):
 
 
 def test_jacobian_vectorised_accepts_reference_and_rewrites(checks):
-    checks.passes(lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised), None)
-    line = checks.passes(lambda _: part7.test_jacobian_vectorised(make_products(), make_vectorised(matmul=True), loop=make_loop()), None)
+    checks.passes(
+        lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised), None
+    )
+    line = checks.passes(
+        lambda _: part7.test_jacobian_vectorised(make_products(), make_vectorised(matmul=True), loop=make_loop()), None
+    )
     assert "your loop" in line and "autograd" in line
 
 
@@ -157,13 +174,23 @@ def test_jacobian_vectorised_names_each_mistake(checks, products, vectorised, me
 
 
 def test_jacobian_vectorised_reports_stubs(checks):
-    checks.fails(lambda _: part7.test_jacobian_vectorised(stub, reference.jacobian_vectorised), None, "`latent_products` is not implemented yet")
-    checks.fails(lambda _: part7.test_jacobian_vectorised(reference.latent_products, stub), None, "`jacobian_vectorised` is not implemented yet")
+    checks.fails(
+        lambda _: part7.test_jacobian_vectorised(stub, reference.jacobian_vectorised),
+        None,
+        "`latent_products` is not implemented yet",
+    )
+    checks.fails(
+        lambda _: part7.test_jacobian_vectorised(reference.latent_products, stub),
+        None,
+        "`jacobian_vectorised` is not implemented yet",
+    )
 
 
 def test_jacobian_vectorised_notices_a_disagreeing_loop(checks):
     checks.fails(
-        lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised, loop=make_loop(derivative="none")),
+        lambda _: part7.test_jacobian_vectorised(
+            reference.latent_products, reference.jacobian_vectorised, loop=make_loop(derivative="none")
+        ),
         None,
         "disagree",
     )
@@ -174,7 +201,9 @@ def test_checks_do_not_change_the_learners_random_state(checks):
     expected = torch.rand(3)
     torch.manual_seed(123)
     checks.passes(part7.test_jacobian_loop, reference.jacobian_loop)
-    checks.passes(lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised), None)
+    checks.passes(
+        lambda _: part7.test_jacobian_vectorised(reference.latent_products, reference.jacobian_vectorised), None
+    )
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -213,13 +242,26 @@ def loop_sign_of_pre(weights, mlp_pre, active_in, active_out):
     """Correct: the step written as sign(pre) clamped at 0 (0 at the kink), with einsum per token."""
     return torch.stack(
         [
-            torch.einsum("mo,m,im->oi", weights.W_out @ weights.W_enc_out[:, active_out[t]], torch.sign(mlp_pre[t]).clamp(min=0), weights.W_dec_in[active_in[t]] @ weights.W_in)
+            torch.einsum(
+                "mo,m,im->oi",
+                weights.W_out @ weights.W_enc_out[:, active_out[t]],
+                torch.sign(mlp_pre[t]).clamp(min=0),
+                weights.W_dec_in[active_in[t]] @ weights.W_in,
+            )
             for t in range(len(mlp_pre))
         ]
     )
 
 
-@pytest.mark.parametrize("learner", [make_loop(derivative="post-activation"), loop_with_python_sums, loop_in_place_on_own_temporaries, loop_sign_of_pre])
+@pytest.mark.parametrize(
+    "learner",
+    [
+        make_loop(derivative="post-activation"),
+        loop_with_python_sums,
+        loop_in_place_on_own_temporaries,
+        loop_sign_of_pre,
+    ],
+)
 def test_jacobian_loop_accepts_further_rewrites(checks, learner):
     checks.passes(part7.test_jacobian_loop, learner)
 
@@ -289,7 +331,10 @@ def loop_reads_with_input_indices(weights, mlp_pre, active_in, active_out):
     ("learner", "message"),
     [
         (make_loop(derivative="at least zero"), r"pre exactly 0 as on \(>= 0\)"),
-        (make_loop(derivative="post-activation at least zero"), r"missing \(or is 1 everywhere, as ReLU\(pre\) >= 0 is\)"),
+        (
+            make_loop(derivative="post-activation at least zero"),
+            r"missing \(or is 1 everywhere, as ReLU\(pre\) >= 0 is\)",
+        ),
         (make_loop(derivative="heaviside half"), "0.5 where pre is exactly 0"),
         (make_loop(W_out_for_W_in=True), "uses W_out transposed; it is its decoder row times W_in"),
         (make_loop(W_in_for_W_out=True), "uses W_in transposed; it is W_out times its encoder column"),
@@ -390,4 +435,8 @@ def test_jacobian_vectorised_names_further_mistakes(checks, products, vectorised
 
 def test_a_value_instead_of_the_function_is_named(checks):
     checks.fails(part7.test_jacobian_loop, torch.zeros(3), r"Pass your `jacobian_loop` function itself")
-    checks.fails(lambda _: part7.test_jacobian_vectorised(reference.latent_products, torch.zeros(3)), None, r"Pass your `jacobian_vectorised` function itself")
+    checks.fails(
+        lambda _: part7.test_jacobian_vectorised(reference.latent_products, torch.zeros(3)),
+        None,
+        r"Pass your `jacobian_vectorised` function itself",
+    )

@@ -17,9 +17,9 @@ from einops import einsum
 from torch import nn
 
 import tests.part8_feature_absorption as part8
-from part_utils.sae_interface import SAEOutput
 from part_utils.reference import part8_feature_absorption as reference
 from part_utils.reference.part5_sae_variants import batch_topk_activation, topk_activation
+from part_utils.sae_interface import SAEOutput
 from tests.checking import binomial_tolerance
 from tests.suite.conftest import stub, with_extra_draws
 
@@ -41,7 +41,9 @@ def _families(self, batch_size):
 def _values(self, active, magnitudes=None):
     cfg = self.cfg
     if magnitudes is None:
-        magnitudes = cfg.min_magnitude + (cfg.max_magnitude - cfg.min_magnitude) * torch.rand(active.shape, device=self.W.device)
+        magnitudes = cfg.min_magnitude + (cfg.max_magnitude - cfg.min_magnitude) * torch.rand(
+            active.shape, device=self.W.device
+        )
     return torch.where(active, magnitudes, 0.0)
 
 
@@ -74,7 +76,9 @@ def make_sampler(
         q = cfg.child_probability if child_probability is None else child_probability
         P, C = cfg.n_parents, cfg.n_children
         shape = _families(self, batch_size)
-        draw_shape = {"full": shape, "shared instances": (batch_size, 1, P), "shared batch": (1, cfg.n_inst, P)}[presence_shape]
+        draw_shape = {"full": shape, "shared instances": (batch_size, 1, P), "shared batch": (1, cfg.n_inst, P)}[
+            presence_shape
+        ]
         u = torch.rand(draw_shape, device=device).expand(shape)
         parent_on = (u > p) if reversed_parent else (u < p)
         q_family = {"q": q, "pq": p * q, "q/C": q / C, "one": 1.0, "notebook": 0.8}[has_child_probability]
@@ -83,7 +87,11 @@ def make_sampler(
             has_child = (v > q_family) if reversed_child else (v < q_family)
             if child_given_parent:
                 has_child = has_child & parent_on
-            which_draw_shape = {"full": shape, "shared families": (batch_size, cfg.n_inst, 1), "shared instances": (batch_size, 1, P)}[which_shape]
+            which_draw_shape = {
+                "full": shape,
+                "shared families": (batch_size, cfg.n_inst, 1),
+                "shared instances": (batch_size, 1, P),
+            }[which_shape]
             if which == "randint":
                 chosen = torch.randint(C, which_draw_shape, device=device).expand(shape)
                 child_on = F.one_hot(chosen, C).bool() & has_child[..., None]
@@ -113,7 +121,9 @@ def make_sampler(
             per_family = low + (high - low) * torch.rand(shape, device=device)
             magnitude = torch.cat([per_family, per_family.repeat_interleave(C, dim=-1)], dim=-1)
         if magnitudes == "shared instances":
-            magnitude = (low + (high - low) * torch.rand(batch_size, 1, active.shape[-1], device=device)).expand(active.shape)
+            magnitude = (low + (high - low) * torch.rand(batch_size, 1, active.shape[-1], device=device)).expand(
+                active.shape
+            )
         values = torch.where(active, magnitude, 0.0)
         if layout == "tree":
             order = [f for parent in range(P) for f in (parent, *(P + parent * C + c for c in range(C)))]
@@ -136,7 +146,9 @@ def sampler_loop_over_families_float64(self, batch_size):
         parents.append(on)
         children.append(torch.stack([has & (which == c) for c in range(cfg.n_children)], dim=-1))
     active = torch.cat([torch.stack(parents, dim=-1), torch.stack(children, dim=-2).flatten(-2)], dim=-1)
-    magnitudes = torch.empty(active.shape, device=device, dtype=torch.float64).uniform_(cfg.min_magnitude, cfg.max_magnitude)
+    magnitudes = torch.empty(active.shape, device=device, dtype=torch.float64).uniform_(
+        cfg.min_magnitude, cfg.max_magnitude
+    )
     return magnitudes * active
 
 
@@ -145,7 +157,9 @@ def sampler_multinomial_outcomes(self, batch_size):
     shape = _families(self, batch_size)
     parent_on = torch.bernoulli(torch.full(shape, cfg.parent_probability, device=device)).bool()
     # One categorical draw per family over "child 0 .. child C-1, or none".
-    weights = torch.tensor([cfg.child_probability / cfg.n_children] * cfg.n_children + [1 - cfg.child_probability], device=device)
+    weights = torch.tensor(
+        [cfg.child_probability / cfg.n_children] * cfg.n_children + [1 - cfg.child_probability], device=device
+    )
     outcome = torch.multinomial(weights, parent_on.numel(), replacement=True).reshape(shape)
     child_on = (outcome[..., None] == torch.arange(cfg.n_children, device=device)) & parent_on[..., None]
     return _values(self, _join(parent_on, child_on))
@@ -192,7 +206,9 @@ def test_sampler_accepts_the_reference_and_rewrites(checks):
 
 @pytest.mark.parametrize("draws", range(0, 40, 4))
 def test_sampler_verdict_does_not_depend_on_the_draw_order(checks, draws):
-    checks.passes(part8.test_generate_hierarchical_batch, sampler(with_extra_draws(Data.generate_hierarchical_batch, draws)))
+    checks.passes(
+        part8.test_generate_hierarchical_batch, sampler(with_extra_draws(Data.generate_hierarchical_batch, draws))
+    )
 
 
 SAMPLER_MISTAKES = [
@@ -201,7 +217,10 @@ SAMPLER_MISTAKES = [
     ({"child_given_parent": False, "force_parent": True}, "switched on by children drawn without looking at them"),
     ({"children": "independent q"}, "Two children of one parent .* are active at once"),
     ({"children": "independent q/C"}, "Two children of one parent .* are active at once"),
-    ({"has_child_probability": "pq"}, "parent_probability · child_probability: child_probability is already conditional"),
+    (
+        {"has_child_probability": "pq"},
+        "parent_probability · child_probability: child_probability is already conditional",
+    ),
     ({"has_child_probability": "q/C"}, "child_probability / n_children: that is each child's share"),
     ({"has_child_probability": "one"}, "Every active parent .* has a child"),
     ({"reversed_child": True}, "1 - child_probability: the comparison is reversed"),
@@ -247,9 +266,20 @@ def test_sampler_names_side_effects_and_wrong_outputs(checks, mutant, message):
 @pytest.mark.parametrize(
     ("alternatives", "expected", "n", "cells", "false_alarm"),
     [
-        (part8.parent_alternatives, lambda cfg: cfg.parent_probability, lambda cfg: part8.SAMPLER_BATCH, lambda cfg: cfg.n_inst * cfg.n_parents, part8.FALSE_ALARM_PER_TEST),
-        (part8.child_alternatives, lambda cfg: cfg.child_probability, lambda cfg: int(part8.SAMPLER_BATCH * cfg.parent_probability * 0.98),
-         lambda cfg: cfg.n_inst * cfg.n_parents, part8.CONDITIONAL_FALSE_ALARM),
+        (
+            part8.parent_alternatives,
+            lambda cfg: cfg.parent_probability,
+            lambda cfg: part8.SAMPLER_BATCH,
+            lambda cfg: cfg.n_inst * cfg.n_parents,
+            part8.FALSE_ALARM_PER_TEST,
+        ),
+        (
+            part8.child_alternatives,
+            lambda cfg: cfg.child_probability,
+            lambda cfg: int(part8.SAMPLER_BATCH * cfg.parent_probability * 0.98),
+            lambda cfg: cfg.n_inst * cfg.n_parents,
+            part8.CONDITIONAL_FALSE_ALARM,
+        ),
     ],
 )
 def test_sampler_alternatives_are_separated_beyond_their_tolerances(alternatives, expected, n, cells, false_alarm):
@@ -300,7 +330,10 @@ def parents_in_loops_with_rates(acts, features, parent_cosine, threshold=0.5):
                 if parent_cosine[inst, latent, parent] < threshold:
                     continue
                 fires = acts[:, inst, latent] > 0
-                key = ((fires & alone[:, inst, parent]).float().mean().item(), (fires & parent_on[:, inst, parent]).float().mean().item())
+                key = (
+                    (fires & alone[:, inst, parent]).float().mean().item(),
+                    (fires & parent_on[:, inst, parent]).float().mean().item(),
+                )
                 if best_key is None or key > best_key:
                     best, best_key = latent, key
             result[inst, parent] = best
@@ -316,20 +349,40 @@ def parents_sorted_stably(acts, features, parent_cosine, threshold=0.5):
     return key.sort(dim=1, descending=True, stable=True).indices[:, 0]
 
 
-def make_parent_latents(*, events="alone", score="count", candidates=">=", threshold=None, fires=">", pooled=False, tie="active", layout="ok"):
+def make_parent_latents(
+    *,
+    events="alone",
+    score="count",
+    candidates=">=",
+    threshold=None,
+    fires=">",
+    pooled=False,
+    tie="active",
+    layout="ok",
+):
     """A parent_latents with one deliberate change (the defaults give the text's)."""
 
     def parent_latents(acts, features, parent_cosine, threshold_argument=0.5):
         tau = threshold_argument if threshold is None else threshold
         parent_on, with_child = _masks(features, parent_cosine)
-        selected = {"alone": parent_on & ~with_child, "parent": parent_on, "with child": parent_on & with_child, "all": torch.ones_like(parent_on)}[events]
+        selected = {
+            "alone": parent_on & ~with_child,
+            "parent": parent_on,
+            "with child": parent_on & with_child,
+            "all": torch.ones_like(parent_on),
+        }[events]
         firing = ((acts >= 0) if fires == ">=" else (acts > 0)).float()
         counts = einsum(selected.float(), acts if score == "activation" else firing, "b i p, b i s -> i s p")
         if score == "cosine":
             counts = parent_cosine
         if pooled:
             counts = counts.sum(dim=0, keepdim=True).expand_as(counts)
-        allowed = {">=": parent_cosine >= tau, ">": parent_cosine > tau, "abs": parent_cosine.abs() >= tau, "all": torch.ones_like(parent_cosine, dtype=torch.bool)}[candidates]
+        allowed = {
+            ">=": parent_cosine >= tau,
+            ">": parent_cosine > tau,
+            "abs": parent_cosine.abs() >= tau,
+            "all": torch.ones_like(parent_cosine, dtype=torch.bool),
+        }[candidates]
         scored = torch.where(allowed, counts, -1.0)
         if tie == "lowest":
             chosen = scored.argmax(dim=1)
@@ -347,7 +400,13 @@ def make_parent_latents(*, events="alone", score="count", candidates=">=", thres
 
 
 def test_parent_latents_accepts_the_reference_and_rewrites(checks):
-    for function in (reference.parent_latents, make_parent_latents(), parents_by_single_score_float64, parents_in_loops_with_rates, parents_sorted_stably):
+    for function in (
+        reference.parent_latents,
+        make_parent_latents(),
+        parents_by_single_score_float64,
+        parents_in_loops_with_rates,
+        parents_sorted_stably,
+    ):
         checks.passes(part8.test_parent_latents, function)
 
 
@@ -387,7 +446,10 @@ def parents_zeroing_acts_in_place(acts, features, parent_cosine, threshold=0.5):
 
 @pytest.mark.parametrize(
     ("mutant", "message"),
-    [(parents_returning_scores, r"returned \[inst, d_sae, parents\]"), (parents_zeroing_acts_in_place, r"changed `acts` in place")],
+    [
+        (parents_returning_scores, r"returned \[inst, d_sae, parents\]"),
+        (parents_zeroing_acts_in_place, r"changed `acts` in place"),
+    ],
 )
 def test_parent_latents_names_wrong_outputs_and_side_effects(checks, mutant, message):
     checks.fails(part8.test_parent_latents, mutant, message)
@@ -434,8 +496,21 @@ def absorption_with_scatter_float64(acts, features, parent_cosine, parent_latent
     return torch.where(count > 0, absorbed / count.clamp_min(1), torch.zeros_like(count))
 
 
-def make_absorption(*, counted_over="with child", divided_by="with child", parent_silent=True, carrier_fires=True, carriers=">=",
-                    threshold=None, count_carriers=False, fires=">", pooled=False, report="absorbed", division="clamped", output="rate"):
+def make_absorption(
+    *,
+    counted_over="with child",
+    divided_by="with child",
+    parent_silent=True,
+    carrier_fires=True,
+    carriers=">=",
+    threshold=None,
+    count_carriers=False,
+    fires=">",
+    pooled=False,
+    report="absorbed",
+    division="clamped",
+    output="rate",
+):
     """An absorption_rate with one deliberate change (the defaults give the text's)."""
 
     def absorption_rate(acts, features, parent_cosine, parent_latent, threshold_argument=0.5):
@@ -444,7 +519,12 @@ def make_absorption(*, counted_over="with child", divided_by="with child", paren
         sets = {"with child": parent_on & with_child, "parent": parent_on, "all": torch.ones_like(parent_on)}
         firing = (acts >= 0) if fires == ">=" else (acts > 0)
         parent_fires = firing.gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
-        allowed = {">=": parent_cosine >= tau, ">": parent_cosine > tau, "abs": parent_cosine.abs() >= tau, "all": torch.ones_like(parent_cosine, dtype=torch.bool)}[carriers]
+        allowed = {
+            ">=": parent_cosine >= tau,
+            ">": parent_cosine > tau,
+            "abs": parent_cosine.abs() >= tau,
+            "all": torch.ones_like(parent_cosine, dtype=torch.bool),
+        }[carriers]
         allowed = allowed & (torch.arange(acts.shape[-1])[None, :, None] != parent_latent[:, None, :])
         carrier_count = einsum(firing.float(), allowed.float(), "b i s, i s p -> b i p")
         absorbed = sets[counted_over]
@@ -469,12 +549,22 @@ def make_absorption(*, counted_over="with child", divided_by="with child", paren
 def absorption_mean_of_children(acts, features, parent_cosine, parent_latent, threshold=0.5):
     n_parents = parent_cosine.shape[-1]
     n_children = features.shape[-1] // n_parents - 1
-    rates = [reference.absorption_rate(acts, reference.only_child(features, n_parents, c), parent_cosine, parent_latent, threshold) for c in range(n_children)]
+    rates = [
+        reference.absorption_rate(
+            acts, reference.only_child(features, n_parents, c), parent_cosine, parent_latent, threshold
+        )
+        for c in range(n_children)
+    ]
     return torch.stack(rates).mean(dim=0)
 
 
 def test_absorption_rate_accepts_the_reference_and_rewrites(checks):
-    for function in (reference.absorption_rate, make_absorption(), absorption_in_loops, absorption_with_scatter_float64):
+    for function in (
+        reference.absorption_rate,
+        make_absorption(),
+        absorption_in_loops,
+        absorption_with_scatter_float64,
+    ):
         checks.passes(part8.test_absorption_rate, function)
 
 
@@ -510,7 +600,10 @@ def absorption_flattening_acts_in_place(acts, features, parent_cosine, parent_la
 
 @pytest.mark.parametrize(
     ("mutant", "message"),
-    [(absorption_mean_of_children, "mean of the children's rates"), (absorption_flattening_acts_in_place, r"changed `acts` in place")],
+    [
+        (absorption_mean_of_children, "mean of the children's rates"),
+        (absorption_flattening_acts_in_place, r"changed `acts` in place"),
+    ],
 )
 def test_absorption_rate_names_other_mistakes(checks, mutant, message):
     checks.fails(part8.test_absorption_rate, mutant, message)
@@ -552,7 +645,12 @@ def make_forward(
             x = h
         else:
             x = h - self.b_dec
-        W_enc, b_enc, b_dec, W_dec = self.W_enc, self.b_enc, self.b_dec, self.W_dec_normalized if decoder == "normalised" else self.W_dec
+        W_enc, b_enc, b_dec, W_dec = (
+            self.W_enc,
+            self.b_enc,
+            self.b_dec,
+            self.W_dec_normalized if decoder == "normalised" else self.W_dec,
+        )
         target = h if in_place != "h" else h + self.b_dec
         pre_acts = einsum(x, W_enc, "b i d, i d s -> b i s") + b_enc
         sizes = list(self.cfg.prefix_sizes)
@@ -561,7 +659,11 @@ def make_forward(
         elif topk == "per input":
             acts = self._per_k(pre_acts, lambda group, k: topk_activation(group, int(k)))
         elif topk == "by hand":  # right values, but the inference threshold never moves
-            acts = self._per_k(pre_acts, batch_topk_activation) if self.training else pre_acts * (pre_acts > self.threshold[:, None])
+            acts = (
+                self._per_k(pre_acts, batch_topk_activation)
+                if self.training
+                else pre_acts * (pre_acts > self.threshold[:, None])
+            )
         elif topk == "per group":
             acts = torch.cat([self.activation(pre_acts[..., a:b]) for a, b in zip([0, *sizes[:-1]], sizes)], dim=-1)
         else:
@@ -592,7 +694,9 @@ def make_forward(
                 running += einsum(acts[..., a:b], W_dec[:, a:b], "b i s, i s d -> b i d")
                 rebuilt.append(running.clone())
             reconstructions = rebuilt
-        error = (lambda r: (r - target).pow(2).mean(-1)) if squared == "mean" else (lambda r: (r - target).pow(2).sum(-1))
+        error = (
+            (lambda r: (r - target).pow(2).mean(-1)) if squared == "mean" else (lambda r: (r - target).pow(2).sum(-1))
+        )
         losses = [error(r) for r in reconstructions]
         if cut == "prefixes":
             losses = [loss.detach() for loss in losses[:-1]] + losses[-1:]
@@ -616,7 +720,11 @@ def make_forward(
         per_input = main + (self.cfg.aux_coeff if aux_coefficient else 1.0) * L_aux * float(with_aux)
         per_instance = per_input.mean(0) if batch == "mean" else per_input.sum(0)
         loss = per_instance.sum() if instances == "sum" else per_instance.mean()
-        loss_dict = {"L_reconstruction": L_full if reconstruction_key == "full" else L_matryoshka, "L_matryoshka": L_matryoshka, "L_aux": L_aux}
+        loss_dict = {
+            "L_reconstruction": L_full if reconstruction_key == "full" else L_matryoshka,
+            "L_matryoshka": L_matryoshka,
+            "L_aux": L_aux,
+        }
         return SAEOutput(loss_dict, loss, acts, reconstructions[0] if returned == "first" else full)
 
     return forward
@@ -639,7 +747,9 @@ def forward_recomputing_each_prefix(self, h):
     self.record_firing(acts)
     L_matryoshka = sum(losses)
     loss = (L_matryoshka + self.cfg.aux_coeff * L_aux).mean(dim=0).sum()
-    return SAEOutput({"L_reconstruction": losses[-1], "L_matryoshka": L_matryoshka, "L_aux": L_aux}, loss, acts, reconstruction)
+    return SAEOutput(
+        {"L_reconstruction": losses[-1], "L_matryoshka": L_matryoshka, "L_aux": L_aux}, loss, acts, reconstruction
+    )
 
 
 MATRYOSHKA_REWRITES = [make_forward(), make_forward(start="in place"), forward_recomputing_each_prefix]
@@ -718,7 +828,9 @@ def test_matryoshka_names_structure_and_state_mistakes(checks, mutant, message):
 
 
 def test_matryoshka_says_when_forward_was_never_attached(checks):
-    checks.fails(part8.test_matryoshka_forward, type("MatryoshkaToySAE", (reference.BatchTopKToySAE,), {}), "never attached")
+    checks.fails(
+        part8.test_matryoshka_forward, type("MatryoshkaToySAE", (reference.BatchTopKToySAE,), {}), "never attached"
+    )
 
 
 def test_matryoshka_inputs_keep_clear_of_top_k_ties():
@@ -806,4 +918,6 @@ def test_failure_messages_do_not_reveal_reference_values(checks, check, learner)
 
 def test_matryoshka_forward_asks_for_named_fields(checks):
     plain = lambda self, h: tuple(reference.MatryoshkaToySAE.forward(self, h))  # noqa: E731
-    checks.fails(part8.test_matryoshka_forward, type("M", (reference.MatryoshkaToySAE,), {"forward": plain}), "plain tuple")
+    checks.fails(
+        part8.test_matryoshka_forward, type("M", (reference.MatryoshkaToySAE,), {"forward": plain}), "plain tuple"
+    )

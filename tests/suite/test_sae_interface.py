@@ -35,7 +35,9 @@ ARCHITECTURES: dict[str, Callable[[], part4.ToySAE]] = {
     "JumpReLU": lambda: part5.JumpReLUToySAE(part5.JumpReLUToySAEConfig(N_INST, D_IN, D_SAE), toy_model()),
     "TopK": lambda: part5.TopKToySAE(topk_config(), toy_model()),
     "BatchTopK": lambda: part5.BatchTopKToySAE(topk_config(), toy_model()),
-    "Matryoshka": lambda: part8.MatryoshkaToySAE(part8.MatryoshkaToySAEConfig(**vars(topk_config()), prefix_sizes=[2, 6]), toy_model()),
+    "Matryoshka": lambda: part8.MatryoshkaToySAE(
+        part8.MatryoshkaToySAEConfig(**vars(topk_config()), prefix_sizes=[2, 6]), toy_model()
+    ),
     "published AuxK": lambda: PublishedAuxKTopKSAE(topk_config(), ActivationSource(torch.randn(50, D_IN), N_INST)),
 }
 
@@ -82,7 +84,14 @@ def test_encode_of_the_pre_activations(sae: part4.ToySAE) -> None:
 
 def test_the_training_loop_runs_on_every_architecture(sae: part4.ToySAE) -> None:
     log = train_sae(
-        sae, steps=6, batch_size=32, log_every=5, sample_size=16, resample_method="simple", resample_every=3, resample_window=2
+        sae,
+        steps=6,
+        batch_size=32,
+        log_every=5,
+        sample_size=16,
+        resample_method="simple",
+        resample_every=3,
+        resample_window=2,
     )
     assert [snapshot.step for snapshot in log.snapshots] == [0, 5] and len(log.resample_counts) == 1
     assert torch.isfinite(torch.tensor(log.losses)).all()
