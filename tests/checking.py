@@ -265,6 +265,11 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
+def _in_checks(path: Path) -> bool:
+    """Whether a file is a check module: one in tests/, or one of a part's package of checks there (not the suite)."""
+    return path.parent == CHECKS_DIR or (path.parent.parent == CHECKS_DIR and path.parent.name != "suite")
+
+
 def _learner_location(error: BaseException) -> str:
     """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
     if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there
@@ -273,7 +278,7 @@ def _learner_location(error: BaseException) -> str:
     traceback = error.__traceback__
     while traceback is not None:
         filename = traceback.tb_frame.f_code.co_filename
-        if Path(filename).resolve().parent != CHECKS_DIR and "-packages" not in filename:
+        if not _in_checks(Path(filename).resolve()) and "-packages" not in filename:
             location = f"line {traceback.tb_lineno} of `{traceback.tb_frame.f_code.co_name}`"
         traceback = traceback.tb_next
     return location

@@ -117,9 +117,10 @@ def stand_in_checks(folder: Path) -> Path:
         path.chmod(0o755)  # readable by the sandbox's unprivileged user
     (stand_in / "__init__.py").write_text('"""Checks run outside the sandbox while grading."""\n')
     body = '"""Checks run outside the sandbox while grading."""\n\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n'
-    for module in (ROOT / "tests").glob("*.py"):
-        if module.name != "__init__.py":
-            (stand_in / module.name).write_text(body)
+    modules = [path.stem for path in (ROOT / "tests").glob("*.py") if path.name != "__init__.py"]
+    packages = [path.parent.name for path in (ROOT / "tests").glob("*/__init__.py") if path.parent.name != "suite"]
+    for name in modules + packages:  # a part's package of checks is stood in for by one module of its name
+        (stand_in / f"{name}.py").write_text(body)
     return stand_in
 
 
