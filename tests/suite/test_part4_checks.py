@@ -1,4 +1,4 @@
-"""Mutation suite for Part 4's learner-facing checks (tests/part4_toy_sae.py)."""
+"""Mutation suite for Part 4's learner-facing checks (tests/part4_toy_sae/)."""
 
 import copy
 import itertools
