@@ -283,11 +283,6 @@ def _in_checks(filename: str) -> bool:
     return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name != "suite")
 
 
-def _in_checks(path: Path) -> bool:
-    """Whether a file is a check module: one in tests/, or one of a part's package of checks there (not the suite)."""
-    return path.parent == CHECKS_DIR or (path.parent.parent == CHECKS_DIR and path.parent.name != "suite")
-
-
 def _learner_location(error: BaseException) -> str:
     """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
     if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there

@@ -1,5 +1,6 @@
-"""Exercise 4, `forward`: activations, reconstruction, both loss terms, the total and its gradients, on an untied
-SAE, a tied one and one with a single instance, a batch of one and d_in = d_sae."""
+"""Exercise 4, `pre_activations`, `decode` and `forward`: pre-activations, activations, reconstruction, both loss
+terms, the total and its gradients, on an untied SAE, a tied one and one with a single instance, a batch of one
+and d_in = d_sae."""
 
 import math
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from tests.checking import (
     first_gradient_mismatch,
     inputs_clear_of_kinks,
     learner_callable,
+    require_gradient,
 )
 from tests.part4_toy_sae._common import (
     _backpropagate,
@@ -34,6 +36,7 @@ from tests.part4_toy_sae._common import (
     N_INST,
     SAETerms,
 )
+from tests.sae_output import require_named_fields
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,63 @@ def _check_total_loss(loss: object, right: SAETerms, n_inst: int, coeff: float) 
     )
 
 
+def _pre_activation_mistakes(p: Mapping[str, Tensor], x: Tensor, tied: bool) -> dict[str, Tensor]:
+    encode = lambda inputs, W=p["W_enc"]: torch.einsum("bid,ids->bis", inputs, W)  # noqa: E731
+    centred = x - p["b_dec"]
+    mistakes = {
+        "`pre_activations` ignores b_dec: subtract b_dec from h before encoding.": encode(x) + p["b_enc"],
+        "`pre_activations` adds b_dec before encoding; it should be subtracted.": encode(x + p["b_dec"]) + p["b_enc"],
+        "`pre_activations` leaves out b_enc: (h - b_dec) W_enc + b_enc.": encode(centred),
+        "`pre_activations` subtracts b_enc; add it: (h - b_dec) W_enc + b_enc.": encode(centred) - p["b_enc"],
+        "`pre_activations` applies the ReLU: return the values before it (`encode` applies `self.activation`).": (
+            F.relu(encode(centred) + p["b_enc"])
+        ),
+    }
+    if not tied:
+        mistakes["`pre_activations` encodes with the decoder (W_decᵀ); an untied SAE encodes with W_enc."] = (
+            encode(centred, p["_W_dec"].transpose(-1, -2)) + p["b_enc"]
+        )
+    return mistakes
+
+
+def _check_pre_activations(
+    pre_activations: object, sae: reference.ToySAE, h: Tensor, right: SAETerms, p: Mapping[str, Tensor], case: ForwardCase
+) -> None:
+    """`pre_activations(h)` is (h - b_dec) W_enc + b_enc, [batch, inst, d_sae], and trains the encoder."""
+    output = call_learner(pre_activations, sae, h.clone(), what="pre_activations")
+    shape = (case.batch, case.n_inst, case.d_sae)
+    actual = expect_tensor(output, shape, what="pre_activations", axes="batch, inst, d_sae")
+    diagnose(
+        actual,
+        right.pre_acts,
+        _pre_activation_mistakes(p, _float64(h), case.tied),
+        otherwise="`pre_activations` does not match (h - b_dec) W_enc + b_enc: check the einsum axes and the biases.",
+    )
+    require_gradient(output, what="pre_activations", towards="W_enc, b_enc and b_dec")
+
+
+def _check_decode(
+    decode: object, sae: reference.ToySAE, right: SAETerms, p: Mapping[str, Tensor], case: ForwardCase
+) -> None:
+    """`decode(acts)` is acts times the normalised decoder, plus b_dec, [batch, inst, d_in]."""
+    eps = sae.cfg.weight_normalize_eps
+    output = call_learner(decode, sae, right.acts.float().to(sae.W_enc.device), what="decode")
+    shape = (case.batch, case.n_inst, case.d_in)
+    diagnose(
+        expect_tensor(output, shape, what="decode", axes="batch, inst, d_in"),
+        right.h_reconstructed,
+        _reconstruction_mistakes(p, right.acts, eps, case.tied),
+        otherwise="`decode(acts)` does not match acts @ W_dec_normalized + b_dec.",
+    )
+    require_gradient(output, what="decode", towards="the decoder and b_dec")
+
+
+def _with_learner_methods(sae: reference.ToySAE, **methods: object) -> reference.ToySAE:
+    """The same SAE, whose `self.pre_activations` and `self.decode` are the learner's: their forward may call them."""
+    sae.__class__ = type("ToySAEWithYourMethods", (type(sae),), methods)
+    return sae
+
+
 def _check_forward_values(
     result: object, p: Mapping[str, Tensor], x: Tensor, case: ForwardCase, coeff: float, eps: float
 ) -> Tensor:
@@ -314,18 +374,29 @@ def _check_forward_gradients(loss: Tensor, sae: reference.ToySAE, p: Mapping[str
     )
 
 
-@check("forward")
+@check("pre_activations, decode and forward")
 def test_forward(learner: object) -> str:
     forward = learner_callable(learner, "forward", owner_hint="ToySAE")
+    if forward is learner:
+        raise CheckFailure(
+            "Pass the class, `test_forward(ToySAE)`: the check calls your `pre_activations` and `decode` too."
+        )
+    pre_activations = learner_callable(learner, "pre_activations", owner_hint="ToySAE")
+    decode = learner_callable(learner, "decode", owner_hint="ToySAE")
     for case in FORWARD_CASES:
         with _case(case.description):
             sae, h = _forward_inputs(case)
             p = {name: _float64(value) for name, value in _sae_parameters(sae).items()}
             x = _float64(h)
+            right = _sae_terms(p, x, coeff=sae.cfg.sparsity_coeff, eps=sae.cfg.weight_normalize_eps)
+            _check_pre_activations(pre_activations, sae, h, right, p, case)
+            _check_decode(decode, sae, right, p, case)
+            sae = _with_learner_methods(sae, pre_activations=pre_activations, decode=decode)
             result = _naming_tied_decoder(lambda: call_learner(forward, sae, h.clone(), what="forward"), what="forward")
             loss = _check_forward_values(result, p, x, case, sae.cfg.sparsity_coeff, sae.cfg.weight_normalize_eps)
             _check_forward_gradients(loss, sae, p, x)
+            require_named_fields(result)
     return (
-        "activations, reconstruction, both loss terms, the total and its gradients; tied, one instance, a batch of "
-        "one"
+        "pre-activations, decoding, activations, reconstruction, both loss terms, the total and its gradients; tied, "
+        "one instance, a batch of one"
     )
