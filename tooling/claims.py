@@ -187,7 +187,7 @@ def rerun(parts: list[int]) -> int:
     import nbformat
 
     import notebook_build
-    from part_utils.notebook_runner import execute_notebook
+    from tooling.notebook_runner import execute_notebook
 
     sources = [source for source in notebook_build.source_files() if not parts or part_number(source) in parts]
     failed = False

@@ -1,6 +1,6 @@
 """Export an executed notebook to a single HTML file that needs no network.
 
-    python -m part_utils.html_export solutions/01_toy_models.ipynb [-o out.html] [--execute]
+    python -m tooling.html_export solutions/01_toy_models.ipynb [-o out.html] [--execute]
 
 Figures carry plotly.js inline (see part_utils.plotting.renderer); the template drops the CDN
 scripts nbconvert adds by default (MathJax among them). Markdown maths is converted to MathML
@@ -101,7 +101,7 @@ def main(arguments: list[str] | None = None) -> int:
     if args.execute:
         import os
 
-        from part_utils.notebook_runner import execute_notebook
+        from tooling.notebook_runner import execute_notebook
 
         result = execute_notebook(args.notebook, fast=os.environ.get("WORKBOOK_FAST", "0") not in ("", "0"))
         if result.error is not None:

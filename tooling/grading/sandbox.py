@@ -4,7 +4,8 @@ own `progress`) a plain child process.
 The sandbox: user, PID, IPC, UTS, cgroup and network namespaces of its own (no way out to any
 network, the host's loopback included); a root file system holding only the system's Python and
 libraries, the virtual environment read-only, and a read-only view of the workbook without
-`solutions/`, `source/`, `notebooks/`, the real checks (`tests/` is a stand-in) and the reference
+`solutions/`, `source/`, `notebooks/`, the real checks (`tests/` is a stand-in), the rest of the
+tooling (of `tooling/`, only the worker and the modules it imports) and the reference
 implementation of the part being graded (only the earlier parts' modules its notebook imports are
 there); a private, size-limited /tmp and HOME; an unprivileged user (nobody, when the grader runs
 as root); limits on memory, processes, file size, open files and CPU time. The whole process
@@ -22,8 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from part_utils.grading.catalogue import ROOT
-from part_utils.grading.seccomp import filter_fd
+from tooling.grading.catalogue import ROOT
+from tooling.grading.seccomp import filter_fd
 
 NOBODY = 65534
 MEMORY = 6 * 2**30
@@ -32,6 +33,8 @@ OPEN_FILES = 1024
 PROCESSES = 256
 """Processes and threads the sandbox's user may have."""
 TMP_SIZE = 256 * 2**20
+WORKER = "tooling.grading.worker"
+"""The module the sandbox runs: it executes the cells and serves the grader's calls."""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -83,6 +86,35 @@ def allowed_reference_modules(part: str, imported: set[str]) -> set[str]:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("part_utils.reference."):
                 pending.append(node.module.rpartition(".")[2])
     return allowed - {own_reference_module(part)}
+
+
+def _module_file(name: str) -> Path | None:
+    """The workbook's file of module `name` (a package's `__init__.py`), if it has one."""
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def worker_files() -> set[Path]:
+    """The files of `tooling/` the sandboxed worker runs: its module, the `tooling` modules it imports in
+    turn and their packages' `__init__.py`. The rest of the grader (catalogue, sessions, similarity) stays out."""
+    files, pending = set(), [WORKER]
+    while pending:
+        name = pending.pop()
+        path = _module_file(name)
+        if path is None or path in files:
+            continue
+        files.add(path)
+        parts = name.split(".")
+        pending += [".".join(parts[:depth]) for depth in range(1, len(parts))]  # its packages, which run first
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tooling."):
+                pending += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names if alias.name.startswith("tooling.")]
+    return files
 
 
 @dataclass
@@ -160,6 +192,8 @@ def sandbox_command(part: str, imported: set[str], scratch: Path, worker_fds: tu
     ]
     for name in sorted(allowed_reference_modules(part, imported)):
         command += ["--ro-bind", str(reference / f"{name}.py"), str(reference / f"{name}.py")]
+    for path in sorted(worker_files()):
+        command += ["--ro-bind", str(path), str(path)]
     if (ROOT / "section_data").is_dir():
         command += ["--ro-bind", str(ROOT / "section_data"), f"{root}/section_data"]
     command += [
@@ -179,7 +213,7 @@ def start_worker(part: str, imported: set[str], *, sandboxed: bool, cpu_seconds:
         "WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "WORKBOOK_ROOT": str(ROOT), "PYTHONPATH": str(ROOT),
         "PLOTLY_RENDERER": "json", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
     }
-    program = [sys.executable, "-m", "part_utils.grading.worker", str(to_worker_read), str(from_worker_write)]
+    program = [sys.executable, "-m", WORKER, str(to_worker_read), str(from_worker_write)]
     extra_fds: tuple[int, ...] = ()
     if sandboxed:
         command = sandbox_command(part, imported, scratch, (to_worker_read, from_worker_write))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from part_utils.grading.catalogue import EXERCISES, part_of
+from tooling.grading.catalogue import EXERCISES, part_of
 
 SIZE_LIMIT = 20 * 2**20
 SKIPPED_FOLDERS = {".ipynb_checkpoints"}

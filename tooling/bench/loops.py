@@ -3,9 +3,9 @@ quiet and with one busy process beside them (`bench --loops`)."""
 
 import torch
 
-from part_utils.bench import workloads
-from part_utils.bench.compare import Rates, interleaved_rates
-from part_utils.bench.neighbour import busy_neighbour
+from tooling.bench import workloads
+from tooling.bench.compare import Rates, interleaved_rates
+from tooling.bench.neighbour import busy_neighbour
 
 SETTINGS = {
     "toy model (16 inst, 5 feats, d_hidden 2, batch 1024)": (workloads.workbook_toy_model, workloads.classroom_toy_model, {}),

@@ -1,16 +1,16 @@
-"""`workbook.py progress` and `workbook.py grade DIR`: see part_utils/grading/."""
+"""`workbook.py progress` and `workbook.py grade DIR`: see tooling/grading/."""
 
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from part_utils.grading.catalogue import ROOT, parts
-from part_utils.grading.choose import choose_parts
-from part_utils.grading.folder import grade_folder
-from part_utils.grading.report import progress_table
-from part_utils.grading.sandbox import sandbox_problem
-from part_utils.grading.session import grade_notebook
+from tooling.grading.catalogue import ROOT, parts
+from tooling.grading.choose import choose_parts
+from tooling.grading.folder import grade_folder
+from tooling.grading.report import progress_table
+from tooling.grading.sandbox import sandbox_problem
+from tooling.grading.session import grade_notebook
 
 
 def progress(requested: list[str], time_limit: float) -> int:

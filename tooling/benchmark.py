@@ -17,7 +17,7 @@ Without options: --loops and --notebooks.
 import argparse
 import os
 
-from part_utils.bench.machine import describe_machine
+from tooling.bench.machine import describe_machine
 
 
 def main() -> None:
@@ -36,25 +36,25 @@ def main() -> None:
     os.environ["TQDM_DISABLE"] = "1"
     print(f"Machine: {describe_machine()}")
     if args.loops:
-        from part_utils.bench.loops import print_loop_comparison
+        from tooling.bench.loops import print_loop_comparison
 
         print("\nTraining loops, side by side in this process (blocks of 500 steps, interleaved):")
         print_loop_comparison()
     if args.threads:
-        from part_utils.bench.threads import thread_table
+        from tooling.bench.threads import thread_table
 
         print("\nThroughput per kind of work (each setting in its own process):")
         thread_table()
     if args.sae:
-        from part_utils.bench.recovery import toy_sae_recovery
+        from tooling.bench.recovery import toy_sae_recovery
 
         toy_sae_recovery()
     if args.circuits:
-        from part_utils.bench.circuits import circuit_benchmarks
+        from tooling.bench.circuits import circuit_benchmarks
 
         circuit_benchmarks()
     if args.notebooks:
-        from part_utils.bench.notebooks import print_notebook_timings, solution_parts
+        from tooling.bench.notebooks import print_notebook_timings, solution_parts
 
         print("\nSolution notebooks, executed in a fresh kernel:")
         print_notebook_timings(solution_parts(args.parts), full=not args.skip_full, contended=args.contended)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 
-from part_utils.grading.verdicts import CheckCall, Exercise
+from tooling.grading.verdicts import CheckCall, Exercise
 
 ROOT = Path(__file__).resolve().parents[2]
 EXERCISES = ROOT / "notebooks"

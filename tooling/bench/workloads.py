@@ -7,8 +7,8 @@ reference methods, or the plain classroom loop) and returns that number.
 
 import torch
 
-from part_utils.bench.classroom import ClassroomToyModel, ClassroomToySAE, classroom_sae_step, classroom_toy_step
-from part_utils.bench.compare import Block
+from tooling.bench.classroom import ClassroomToyModel, ClassroomToySAE, classroom_sae_step, classroom_toy_step
+from tooling.bench.compare import Block
 from part_utils.device import get_device
 from part_utils.seeding import seed_everything
 

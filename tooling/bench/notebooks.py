@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 
-from part_utils.bench.neighbour import busy_neighbour
-from part_utils.notebook_runner import execute_notebook
+from tooling.bench.neighbour import busy_neighbour
+from tooling.notebook_runner import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 

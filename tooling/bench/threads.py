@@ -2,7 +2,7 @@
 with a busy neighbour: the evidence behind `part_utils.threads.THREADS`.
 
 OpenMP reads its wait policy when torch loads, so each setting runs in its own process:
-`python -m part_utils.bench.threads KIND THREADS` prints that process's steps per second.
+`python -m tooling.bench.threads KIND THREADS` prints that process's steps per second.
 """
 
 import json
@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from part_utils.bench import workloads
-from part_utils.bench.neighbour import busy_neighbour
+from tooling.bench import workloads
+from tooling.bench.neighbour import busy_neighbour
 
 KINDS = {
     "toy model (Parts 1-3)": (workloads.workbook_toy_model, 200),
@@ -39,7 +39,7 @@ def measure_here(kind: str, threads: int, rounds: int = 5) -> float:
 def measure_in_process(kind: str, threads: int, wait_policy: str) -> float:
     environment = {**os.environ, "OMP_WAIT_POLICY": wait_policy, "TQDM_DISABLE": "1", "WORKBOOK_THREADS": str(threads)}
     output = subprocess.run(
-        [sys.executable, "-m", "part_utils.bench.threads", kind, str(threads)], env=environment, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "tooling.bench.threads", kind, str(threads)], env=environment, check=True, capture_output=True, text=True
     ).stdout
     return json.loads(output.strip().splitlines()[-1])["steps_per_second"]
 

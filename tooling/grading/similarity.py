@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from part_utils.grading.catalogue import EXERCISES, ROOT, code_of
+from tooling.grading.catalogue import EXERCISES, ROOT, code_of
 
 TOKEN_LIMIT = 5_000
 """Tokens compared per answer at most: a huge cell must not stall the grader."""

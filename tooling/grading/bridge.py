@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from part_utils.grading.wire import Channel
+from tooling.grading.wire import Channel
 
 DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
@@ -592,7 +592,7 @@ class _MethodCaller:
     def __init__(self, cls: type, name: str, kind: str) -> None:
         self.cls, self.name, self.kind = cls, name, kind
         self.__name__ = name
-        self.__module__ = "part_utils.grading"
+        self.__module__ = "tooling.grading"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         member = inspect.getattr_static(self.cls, self.name)

@@ -11,7 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from part_utils.grading.verdicts import MEANING, MISSING, NOT_RUN, PASS, SYMBOL, Exercise, SubmissionResult, Verdict
+from tooling.grading.verdicts import MEANING, MISSING, NOT_RUN, PASS, SYMBOL, Exercise, SubmissionResult, Verdict
 
 MESSAGE_LIMIT = 500
 MARKDOWN_SPECIAL = re.compile(r"([\\|`<>*_\[\]&~])")

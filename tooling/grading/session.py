@@ -21,11 +21,11 @@ from pathlib import Path
 import nbformat
 import torch
 
-from part_utils.grading.bridge import Peer, _MethodCaller
-from part_utils.grading.catalogue import EXERCISES, code_of, exercises_of, imported_modules, part_of
-from part_utils.grading.sandbox import own_reference_module, start_worker
-from part_utils.grading.verdicts import ERROR, FAIL, NOT_RUN, PASS, STUB, CheckCall, SubmissionResult, Verdict
-from part_utils.grading.wire import Channel, ChannelClosed, Deadline
+from tooling.grading.bridge import Peer, _MethodCaller
+from tooling.grading.catalogue import EXERCISES, code_of, exercises_of, imported_modules, part_of
+from tooling.grading.sandbox import own_reference_module, start_worker
+from tooling.grading.verdicts import ERROR, FAIL, NOT_RUN, PASS, STUB, CheckCall, SubmissionResult, Verdict
+from tooling.grading.wire import Channel, ChannelClosed, Deadline
 
 STUB_MARK = "raise NotImplementedError"
 
@@ -44,12 +44,13 @@ def exercise_method_names(exercise_notebook: nbformat.NotebookNode) -> frozenset
 
 
 def trusted_resolvable(part: str) -> "callable":
-    """Which class names the grader resolves to its own classes: never the part's own reference, the checks or the grader."""
+    """Which class names the grader resolves to its own classes: never the part's own reference, the checks
+    (`tests.`) or the grader and the rest of the tooling (`tooling.`), which are outside the prefixes below."""
     own = f"part_utils.reference.{own_reference_module(part)}"
 
     def resolvable(path: str) -> bool:
         module = path.partition(":")[0]
-        if module == own or module.startswith((own + ".", "part_utils.grading")):
+        if module == own or module.startswith(own + "."):
             return False
         return module in ("builtins", "collections", "torch") or module.startswith(("torch.", "part_utils.", "transformer_lens."))
 
@@ -64,9 +65,9 @@ def trusted_exportable(value: object) -> bool:
         return False
     plain = inspect.isfunction(value) or inspect.ismethod(value) or isinstance(value, functools.partial)
     module = getattr(value if not isinstance(value, functools.partial) else value.func, "__module__", None) if plain else type(value).__module__
-    tooling = ("tests.suite", "part_utils.grading", "part_utils.claims", "part_utils.results", "part_utils.html_export",
-               "part_utils.notebook_runner", "part_utils.section_artefacts", "part_utils.colab", "part_utils.bench")
-    return isinstance(module, str) and module.startswith(("tests.", "part_utils.")) and not module.startswith(tooling)
+    # `tooling.` (the grader itself, builds, benchmarks) is outside the two prefixes; these are inside but no check's.
+    not_checks = ("tests.suite", "tests.oracles", "part_utils.results", "part_utils.section_artefacts", "part_utils.colab")
+    return isinstance(module, str) and module.startswith(("tests.", "part_utils.")) and not module.startswith(not_checks)
 
 
 class Run:

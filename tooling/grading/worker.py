@@ -2,14 +2,14 @@
 grader's calls into the learner's functions. It runs inside the sandbox; nothing it says is
 trusted, and the checks never run here.
 
-Usage (by the grader): python -m part_utils.grading.worker READ_FD WRITE_FD
+Usage (by the grader): python -m tooling.grading.worker READ_FD WRITE_FD
 """
 
 import sys
 from typing import Any
 
-from part_utils.grading.bridge import BridgeError, Decoder, Peer, describe_error
-from part_utils.grading.wire import Channel
+from tooling.grading.bridge import BridgeError, Decoder, Peer, describe_error
+from tooling.grading.wire import Channel
 
 
 def library_class(path: str) -> bool:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import nbformat
 
-from part_utils.grading.catalogue import EXERCISES, ROOT, exercises_of
-from part_utils.grading.report import write_grades
-from part_utils.grading.session import grade_notebook
-from part_utils.grading.similarity import flag_similar, reference_routes, solution_similarity
-from part_utils.grading.submissions import Submission, find_submissions
-from part_utils.grading.verdicts import NOT_RUN, SubmissionResult, Verdict
+from tooling.grading.catalogue import EXERCISES, ROOT, exercises_of
+from tooling.grading.report import write_grades
+from tooling.grading.session import grade_notebook
+from tooling.grading.similarity import flag_similar, reference_routes, solution_similarity
+from tooling.grading.submissions import Submission, find_submissions
+from tooling.grading.verdicts import NOT_RUN, SubmissionResult, Verdict
 
 
 def _flags(notebook: nbformat.NotebookNode, part: str, catalogue: Path) -> list[str]:
