@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--loops", action="store_true")
     parser.add_argument("--threads", action="store_true")
     parser.add_argument("--notebooks", action="store_true")
-    parser.add_argument("--contended", action="store_true", help="with --notebooks: also time each notebook beside a busy process")
+    parser.add_argument(
+        "--contended", action="store_true", help="with --notebooks: also time each notebook beside a busy process"
+    )
     parser.add_argument("--skip-full", action="store_true", help="with --notebooks: fast mode only")
     parser.add_argument("--parts", nargs="*", help="notebook number prefixes, e.g. 01 04 (default: all)")
     parser.add_argument("--sae", action="store_true")

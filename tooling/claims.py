@@ -28,7 +28,9 @@ from pathlib import Path
 
 from part_utils.results import Value, load_results, results_path
 
-PLACEHOLDER = re.compile(r"\{\{\s*(?:=(?P<literal>[^}]+?)|(?P<name>[\w.\-]+)\s*(?:\|\s*(?P<stat>\w+))?\s*(?::(?P<fmt>[^}]*?))?)\s*\}\}")
+PLACEHOLDER = re.compile(
+    r"\{\{\s*(?:=(?P<literal>[^}]+?)|(?P<name>[\w.\-]+)\s*(?:\|\s*(?P<stat>\w+))?\s*(?::(?P<fmt>[^}]*?))?)\s*\}\}"
+)
 STATISTICS: dict[str, Callable[[list[float]], float]] = {
     "mean": statistics.fmean,
     "sd": lambda values: statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -208,11 +210,14 @@ def rerun(parts: list[int]) -> int:
             if backup.exists():
                 shutil.copy(backup, path)
         else:
-            executed = notebook_build.ROOT / "test-output" / "claims" / solution.name  # to read its tables and printouts
+            # to read its tables and printouts
+            executed = notebook_build.ROOT / "test-output" / "claims" / solution.name
             executed.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(result.notebook, executed)
-            print(f"part {part}: {result.seconds:.0f} s (executed notebook: {executed.relative_to(notebook_build.ROOT)});"
-                  " sentences whose numbers changed:")
+            print(
+                f"part {part}: {result.seconds:.0f} s (executed notebook: {executed.relative_to(notebook_build.ROOT)});"
+                " sentences whose numbers changed:"
+            )
             for old, new in changed_sentences(source, before, load_results(part)):
                 print(f"  - {old}\n  + {new}")
         backup.unlink(missing_ok=True)
@@ -232,7 +237,11 @@ def main(arguments: list[str] | None = None) -> int:
         problems = check(args.part)
         for problem in problems:
             print(problem)
-        print(f"claims: {len(problems)} problem(s)" if problems else "claims: every number in the prose is bound to a result")
+        print(
+            f"claims: {len(problems)} problem(s)"
+            if problems
+            else "claims: every number in the prose is bound to a result"
+        )
         return 1 if problems else 0
     return rerun(args.part)
 

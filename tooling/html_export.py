@@ -94,7 +94,9 @@ def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a notebook to one offline HTML file.")
     parser.add_argument("notebook", type=Path)
     parser.add_argument("-o", "--output", type=Path, help="default: the notebook's name with .html, beside it")
-    parser.add_argument("--execute", action="store_true", help="run the notebook first (fast mode with WORKBOOK_FAST=1)")
+    parser.add_argument(
+        "--execute", action="store_true", help="run the notebook first (fast mode with WORKBOOK_FAST=1)"
+    )
     args = parser.parse_args(arguments)
     if not args.notebook.is_file():
         parser.error(f"no notebook at {args.notebook}")
@@ -111,7 +113,10 @@ def main(arguments: list[str] | None = None) -> int:
     else:
         notebook = nbformat.read(args.notebook, as_version=4)
         if not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"):
-            print(f"note: {args.notebook} has no outputs; pass --execute to run it first, or save it after running it.", file=sys.stderr)
+            print(
+                f"note: {args.notebook} has no outputs; pass --execute to run it first, or save it after running it.",
+                file=sys.stderr,
+            )
     output = args.output or args.notebook.with_suffix(".html")
     output.write_text(export_offline_html(notebook))
     print(f"wrote {output}")

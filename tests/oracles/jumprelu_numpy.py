@@ -185,7 +185,13 @@ def train(
             use_pre_encoder_bias=use_pre_encoder_bias,
         )
         params, state = adam_step(
-            params, grads, state, lr=lr, fixed_decoder_norms=fixed_decoder_norms, betas=betas, projection_eps=projection_eps
+            params,
+            grads,
+            state,
+            lr=lr,
+            fixed_decoder_norms=fixed_decoder_norms,
+            betas=betas,
+            projection_eps=projection_eps,
         )
     return params
 

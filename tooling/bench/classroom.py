@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 
 class ClassroomToyModel(nn.Module):
-    def __init__(self, n_inst: int, n_features: int, d_hidden: int, feature_probability: Tensor, importance: Tensor) -> None:
+    def __init__(
+        self, n_inst: int, n_features: int, d_hidden: int, feature_probability: Tensor, importance: Tensor
+    ) -> None:
         super().__init__()
         self.n_inst, self.n_features = n_inst, n_features
         self.feature_probability = feature_probability.expand(n_inst, n_features)
@@ -56,11 +58,17 @@ class ClassroomToySAE(nn.Module):
         return self._W_dec / (self._W_dec.norm(dim=-1, keepdim=True) + 1e-8)
 
     def generate_batch(self, batch_size: int) -> Tensor:
-        return einsum(self.model.generate_batch(batch_size), self.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
+        return einsum(
+            self.model.generate_batch(batch_size), self.model.W, "batch inst feats, inst d_in feats -> batch inst d_in"
+        )
 
     def forward(self, h: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
-        acts = F.relu(einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc)
-        h_reconstructed = einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+        acts = F.relu(
+            einsum(h - self.b_dec, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
+        )
+        h_reconstructed = (
+            einsum(acts, self.W_dec_normalized, "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec
+        )
         loss_dict = {"L_reconstruction": (h_reconstructed - h).pow(2).mean(-1), "L_sparsity": acts.abs().sum(-1)}
         loss = (loss_dict["L_reconstruction"] + self.sparsity_coeff * loss_dict["L_sparsity"]).mean(0).sum()
         return loss_dict, loss, acts, h_reconstructed

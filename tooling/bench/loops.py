@@ -8,9 +8,17 @@ from tooling.bench.compare import Rates, interleaved_rates
 from tooling.bench.neighbour import busy_neighbour
 
 SETTINGS = {
-    "toy model (16 inst, 5 feats, d_hidden 2, batch 1024)": (workloads.workbook_toy_model, workloads.classroom_toy_model, {}),
+    "toy model (16 inst, 5 feats, d_hidden 2, batch 1024)": (
+        workloads.workbook_toy_model,
+        workloads.classroom_toy_model,
+        {},
+    ),
     "toy SAE (16 inst, d_in 2, d_sae 5, batch 1024)": (workloads.workbook_toy_sae, workloads.classroom_toy_sae, {}),
-    "SAE (16 inst, d_in 64, d_sae 50, batch 1024)": (workloads.workbook_toy_sae, workloads.classroom_toy_sae, {"wide": True}),
+    "SAE (16 inst, d_in 64, d_sae 50, batch 1024)": (
+        workloads.workbook_toy_sae,
+        workloads.classroom_toy_sae,
+        {"wide": True},
+    ),
 }
 WORKBOOK, CLASSROOM = "workbook loop", "plain classroom loop"
 

@@ -18,4 +18,7 @@ def cpu_model() -> str:
 
 def describe_machine() -> str:
     build = "CUDA " + str(torch.version.cuda) if torch.version.cuda else "CPU build"
-    return f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__} ({build}), Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__} ({build}), "
+        f"Python {platform.python_version()}"
+    )

@@ -31,7 +31,9 @@ def cell_seconds(cell: nbformat.NotebookNode) -> float:
     start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
     if not (start and end):
         return 0.0
-    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    return (
+        datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
+    ).total_seconds()
 
 
 def time_notebook(part: str, *, fast: bool, busy: bool = False) -> NotebookTiming:
@@ -46,7 +48,9 @@ def time_notebook(part: str, *, fast: bool, busy: bool = False) -> NotebookTimin
     code_cells = [cell for cell in result.notebook.cells if cell.cell_type == "code"]
     seconds = [cell_seconds(cell) for cell in code_cells]
     slowest = max(range(len(seconds)), key=seconds.__getitem__)
-    long_cells = tuple((i, s, code_cells[i].source.strip().splitlines()[0][:70]) for i, s in enumerate(seconds) if s > LONG_CELL)
+    long_cells = tuple(
+        (i, s, code_cells[i].source.strip().splitlines()[0][:70]) for i, s in enumerate(seconds) if s > LONG_CELL
+    )
     return NotebookTiming(result.seconds, slowest, seconds[slowest], long_cells)
 
 
@@ -56,14 +60,17 @@ def solution_parts(prefixes: list[str] | None = None) -> list[str]:
 
 
 def print_notebook_timings(parts: list[str], *, full: bool, contended: bool) -> None:
-    header = f"  {'notebook':<24}{'mode':<6}{'quiet':>9}{'slowest cell':>16}" + (f"{'busy':>9}{'ratio':>7}" if contended else "")
+    header = f"  {'notebook':<24}{'mode':<6}{'quiet':>9}{'slowest cell':>16}" + (
+        f"{'busy':>9}{'ratio':>7}" if contended else ""
+    )
     print(header)
     total = 0.0
     for part in parts:
         for fast in ([False, True] if full else [True]):
             quiet = time_notebook(part, fast=fast)
             total += quiet.seconds if not fast else 0.0
-            line = f"  {part:<24}{'fast' if fast else 'full':<6}{quiet.seconds:>8.1f}s{f'cell {quiet.slowest_cell}: {quiet.slowest_seconds:.1f}s':>16}"
+            slowest = f"cell {quiet.slowest_cell}: {quiet.slowest_seconds:.1f}s"
+            line = f"  {part:<24}{'fast' if fast else 'full':<6}{quiet.seconds:>8.1f}s{slowest:>16}"
             if contended:
                 busy = time_notebook(part, fast=fast, busy=True)
                 line += f"{busy.seconds:>8.1f}s{busy.seconds / quiet.seconds:>7.2f}"

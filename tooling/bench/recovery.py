@@ -11,8 +11,14 @@ from part_utils.training import train_self_supervised
 
 
 def toy_sae_recovery(*, steps: int = 10_000, resample_every: int = 1_250, resample_window: int = 250) -> None:
-    """Part 4's full-mode setting: per recipe, instances recovering all 5 features at cos >= 0.99 with no dead latent."""
-    from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig, init_encoder_as_decoder_transpose, recovery_report
+    """Part 4's full-mode setting: per recipe, instances recovering all 5 features at cos >= 0.99
+    with no dead latent."""
+    from part_utils.reference.part4_toy_sae import (
+        ToySAE,
+        ToySAEConfig,
+        init_encoder_as_decoder_transpose,
+        recovery_report,
+    )
     from part_utils.sae_training import train_sae
     from part_utils.training import constant_lr, cosine_decay_lr
 

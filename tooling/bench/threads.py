@@ -39,7 +39,11 @@ def measure_here(kind: str, threads: int, rounds: int = 5) -> float:
 def measure_in_process(kind: str, threads: int, wait_policy: str) -> float:
     environment = {**os.environ, "OMP_WAIT_POLICY": wait_policy, "TQDM_DISABLE": "1", "WORKBOOK_THREADS": str(threads)}
     output = subprocess.run(
-        [sys.executable, "-m", "tooling.bench.threads", kind, str(threads)], env=environment, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "tooling.bench.threads", kind, str(threads)],
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])["steps_per_second"]
 
@@ -54,7 +58,10 @@ def thread_table(kinds: list[str] | None = None) -> list[dict[str, object]]:
                 with busy_neighbour():
                     busy = measure_in_process(kind, threads, policy)
                 rows.append({"kind": kind, "threads": threads, "wait policy": policy, "quiet": quiet, "busy": busy})
-                print(f"  {kind:<32}{threads:>3} thread(s)  {policy:<8}{quiet:>9.1f} quiet {busy:>9.1f} busy steps/s", flush=True)
+                print(
+                    f"  {kind:<32}{threads:>3} thread(s)  {policy:<8}{quiet:>9.1f} quiet {busy:>9.1f} busy steps/s",
+                    flush=True,
+                )
     return rows
 
 

@@ -30,7 +30,9 @@ def workbook_toy_model(steps: int) -> Block:
     from part_utils.training import train_self_supervised
 
     seed_everything(0)
-    model = ToyModel(ToyModelConfig(**TOY), feature_probability=_toy_probability(), importance=_toy_importance(), device=get_device())
+    model = ToyModel(
+        ToyModelConfig(**TOY), feature_probability=_toy_probability(), importance=_toy_importance(), device=get_device()
+    )
 
     def block() -> int:
         train_self_supervised(model, steps=steps, batch_size=1024, lr=1e-3, log_every=LOG_EVERY)
@@ -54,7 +56,11 @@ def classroom_toy_model(steps: int) -> Block:
 
 def _toy_sae_sizes(wide: bool) -> tuple[dict[str, int], int]:
     """Part 4's SAE (5 features in 2D, d_sae 5), or a wider one (50 features in 64D, d_sae 50)."""
-    return ({"n_inst": 16, "n_features": 50, "d_hidden": 64}, 50) if wide else ({"n_inst": 16, "n_features": 5, "d_hidden": 2}, 5)
+    return (
+        ({"n_inst": 16, "n_features": 50, "d_hidden": 64}, 50)
+        if wide
+        else ({"n_inst": 16, "n_features": 5, "d_hidden": 2}, 5)
+    )
 
 
 def workbook_toy_sae(steps: int, *, wide: bool = False) -> Block:
@@ -70,7 +76,16 @@ def workbook_toy_sae(steps: int, *, wide: bool = False) -> Block:
     sae = ToySAE(ToySAEConfig(n_inst=sizes["n_inst"], d_in=sizes["d_hidden"], d_sae=d_sae), model)
 
     def block() -> int:
-        train_sae(sae, steps=steps, batch_size=1024, lr=1e-3, resample_method="advanced", resample_every=500, resample_window=100, log_every=LOG_EVERY)
+        train_sae(
+            sae,
+            steps=steps,
+            batch_size=1024,
+            lr=1e-3,
+            resample_method="advanced",
+            resample_every=500,
+            resample_window=100,
+            log_every=LOG_EVERY,
+        )
         return steps
 
     return block
@@ -112,7 +127,10 @@ def activation_sae(steps: int) -> Block:
 
     seed_everything(0)
     device = get_device()
-    sae = ToySAE(ToySAEConfig(n_inst=3, d_in=64, d_sae=256, sparsity_coeff=0.01), ActivationSource(torch.randn(50_000, 64, device=device), 3))
+    sae = ToySAE(
+        ToySAEConfig(n_inst=3, d_in=64, d_sae=256, sparsity_coeff=0.01),
+        ActivationSource(torch.randn(50_000, 64, device=device), 3),
+    )
 
     def block() -> int:
         train_sae(sae, steps=steps, batch_size=1024, lr=1e-3, log_every=steps)

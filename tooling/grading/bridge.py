@@ -107,7 +107,9 @@ def rebuild_error(described: Any) -> Exception:
     base = getattr(builtins, name, None) if described.get("builtin") else None
     if not (isinstance(base, type) and issubclass(base, Exception)):
         base = NotImplementedError if described.get("not_implemented") else RuntimeError
-    kind = type(name if name.isidentifier() else "Error", (base,), {"__str__": lambda self: message, "__module__": "learner"})
+    kind = type(
+        name if name.isidentifier() else "Error", (base,), {"__str__": lambda self: message, "__module__": "learner"}
+    )
     error = kind.__new__(kind)
     error.args = (message,)
     error.learner_location = str(described.get("location", "your code"))[:200]
@@ -118,7 +120,9 @@ def rebuild_error(described: Any) -> Exception:
 class Peer:
     """One side of the boundary: what it handed out by handle, and how it encodes and decodes values."""
 
-    def __init__(self, channel: Channel, *, resolvable: Callable[[str], bool], exportable: Callable[[object], bool]) -> None:
+    def __init__(
+        self, channel: Channel, *, resolvable: Callable[[str], bool], exportable: Callable[[object], bool]
+    ) -> None:
         self.channel = channel
         self.resolvable, self.exportable = resolvable, exportable
         self.exports: dict[int, object] = {}
@@ -132,7 +136,11 @@ class Peer:
         """Methods learners write in the part being graded: a mirror never runs the reference's."""
         self.learner_namespace: dict[str, Any] | None = None
         """The notebook's globals (worker side): where a mirror finds the learner's own version of those methods."""
-        self.ops: dict[str, Callable[..., Any]] = {"call": self._serve_call, "vjp": self._serve_vjp, "release": self._serve_release}
+        self.ops: dict[str, Callable[..., Any]] = {
+            "call": self._serve_call,
+            "vjp": self._serve_vjp,
+            "release": self._serve_release,
+        }
 
     # Messages -------------------------------------------------------------------------------
 
@@ -155,7 +163,11 @@ class Peer:
             if "error" in message:
                 raise rebuild_error(message["error"])
             decoder = Decoder(self, message.get("tensors"), buffers)
-            decoder.sent, decoder.sent_modules, decoder.sent_objects = encoder.sent_tensors, encoder.sent_modules, encoder.sent_objects
+            decoder.sent, decoder.sent_modules, decoder.sent_objects = (
+                encoder.sent_tensors,
+                encoder.sent_modules,
+                encoder.sent_objects,
+            )
             return message.get("value"), decoder, encoder
 
     def serve_forever(self) -> None:
@@ -198,7 +210,14 @@ class Peer:
         """Call the other side's function `handle` on copies of the arguments; bring back result and changes."""
         grad = torch.is_grad_enabled()
         seed = int(torch.randint(0, 2**62, ()).item())
-        payload = {"target": handle, "args": list(args), "kwargs": dict(kwargs), "grad": grad, "seed": seed, "threads": torch.get_num_threads()}
+        payload = {
+            "target": handle,
+            "args": list(args),
+            "kwargs": dict(kwargs),
+            "grad": grad,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+        }
         raw, decoder, encoder = self._exchange("call", payload)
         if not isinstance(raw, dict):
             raise BridgeError("malformed reply")
@@ -219,10 +238,14 @@ class Peer:
             for output in outputs:
                 output.requires_grad_(True)
             return result
-        attached = _Attach.apply((self, raw.get("call"), len(inputs), [tuple(t.shape) for t in inputs]), *inputs, *outputs)
+        attached = _Attach.apply(
+            (self, raw.get("call"), len(inputs), [tuple(t.shape) for t in inputs]), *inputs, *outputs
+        )
         return _substitute(result, {id(old): new for old, new in zip(outputs, attached)})
 
-    def _serve_call(self, decoder: "Decoder", *, target: Any, args: list, kwargs: dict, grad: bool, seed: int, threads: int) -> Any:
+    def _serve_call(
+        self, decoder: "Decoder", *, target: Any, args: list, kwargs: dict, grad: bool, seed: int, threads: int
+    ) -> Any:
         function = self.exports.get(target) if isinstance(target, int) else None
         if function is None or not callable(function):
             raise BridgeError("no such function")
@@ -312,7 +335,11 @@ def _signature(described: Any) -> inspect.Signature | None:
         for item in described:
             name, kind, has_default = item[0], inspect._ParameterKind(int(item[1])), bool(item[2])
             default = item[3] if has_default else inspect.Parameter.empty
-            parameters.append(inspect.Parameter(name, kind, default=default if isinstance(default, (int, float, str, bool, type(None))) else None))
+            parameters.append(
+                inspect.Parameter(
+                    name, kind, default=default if isinstance(default, (int, float, str, bool, type(None))) else None
+                )
+            )
         return inspect.Signature(parameters)
     except (ValueError, TypeError, IndexError):
         return None
@@ -328,7 +355,11 @@ def _describe_signature(function: Callable[..., Any]) -> list | None:
         default = parameter.default
         simple = default is inspect.Parameter.empty or isinstance(default, (int, float, str, bool, type(None)))
         has_default = default is not inspect.Parameter.empty
-        value = default if has_default and simple and not (isinstance(default, float) and not math.isfinite(default)) else None
+        value = (
+            default
+            if has_default and simple and not (isinstance(default, float) and not math.isfinite(default))
+            else None
+        )
         described.append([parameter.name, int(parameter.kind), has_default, value])
     return described
 
@@ -384,7 +415,13 @@ class Encoder:
         if isinstance(value, torch.Size):
             return {"tuple": list(value)}
         if isinstance(value, slice):
-            return {"slice": [self.encode(value.start, depth + 1), self.encode(value.stop, depth + 1), self.encode(value.step, depth + 1)]}
+            return {
+                "slice": [
+                    self.encode(value.start, depth + 1),
+                    self.encode(value.stop, depth + 1),
+                    self.encode(value.step, depth + 1),
+                ]
+            }
         if value is Ellipsis:
             return {"ellipsis": True}
         if isinstance(value, complex):
@@ -392,11 +429,17 @@ class Encoder:
         if _is_numpy(value):
             return self._numpy(value, depth)
         if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return {"namedtuple": type(value).__name__, "fields": list(value._fields), "values": [self.encode(item, depth + 1) for item in value]}
+            return {
+                "namedtuple": type(value).__name__,
+                "fields": list(value._fields),
+                "values": [self.encode(item, depth + 1) for item in value],
+            }
         if isinstance(value, (list, tuple)):
             return {"list" if isinstance(value, list) else "tuple": [self.encode(item, depth + 1) for item in value]}
         if isinstance(value, dict) and type(value) in (dict, OrderedDict):
-            return {"dict": [[self.encode(key, depth + 1), self.encode(item, depth + 1)] for key, item in value.items()]}
+            return {
+                "dict": [[self.encode(key, depth + 1), self.encode(item, depth + 1)] for key, item in value.items()]
+            }
         if isinstance(value, (set, frozenset)):
             return {"set": [self.encode(item, depth + 1) for item in value]}
         if isinstance(value, range):
@@ -407,7 +450,10 @@ class Encoder:
             index = self.object_ids[id(value)] = len(self.sent_objects)
             self.sent_objects.append(value)
             if isinstance(value, types.SimpleNamespace):
-                return {"namespace": [[key, self.encode(item, depth + 1)] for key, item in vars(value).items()], "object": index}
+                return {
+                    "namespace": [[key, self.encode(item, depth + 1)] for key, item in vars(value).items()],
+                    "object": index,
+                }
             return self._dataclass(value, depth) | {"object": index}
         if isinstance(value, nn.Module) and type(value).__name__ == "TransformerBridge":
             return self._palindrome_model(value)
@@ -424,8 +470,12 @@ class Encoder:
         index = self.tensor_ids[id(tensor)] = len(self.tensor_meta)
         self.sent_tensors.append(tensor)
         meta = {
-            "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape), "grad": bool(tensor.requires_grad),
-            "leaf": bool(tensor.is_leaf), "parameter": isinstance(tensor, nn.Parameter), "device": tensor.device.type,
+            "dtype": str(tensor.dtype).removeprefix("torch."),
+            "shape": list(tensor.shape),
+            "grad": bool(tensor.requires_grad),
+            "leaf": bool(tensor.is_leaf),
+            "parameter": isinstance(tensor, nn.Parameter),
+            "device": tensor.device.type,
         }
         if meta["dtype"] not in DTYPES or tensor.is_sparse:
             raise BridgeError(f"cannot send a {tensor.dtype} tensor")
@@ -447,8 +497,17 @@ class Encoder:
         return {"ndarray": self._tensor(torch.from_numpy(numpy.ascontiguousarray(value)))}
 
     def _dataclass(self, value: Any, depth: int) -> dict:
-        fields = [[field.name, self.encode(getattr(value, field.name), depth + 1)] for field in dataclasses.fields(value) if hasattr(value, field.name)]
-        return {"dataclass": self._class(type(value), depth + 1), "name": type(value).__name__, "fields": fields, "frozen": type(value).__dataclass_params__.frozen}
+        fields = [
+            [field.name, self.encode(getattr(value, field.name), depth + 1)]
+            for field in dataclasses.fields(value)
+            if hasattr(value, field.name)
+        ]
+        return {
+            "dataclass": self._class(type(value), depth + 1),
+            "name": type(value).__name__,
+            "fields": fields,
+            "frozen": type(value).__dataclass_params__.frozen,
+        }
 
     def _module(self, module: nn.Module, depth: int) -> dict:
         index = self.module_ids.get(id(module))
@@ -460,17 +519,28 @@ class Encoder:
 
     def _palindrome_model(self, model: nn.Module) -> dict:
         """The workbook's transformer goes as its weights; the other side rebuilds it with the same code."""
-        state = [[name, {"tensor": self._tensor(tensor)}] for name, tensor in (*model.named_parameters(), *model.named_buffers())]
+        state = [
+            [name, {"tensor": self._tensor(tensor)}]
+            for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        ]
         return {"palindrome_model": state, "training": bool(model.training)}
 
     def module_state(self, module: nn.Module, depth: int) -> dict:
         if "_parameters" not in vars(module):
-            return {"initialised": False, "attributes": [[key, self.encode(item, depth + 1)] for key, item in vars(module).items()]}
+            return {
+                "initialised": False,
+                "attributes": [[key, self.encode(item, depth + 1)] for key, item in vars(module).items()],
+            }
         return {
             "initialised": True,
             "training": bool(module.training),
-            **{key: [[name, self.encode(item, depth + 1)] for name, item in vars(module)[key].items()] for key in MODULE_STATE},
-            "attributes": [[key, self.encode(item, depth + 1)] for key, item in vars(module).items() if key not in TORCH_INTERNALS],
+            **{
+                key: [[name, self.encode(item, depth + 1)] for name, item in vars(module)[key].items()]
+                for key in MODULE_STATE
+            },
+            "attributes": [
+                [key, self.encode(item, depth + 1)] for key, item in vars(module).items() if key not in TORCH_INTERNALS
+            ],
         }
 
     def _class(self, cls: type, depth: int) -> dict:
@@ -520,11 +590,15 @@ class Encoder:
         if isinstance(value, type):
             return {"ref": handle, "class": self._describe_class(value)}
         if callable(value):
+            doc = getattr(value, "__doc__", None)
             return {
-                "ref": handle, "function": {
-                    "name": getattr(value, "__name__", type(value).__name__), "qualname": getattr(value, "__qualname__", ""),
-                    "module": getattr(value, "__module__", "__main__"), "signature": _describe_signature(value),
-                    "doc": getattr(value, "__doc__", None) if isinstance(getattr(value, "__doc__", None), str) else None,
+                "ref": handle,
+                "function": {
+                    "name": getattr(value, "__name__", type(value).__name__),
+                    "qualname": getattr(value, "__qualname__", ""),
+                    "module": getattr(value, "__module__", "__main__"),
+                    "signature": _describe_signature(value),
+                    "doc": doc if isinstance(doc, str) else None,
                 },
             }
         return {"opaque": type(value).__name__}
@@ -532,7 +606,8 @@ class Encoder:
     def _describe_class(self, cls: type) -> dict:
         attributes = []
         for name, member in vars(cls).items():
-            if name in ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__", "_abc_impl") or name.startswith("_bridge"):
+            hidden = name in ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__", "_abc_impl")
+            if hidden or name.startswith("_bridge"):
                 continue
             if isinstance(member, property):
                 attributes.append([name, {"property": [self.encode(member.fget), self.encode(member.fset)]}])
@@ -556,10 +631,19 @@ class Encoder:
         changed = [[index, self.encode(tensor)] for index, tensor in enumerate(decoder.given) if decoder.changed(index)]
         modules = [[index, self._state_after(module, decoder)] for index, module in enumerate(decoder.modules)]
         outputs = [index for index, meta in enumerate(self.tensor_meta[:in_result]) if _differentiable(meta)]
-        record = _CallRecord([leaf for leaf in decoder.leaves if leaf is not None], [self.sent_tensors[index] for index in outputs])
+        record = _CallRecord(
+            [leaf for leaf in decoder.leaves if leaf is not None], [self.sent_tensors[index] for index in outputs]
+        )
         call = self.peer._new_id()
         self.peer.calls[call] = record
-        return {"result": result, "changed": changed, "modules": modules, "grad_after": reply.grad_after, "call": call, "outputs": outputs}
+        return {
+            "result": result,
+            "changed": changed,
+            "modules": modules,
+            "grad_after": reply.grad_after,
+            "call": call,
+            "outputs": outputs,
+        }
 
     def _state_after(self, module: nn.Module, decoder: "Decoder") -> dict:
         """A module's state after a call, naming the objects it still shares with what was received."""
@@ -619,7 +703,8 @@ def _write_back(original: torch.Tensor, now: Any) -> None:
 
 
 def _substitute(value: Any, replacements: dict[int, torch.Tensor], depth: int = 0) -> Any:
-    """`value` with the tensors in `replacements` swapped in, wherever they sit in lists, tuples, dicts or dataclasses."""
+    """`value` with the tensors in `replacements` swapped in, wherever they sit in lists, tuples, dicts or
+    dataclasses."""
     if isinstance(value, torch.Tensor):
         return replacements.get(id(value), value)
     if depth > MAX_DEPTH:
@@ -638,7 +723,13 @@ def _substitute(value: Any, replacements: dict[int, torch.Tensor], depth: int = 
 
 
 def _is_numpy(value: Any) -> bool:
-    return type(value).__module__ == "numpy" and type(value).__name__ in ("ndarray",) or type(value).__module__ == "numpy" and hasattr(value, "item") and not isinstance(value, type)
+    return (
+        type(value).__module__ == "numpy"
+        and type(value).__name__ in ("ndarray",)
+        or type(value).__module__ == "numpy"
+        and hasattr(value, "item")
+        and not isinstance(value, type)
+    )
 
 
 class Decoder:
@@ -675,15 +766,24 @@ class Decoder:
         if kind == "tuple":
             return tuple(self.decode(item, depth + 1) for item in _items(value))
         if kind == "dict":
-            return {_hashable(self.decode(key, depth + 1)): self.decode(item, depth + 1) for key, item in (_pair(entry) for entry in _items(value))}
+            return {
+                _hashable(self.decode(key, depth + 1)): self.decode(item, depth + 1)
+                for key, item in (_pair(entry) for entry in _items(value))
+            }
         if kind == "set":
             return {_hashable(self.decode(item, depth + 1)) for item in _items(value)}
         if kind == "namedtuple":
             fields = [str(field) for field in _items(node.get("fields"))]
-            made = namedtuple(str(value) if str(value).isidentifier() else "Record", [f if f.isidentifier() else f"field{i}" for i, f in enumerate(fields)], rename=True)
+            made = namedtuple(
+                str(value) if str(value).isidentifier() else "Record",
+                [f if f.isidentifier() else f"field{i}" for i, f in enumerate(fields)],
+                rename=True,
+            )
             return made(*[self.decode(item, depth + 1) for item in _items(node.get("values"))][: len(fields)])
         if kind == "namespace":
-            made = types.SimpleNamespace(**{str(key): self.decode(item, depth + 1) for key, item in (_pair(entry) for entry in _items(value))})
+            made = types.SimpleNamespace(
+                **{str(key): self.decode(item, depth + 1) for key, item in (_pair(entry) for entry in _items(value))}
+            )
             return self._remember(node, made)
         if kind == "same_object":
             if value not in self.objects:
@@ -737,16 +837,28 @@ class Decoder:
         meta = self.meta[index]
         dtype = DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
         shape = meta.get("shape") if isinstance(meta, dict) else None
-        if dtype is None or not isinstance(shape, list) or not all(isinstance(size, int) and size >= 0 for size in shape):
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or not all(isinstance(size, int) and size >= 0 for size in shape)
+        ):
             raise BridgeError("malformed tensor")
         if meta.get("device") == "meta":
             tensor = torch.empty(shape, dtype=dtype, device="meta")
         else:
-            buffer = self.buffers[meta["buffer"]] if isinstance(meta.get("buffer"), int) and 0 <= meta["buffer"] < len(self.buffers) else None
+            buffer = (
+                self.buffers[meta["buffer"]]
+                if isinstance(meta.get("buffer"), int) and 0 <= meta["buffer"] < len(self.buffers)
+                else None
+            )
             itemsize = torch.empty((), dtype=dtype).element_size()
             if buffer is None or len(buffer) != math.prod(shape) * itemsize:
                 raise BridgeError("a tensor whose data does not match its shape")
-            tensor = torch.frombuffer(bytearray(buffer), dtype=dtype).reshape(shape) if buffer else torch.empty(shape, dtype=dtype)
+            tensor = (
+                torch.frombuffer(bytearray(buffer), dtype=dtype).reshape(shape)
+                if buffer
+                else torch.empty(shape, dtype=dtype)
+            )
         wants_grad = bool(meta.get("grad")) and (dtype.is_floating_point or dtype.is_complex)
         leaf: torch.Tensor | None = None
         if meta.get("parameter"):
@@ -760,7 +872,8 @@ class Decoder:
         return tensor
 
     def changed(self, index: int) -> bool:
-        """Whether learner code changed this tensor's values in place (through `.data` too, which the version counter misses)."""
+        """Whether learner code changed this tensor's values in place (through `.data` too, which the version
+        counter misses)."""
         given, original = self.given[index], self.originals[index]
         if given is None or original is None:
             return False
@@ -811,7 +924,9 @@ class Decoder:
                     namespace[name] = own
                 continue
             function = self.peer.remote_function(handle, {"name": name, "module": namespace["__module__"]})
-            namespace[name] = property(function) if kind == "property" else staticmethod(function) if kind == "static" else function
+            namespace[name] = (
+                property(function) if kind == "property" else staticmethod(function) if kind == "static" else function
+            )
         name = path.rpartition(".")[2].rpartition(":")[2] or "Mirror"
         return type(name if name.isidentifier() else "Mirror", (nn.Module,), namespace)
 
@@ -847,10 +962,17 @@ class Decoder:
 
     def _dataclass(self, node: dict, depth: int) -> Any:
         cls = self.decode(node.get("dataclass"), depth + 1)
-        fields = {str(key): self.decode(item, depth + 1) for key, item in (_pair(entry) for entry in _items(node.get("fields")))}
+        fields = {
+            str(key): self.decode(item, depth + 1)
+            for key, item in (_pair(entry) for entry in _items(node.get("fields")))
+        }
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             name = str(node.get("name", "Record"))
-            cls = dataclasses.make_dataclass(name if name.isidentifier() else "Record", [key for key in fields if key.isidentifier()], frozen=bool(node.get("frozen")))
+            cls = dataclasses.make_dataclass(
+                name if name.isidentifier() else "Record",
+                [key for key in fields if key.isidentifier()],
+                frozen=bool(node.get("frozen")),
+            )
         instance = object.__new__(cls)
         for key, item in fields.items():
             object.__setattr__(instance, key, item)
@@ -886,11 +1008,17 @@ class Decoder:
         if "_parameters" not in vars(module):
             nn.Module.__init__(module)
         for key in MODULE_STATE:
-            entries = OrderedDict((str(name), self._state_item(item, depth)) for name, item in (_pair(entry) for entry in _items(state.get(key))))
+            entries = OrderedDict(
+                (str(name), self._state_item(item, depth))
+                for name, item in (_pair(entry) for entry in _items(state.get(key)))
+            )
             vars(module)[key].clear()
             vars(module)[key].update(entries)
         object.__setattr__(module, "training", bool(state.get("training")))
-        attributes = {str(key): self._state_item(item, depth) for key, item in (_pair(entry) for entry in _items(state.get("attributes")))}
+        attributes = {
+            str(key): self._state_item(item, depth)
+            for key, item in (_pair(entry) for entry in _items(state.get("attributes")))
+        }
         for key in [key for key in vars(module) if key not in TORCH_INTERNALS and key not in attributes]:
             delattr(module, key)
         for key, item in attributes.items():

@@ -47,7 +47,13 @@ def check_modules(notebook: nbformat.NotebookNode) -> dict[str, str]:
     for tree in parsed_cells(notebook):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                aliases.update({alias.asname: alias.name for alias in node.names if alias.asname and alias.name.startswith("tests.")})
+                aliases.update(
+                    {
+                        alias.asname: alias.name
+                        for alias in node.names
+                        if alias.asname and alias.name.startswith("tests.")
+                    }
+                )
     return aliases
 
 
@@ -73,9 +79,15 @@ def check_calls(source: str, aliases: dict[str, str]) -> list[CheckCall] | None:
     for statement in tree.body:
         call = statement.value if isinstance(statement, ast.Expr) else None
         function = call.func if isinstance(call, ast.Call) else None
-        if not (isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name) and function.value.id in aliases):
+        if not (
+            isinstance(function, ast.Attribute)
+            and isinstance(function.value, ast.Name)
+            and function.value.id in aliases
+        ):
             return None
-        if not all(isinstance(argument, ast.Name) for argument in [*call.args, *(keyword.value for keyword in call.keywords)]):
+        if not all(
+            isinstance(argument, ast.Name) for argument in [*call.args, *(keyword.value for keyword in call.keywords)]
+        ):
             raise ValueError(f"a check call hands the check something other than a name: {ast.unparse(call)}")
         calls.append(
             CheckCall(

@@ -9,6 +9,8 @@ def choose_parts(requested: list[str], available: list[str]) -> list[str]:
         number = int(name) if name.isdecimal() else None
         matches = [part for part in available if name in (part, part.split("_", 1)[-1]) or number == int(part[:2])]
         if not matches:
-            raise SystemExit(f"There is no part {name!r}: choose from {', '.join(available)} (by number, e.g. 3, or by name).")
+            raise SystemExit(
+                f"There is no part {name!r}: choose from {', '.join(available)} (by number, e.g. 3, or by name)."
+            )
         chosen.update(matches)
     return [part for part in available if part in chosen or not requested]

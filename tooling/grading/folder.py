@@ -22,15 +22,28 @@ def _flags(notebook: nbformat.NotebookNode, part: str, catalogue: Path) -> list[
     return flags
 
 
-def grade_submission(submission: Submission, *, time_limit: float, catalogue: Path, sandboxed: bool) -> SubmissionResult:
+def grade_submission(
+    submission: Submission, *, time_limit: float, catalogue: Path, sandboxed: bool
+) -> SubmissionResult:
     exercises = exercises_of(submission.part, catalogue)
     try:
         notebook = nbformat.read(submission.path, as_version=4)
-        result = grade_notebook(submission.path, submission.part, time_limit=time_limit, catalogue=catalogue, sandboxed=sandboxed, notebook=notebook)
+        result = grade_notebook(
+            submission.path,
+            submission.part,
+            time_limit=time_limit,
+            catalogue=catalogue,
+            sandboxed=sandboxed,
+            notebook=notebook,
+        )
         result.problems += _flags(notebook, submission.part, catalogue)
     except Exception as error:  # noqa: BLE001  (one bad notebook never stops the others)
         result = SubmissionResult(submission.path, submission.part, exercises)
-        result.verdicts = [Verdict(call, NOT_RUN, "the notebook could not be graded") for exercise in exercises for call in exercise.checks]
+        result.verdicts = [
+            Verdict(call, NOT_RUN, "the notebook could not be graded")
+            for exercise in exercises
+            for call in exercise.checks
+        ]
         result.problems.append(f"could not be graded: {type(error).__name__}: {str(error)[:200]}")
     return result
 
@@ -40,7 +53,9 @@ def grade_folder(
     log: Callable[[str], None] = print,
 ) -> dict[str, list[SubmissionResult]]:
     submissions, problems = find_submissions(folder, catalogue)
-    exercises = {part: exercises_of(part, catalogue) for part in sorted({submission.part for submission in submissions})}
+    exercises = {
+        part: exercises_of(part, catalogue) for part in sorted({submission.part for submission in submissions})
+    }
     graded: dict[str, list[SubmissionResult]] = {learner: [] for learner in problems}
     write_grades(graded, problems, out_dir, exercises)
     for learner, items in problems.items():
@@ -51,5 +66,6 @@ def grade_folder(
         graded.setdefault(submission.learner, []).append(result)
         write_grades(graded, problems, out_dir, exercises)
         note = f" ({'; '.join(result.problems)[:300]})" if result.problems else ""
-        log(f"  {submission.learner[:40]:<20} {submission.part:<24} {result.passed}/{result.total} in {result.seconds:.0f} s{note}")
+        score = f"{result.passed}/{result.total} in {result.seconds:.0f} s"
+        log(f"  {submission.learner[:40]:<20} {submission.part:<24} {score}{note}")
     return graded

@@ -75,7 +75,14 @@ def spreadsheet_text(text: str) -> str:
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` in one step, so a crash leaves the old file or the new one, never half of one."""
     handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", errors="replace", newline="", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        "w",
+        encoding="utf-8",
+        errors="replace",
+        newline="",
+        dir=path.parent,
+        prefix=f".{path.name}.",
+        suffix=".tmp",
+        delete=False,
     )
     try:
         with handle:
@@ -106,22 +113,33 @@ def csv_rows(
     return rows
 
 
-def markdown_row(learner: str, handed_in: dict[str, SubmissionResult], general: list[str], columns: list[Exercise]) -> str:
+def markdown_row(
+    learner: str, handed_in: dict[str, SubmissionResult], general: list[str], columns: list[Exercise]
+) -> str:
     """`| learner | ✔ | ✘ | ... | passed/total | problems |`, every user-controlled text escaped."""
-    statuses = [handed_in[exercise.part].status_of(exercise) if exercise.part in handed_in else MISSING for exercise in columns]
-    noted = general + [f"{result.part[:2]}: {capped(problem)}" for result in handed_in.values() for problem in result.problems]
+    statuses = [
+        handed_in[exercise.part].status_of(exercise) if exercise.part in handed_in else MISSING for exercise in columns
+    ]
+    noted = general + [
+        f"{result.part[:2]}: {capped(problem)}" for result in handed_in.values() for problem in result.problems
+    ]
     cells = [markdown_text(learner), *(SYMBOL[status] for status in statuses), f"{statuses.count(PASS)}/{len(columns)}"]
     return "| " + " | ".join([*cells, "; ".join(markdown_text(problem) for problem in noted)]) + " |"
 
 
 def write_grades(
-    graded: dict[str, list[SubmissionResult]], problems: dict[str, list[str]], out_dir: Path, exercises: dict[str, list[Exercise]]
+    graded: dict[str, list[SubmissionResult]],
+    problems: dict[str, list[str]],
+    out_dir: Path,
+    exercises: dict[str, list[Exercise]],
 ) -> tuple[Path, Path]:
     """grades.csv (a row per learner and check) and grades.md (learners × exercises), learners by
     name, each scored out of every exercise of every part in `exercises`; a part not handed in is
     missing. Each file is replaced atomically: call it after every learner."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    numbered = [(f"{part[:2]} Ex {n}", exercise) for part in sorted(exercises) for n, exercise in enumerate(exercises[part], 1)]
+    numbered = [
+        (f"{part[:2]} Ex {n}", exercise) for part in sorted(exercises) for n, exercise in enumerate(exercises[part], 1)
+    ]
     names, columns = [name for name, _ in numbered], [exercise for _, exercise in numbered]
     table = io.StringIO()
     writer = csv.writer(table)

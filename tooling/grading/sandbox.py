@@ -147,8 +147,9 @@ def stand_in_checks(folder: Path) -> Path:
     stand_in.mkdir()
     for path in (folder, stand_in):
         path.chmod(0o755)  # readable by the sandbox's unprivileged user
-    (stand_in / "__init__.py").write_text('"""Checks run outside the sandbox while grading."""\n')
-    body = '"""Checks run outside the sandbox while grading."""\n\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n'
+    docstring = '"""Checks run outside the sandbox while grading."""\n'
+    (stand_in / "__init__.py").write_text(docstring)
+    body = docstring + "\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n"
     for module in (ROOT / "tests").glob("*.py"):
         if module.name != "__init__.py":
             (stand_in / module.name).write_text(body)
@@ -230,8 +231,14 @@ def start_worker(part: str, imported: set[str], *, sandboxed: bool, cpu_seconds:
         command, env = program, {**os.environ, **environment}
         preexec = os.setsid
     process = subprocess.Popen(
-        command, pass_fds=(to_worker_read, from_worker_write, *extra_fds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env=env, preexec_fn=preexec, cwd=tempfile.gettempdir() if sandboxed else str(scratch),
+        command,
+        pass_fds=(to_worker_read, from_worker_write, *extra_fds),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=preexec,
+        cwd=tempfile.gettempdir() if sandboxed else str(scratch),
     )
     for fd in (to_worker_read, from_worker_write, *extra_fds):
         os.close(fd)

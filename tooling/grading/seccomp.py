@@ -34,7 +34,11 @@ def no_new_processes() -> bytes | None:
         return None
     architecture, fork, vfork, clone, clone3 = numbers
     refused = [number for number in (fork, vfork) if number is not None]
-    program = [_instruction(LOAD_WORD, ARCHITECTURE), _instruction(JUMP_EQUAL, architecture, 1, 0), _instruction(RETURN, KILL_PROCESS)]
+    program = [
+        _instruction(LOAD_WORD, ARCHITECTURE),
+        _instruction(JUMP_EQUAL, architecture, 1, 0),
+        _instruction(RETURN, KILL_PROCESS),
+    ]
     program.append(_instruction(LOAD_WORD, SYSCALL_NUMBER))
     for number in refused:
         program += [_instruction(JUMP_EQUAL, number, 0, 1), _instruction(RETURN, ERRNO | errno.EPERM)]

@@ -28,6 +28,10 @@ from tooling.grading.verdicts import ERROR, FAIL, NOT_RUN, PASS, STUB, CheckCall
 from tooling.grading.wire import Channel, ChannelClosed, Deadline
 
 STUB_MARK = "raise NotImplementedError"
+CHECK_PREFIXES = ("tests.", "part_utils.")
+"""Where the checks' callables live; `tooling.` (the grader, builds, benchmarks) is outside."""
+NOT_CHECKS = ("tests.suite", "tests.oracles", "part_utils.results", "part_utils.section_artefacts", "part_utils.colab")
+"""Under those prefixes, but none of the checks'."""
 
 
 def exercise_method_names(exercise_notebook: nbformat.NotebookNode) -> frozenset[str]:
@@ -39,7 +43,9 @@ def exercise_method_names(exercise_notebook: nbformat.NotebookNode) -> frozenset
                 tree = ast.parse(code_of(cell.source))
             except SyntaxError:
                 continue
-            names.update(node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            names.update(
+                node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
     return frozenset(names)
 
 
@@ -52,7 +58,8 @@ def trusted_resolvable(part: str) -> "callable":
         module = path.partition(":")[0]
         if module == own or module.startswith(own + "."):
             return False
-        return module in ("builtins", "collections", "torch") or module.startswith(("torch.", "part_utils.", "transformer_lens."))
+        library = ("torch.", "part_utils.", "transformer_lens.")
+        return module in ("builtins", "collections", "torch") or module.startswith(library)
 
     return resolvable
 
@@ -64,19 +71,27 @@ def trusted_exportable(value: object) -> bool:
     if isinstance(value, type) or not callable(value):
         return False
     plain = inspect.isfunction(value) or inspect.ismethod(value) or isinstance(value, functools.partial)
-    module = getattr(value if not isinstance(value, functools.partial) else value.func, "__module__", None) if plain else type(value).__module__
-    # `tooling.` (the grader itself, builds, benchmarks) is outside the two prefixes; these are inside but no check's.
-    not_checks = ("tests.suite", "tests.oracles", "part_utils.results", "part_utils.section_artefacts", "part_utils.colab")
-    return isinstance(module, str) and module.startswith(("tests.", "part_utils.")) and not module.startswith(not_checks)
+    module = (
+        getattr(value if not isinstance(value, functools.partial) else value.func, "__module__", None)
+        if plain
+        else type(value).__module__
+    )
+    return isinstance(module, str) and module.startswith(CHECK_PREFIXES) and not module.startswith(NOT_CHECKS)
 
 
 class Run:
     """One submission's worker and the bridge to it, under one deadline."""
 
-    def __init__(self, part: str, exercise_notebook: nbformat.NotebookNode, *, time_limit: float, sandboxed: bool) -> None:
+    def __init__(
+        self, part: str, exercise_notebook: nbformat.NotebookNode, *, time_limit: float, sandboxed: bool
+    ) -> None:
         self.scratch = tempfile.TemporaryDirectory(prefix="workbook-grading-")
         self.worker = start_worker(
-            part, imported_modules(exercise_notebook), sandboxed=sandboxed, cpu_seconds=int(time_limit) + 30, scratch=Path(self.scratch.name)
+            part,
+            imported_modules(exercise_notebook),
+            sandboxed=sandboxed,
+            cpu_seconds=int(time_limit) + 30,
+            scratch=Path(self.scratch.name),
         )
         self.channel = Channel(self.worker.from_worker, self.worker.to_worker)
         self.channel.deadline = time.monotonic() + time_limit

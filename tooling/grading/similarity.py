@@ -84,7 +84,12 @@ class Normaliser(ast.NodeTransformer):
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         body = getattr(node, "body", None)
-        if isinstance(node, DEFINITION) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(node, DEFINITION)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             node.body = body[1:] or [ast.Pass()]
         if isinstance(node, DEFINITION):
             node.body = [statement for statement in node.body if not is_stub(statement)] or [ast.Pass()]
@@ -136,9 +141,15 @@ def flag_similar(scores: list[tuple[str, float]], threshold: float = 0.9) -> lis
 
 ROUTE_MODULE = re.compile(r"(?:^|\.)(?:reference|solutions|source)(?:\.|$)|^tests\.")
 """Modules that lead to the reference implementation, the solutions or the checks."""
-ROUTE_TEXT = re.compile(r"(?:^|[./\\])(?:reference|solutions)(?:[./\\]|$)|(?:^|[/\\])source[/\\]|(?:^|[./\\])tests[./\\]part\d")
-OUTSIDE_MODULES = {"importlib", "subprocess", "socket", "ctypes", "signal", "builtins", "runpy", "pty", "multiprocessing"}
-OUTSIDE_ATTRIBUTE = re.compile(r"^(?:os\.(?:system|popen|kill|killpg|fork|forkpty|exec\w*|(?:posix_)?spawn\w*)|sys\.modules)$")
+ROUTE_TEXT = re.compile(
+    r"(?:^|[./\\])(?:reference|solutions)(?:[./\\]|$)|(?:^|[/\\])source[/\\]|(?:^|[./\\])tests[./\\]part\d"
+)
+OUTSIDE_MODULES = {
+    "importlib", "subprocess", "socket", "ctypes", "signal", "builtins", "runpy", "pty", "multiprocessing"
+}
+OUTSIDE_ATTRIBUTE = re.compile(
+    r"^(?:os\.(?:system|popen|kill|killpg|fork|forkpty|exec\w*|(?:posix_)?spawn\w*)|sys\.modules)$"
+)
 ESCAPE_ATTRIBUTES = {"reference", "__globals__", "__builtins__", "__subclasses__", "__code__"}
 ESCAPE_NAMES = {"__import__", "exec", "eval", "compile", "__builtins__", "get_ipython"}
 READERS = {"open", "read_text", "read_bytes"}
@@ -156,9 +167,16 @@ def constant_text(node: ast.AST) -> str | None:
         left, right = constant_text(node.left), constant_text(node.right)
         return left + right if left is not None and right is not None else None
     if isinstance(node, ast.JoinedStr):
-        pieces = [constant_text(value.value if isinstance(value, ast.FormattedValue) else value) for value in node.values]
+        pieces = [
+            constant_text(value.value if isinstance(value, ast.FormattedValue) else value) for value in node.values
+        ]
         return "".join(pieces) if None not in pieces else None
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join" and len(node.args) == 1:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "join"
+        and len(node.args) == 1
+    ):
         separator, items = constant_text(node.func.value), node.args[0]
         pieces = [constant_text(item) for item in items.elts] if isinstance(items, (ast.List, ast.Tuple)) else [None]
         return separator.join(pieces) if separator is not None and None not in pieces else None
@@ -204,7 +222,8 @@ def routes_in(tree: ast.Module, aliases: dict[str, str]) -> tuple[set[str], set[
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            # `from m import x` names the module m when m is a route (`from part_utils.reference.part1 import f`), else m.x
+            # `from m import x` names the module m when m is a route (`from part_utils.reference.part1 import f`),
+            # else m.x
             named = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if isinstance(node, ast.ImportFrom) and not ROUTE_MODULE.search(named[0]):
                 named = [f"{node.module or ''}.{alias.name}" for alias in node.names]
@@ -219,7 +238,11 @@ def routes_in(tree: ast.Module, aliases: dict[str, str]) -> tuple[set[str], set[
         elif isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
             found.add(f"{'calls' if id(node) in called else 'uses'} {node.id}")
         if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in READERS:
-            files = [text for inner in ast.walk(node) if (text := constant_text(inner)) is not None and SOURCE_FILE.search(text)]
+            files = [
+                text
+                for inner in ast.walk(node)
+                if (text := constant_text(inner)) is not None and SOURCE_FILE.search(text)
+            ]
             found |= {f"reads {short(text)!r}" for text in files}
         text = constant_text(node) if isinstance(node, (ast.Constant, ast.BinOp, ast.JoinedStr, ast.Call)) else None
         if text is not None and ROUTE_TEXT.search(text):
@@ -272,5 +295,7 @@ def reference_routes(notebook: nbformat.NotebookNode, part: str, catalogue: Path
             continue
         modules, found = cell_routes(source, aliases)
         findings |= found - allowed_findings
-        findings |= {f"imports {name}" for name in modules if not any(name == ok or name.startswith(f"{ok}.") for ok in allowed)}
+        findings |= {
+            f"imports {name}" for name in modules if not any(name == ok or name.startswith(f"{ok}.") for ok in allowed)
+        }
     return sorted(findings)

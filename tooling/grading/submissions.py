@@ -138,5 +138,9 @@ def keep_one_per_part(found: list[Submission], folder: Path, problems: dict[str,
         if len(copies) > 1:
             names = ", ".join(str(copy.path.relative_to(folder)) for copy in copies)
             graded = copies[0].path.relative_to(folder)
-            problems.setdefault(learner, []).append(f"{part} handed in {len(copies)} times ({names}): graded {graded} only")
-    return sorted((copies[0] for copies in chosen.values()), key=lambda submission: (submission.learner, submission.part))
+            problems.setdefault(learner, []).append(
+                f"{part} handed in {len(copies)} times ({names}): graded {graded} only"
+            )
+    return sorted(
+        (copies[0] for copies in chosen.values()), key=lambda submission: (submission.learner, submission.part)
+    )

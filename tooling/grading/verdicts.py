@@ -7,7 +7,14 @@ PASS, FAIL, STUB, ERROR, NOT_RUN = "pass", "fail", "not implemented", "error", "
 MISSING = "missing"
 """A learner handed in no notebook for the part (grades.md only)."""
 SYMBOL = {PASS: "✔", FAIL: "✘", STUB: "○", ERROR: "!", NOT_RUN: "–", MISSING: " "}
-MEANING = {PASS: "passes", FAIL: "fails its check", STUB: "not implemented", ERROR: "raised an error", NOT_RUN: "not run", MISSING: "no notebook handed in"}
+MEANING = {
+    PASS: "passes",
+    FAIL: "fails its check",
+    STUB: "not implemented",
+    ERROR: "raised an error",
+    NOT_RUN: "not run",
+    MISSING: "no notebook handed in",
+}
 WORST_FIRST = (ERROR, FAIL, STUB, NOT_RUN, PASS)
 
 

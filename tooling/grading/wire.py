@@ -34,7 +34,9 @@ class Channel:
             parts += [LENGTH.pack(len(buffer)), buffer]
         payload = b"".join(parts)
         if len(payload) > MAX_MESSAGE:
-            raise ValueError(f"a message of {len(payload) / 2**20:.0f} MiB is over the {MAX_MESSAGE // 2**20} MiB limit")
+            raise ValueError(
+                f"a message of {len(payload) / 2**20:.0f} MiB is over the {MAX_MESSAGE // 2**20} MiB limit"
+            )
         view = memoryview(payload)
         try:
             while view:
@@ -46,7 +48,11 @@ class Channel:
     def receive(self) -> tuple[dict, list[bytes]]:
         budget = [MAX_MESSAGE]
         header = json.loads(self._read(self._length(budget)))
-        if not isinstance(header, dict) or not isinstance(header.get("buffers"), int) or not 0 <= header["buffers"] < 2**20:
+        if (
+            not isinstance(header, dict)
+            or not isinstance(header.get("buffers"), int)
+            or not 0 <= header["buffers"] < 2**20
+        ):
             raise ChannelClosed("malformed message header")
         return header, [self._read(self._length(budget)) for _ in range(header["buffers"])]
 

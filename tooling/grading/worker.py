@@ -15,7 +15,8 @@ from tooling.grading.wire import Channel
 def library_class(path: str) -> bool:
     """Classes named by path (the grader has them too); the learner's own go by handle."""
     module = path.partition(":")[0]
-    return module in ("builtins", "collections", "torch") or module.startswith(("torch.", "part_utils.", "transformer_lens."))
+    library = ("torch.", "part_utils.", "transformer_lens.")
+    return module in ("builtins", "collections", "torch") or module.startswith(library)
 
 
 def main(read_fd: int, write_fd: int) -> None:
