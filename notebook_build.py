@@ -10,9 +10,9 @@ Each part is authored once, as a jupytext percent file `source/NN_<name>.py`:
 - A cell tagged `workbook-setup` is replaced by `source/_setup_cell.py`, shared by all parts,
   with the repository URL (from pyproject.toml) and the notebook's build id filled in: a hash
   of the part's source and the setup cell, by which the Colab setup finds the commit that
-  introduced this version of the notebook.
+  introduced this version of the notebook (see tooling/colab.py).
 - Numbers in the markdown are placeholders filled in from the part's results file
-  (`section_data/results/partN.json`, written by its full-mode run; see part_utils/claims.py).
+  (`section_data/results/partN.json`, written by its full-mode run; see tooling/claims.py).
 - The first cell of each notebook gets a link that opens it in Colab, and the README's
   notebook table gets a Colab badge per notebook.
 
@@ -20,27 +20,22 @@ Output is deterministic (fixed cell ids, no execution metadata) so a test can re
 everything and compare it with what is committed.
 """
 
-import hashlib
-import re
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import jupytext
 import nbformat
 
-from part_utils.claims import ClaimError, part_number, render
 from part_utils.results import load_results
+from tooling.claims import ClaimError, part_number, render
+from tooling.colab import readme_with_badges, setup_code, with_colab_link
 
 ROOT = Path(__file__).resolve().parent
 SOURCE_DIR = ROOT / "source"
-SETUP_CELL = SOURCE_DIR / "_setup_cell.py"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise: write this part, run the cell, then run the check below.")'
 README = ROOT / "README.md"
-BADGES_BEGIN, BADGES_END = "<!-- colab-badges: written by `workbook.py build` -->", "<!-- /colab-badges -->"
-COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
@@ -64,36 +59,6 @@ def output_paths(source: Path, root: Path = ROOT) -> dict[str, Path]:
     }
 
 
-def repository_url(root: Path = ROOT) -> str:
-    return tomllib.loads((root / "pyproject.toml").read_text())["project"]["urls"]["Repository"].rstrip("/")
-
-
-def colab_url(repository: str, folder: str, stem: str) -> str:
-    """Colab opens a notebook straight from GitHub: colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<path>."""
-    match = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+?)(?:\.git)?", repository)
-    if match is None:
-        raise ValueError(f"pyproject.toml's Repository URL must be a GitHub URL for Colab links, got {repository!r}")
-    owner, name = match.groups()
-    return f"https://colab.research.google.com/github/{owner}/{name}/blob/main/{folder}/{stem}.ipynb"
-
-
-def build_id(source: Path) -> str:
-    """Changes whenever the part's source or the shared setup cell changes, and only then."""
-    return hashlib.sha256(source.read_bytes() + SETUP_CELL.read_bytes()).hexdigest()[:16]
-
-
-def setup_code(source: Path) -> str:
-    code = SETUP_CELL.read_text().strip()
-    return code.replace("__WORKBOOK_REPOSITORY__", repository_url()).replace("__WORKBOOK_BUILD__", build_id(source))
-
-
-def with_colab_link(markdown: str, folder: str, stem: str) -> str:
-    """The notebook's title, then a link that opens this notebook in Colab, then the rest."""
-    title, _, rest = markdown.partition("\n")
-    link = f"[Open this notebook in Colab]({colab_url(repository_url(), folder, stem)})"
-    return f"{title}\n\n{link}\n{rest}"
-
-
 def generate(source: Path) -> Outputs:
     notebook = jupytext.reads(source.read_text(), fmt="py:percent")
     setup = setup_code(source)
@@ -108,9 +73,9 @@ def generate(source: Path) -> Outputs:
                 text = render(text, results, strict=False)
             except ClaimError as error:
                 raise ClaimError(f"{source.name}: {error}") from None
-            first = index == 0
-            exercise_cells.append(nbformat.v4.new_markdown_cell(with_colab_link(text, "notebooks", source.stem) if first else text))
-            solution_cells.append(nbformat.v4.new_markdown_cell(with_colab_link(text, "solutions", source.stem) if first else text))
+            for cells, folder in ((exercise_cells, "notebooks"), (solution_cells, "solutions")):
+                linked = with_colab_link(text, folder, source.stem) if index == 0 else text
+                cells.append(nbformat.v4.new_markdown_cell(linked))
             continue
         solution_text = _solution_version(text, source)
         exercise_cells.append(nbformat.v4.new_code_cell(_exercise_version(text, source)))
@@ -165,22 +130,6 @@ def _write_notebook(cells: list, stem: str) -> str:
     return nbformat.writes(notebook) + "\n"
 
 
-def readme_with_badges(readme: str) -> str:
-    """The README with its Colab badge list (between the markers) regenerated."""
-    if BADGES_BEGIN not in readme or BADGES_END not in readme:
-        raise ValueError(f"README.md needs the markers {BADGES_BEGIN!r} and {BADGES_END!r} around its Colab badges")
-    repository = repository_url()
-    lines = [
-        f"| {int(source.stem[:2])} | `{source.stem}` | [![Open in Colab]({COLAB_BADGE_IMAGE})]({colab_url(repository, 'notebooks', source.stem)}) "
-        f"| [![Open in Colab]({COLAB_BADGE_IMAGE})]({colab_url(repository, 'solutions', source.stem)}) |"
-        for source in source_files()
-    ]
-    table = "\n".join(["| # | Notebook | Exercises | Solutions |", "|---|---|---|---|", *lines])
-    head, rest = readme.split(BADGES_BEGIN, 1)
-    _, tail = rest.split(BADGES_END, 1)
-    return f"{head}{BADGES_BEGIN}\n{table}\n{BADGES_END}{tail}"
-
-
 def generated_files(root: Path = ROOT, parts: list[int] | None = None) -> dict[Path, str]:
     """Every generated file (or only those of `parts`) and its content."""
     files = {}
@@ -192,7 +141,7 @@ def generated_files(root: Path = ROOT, parts: list[int] | None = None) -> dict[P
             files[path] = getattr(outputs, kind)
     if not parts:  # the README's badges list every part
         readme = root / "README.md"
-        files[readme] = readme_with_badges(readme.read_text())
+        files[readme] = readme_with_badges(readme.read_text(), source_files())
     return files
 
 

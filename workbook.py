@@ -145,12 +145,12 @@ def in_venv_after_setup(*command: str, environment: dict[str, str] | None = None
 TEST_ENVIRONMENT = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 COMMANDS = {
     "lab": lab,
-    "progress": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "progress", *rest),
-    "grade": lambda rest: in_venv_after_setup("-m", "part_utils.grading_cli", "grade", *rest),
+    "progress": lambda rest: in_venv_after_setup("-m", "tooling.grading_cli", "progress", *rest),
+    "grade": lambda rest: in_venv_after_setup("-m", "tooling.grading_cli", "grade", *rest),
     "test": lambda rest: in_venv_after_setup("-m", "pytest", *rest, environment=TEST_ENVIRONMENT, develop=True),
     "build": lambda rest: in_venv_after_setup("notebook_build.py", *rest, develop=True),
-    "bench": lambda rest: in_venv_after_setup("-m", "part_utils.benchmark", *rest),
-    "claims": lambda rest: in_venv_after_setup("-m", "part_utils.claims", *rest, develop=True),
+    "bench": lambda rest: in_venv_after_setup("-m", "tooling.benchmark", *rest),
+    "claims": lambda rest: in_venv_after_setup("-m", "tooling.claims", *rest, develop=True),
     "zip": lambda rest: make_zip(),
 }
 

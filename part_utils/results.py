@@ -2,7 +2,7 @@
 
 Every number the prose states comes from `section_data/results/partN.json`, written by the
 notebook's own full-mode run: a code cell calls `results.record("name", value)` and the text
-says `{{name:.3f}}` (see `part_utils.claims`). A value is a number, or a list with one number
+says `{{name:.3f}}` (see `tooling.claims`). A value is a number, or a list with one number
 per seed, which the text quotes as its mean and spread.
 
 Recording only happens when `WORKBOOK_RECORD_RESULTS=1` (set by `workbook.py claims`) and

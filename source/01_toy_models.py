@@ -390,7 +390,7 @@ animate_features_in_2d(
 # decays. Both pictures below draw from one grid of 5-feature models in 2 dimensions, trained
 # in advance for every pair of a feature probability `p` and an importance decay `d` (feature
 # `i` has importance `d^i`), so they respond instantly. The grid is
-# `section_data/part1_explorer_grid.npz`, made by `python -m part_utils.section_artefacts`.
+# `section_data/part1_explorer_grid.npz`, made by `python -m tooling.section_artefacts`.
 #
 # The first figure has one panel per decay, from {{explorer.decay_min:.2f}} (feature 0 matters
 # far more than feature 4) to {{explorer.decay_max:.2f}} (all features equal); the slider under

@@ -570,7 +570,7 @@ def train_jumprelu_sae(
 # The next cell runs the published case through your functions: the dataset, the
 # reconstruction, pre-activations, loss and all five gradients against the published values
 # (to 1e-5), then three training steps with fixed decoder norms against an independent
-# implementation in plain NumPy with hand-derived gradients (`part_utils/jumprelu_numpy.py`,
+# implementation in plain NumPy with hand-derived gradients (`tests/oracles/jumprelu_numpy.py`,
 # to 1e-8). It prints a table of the largest differences.
 
 # %%

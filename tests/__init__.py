@@ -1,1 +1,2 @@
-"""Learner-facing checks (one module per part) and, under suite/, the workbook's own pytest suite."""
+"""Learner-facing checks (one module per part); under suite/, the workbook's own pytest suite; under
+oracles/, independent implementations that checks and tests compare against."""

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from part_utils import jumprelu_numpy
 from part_utils.reference import part5_sae_variants as reference
 from tests.checking import CheckFailure, call_learner, check, learner_function
+from tests.oracles import jumprelu_numpy
 from tests.part5_sae_variants._common import _autograd_function
 
 # Google DeepMind's published regression values for its JumpReLU reference (CURRICULUM.md).

@@ -1,4 +1,4 @@
-"""Numbers in the prose are bound to results files (part_utils/claims.py, part_utils/results.py)."""
+"""Numbers in the prose are bound to results files (tooling/claims.py, part_utils/results.py)."""
 
 import json
 import re
@@ -7,7 +7,8 @@ import nbformat
 import pytest
 
 import notebook_build
-from part_utils import claims, results
+from part_utils import results
+from tooling import claims
 
 
 def test_placeholders_render_numbers_lists_statistics_and_quoted_literals():

@@ -13,8 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_build import ROOT, build_id, source_files
-from part_utils.notebook_runner import HeadlessClient, execute_notebook
+from notebook_build import ROOT, source_files
+from tooling.colab import build_id
+from tooling.notebook_runner import HeadlessClient, execute_notebook
 
 COLAB_SIZE_LIMIT = 3_000_000  # bytes for executed Part 1
 

@@ -18,14 +18,16 @@ import nbformat
 import pytest
 
 from notebook_build import ROOT, STUB as STUB_LINE
-from part_utils.grading.catalogue import exercises_of
-from part_utils.grading.folder import grade_folder
-from part_utils.grading.sandbox import sandbox_problem, stand_in_checks
-from part_utils.grading.session import grade_notebook, trusted_exportable, trusted_resolvable
-from part_utils.grading.verdicts import FAIL, NOT_RUN, PASS, STUB
+from tooling.grading.catalogue import exercises_of
+from tooling.grading.folder import grade_folder
+from tooling.grading.sandbox import sandbox_problem, stand_in_checks
+from tooling.grading.session import grade_notebook, trusted_exportable, trusted_resolvable
+from tooling.grading.verdicts import FAIL, NOT_RUN, PASS, STUB
 
 PART = "09_mini"
 MARKER = "workbook-hostile-marker"
+WATCHED = (ROOT / "tests", ROOT / "part_utils", ROOT / "tooling", Path(sys.prefix))
+"""What no submission may change: the workbook's code and the environment's packages."""
 SETUP = (
     "import sys, os\nsys.path.insert(0, os.environ.get('WORKBOOK_ROOT', '.'))\nimport torch\n"
     "import tests.part3_feature_geometry as checks\nimport tests.part1_toy_models as checks_part1"
@@ -112,6 +114,12 @@ def hostile(places: dict[str, Path], port: int) -> dict[str, nbformat.NotebookNo
             "import importlib\nfrom tests import checking\ncompute_dimensionality = getattr(importlib.import_module('tests.part3_feature_geometry'), "
             "'reference').compute_dimensionality"
         ),
+        "tooling_and_oracles": mini_notebook(if_attack_works(
+            "import importlib\n"
+            "for name in ('tooling.grading.session', 'tooling.claims', 'tests.oracles.jumprelu_numpy'):\n"
+            "    try:\n        importlib.import_module(name)\n        worked = True\n"
+            "    except ImportError:\n        pass"
+        )),
         "solution_notebook": mini_notebook(
             "import json\nsolution = json.load(open(os.path.join(os.environ['WORKBOOK_ROOT'], 'solutions', '03_feature_geometry.ipynb')))\n"
             "exec(next(''.join(c['source']) for c in solution['cells'] if 'def compute_dimensionality' in ''.join(c['source'])))"
@@ -183,7 +191,7 @@ def graded(tmp_path_factory) -> dict:
     (folder / f"forger | ✔ ✔_{PART}.ipynb").write_text(nbformat.writes(mini_notebook(WRONG_DIMENSIONALITY)))
     nbformat.write(mini_notebook(DIMENSIONALITY), folder / f"victim_{PART}.ipynb")  # the same learner twice
     before = {path: path.read_bytes() for path in [places["victim"], places["out_canary"], places["secret"]]}
-    workbook_files = _listing(ROOT / "tests") | _listing(ROOT / "part_utils") | _listing(Path(sys.prefix))
+    workbook_files = set().union(*map(_listing, WATCHED))
     home_files = _listing(Path.home() / ".ipython")
     os.environ["WORKBOOK_TEST_SECRET"] = "secret"
     try:
@@ -229,8 +237,7 @@ def test_routes_to_the_reference_are_reported(graded):
 def test_nothing_outside_the_sandbox_changes(graded):
     for path, content in graded["before"].items():
         assert path.read_bytes() == content, path
-    now = _listing(ROOT / "tests") | _listing(ROOT / "part_utils") | _listing(Path(sys.prefix))
-    assert now == graded["workbook_files"]
+    assert set().union(*map(_listing, WATCHED)) == graded["workbook_files"]
     assert _listing(Path.home() / ".ipython") == graded["home_files"]
 
 
@@ -266,7 +273,7 @@ def test_a_real_solution_notebook_passes_every_exercise():
 def test_the_grader_never_lends_learner_code_its_own_reference_or_tools():
     resolvable = trusted_resolvable("01_toy_models")
     assert not resolvable("part_utils.reference.part1_toy_models:ToyModel")
-    assert not resolvable("part_utils.grading.session:Run") and not resolvable("tests.part1_toy_models:Case")
+    assert not resolvable("tooling.grading.session:Run") and not resolvable("tests.part1_toy_models:Case")
     assert resolvable("part_utils.reference.part4_toy_sae:ToySAE") and resolvable("torch.nn.modules.module:Module")
     assert not any(trusted_exportable(thing) for thing in (eval, exec, open, os.system, subprocess.run, type, Path.write_text))
     assert trusted_exportable(mini_notebook) is False  # a test module's function, not a check's

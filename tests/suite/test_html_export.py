@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from part_utils.html_export import export_offline_html
+from tooling.html_export import export_offline_html
 
 HINT = """Before the hint.
 

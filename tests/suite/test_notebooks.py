@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 import notebook_build
-from part_utils.html_export import export_offline_html
-from part_utils.notebook_runner import ExecutionResult, execute_notebook
+from tooling.html_export import export_offline_html
+from tooling.notebook_runner import ExecutionResult, execute_notebook
 from tests.suite.nbval_outputs import nbval_run
 
 SOURCES = notebook_build.source_files()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tests.part5_sae_variants as part5
-from part_utils import jumprelu_numpy
+from tests.oracles import jumprelu_numpy
 
 
 def test_reference_reproduces_every_published_value():

@@ -3,15 +3,16 @@
 import numpy as np
 
 from part_utils import section_artefacts
+from tooling import section_artefacts as recipes
 
 
 def test_part1_explorer_grid_matches_its_recipe():
     grid = section_artefacts.load_part1_explorer_grid()
-    assert grid.feature_probabilities == section_artefacts.EXPLORER_PROBABILITIES
-    assert grid.importance_decays == section_artefacts.EXPLORER_DECAYS
+    assert grid.feature_probabilities == recipes.EXPLORER_PROBABILITIES
+    assert grid.importance_decays == recipes.EXPLORER_DECAYS
     assert tuple(grid.W.shape) == (len(grid.feature_probabilities), len(grid.importance_decays), 2, 5)
     with np.load(section_artefacts.PART1_EXPLORER_GRID) as data:
-        recipe = section_artefacts.EXPLORER_TRAINING
+        recipe = recipes.EXPLORER_TRAINING
         assert data["training"].tolist() == [recipe[key] for key in ("steps", "batch_size", "lr", "seed")]
 
 
