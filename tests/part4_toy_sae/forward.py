@@ -19,8 +19,9 @@ from tests.checking import (
     expect_tensor,
     first_gradient_mismatch,
     inputs_clear_of_kinks,
+    check_output_gradients,
     learner_callable,
-    require_gradient,
+    reference_with_gradients,
 )
 from tests.part4_toy_sae._common import (
     _backpropagate,
@@ -310,7 +311,9 @@ def _check_pre_activations(
         _pre_activation_mistakes(p, _float64(h), case.tied),
         otherwise="`pre_activations` does not match (h - b_dec) W_enc + b_enc: check the einsum axes and the biases.",
     )
-    require_gradient(output, what="pre_activations", towards="W_enc, b_enc and b_dec")
+    parameters = {name: getattr(sae, name) for name in ("W_enc", "b_enc", "b_dec")}
+    formula = lambda W_enc, b_enc, b_dec: torch.einsum("bid,ids->bis", _float64(h) - b_dec, W_enc) + b_enc  # noqa: E731
+    _check_gradients(output, parameters, formula, what="pre_activations")
 
 
 def _check_decode(
@@ -326,7 +329,17 @@ def _check_decode(
         _reconstruction_mistakes(p, right.acts, eps, case.tied),
         otherwise="`decode(acts)` does not match acts @ W_dec_normalized + b_dec.",
     )
-    require_gradient(output, what="decode", towards="the decoder and b_dec")
+    decoder = "W_enc" if case.tied else "_W_dec"
+    parameters = {name: getattr(sae, name) for name in (decoder, "b_dec")}
+    formula = lambda b_dec, **W: _reconstruction_terms({**W, "b_dec": b_dec}, right.acts, eps, case.tied)  # noqa: E731
+    _check_gradients(output, parameters, formula, what="decode")
+
+
+def _check_gradients(output: Tensor, parameters: Mapping[str, Tensor], formula: object, *, what: str) -> None:
+    """The gradient of the output against a fixed random upstream gradient, into every parameter it reads."""
+    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    _, expected = reference_with_gradients(formula, parameters, upstream)
+    check_output_gradients(output, upstream, parameters, expected, what=what)
 
 
 def _with_learner_methods(sae: reference.ToySAE, **methods: object) -> reference.ToySAE:

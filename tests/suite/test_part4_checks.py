@@ -441,6 +441,68 @@ def test_forward_names_a_decoder_normalised_in_place(checks):
     checks.fails(part4.test_forward, with_method("forward", forward_normalising_decoder_in_place), r"changed `self._W_dec` in place")
 
 
+def pre_activations_uncentred(self, h):
+    return torch.einsum("bid,ids->bis", h, self.W_enc) + self.b_enc
+
+
+def pre_activations_detached(self, h):
+    return torch.einsum("bid,ids->bis", h - self.b_dec, self.W_enc.detach()) + self.b_enc.detach()
+
+
+def pre_activations_matmul(self, h):
+    """Correct: one matmul per instance, written with unsqueeze."""
+    return ((h - self.b_dec).unsqueeze(-2) @ self.W_enc).squeeze(-2) + self.b_enc
+
+
+def decode_without_bias(self, acts):
+    return torch.einsum("bis,isd->bid", acts, self.W_dec_normalized)
+
+
+def decode_matmul(self, acts):
+    """Correct: the decoder applied with a batched matmul."""
+    return (acts.unsqueeze(-2) @ self.W_dec_normalized).squeeze(-2) + self.b_dec
+
+
+def forward_through_encode_and_decode(self, h):
+    """Correct, in the text's shape: encode, decode, then the losses."""
+    acts = self.encode(h)
+    h_rec = self.decode(acts)
+    loss_dict = {"L_reconstruction": (h_rec - h).pow(2).mean(-1), "L_sparsity": acts.sum(-1)}
+    loss = (loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]).mean(0).sum()
+    return SAEOutput(loss_dict, loss, acts, h_rec)
+
+
+def with_methods(**methods):
+    return type("LearnerToySAE", (ToySAE,), methods)
+
+
+def test_forward_accepts_its_methods_written_otherwise(checks):
+    learner = with_methods(
+        pre_activations=pre_activations_matmul, decode=decode_matmul, forward=forward_through_encode_and_decode
+    )
+    checks.passes(part4.test_forward, learner)
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        ({"pre_activations": pre_activations_uncentred}, r"`pre_activations` ignores b_dec"),
+        ({"pre_activations": pre_activations_detached}, r"No gradient reaches `W_enc`, although the output of `pre_activations` is right"),
+        ({"decode": decode_without_bias}, r"forgets to add b_dec back"),
+        ({"decode": lambda self, acts: decode_matmul(self, acts).detach()}, r"output of `decode` carries no gradient"),
+        # A forward that calls encode is checked with the learner's own pre-activations and decoder.
+        ({"forward": forward_through_encode_and_decode, "pre_activations": pre_activations_uncentred}, "ignores b_dec"),
+        ({"forward": lambda self, h: tuple(ToySAE.forward(self, h))}, "plain tuple"),
+    ],
+)
+def test_forward_names_mistakes_in_each_method(checks, methods, message):
+    checks.fails(part4.test_forward, with_methods(**methods), message)
+
+
+def test_forward_asks_for_the_class_when_given_a_function(checks):
+    checks.fails(part4.test_forward, forward_through_encode_and_decode, r"Pass the class, `test_forward\(ToySAE\)`")
+
+
 def test_forward_refuses_the_wrong_return_shape(checks):
     checks.fails(part4.test_forward, with_method("forward", lambda self, h: make_forward()(self, h)[:2]), "tuple of four")
 
