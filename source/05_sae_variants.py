@@ -55,13 +55,12 @@ from part_utils.sae_interface import SAEOutput
 # %%
 import tests.part5_sae_variants as checks
 from part_utils.device import get_device
+from part_utils.experiments.variant_followups import compare_l0_estimators, show_batch_topk_inference
+from part_utils.experiments.variant_sweep import VariantSweep
 from part_utils.modes import FAST_MODE, full_or_fast
-from part_utils.plotting.absorption import plot_pareto
-from part_utils.plotting.sae import animate_sae_training
-from part_utils.plotting.tables import html_table
 from part_utils.reference.part1_toy_models import ToyModelConfig
-from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
 from part_utils.results import Results
+from part_utils.sae_registry import Definitions, freeze_decoder_bias
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
@@ -988,77 +987,34 @@ resampling = {
     # A latent that owns a feature fires on ~2% of inputs; one below 0.1% is starved, not useful.
     "resample_rarer_than": 1e-3,
 }
-sweeps: dict[str, tuple[type[ToySAE], Any, list[float]]] = {
-    # name: (class, config factory taking one setting per instance, five settings)
-    "L1 ReLU": (ToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.05, 0.1, 0.2, 0.4, 0.8]),
-    "Gated": (GatedToySAE, lambda coeffs: ToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), [0.2, 0.4, 0.6, 1.0, 1.5]),
-    "JumpReLU": (
-        JumpReLUToySAE,
-        lambda coeffs: JumpReLUToySAEConfig(n_inst=len(coeffs), d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs),
-        [0.003, 0.01, 0.03, 0.1, 0.3],
-    ),
+SETTINGS = {  # five settings of λ (or k) per architecture
+    "L1": [0.05, 0.1, 0.2, 0.4, 0.8], "Gated": [0.2, 0.4, 0.6, 1.0, 1.5], "JumpReLU": [0.003, 0.01, 0.03, 0.1, 0.3],
+    "TopK": [1, 2, 3, 4, 5], "BatchTopK": [0.08, 0.1, 0.12, 0.16, 0.2],
 }
-topk_settings = {"TopK": (TopKToySAE, [1, 2, 3, 4, 5]), "BatchTopK": (BatchTopKToySAE, [0.08, 0.1, 0.12, 0.16, 0.2])}
-
-def train_variant(sae: ToySAE, description: str) -> Any:
-    init_encoder_as_decoder_transpose(sae)
-    return sae.optimize(
-        steps=comparison_steps,
-        batch_size=1024,
-        lr=1e-3,
-        lr_schedule=cosine_decay_lr,
-        resample_method="advanced",
-        **resampling,
-        log_every=max(1, comparison_steps // 100),
-        description=description,
-    )
-
-
-sweep_reports: dict[str, list[dict[str, Any]]] = {}
-logs: dict[str, Any] = {}
-trained: dict[str, ToySAE] = {}
-
-
-def run_sweep(name: str) -> None:
-    """Train one architecture at all its settings (n_per_setting seeds each, side by side) and report per setting."""
-    seed_everything(1)
-    if name in sweeps:
-        sae_class, make_cfg, settings = sweeps[name]
-        per_instance = torch.tensor(settings, device=device).repeat_interleave(n_per_setting)
-        sae = sae_class(make_cfg(per_instance), make_toy_model(len(per_instance)))
-        label = "λ"
-    else:
-        sae_class, settings = topk_settings[name]
-        per_instance = [k for k in settings for _ in range(n_per_setting)]
-        sae = sae_class(TopKToySAEConfig(n_inst=len(per_instance), d_in=d_hidden, d_sae=5, k=per_instance), make_toy_model(len(per_instance)))
-        label = "k"
-        if name == "TopK":
-            sae.b_dec.requires_grad_(False)  # keep it at the data's geometric median, the origin: see below
-    logs[name] = train_variant(sae, f"{name}, {len(settings)} settings")
-    trained[name] = sae
-    report = variant_report(sae, feature_directions_for(len(per_instance)))
-    sweep_reports[name] = [{"setting": f"{label}={s:g}", **{key: value[i * n_per_setting:(i + 1) * n_per_setting] for key, value in report.items()}} for i, s in enumerate(settings)]
-    print(f"{name}: trained {len(settings)} settings × {n_per_setting} seeds")
-
+sweep = VariantSweep(
+    Definitions(globals(), part=5), make_toy_model, feature_directions_for, SETTINGS, results,
+    n_per_setting=n_per_setting, steps=comparison_steps, resampling=resampling,
+    set_up={"TopK": freeze_decoder_bias},  # b_dec stays at the origin, the data's geometric median (see above)
+)
 
 # %% [markdown]
 # One cell per architecture, each with its own progress bar: in full mode on two CPU cores
 # each takes a few minutes ({{settings.seeds:.0f}} seeds for each of five settings, {{settings.comparison_steps:,.0f}} steps).
 
 # %%
-run_sweep("L1 ReLU")
+sweep.run("L1", d_sae=5, label="L1 ReLU")
 
 # %%
-run_sweep("Gated")
+sweep.run("Gated", d_sae=5)
 
 # %%
-run_sweep("JumpReLU")
+sweep.run("JumpReLU", d_sae=5)
 
 # %%
-run_sweep("TopK")
+sweep.run("TopK", d_sae=5)
 
 # %%
-run_sweep("BatchTopK")
+sweep.run("BatchTopK", d_sae=5)
 
 # %% [markdown]
 # The table has one row per architecture and setting; "recovered" counts the instances (of
@@ -1067,64 +1023,8 @@ run_sweep("BatchTopK")
 # architecture's settings is its **Pareto frontier**, the best reconstruction it reaches at
 # each sparsity.
 
-
-# %% tags=["reference"]
-def count_recovered(report: dict[str, Any], n_features: int) -> int:
-    """Instances that found every feature at cosine ≥ 0.99 and have no dead latent."""
-    return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
-
-
-SUMMARISED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall")
-
-
-def summarise(reports: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
-    """One row per architecture and setting: each metric's mean and standard deviation over the seeds."""
-    rows = []
-    for name, settings in reports.items():
-        for report in settings:
-            row = {"architecture": name, "setting": report["setting"], "recovered": count_recovered(report, n_features), "seeds": len(report["l0"])}
-            for key in SUMMARISED:
-                values = report[key].double()
-                row[key], row[f"{key}_sd"] = values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
-            rows.append(row)
-    return rows
-
-
-def result_name(row: dict[str, Any]) -> str:
-    """The row's name in the results file, e.g. `JumpReLU.λ=0.1` → `JumpReLU.lam0.1`."""
-    return f"{row['architecture'].split()[0]}.{row['setting'].replace('λ=', 'lam').replace('k=', 'k')}"
-
-
 # %%
-summary = summarise(sweep_reports, n_features)
-for name, settings in sweep_reports.items():
-    for report, row in zip(settings, [row for row in summary if row["architecture"] == name]):
-        for key in SUMMARISED:
-            results.record(f"{result_name(row)}.{key}", report[key])
-        results.record(f"{result_name(row)}.recovered", row["recovered"])
-results.record("settings.seeds", n_per_setting)
-results.record("settings.comparison_steps", comparison_steps)
-html_table(
-    {
-        "architecture": [row["architecture"] for row in summary],
-        "setting": [row["setting"] for row in summary],
-        **{
-            column: [f"{row[key]:{fmt}} ± {row[key + '_sd']:{fmt}}" for row in summary]
-            for column, key, fmt in (
-                ("L0", "l0", ".3f"), ("FVU", "fvu", ".4f"), ("γ", "gamma", ".3f"), ("dead", "dead", ".2f"),
-                ("MMCS", "mmcs", ".3f"), ("Hungarian", "hungarian", ".3f"), ("recall", "recall", ".3f"),
-            )
-        },
-        "recovered": [f"{row['recovered']}/{row['seeds']}" for row in summary],
-    },
-    title=f"Every architecture on the same toy data (mean ± standard deviation over {n_per_setting} seeds)",
-).show()
-plot_pareto(
-    summary,
-    panels=[("fvu", True, "fraction of variance unexplained")],
-    log_x=True,
-    title="Reconstruction error against sparsity (lower left is better)<br><sup>each point one setting (λ or k), bars one standard deviation over seeds</sup>",
-).show()
+summary = sweep.show_summary()
 
 # %% [markdown]
 # **What to look for.** Numbers are means over the {{settings.seeds:.0f}} seeds of each setting; the table gives
@@ -1216,26 +1116,7 @@ class JumpReLUEncoderL0ToySAE(JumpReLUToySAE):
 
 # %%
 diagnosis_coeff = 0.1
-seed_everything(1)
-coeffs = torch.full((n_per_setting,), diagnosis_coeff, device=device)
-sae = JumpReLUEncoderL0ToySAE(
-    JumpReLUToySAEConfig(n_inst=n_per_setting, d_in=d_hidden, d_sae=5, sparsity_coeff=coeffs), make_toy_model(n_per_setting)
-)
-train_variant(sae, "JumpReLU, L0 gradient to z")
-comparison = {
-    "reference estimator (∂H/∂z = 0)": next(r for r in sweep_reports["JumpReLU"] if r["setting"] == f"λ={diagnosis_coeff:g}"),
-    "L0 gradient reaches z": variant_report(sae, feature_directions_for(n_per_setting)),
-}
-for (label, report), name in zip(comparison.items(), ("reference", "through_z")):
-    print(
-        f"JumpReLU λ={diagnosis_coeff:g}, {label:<32} recovered {count_recovered(report, n_features):>2}/{n_per_setting}"
-        f"  MMCS {report['mmcs'].mean():.4f}  Hungarian {report['hungarian'].mean():.4f}  recall {report['recall'].mean():.3f}"
-        f"  L0 {report['l0'].mean():.3f}  FVU {report['fvu'].mean():.4f}  γ {report['gamma'].mean():.3f}"
-    )
-    for key in SUMMARISED:
-        results.record(f"diagnosis.{name}.{key}", report[key])
-    results.record(f"diagnosis.{name}.recovered", count_recovered(report, n_features))
-results.record("diagnosis.lam", diagnosis_coeff)
+compare_l0_estimators(sweep, "JumpReLU", diagnosis_coeff, JumpReLUEncoderL0ToySAE, "JumpReLU, L0 gradient to z")
 results.record("data.l0", n_features * feature_probability)
 
 # %% [markdown]
@@ -1286,12 +1167,7 @@ def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1
 
 
 # %%
-l0_training, l0_inference = batch_topk_l0(trained["BatchTopK"])
-for i, k in enumerate(topk_settings["BatchTopK"][1]):
-    group = slice(i * n_per_setting, (i + 1) * n_per_setting)
-    results.record(f"batchtopk_inference.k{k:g}.training", l0_training[group])
-    results.record(f"batchtopk_inference.k{k:g}.inference", l0_inference[group])
-    print(f"BatchTopK k={k:<5g} L0 with batch top-k: {l0_training[group].mean():.4f}   with the learned threshold: {l0_inference[group].mean():.4f}")
+show_batch_topk_inference(sweep, batch_topk_l0)
 
 # %% [markdown]
 # ### Watching Gated and JumpReLU SAEs train
@@ -1301,9 +1177,7 @@ for i, k in enumerate(topk_settings["BatchTopK"][1]):
 
 # %%
 for name in ("Gated", "JumpReLU"):
-    middle = len(sweeps[name][2]) // 2
-    instances = range(middle * n_per_setting, middle * n_per_setting + min(8, n_per_setting))
-    animate_sae_training(logs[name], feature_directions_for(len(sweeps[name][2]) * n_per_setting), instances=instances, title=f"{name} SAE training").show()
+    sweep.animate_middle_setting(name).show()
 
 # %% [markdown]
 # ## Summary

@@ -64,33 +64,18 @@ from part_utils.reference.part5_sae_variants import BatchTopKToySAE, TopKToySAEC
 from part_utils.sae_interface import SAEOutput
 
 # %%
-import copy
-from typing import Any
-
 import tests.part8_feature_absorption as checks
 from part_utils.device import get_device
-from part_utils.hierarchy import count_child_latents, decompose_latents, feature_labels, splitting_census
+from part_utils.experiments import absorption_findings as findings
+from part_utils.experiments.absorption_comparison import AbsorptionComparison
+from part_utils.experiments.absorption_recipes import compare_recipes
+from part_utils.experiments.absorption_replay import show_replay
+from part_utils.experiments.feature_splitting import in_superposition, widen
+from part_utils.experiments.hierarchy_data import record_data_settings
 from part_utils.modes import FAST_MODE, full_or_fast
-from part_utils.plotting.absorption import (
-    animate_absorption,
-    plot_absorption_by_parent,
-    plot_cooccurrence,
-    plot_decoder_decomposition,
-    plot_decoder_heatmaps,
-    plot_parent_latent_firing,
-    plot_pareto,
-)
-from part_utils.plotting.tables import html_table
-from part_utils.reference.part4_toy_sae import RECOVERED_AT, ToySAE, ToySAEConfig, init_encoder_as_decoder_transpose
-from part_utils.reference.part5_sae_variants import (
-    GatedToySAE,
-    JumpReLUToySAE,
-    JumpReLUToySAEConfig,
-    TopKToySAE,
-    variant_report,
-)
+from part_utils.plotting.absorption import plot_cooccurrence, plot_decoder_heatmaps
 from part_utils.results import Results
-from part_utils.sae_training import SAESnapshot
+from part_utils.sae_registry import Definitions
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr
 
@@ -254,15 +239,7 @@ checks.test_generate_hierarchical_batch(HierarchicalToyData)
 seed_everything(0)
 n_parents, n_children = 5, 3
 data_cfg = HierarchyConfig(n_inst=1)
-expected_active = n_parents * data_cfg.parent_probability * (1 + data_cfg.child_probability)
-for name in ("parent_probability", "child_probability", "min_magnitude", "max_magnitude"):
-    results.record(f"data.{name}", getattr(data_cfg, name))
-results.record("data.alone_probability", 1 - data_cfg.child_probability)
-results.record("data.child_marginal", data_cfg.parent_probability * data_cfg.child_probability / n_children)
-results.record("data.child_given_parent", data_cfg.child_probability / n_children)
-results.record("data.expected_active", expected_active)
-results.record("data.expected_children", n_parents * data_cfg.parent_probability * data_cfg.child_probability)
-results.record("data.l0_if_all_absorbed", n_parents * data_cfg.parent_probability)
+expected_active = record_data_settings(data_cfg, results)
 preview = HierarchicalToyData(data_cfg, device=device).generate_batch(100_000)[:, 0]
 print(f"mean number of active features per input: {(preview != 0).float().sum(-1).mean():.3f} ({expected_active:.2f} expected)")
 plot_cooccurrence(preview, n_parents, n_children, title="How often the column's feature is active when the row's is").show()
@@ -310,104 +287,21 @@ train_steps = full_or_fast(1_000, 400)
 eval_samples = full_or_fast(20_000, 10_000)
 d_sae = 40
 recipe = {
-    "batch_size": 256,
-    "lr": 3e-3,
-    "lr_schedule": cosine_decay_lr,
-    "resample_method": "advanced",
-    "resample_every": train_steps // 5,
-    "resample_window": 40,
-    "resample_redundant_above": 0.99,
-    "resample_rarer_than": 1e-3,
-    "log_every": 25,
+    "batch_size": 256, "lr": 3e-3, "lr_schedule": cosine_decay_lr, "log_every": 25,
+    "resample_method": "advanced", "resample_every": train_steps // 5, "resample_window": 40,
+    "resample_redundant_above": 0.99, "resample_rarer_than": 1e-3,
 }
-SETTINGS = {
-    "L1": [0.02, 0.035, 0.05],
-    "Gated": [0.04, 0.06, 0.1],
-    "JumpReLU": [0.001, 0.003, 0.01],
-    "TopK": [1, 2, 3],
-    "BatchTopK": [1.35, 2.0, 2.5],
-    "Matryoshka": [1.35, 2.0, 2.5],
+SETTINGS = {  # λ or k: three settings per architecture
+    "L1": [0.02, 0.035, 0.05], "Gated": [0.04, 0.06, 0.1], "JumpReLU": [0.001, 0.003, 0.01],
+    "TopK": [1, 2, 3], "BatchTopK": [1.35, 2.0, 2.5], "Matryoshka": [1.35, 2.0, 2.5],
 }
-SYMBOL = {"L1": "λ", "Gated": "λ", "JumpReLU": "λ", "TopK": "k", "BatchTopK": "k", "Matryoshka": "k"}
-for name, values in SETTINGS.items():
-    results.record(f"settings.{name}", values)
-for name in ("lr", "batch_size"):
-    results.record(f"settings.{name}", recipe[name])
-results.record("settings.steps", train_steps)
-results.record("settings.resample_every", recipe["resample_every"])
-results.record("settings.redundant_above", recipe["resample_redundant_above"])
-results.record("settings.rarer_than", recipe["resample_rarer_than"])
-results.record("settings.seeds", n_per_setting)
-results.record("settings.eval_samples", eval_samples)
-results.record("settings.recovered_at", RECOVERED_AT)
-
-
-def build_sae(architecture: str, settings: list[float], width: int = d_sae, d_hidden: int | None = None) -> ToySAE:
-    """One SAE whose instances train `settings` side by side, n_per_setting instances each."""
-    seed_everything(1)
-    per_instance = [setting for setting in settings for _ in range(n_per_setting)]
-    data = HierarchicalToyData(HierarchyConfig(n_inst=len(per_instance), d_hidden=d_hidden), device=device)
-    sizes = {"n_inst": len(per_instance), "d_in": data.cfg.d_hidden, "d_sae": width}
-    coefficients = torch.tensor(per_instance, device=device)
-    if architecture == "L1":
-        return ToySAE(ToySAEConfig(**sizes, sparsity_coeff=coefficients), data)
-    if architecture == "Gated":
-        return GatedToySAE(ToySAEConfig(**sizes, sparsity_coeff=coefficients), data)
-    if architecture == "JumpReLU":
-        # With Part 5's initial threshold, 0.1, L0 stays above the other architectures' at these λ; 0.2 brings it into range.
-        return JumpReLUToySAE(JumpReLUToySAEConfig(**sizes, sparsity_coeff=coefficients, initial_threshold=0.2), data)
-    if architecture == "TopK":
-        return TopKToySAE(TopKToySAEConfig(**sizes, k=[int(k) for k in per_instance]), data)
-    if architecture == "BatchTopK":
-        return BatchTopKToySAE(TopKToySAEConfig(**sizes, k=per_instance), data)
-    if architecture == "Matryoshka":
-        prefixes = doubling_prefixes(data.cfg.n_parents, width)
-        return MatryoshkaToySAE(MatryoshkaToySAEConfig(**sizes, k=per_instance, prefix_sizes=prefixes), data)
-    raise ValueError(f"unknown architecture {architecture!r}")
-
-
-class WeightRecorder:
-    """Called by train_sae at each log step: keeps a copy of the SAE's weights and buffers."""
-
-    def __init__(self, sae: ToySAE) -> None:
-        self.sae = sae
-        self.steps: list[int] = []
-        self.states: list[dict[str, Tensor]] = []
-
-    def __call__(self, snapshot: SAESnapshot) -> None:
-        self.steps.append(snapshot.step)
-        self.states.append({name: tensor.detach().clone() for name, tensor in self.sae.state_dict().items()})
-
-
-def train(
-    architecture: str,
-    settings: list[float],
-    width: int = d_sae,
-    *,
-    d_hidden: int | None = None,
-    record: bool = False,
-    decoder_row_norm: float | None = None,
-    **recipe_changes: Any,
-) -> tuple[ToySAE, WeightRecorder | None]:
-    """Train one SAE whose instances cover `settings`; `decoder_row_norm` rescales the initial decoder rows
-    (None keeps the Kaiming initialisation, rows of norm about 0.09); `recipe_changes` override the recipe."""
-    sae = build_sae(architecture, settings, width, d_hidden)
-    if decoder_row_norm is not None:
-        sae._W_dec.data.copy_(F.normalize(sae._W_dec.data, dim=-1) * decoder_row_norm)
-    recorder = WeightRecorder(sae) if record else None
-    init_encoder_as_decoder_transpose(sae)
-    sae.optimize(
-        steps=train_steps, **{**recipe, **recipe_changes}, on_log=recorder, description=f"{architecture}, d_sae {width}, {len(settings)} settings"
-    )
-    return sae, recorder
-
-
-trained: dict[str, ToySAE] = {}
-recorders: dict[str, WeightRecorder] = {}
+comparison = AbsorptionComparison(
+    Definitions(globals(), part=8), SETTINGS, recipe, results, n_per_setting=n_per_setting, steps=train_steps,
+    eval_samples=eval_samples, d_sae=d_sae, device=device,
+    config_changes={"JumpReLU": {"initial_threshold": 0.2}},  # Part 5's 0.1 keeps L0 above the others' at these λ
+)
 for architecture in ("L1", "TopK", "BatchTopK"):
-    trained[architecture], recorder = train(architecture, SETTINGS[architecture], record=architecture == "BatchTopK")
-    if recorder is not None:
-        recorders[architecture] = recorder
+    comparison.train(architecture, record=architecture == "BatchTopK")
 
 # %% [markdown]
 # **The decomposition.** Take a latent that mostly reconstructs a child. If the SAE learned the
@@ -451,20 +345,8 @@ def evaluation_features(sae: nn.Module, n_samples: int, seed: int = 1001) -> Flo
 
 # %%
 chosen = {"L1": 0.035, "TopK": 2, "BatchTopK": 1.35}
-
-
-def first_instance(architecture: str, setting: float) -> int:
-    return SETTINGS[architecture].index(setting) * n_per_setting
-
-
-def decomposition_panel(sae: ToySAE, instance: int) -> tuple[Tensor, Tensor]:
-    """(decoder cosines [d_sae, feats], live latents [d_sae]) of one instance."""
-    live = (inference_acts(sae, evaluation_features(sae, 4_096))[:, instance] > 0).any(dim=0)
-    return decoder_cosines(sae)[instance].cpu(), live.cpu()
-
-
-panels = {f"{name}, {SYMBOL[name]}={value:g}": decomposition_panel(trained[name], first_instance(name, value)) for name, value in chosen.items()}
-plot_decoder_decomposition(panels, n_parents, n_children, title="Each live latent's decoder: cosine with its best child and with that child's parent").show()
+title = "Each live latent's decoder: cosine with its best child and with that child's parent"
+comparison.plot_decomposition(chosen, title=title).show()
 
 # %% [markdown]
 # **What to look for.** Most child latents of the L1 SAE sit up the arc, far from the horizontal axis,
@@ -719,75 +601,9 @@ def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"
 # inputs. Each row of a table is one setting: the mean over its seeds ± their standard deviation.
 
 # %%
-PER_SEED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall", "recovered")
-PER_PARENT = ("absorption", "absorption_all_inputs", "absorption_fraction", "fires_alone", "fires_with_child")
-
-
-def evaluate(architecture: str, sae: ToySAE, settings: list[float], prefix: str = "") -> list[dict[str, Any]]:
-    """One row per setting: each metric per seed (`seeds`), its mean and spread, and the per-parent details.
-    Every per-seed metric is recorded in the results file as `<prefix><architecture>.<setting>.d<d_sae>.<metric>`."""
-    seed_everything(1000)
-    report = variant_report(sae, sae.model.feature_directions, n_samples=eval_samples)
-    absorption = absorption_report(sae, evaluation_features(sae, eval_samples))
-    census = splitting_census(absorption["cosine"], absorption["live"], n_parents)
-    per_seed = {key: report[key].double() for key in PER_SEED}
-    per_seed |= {key: absorption[key].double().mean(dim=-1) for key in PER_PARENT}
-    per_seed |= {key: value.double() for key, value in census.items()}
-    rows = []
-    for index, value in enumerate(settings):
-        group = slice(index * n_per_setting, (index + 1) * n_per_setting)
-        seeds = {key: values[group] for key, values in per_seed.items()}
-        row = {"architecture": architecture, "setting": f"{SYMBOL[architecture]}={value:g}", "d_sae": sae.cfg.d_sae, "seeds": seeds}
-        for key, values in seeds.items():
-            row[key], row[f"{key}_sd"] = values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
-            results.record(f"{prefix}{architecture}.{SYMBOL[architecture].replace('λ', 'lam')}{value:g}.d{sae.cfg.d_sae}.{key}", values)
-        row |= {
-            "absorption_per_parent": absorption["absorption"][group].mean(dim=0),
-            "absorption_per_child_by_instance": absorption["absorption_per_child"][group],
-            "fires_alone": absorption["fires_alone"][group].mean(dim=0),
-            "fires_with_child": absorption["fires_with_child"][group].mean(dim=0),
-        }
-        rows.append(row)
-    return rows
-
-
-def mean_sd(row: dict[str, Any], key: str, fmt: str = ".3f") -> str:
-    """A table cell: the mean over seeds ± their standard deviation."""
-    return f"{row[key]:{fmt}} ± {row[key + '_sd']:{fmt}}"
-
-
-def rows_table(table_rows: list[dict[str, Any]], columns: list[tuple[str, str, str]], *, title: str) -> Any:
-    """One line per row (architecture, setting, d_sae), then each (column, key, format) as mean ± spread."""
-    return html_table(
-        {
-            "architecture": [row["architecture"] for row in table_rows],
-            "setting": [row["setting"] for row in table_rows],
-            "d_sae": [row["d_sae"] for row in table_rows],
-            **{column: [mean_sd(row, key, fmt) for row in table_rows] for column, key, fmt in columns},
-        },
-        title=title,
-    )
-
-
-rows = {name: evaluate(name, trained[name], SETTINGS[name]) for name in trained}
-
-
-def row_of(architecture: str, setting: float, width: int = d_sae) -> dict[str, Any]:
-    label = f"{SYMBOL[architecture]}={setting:g}"
-    return next(row for row in rows[architecture] if row["setting"] == label and row["d_sae"] == width)
-
-
-seen = {f"{name}, {SYMBOL[name]}={value:g}": row_of(name, value) for name, value in chosen.items()}
-for label, row in seen.items():
-    print(
-        f"{label:<16} mean absorption {row['absorption']:.3f}; the parent's latent fires on {row['fires_alone'].mean():.2f} of"
-        f" parent-alone inputs and {row['fires_with_child'].mean():.2f} of inputs with a child"
-    )
-plot_parent_latent_firing(
-    {label: (row["fires_alone"], row["fires_with_child"]) for label, row in seen.items()},
-    title="How often each parent's latent fires: parent alone, and parent with a child",
-).show()
-plot_absorption_by_parent({label: row["absorption_per_parent"] for label, row in seen.items()}, title="Absorption rate per parent").show()
+for architecture in ("L1", "TopK", "BatchTopK"):
+    comparison.evaluate(architecture)
+findings.show_parent_latent_firing(comparison, chosen)
 
 # %% [markdown]
 # **What to look for.** The first figure is absorption in its plainest form. In our full-mode
@@ -808,24 +624,7 @@ plot_absorption_by_parent({label: row["absorption_per_parent"] for label, row in
 # not, and which children do differs from seed to seed, a matter of how training happened to go.
 
 # %%
-per_child = row_of("BatchTopK", 1.35)["absorption_per_child_by_instance"]  # [instances, parents, children]
-html_table(
-    {
-        "instance": [str(instance) for instance in range(n_per_setting)],
-        **{
-            f"P{p} (children 0, 1, 2)": [" / ".join(f"{rate:.2f}" for rate in per_child[instance, p]) for instance in range(n_per_setting)]
-            for p in range(n_parents)
-        },
-    },
-    title="BatchTopK, k=1.35: the absorption rate of each child, per instance",
-).show()
-low, high = results.record("per_child.low", 0.05), results.record("per_child.high", 0.75)
-counts = {"below": int((per_child < low).sum()), "above": int((per_child > high).sum())}
-counts["between"] = per_child.numel() - counts["below"] - counts["above"]
-for key, count in counts.items():
-    results.record(f"per_child.{key}", count)
-results.record("per_child.rates", per_child.numel())
-print(f"of the {per_child.numel()} rates, {counts['below']} are below {low}, {counts['above']} above {high} and {counts['between']} in between")
+findings.show_absorption_per_child(comparison, "BatchTopK", 1.35)
 
 # %% [markdown]
 # ## 4. Matryoshka SAEs
@@ -980,30 +779,9 @@ checks.test_matryoshka_forward(MatryoshkaToySAE)
 # compare them setting by setting.
 
 # %%
-trained["Matryoshka"], recorders["Matryoshka"] = train("Matryoshka", SETTINGS["Matryoshka"], record=True)
-rows["Matryoshka"] = evaluate("Matryoshka", trained["Matryoshka"], SETTINGS["Matryoshka"])
-pairs = [(row_of("BatchTopK", k), row_of("Matryoshka", k)) for k in SETTINGS["Matryoshka"]]
-html_table(
-    {
-        "k": [f"{k:g}" for k in SETTINGS["Matryoshka"]],
-        **{
-            f"{column} (BatchTopK / Matryoshka)": [f"{mean_sd(b, key, fmt)} / {mean_sd(m, key, fmt)}" for b, m in pairs]
-            for column, key, fmt in (
-                ("L0", "l0", ".2f"), ("absorption", "absorption", ".3f"), ("FVU", "fvu", ".4f"), ("dead latents", "dead", ".1f")
-            )
-        },
-        "seeds with less absorption (Matryoshka)": [f"{int((m['seeds']['absorption'] < b['seeds']['absorption']).sum())}/{n_per_setting}" for b, m in pairs],
-    },
-    title=f"BatchTopK against Matryoshka at the same k (d_sae 40; mean ± standard deviation over {n_per_setting} seeds)",
-).show()
-for k, (b, m) in zip(SETTINGS["Matryoshka"], pairs):
-    # Instance i of both SAEs saw the same seed, data and initial weights: compare them seed by seed.
-    results.record(f"ordering.k{k:g}.seeds_holding", int((m["seeds"]["absorption"] < b["seeds"]["absorption"]).sum()))
-    results.record(f"ordering.k{k:g}.fvu_ratio", m["fvu"] / b["fvu"])
-plot_absorption_by_parent(
-    {f"{name}, k={k:g}": row_of(name, k)["absorption_per_parent"] for k in SETTINGS["Matryoshka"] for name in ("BatchTopK", "Matryoshka")},
-    title="Absorption rate per parent, BatchTopK and Matryoshka",
-).show()
+comparison.train("Matryoshka", record=True)
+comparison.evaluate("Matryoshka")
+findings.compare_at_same_k(comparison, "BatchTopK", "Matryoshka")
 
 # %% [markdown]
 # **What to look for.** In our full-mode run the Matryoshka SAE absorbed less than BatchTopK in
@@ -1030,15 +808,7 @@ plot_absorption_by_parent(
 # and the absorption rate of each parent.
 
 # %%
-report = absorption_report(trained["Matryoshka"], evaluation_features(trained["Matryoshka"], eval_samples))
-labels = feature_labels(n_parents, n_children)
-first_prefix = trained["Matryoshka"].cfg.prefix_sizes[0]
-for instance in range(first_instance("Matryoshka", 1.35), first_instance("Matryoshka", 1.35) + n_per_setting):
-    matches = report["cosine"][instance, :first_prefix].argmax(dim=-1)
-    print(
-        f"instance {instance}: first prefix matches {', '.join(labels[feature] for feature in matches)};"
-        f" absorption per parent {' '.join(f'{rate:.2f}' for rate in report['absorption'][instance])}"
-    )
+findings.show_first_prefix(comparison, "Matryoshka", 1.35)
 
 # %% [markdown]
 # Read the printout seed by seed. A seed whose five first-prefix latents match the five
@@ -1052,22 +822,7 @@ for instance in range(first_instance("Matryoshka", 1.35), first_instance("Matryo
 # numbers would change, most of all for the Matryoshka SAE:
 
 # %%
-for name in ("BatchTopK", "Matryoshka"):
-    sae = trained[name]
-    features = evaluation_features(sae, eval_samples)
-    acts, parent_cosine = inference_acts(sae, features), decoder_cosines(sae)[..., :n_parents]
-    by_firing, by_cosine = parent_latents(acts, features, parent_cosine), parent_cosine.argmax(dim=1)
-    never_fires = ~(acts > 0).any(dim=0).gather(-1, by_cosine)  # [inst, parents]
-    rates = {rule: absorption_rate(acts, features, parent_cosine, chosen_latent).mean(dim=-1) for rule, chosen_latent in (("firing", by_firing), ("cosine", by_cosine))}
-    for rule, rate in rates.items():
-        results.record(f"rule.{name}.{rule}", rate)
-    results.record(f"rule.{name}.never_fires", int(never_fires.sum()))
-    results.record("rule.parents", never_fires.numel())
-    print(
-        f"{name:<10} mean absorption with ℓ_p chosen by firing: {rates['firing'].mean():.3f},"
-        f" by highest cosine: {rates['cosine'].mean():.3f}"
-        f" (the highest-cosine latent never fires for {int(never_fires.sum())} of {never_fires.numel()} parents)"
-    )
+findings.compare_parent_latent_rules(comparison, ("BatchTopK", "Matryoshka"))
 
 # %% [markdown]
 # In our full-mode run (every setting and seed together) the cosine rule would have reported
@@ -1078,11 +833,8 @@ for name in ("BatchTopK", "Matryoshka"):
 # The decomposition tells the same story from the decoder's side.
 
 # %%
-panels = {
-    label: decomposition_panel(trained[name], first_instance(name, 1.35))
-    for label, name in (("BatchTopK, k=1.35", "BatchTopK"), ("Matryoshka, k=1.35", "Matryoshka"))
-}
-plot_decoder_decomposition(panels, n_parents, n_children, title="Decoder rows against parent and child directions").show()
+title = "Decoder rows against parent and child directions"
+comparison.plot_decomposition({"BatchTopK": 1.35, "Matryoshka": 1.35}, title=title).show()
 
 # %% [markdown]
 # **What to look for.** Most of the Matryoshka SAE's child latents sit at or below the horizontal
@@ -1121,19 +873,7 @@ plot_decoder_decomposition(panels, n_parents, n_children, title="Decoder rows ag
 
 # %%
 width_settings = [1.35, 2.0]
-wide: dict[tuple[str, int], ToySAE] = {(name, d_sae): trained[name] for name in ("BatchTopK", "Matryoshka")}
-for width in (20, 80):
-    for name in ("BatchTopK", "Matryoshka"):
-        wide[(name, width)], _ = train(name, width_settings, width)
-        rows[name] += evaluate(name, wide[(name, width)], width_settings)
-
-width_rows = [row_of(name, k, width) for k in width_settings for name in ("BatchTopK", "Matryoshka") for width in (20, 40, 80)]
-rows_table(
-    width_rows,
-    [("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("dead", "dead", ".1f"), ("absorption", "absorption", ".3f"),
-     ("latents per parent", "latents_per_parent", ".2f"), ("latents mixing families", "mixed_latents", ".1f")],
-    title="Widening the SAE: 20, 40 and 80 latents for 20 features",
-).show()
+wide = widen(comparison, ("BatchTopK", "Matryoshka"), width_settings, widths=(20, 80))
 
 # %% [markdown]
 # The heatmaps show every live latent's decoder against the 20 true features of one instance at
@@ -1143,8 +883,9 @@ rows_table(
 # a child's.
 
 # %%
-heatmaps = {(name, width): decomposition_panel(wide[(name, width)], 0) for name in ("BatchTopK", "Matryoshka") for width in (20, 40, 80)}
-plot_decoder_heatmaps(heatmaps, n_parents, n_children, title="Decoder cosine with each true feature, k=1.35, one instance").show()
+heatmaps = {key: comparison.decomposition_panel(sae, 0) for key, sae in wide.items()}
+title = "Decoder cosine with each true feature, k=1.35, one instance"
+plot_decoder_heatmaps(heatmaps, n_parents, n_children, title=title).show()
 
 # %% [markdown]
 # **What to look for.** In our full-mode run BatchTopK absorbed more as it widened from 20 to 40
@@ -1171,14 +912,7 @@ plot_decoder_heatmaps(heatmaps, n_parents, n_children, title="Decoder cosine wit
 # at 40 latents:
 
 # %%
-superposed = []
-for name in ("BatchTopK", "Matryoshka"):
-    sae, _ = train(name, width_settings, d_hidden=14)
-    superposed += evaluate(name, sae, width_settings, prefix="superposed.")
-rows_table(
-    superposed, [("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("dead", "dead", ".1f"), ("absorption", "absorption", ".3f")],
-    title="20 features in 14 dimensions, d_sae 40",
-).show()
+in_superposition(comparison, ("BatchTopK", "Matryoshka"), width_settings, d_hidden=14)
 
 # %% [markdown]
 # In our full-mode run absorption survived superposition: BatchTopK absorbed at {{superposed.BatchTopK.k1.35.d40.absorption:.2f}}
@@ -1196,40 +930,7 @@ rows_table(
 # same 4,096 inputs every time. Press play, or drag the slider.
 
 # %%
-def replay_absorption(name: str, instance: int = 0) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor]:
-    """(decoder cosines, live latents, absorption per parent) of one instance at every recorded step, and the
-    mean absorption of every instance (seed) at every recorded step, [steps, inst]."""
-    sae = copy.deepcopy(trained[name])
-    features = evaluation_features(sae, 4_096)
-    frames, every_seed = [], []
-    for state in recorders[name].states:
-        sae.load_state_dict(state)
-        report = absorption_report(sae, features)
-        frames.append((report["cosine"][instance], report["live"][instance], report["absorption"][instance]))
-        every_seed.append(report["absorption"].mean(dim=-1))
-    return frames, torch.stack(every_seed)
-
-
-replays, absorption_by_step = {}, {}
-for name in ("BatchTopK", "Matryoshka"):
-    replays[f"{name}, k=1.35"], absorption_by_step[name] = replay_absorption(name)
-steps = recorders["BatchTopK"].steps
-seeds_at_k = slice(first_instance("BatchTopK", 1.35), first_instance("BatchTopK", 1.35) + n_per_setting)
-checkpoints = [steps[1], steps[len(steps) // 4], steps[len(steps) // 2], steps[-1]]
-for name, by_step in absorption_by_step.items():
-    means = " ".join(f"{step}: {by_step[steps.index(step), seeds_at_k].mean():.2f}" for step in checkpoints)
-    print(f"{name}, k=1.35, mean absorption over the {n_per_setting} seeds at steps {means}")
-    for position, step in zip(("first", "quarter", "half", "last"), checkpoints):
-        results.record(f"replay.{name}.{position}.absorption", by_step[steps.index(step), seeds_at_k])
-        results.record(f"replay.{position}.step", step)
-for label, frames in replays.items():
-    print(f"{label}, instance 0")
-    for index, step in enumerate(steps):
-        if step % 200 == 100 or step in (0, 25, 50, steps[-1]):  # not right after a resampling (every 200 steps)
-            cosine, live, absorption = frames[index]
-            carrying, clean = count_child_latents(decompose_latents(cosine, live, n_parents, n_children))
-            print(f"  step {step:>4}: mean absorption {absorption.mean():.2f}; child latents carrying the parent {carrying:>2}, clean {clean:>2}")
-animate_absorption(replays, steps, n_parents, n_children, title="Absorption during training (instance 0, k=1.35)").show()
+show_replay(comparison, ("BatchTopK", "Matryoshka"), 1.35)
 
 # %% [markdown]
 # **What to look for.** At step 0 the latents sit in a cloud in the middle of the figure: no
@@ -1253,18 +954,10 @@ animate_absorption(replays, steps, n_parents, n_children, title="Absorption duri
 # now; the others were trained above.
 
 # %%
-for name in ("Gated", "JumpReLU"):
-    trained[name], _ = train(name, SETTINGS[name])
-    rows[name] = evaluate(name, trained[name], SETTINGS[name])
-comparison = [row for name in SETTINGS for row in rows[name] if row["d_sae"] == d_sae]
-rows_table(
-    comparison,
-    [("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("γ", "gamma", ".2f"), ("dead", "dead", ".1f"), ("MMCS", "mmcs", ".3f"),
-     ("Hungarian", "hungarian", ".3f"), ("recall", "recall", ".2f"), ("absorption", "absorption", ".3f"),
-     ("absorption, all parent inputs", "absorption_all_inputs", ".3f"), ("absorption fraction", "absorption_fraction", ".3f")],
-    title=f"Every architecture on the hierarchical data, d_sae 40 (mean ± standard deviation over {n_per_setting} seeds)",
-).show()
-plot_pareto(comparison, title="Reconstruction and absorption against sparsity (each point one setting)").show()
+for architecture in ("Gated", "JumpReLU"):
+    comparison.train(architecture)
+    comparison.evaluate(architecture)
+findings.show_every_architecture(comparison)
 
 # %% [markdown]
 # **What to look for.** Compare the rows at L0 ≈ 2 (L1 at λ = {{settings.L1|1:g}}, Gated at λ = {{settings.Gated|0:g}},
@@ -1323,26 +1016,8 @@ recipe_variants = {
     "no resampling": ("no_resampling", {"resample_method": None}),
     "decoder rows of norm 1 at the start": ("unit_decoder", {"decoder_row_norm": 1.0}),
 }
-recipe_rows = []
-for variant, (slug, changes) in recipe_variants.items():
-    for name in ("BatchTopK", "Matryoshka"):
-        if changes:
-            sae, _ = train(name, [1.35], **changes)
-            row = evaluate(name, sae, [1.35], prefix=f"recipe.{slug}.")[0]
-        else:
-            row = row_of(name, 1.35)
-        recipe_rows.append({**row, "setting": f"k=1.35, {variant}"})
-for variant, (slug, _) in recipe_variants.items():
-    batch_topk, matryoshka = (row for row in recipe_rows if row["setting"].endswith(variant))
-    holding = int((matryoshka["seeds"]["absorption"] < batch_topk["seeds"]["absorption"]).sum())
-    results.record(f"recipe.{slug}.seeds_holding", holding)
-    print(f"{variant:<38} Matryoshka absorbs less than BatchTopK in {holding} of {n_per_setting} seeds")
-rows_table(
-    recipe_rows,
-    [("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("dead", "dead", ".1f"), ("absorption", "absorption", ".3f"),
-     ("absorption fraction", "absorption_fraction", ".3f")],
-    title="The same comparison under three recipes (k = 1.35, d_sae 40)",
-).show()
+title = "The same comparison under three recipes (k = 1.35, d_sae 40)"
+compare_recipes(comparison, recipe_variants, ("BatchTopK", "Matryoshka"), 1.35, title=title)
 
 # %% [markdown]
 # **What to look for.** The ordering survived every recipe: Matryoshka absorbed less than

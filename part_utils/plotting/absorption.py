@@ -1,5 +1,5 @@
 """Figures for Part 8: hierarchical features, decoder rows against parents and children, absorption
-per parent, decoder heatmaps in tree order, absorption during training, and the Pareto plot."""
+per parent, decoder heatmaps in tree order, and absorption during training."""
 
 import math
 from collections.abc import Mapping, Sequence
@@ -13,12 +13,12 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from part_utils.hierarchy import decompose_latents, feature_labels, latent_order, tree_order
-from part_utils.plotting.animation import build_animation
+from part_utils.plotting.animation import build_animation, subplot_axes
 from part_utils.plotting.features import MAX_FIGURE_WIDTH
+from part_utils.plotting.pareto import ARCHITECTURE_COLOURS
 from part_utils.shapes import expect_shape
 
 FAMILY_COLOURS = qualitative.D3
-ARCHITECTURE_COLOURS = qualitative.Plotly
 ALONE_COLOUR, WITH_CHILD_COLOUR = "#1f77b4", "#d62728"
 ARC_COLOUR = "#bbbbbb"
 
@@ -242,7 +242,7 @@ def animate_absorption(
         figure.update_yaxes(range=[0, 1.02], row=2, col=column)
     figure.update_yaxes(title_text="cosine with that child's parent", row=1, col=1)
     figure.update_yaxes(title_text="absorption rate", row=2, col=1)
-    axes = {(row, column): _axis_refs(figure, row, column) for row in (1, 2) for column in range(1, len(names) + 1)}
+    axes = {(row, column): subplot_axes(figure, row, column) for row in (1, 2) for column in range(1, len(names) + 1)}
     parents = [f"P{p}" for p in range(n_parents)]
     frames = []
     for index in range(len(steps)):
@@ -273,123 +273,3 @@ def animate_absorption(
         frames.append(traces)
     figure.update_layout(title=title, width=min(MAX_FIGURE_WIDTH, 420 * len(names) + 120), height=720, margin={"t": 90, "b": 110})
     return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False, frame_duration_ms=150)
-
-
-def _axis_refs(figure: go.Figure, row: int, column: int) -> tuple[str, str]:
-    """The trace-level axis names ("x3", "y3") of a subplot."""
-    subplot = figure.get_subplot(row, column)
-    return subplot.xaxis.plotly_name.replace("axis", ""), subplot.yaxis.plotly_name.replace("axis", "")
-
-
-# The Pareto plot ------------------------------------------------------------------------------
-
-LABEL_SIDES = {  # plotly's textposition: the label's offset from its marker, in x and y
-    "middle right": (1, 0), "middle left": (-1, 0), "top center": (0, 1), "bottom center": (0, -1),
-    "top right": (1, 1), "top left": (-1, 1), "bottom right": (1, -1), "bottom left": (-1, -1),
-}
-CHARACTER_WIDTH, LABEL_HEIGHT = 6, 13  # pixels, at font size 10
-
-
-def label_sides(points: Sequence[tuple[float, float]], labels: Sequence[str], joined: Sequence[int], plot_size: tuple[float, float]) -> list[str]:
-    """For each point (in pixels from the plot's lower left corner), the side of its marker where its label
-    covers least of the plot's edges, the markers, the lines between consecutive points of the same group
-    (`joined` gives each point's group) and the labels already placed. Crowded points choose first."""
-
-    def box(i: int, side: str) -> tuple[float, float, float, float]:
-        (dx, dy), width = LABEL_SIDES[side], CHARACTER_WIDTH * len(labels[i])
-        x, y = points[i]
-        left = x + (6 if dx > 0 else -6 - width if dx < 0 else -width / 2)
-        bottom = y + (5 if dy > 0 else -5 - LABEL_HEIGHT if dy < 0 else -LABEL_HEIGHT / 2)
-        return left, bottom, left + width, bottom + LABEL_HEIGHT
-
-    def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-
-    edges = [(-1e9, -1e9, 0, 1e9), (plot_size[0], -1e9, 1e9, 1e9), (-1e9, -1e9, 1e9, 0), (-1e9, plot_size[1], 1e9, 1e9)]
-    obstacles = edges * 10  # a label cut off at the edge is the worst outcome
-    obstacles += [(x - 5, y - 5, x + 5, y + 5) for x, y in points]
-    for i in range(len(points) - 1):  # lines, as small squares every 4 pixels
-        if joined[i] == joined[i + 1]:
-            (x0, y0), (x1, y1) = points[i], points[i + 1]
-            steps = max(1, int(math.dist((x0, y0), (x1, y1)) / 4))
-            obstacles += [(x0 + t * (x1 - x0) - 2, y0 + t * (y1 - y0) - 2, x0 + t * (x1 - x0) + 2, y0 + t * (y1 - y0) + 2) for t in (s / steps for s in range(steps + 1))]
-    crowding = [sum(math.exp(-math.dist(points[i], points[j]) / 40) for j in range(len(points)) if j != i) for i in range(len(points))]
-    chosen: dict[int, str] = {}
-    for i in sorted(range(len(points)), key=lambda i: -crowding[i]):
-        chosen[i] = min(LABEL_SIDES, key=lambda side: sum(overlap(box(i, side), other) for other in obstacles))
-        obstacles.append(box(i, chosen[i]))
-    return [chosen[i] for i in range(len(points))]
-
-
-PARETO_SIZE, PARETO_MARGIN, PARETO_GAP = (1000, 500), {"l": 70, "r": 170, "t": 90, "b": 60}, 0.1
-PARETO_PANELS = (("fvu", True, "fraction of variance unexplained"), ("absorption", False, "mean absorption rate"))
-
-
-def plot_pareto(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    panels: Sequence[tuple[str, bool, str]] = PARETO_PANELS,
-    log_x: bool = False,
-    title: str | None = None,
-) -> go.Figure:
-    """Each panel's metric against L0, one line per architecture through its settings, each point labelled
-    with its setting. `rows` need architecture, setting, l0 and each panel's key; a `<key>_sd` (and `l0_sd`)
-    entry, the spread over seeds, is drawn as an error bar. `panels`: (key, log scale, axis title)."""
-    architectures = list(dict.fromkeys(row["architecture"] for row in rows))
-    ordered = [row for name in architectures for row in sorted((r for r in rows if r["architecture"] == name), key=lambda r: r["l0"])]
-    group = [architectures.index(row["architecture"]) for row in ordered]
-    gap = PARETO_GAP if len(panels) > 1 else 0.0
-    figure = make_subplots(rows=1, cols=len(panels), horizontal_spacing=gap or None, subplot_titles=[title for _, _, title in panels] if len(panels) > 1 else None)
-    width = PARETO_SIZE[0] if len(panels) > 1 else PARETO_SIZE[0] * 0.75
-    panel_width = (width - PARETO_MARGIN["l"] - PARETO_MARGIN["r"]) * (1 - gap) / len(panels)
-    panel_height = PARETO_SIZE[1] - PARETO_MARGIN["t"] - PARETO_MARGIN["b"]
-    x = [math.log10(row["l0"]) if log_x else row["l0"] for row in ordered]
-    x_range = _padded([min(x), max(x)], panel_width)
-    for column, (key, log, axis_title) in enumerate(panels, start=1):
-        y = [math.log10(row[key]) if log else row[key] for row in ordered]
-        y_range = _padded([min(y), max(y)] if log else [0.0, max(max(y), 0.05)], panel_height, vertical=True)
-        pixels = [((xi - x_range[0]) / (x_range[1] - x_range[0]) * panel_width, (yi - y_range[0]) / (y_range[1] - y_range[0]) * panel_height) for xi, yi in zip(x, y)]
-        sides = label_sides(pixels, [row["setting"] for row in ordered], group, (panel_width, panel_height))
-        for index, name in enumerate(architectures):
-            chosen = [ordered[i] for i, g in enumerate(group) if g == index]
-            colour = ARCHITECTURE_COLOURS[index % len(ARCHITECTURE_COLOURS)]
-            figure.add_trace(
-                go.Scatter(
-                    x=[row["l0"] for row in chosen],
-                    y=[row[key] for row in chosen],
-                    error_x=_error_bar(chosen, "l0_sd"),
-                    error_y=_error_bar(chosen, f"{key}_sd"),
-                    mode="lines+markers+text",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=column == 1,
-                    line={"color": colour},
-                    marker={"size": 8},
-                    text=[row["setting"] for row in chosen],
-                    textposition=[sides[i] for i, g in enumerate(group) if g == index],
-                    textfont={"size": 10, "color": colour},
-                    hovertext=[f"<b>{name}</b>, {row['setting']}" for row in chosen],
-                    hovertemplate="%{hovertext}<br>L0 %{x:.3f}, " + key + " %{y:.4f}<extra></extra>",
-                ),
-                row=1,
-                col=column,
-            )
-        figure.update_xaxes(range=x_range, type="log" if log_x else "linear", title_text="L0 (mean active latents per input)", row=1, col=column)
-        figure.update_yaxes(range=y_range, type="log" if log else "linear", title_text=axis_title, row=1, col=column)
-    figure.update_layout(title=title, width=width, height=PARETO_SIZE[1], margin=PARETO_MARGIN)
-    return figure
-
-
-def _error_bar(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any] | None:
-    """One standard deviation over seeds either side, where the rows carry it."""
-    if not all(key in row for row in rows):
-        return None
-    return {"type": "data", "array": [row[key] for row in rows], "thickness": 1, "width": 3}
-
-
-def _padded(span: list[float], pixels: float, *, vertical: bool = False) -> list[float]:
-    """The span widened to leave room for a label on each side (45 pixels across, 20 up and down)."""
-    low, high = span
-    room = 20 if vertical else 45
-    pad = (high - low or 1.0) * room / max(pixels - 2 * room, 1.0)
-    return [low - pad, high + pad]

@@ -131,3 +131,9 @@ def _fix_axis_ranges(figure: go.Figure, frames: Sequence[Sequence[Mapping[str, A
 def _layout_axis_name(trace_axis: str) -> str:
     """'x' -> 'xaxis', 'y3' -> 'yaxis3'."""
     return f"{trace_axis[0]}axis{trace_axis[1:]}"
+
+
+def subplot_axes(figure: go.Figure, row: int, column: int) -> tuple[str, str]:
+    """The axis names a trace uses to sit in a subplot ("x3", "y3"): frames given as plain dicts need them."""
+    subplot = figure.get_subplot(row, column)
+    return subplot.xaxis.plotly_name.replace("axis", ""), subplot.yaxis.plotly_name.replace("axis", "")

@@ -9,7 +9,7 @@ from jaxtyping import Bool, Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from part_utils.plotting.animation import build_animation
+from part_utils.plotting.animation import build_animation, subplot_axes
 from part_utils.plotting.features import MAX_FIGURE_WIDTH
 from part_utils.plotting.tables import HtmlTable, html_table
 from part_utils.sae_training import SAETrainingLog
@@ -65,7 +65,9 @@ def animate_sae_training(
             figure.update_xaxes(range=[-limit, limit], visible=False, row=row, col=column)
             figure.update_yaxes(range=[-limit, limit], visible=False, row=row, col=column, scaleanchor=_axis_name(figure, row, column), scaleratio=1)
 
-    axis_refs = {(row, column): _trace_axes(figure, row, column) for row in (1, 2, 3) for column in range(1, n_cols + 1)}
+    axis_refs = {
+        (row, column): subplot_axes(figure, row, column) for row in (1, 2, 3) for column in range(1, n_cols + 1)
+    }
     max_loss = max(float(snapshot.reconstruction_loss.max()) for snapshot in log.snapshots) or 1.0
     frames = []
     for index, snapshot in enumerate(log.snapshots):
@@ -247,10 +249,5 @@ def _latent_star(directions: np.ndarray, resampled: np.ndarray, axes: tuple[str,
     return trace
 
 
-def _trace_axes(figure: go.Figure, row: int, column: int) -> tuple[str, str]:
-    subplot = figure.get_subplot(row, column)
-    return subplot.xaxis.plotly_name.replace("axis", ""), subplot.yaxis.plotly_name.replace("axis", "")
-
-
 def _axis_name(figure: go.Figure, row: int, column: int) -> str:
-    return _trace_axes(figure, row, column)[0]
+    return subplot_axes(figure, row, column)[0]

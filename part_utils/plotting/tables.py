@@ -3,7 +3,7 @@ leaves blank space below short ones), render in JupyterLab, Colab and exported H
 need no script."""
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from IPython.display import display
@@ -45,3 +45,32 @@ class HtmlTable:
 
 def html_table(columns: Mapping[str, Sequence[Any]], *, title: str | None = None) -> HtmlTable:
     return HtmlTable(columns, title=title)
+
+
+Column = tuple[str, str, str]
+"""(header, key, format) of a column that shows each row's mean over seeds ± their standard deviation."""
+
+
+def mean_sd(row: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
+    """A table cell: row[key], a mean over seeds, ± row[key + "_sd"], their standard deviation."""
+    return f"{row[key]:{fmt}} ± {row[key + '_sd']:{fmt}}"
+
+
+def rows_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    *,
+    title: str,
+    labels: Sequence[str] = ("architecture", "setting", "d_sae"),
+    after: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+) -> HtmlTable:
+    """One line per row: the row's `labels` as they are, each (header, key, format) column as mean ± spread,
+    then the `after` columns, each cell computed from its row."""
+    return html_table(
+        {
+            **{label: [row[label] for row in rows] for label in labels},
+            **{header: [mean_sd(row, key, fmt) for row in rows] for header, key, fmt in columns},
+            **{header: [cell(row) for row in rows] for header, cell in (after or {}).items()},
+        },
+        title=title,
+    )

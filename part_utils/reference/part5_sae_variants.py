@@ -362,32 +362,6 @@ def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstr
     return h_reconstructed.pow(2).sum(dim=(0, 2)) / (h_reconstructed * h).sum(dim=(0, 2))
 
 
-def count_recovered(report: dict[str, Any], n_features: int) -> int:
-    """Instances that found every feature at cosine ≥ 0.99 and have no dead latent."""
-    return int(((report["recovered"] == n_features) & (report["dead"] == 0)).sum())
-
-
-SUMMARISED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall")
-
-
-def summarise(reports: dict[str, list[dict[str, Any]]], n_features: int) -> list[dict[str, Any]]:
-    """One row per architecture and setting: each metric's mean and standard deviation over the seeds."""
-    rows = []
-    for name, settings in reports.items():
-        for report in settings:
-            row = {"architecture": name, "setting": report["setting"], "recovered": count_recovered(report, n_features), "seeds": len(report["l0"])}
-            for key in SUMMARISED:
-                values = report[key].double()
-                row[key], row[f"{key}_sd"] = values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
-            rows.append(row)
-    return rows
-
-
-def result_name(row: dict[str, Any]) -> str:
-    """The row's name in the results file, e.g. `JumpReLU.λ=0.1` → `JumpReLU.lam0.1`."""
-    return f"{row['architecture'].split()[0]}.{row['setting'].replace('λ=', 'lam').replace('k=', 'k')}"
-
-
 class HeavisideThroughInput(torch.autograd.Function):
     """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
 

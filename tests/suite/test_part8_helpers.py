@@ -1,7 +1,6 @@
 """Part 8's helpers: the feature tree, the splitting census, the reference's data and Matryoshka
 configuration, and the figures (structure, shapes named in errors, animations paused at frame 0)."""
 
-import plotly.graph_objects as go
 import pytest
 import torch
 
@@ -17,13 +16,11 @@ from part_utils.hierarchy import (
 )
 from part_utils.plotting.absorption import (
     animate_absorption,
-    label_sides,
     plot_absorption_by_parent,
     plot_cooccurrence,
     plot_decoder_decomposition,
     plot_decoder_heatmaps,
     plot_parent_latent_firing,
-    plot_pareto,
 )
 from part_utils.reference import part8_feature_absorption as reference
 
@@ -189,19 +186,3 @@ def test_absorption_animation_starts_paused_at_its_first_frame():
     assert len(figure.frames) == 3 and figure.layout.sliders[0].active == 0
     with pytest.raises(ValueError, match="one \\(cosine, live, absorption\\) frame per step"):
         animate_absorption({"a": frames[:2]}, [0, 25, 50], P, C)
-
-
-def test_pareto_labels_every_point_with_its_setting():
-    rows = [
-        {"architecture": name, "setting": f"k={k}", "l0": k + offset, "fvu": 0.1 / k, "absorption": 0.3 / k}
-        for name, offset in (("A", 0.0), ("B", 0.1))
-        for k in (1, 2, 3)
-    ]
-    figure = plot_pareto(rows)
-    assert isinstance(figure, go.Figure) and len(figure.data) == 4
-    assert all(list(trace.text) == ["k=1", "k=2", "k=3"] for trace in figure.data)
-
-
-def test_label_sides_move_labels_off_each_other():
-    sides = label_sides([(100, 100), (106, 100)], ["λ=0.035", "λ=0.04"], [0, 1], (400, 300))
-    assert sides[0] != sides[1]

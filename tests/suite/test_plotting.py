@@ -6,9 +6,13 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 import torch
+from plotly.subplots import make_subplots
 
 from part_utils.plotting import animate_features_in_2d, build_animation, plot_features_in_2d, plot_features_in_Nd
+from part_utils.plotting.animation import subplot_axes
+from part_utils.plotting.pareto import label_sides, plot_pareto
 from part_utils.plotting.renderer import RENDERER_NAME, OfflineRenderer
+from part_utils.plotting.tables import mean_sd, rows_table
 
 
 def test_plot_features_in_2d_draws_a_line_and_marker_per_feature():
@@ -143,3 +147,54 @@ def test_plot_features_in_neurons_stacks_one_bar_trace_per_feature():
     assert list(figure.data[1].y) == pytest.approx(W[0, :, 1].tolist())
     with pytest.raises(ValueError, match=r"\[inst, neurons, feats\]"):
         plot_features_in_neurons(torch.randn(5, 3))
+
+
+def test_subplot_axes_name_each_subplots_axes_as_traces_do():
+    figure = make_subplots(rows=2, cols=2)
+    assert subplot_axes(figure, 1, 1) == ("x", "y") and subplot_axes(figure, 2, 1) == ("x3", "y3")
+
+
+def test_pareto_labels_every_point_with_its_setting_in_order_of_l0():
+    rows = [
+        {"architecture": name, "setting": f"k={k}", "l0": k + offset, "fvu": 0.1 / k, "absorption": 0.3 / k}
+        for name, offset in (("A", 0.0), ("B", 0.1))
+        for k in (3, 1, 2)
+    ]
+    figure = plot_pareto(rows)
+    assert isinstance(figure, go.Figure) and len(figure.data) == 4  # two architectures in each of two panels
+    assert all(list(trace.text) == ["k=1", "k=2", "k=3"] for trace in figure.data)
+    assert [trace.showlegend for trace in figure.data] == [True, True, False, False]
+
+
+def test_pareto_draws_chosen_panels_log_axes_and_error_bars():
+    rows = [
+        {"architecture": name, "setting": f"k={k}", "l0": k, "l0_sd": 0.1, "fvu": 0.1 / k, "fvu_sd": 0.01}
+        for name in ("A", "B")
+        for k in (1, 2, 4)
+    ]
+    figure = plot_pareto(rows, panels=[("fvu", True, "FVU")], log_x=True)
+    assert len(figure.data) == 2 and figure.layout.xaxis.type == "log" and figure.layout.yaxis.type == "log"
+    assert list(figure.data[0].error_y.array) == [0.01] * 3 and list(figure.data[0].error_x.array) == [0.1] * 3
+    without_spread = [{key: value for key, value in row.items() if not key.endswith("_sd")} for row in rows]
+    assert plot_pareto(without_spread, panels=[("fvu", True, "FVU")]).data[0].error_y.array is None
+
+
+def test_label_sides_move_labels_off_each_other_and_off_the_edges():
+    sides = label_sides([(100, 100), (106, 100)], ["λ=0.035", "λ=0.04"], [0, 1], (400, 300))
+    assert sides[0] != sides[1]
+    assert "left" not in label_sides([(2, 150)], ["k=1"], [0], (400, 300))[0]  # at the left edge: label to the right
+
+
+def test_rows_table_shows_labels_means_with_spreads_and_computed_columns():
+    rows = [
+        {"architecture": "TopK", "setting": "k=1", "d_sae": 40, "l0": 1, "l0_sd": 0.25, "fvu": 0.0123, "fvu_sd": 1e-3},
+        {"architecture": "L1", "setting": "λ=0.1", "d_sae": 40, "l0": 2.5, "l0_sd": 0.0, "fvu": 0.5, "fvu_sd": 0.05},
+    ]
+    columns = [("L0", "l0", ".2f"), ("FVU", "fvu", ".4f")]
+    table = rows_table(rows, columns, title="t", after={"twice": lambda row: 2 * row["l0"]})
+    assert list(table.columns) == ["architecture", "setting", "d_sae", "L0", "FVU", "twice"]
+    assert table.columns["L0"] == ["1.00 ± 0.25", "2.50 ± 0.00"] and table.columns["FVU"][0] == "0.0123 ± 0.0010"
+    assert table.columns["twice"] == [2.0, 5.0] and table.title == "t"
+    assert list(rows_table(rows, [("L0", "l0", ".1f")], title="t", labels=("setting",)).columns) == ["setting", "L0"]
+    assert mean_sd(rows[0], "l0") == "1.000 ± 0.250"
+

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from part_utils.matching import hungarian_match, matched_recall
-from part_utils.plotting.absorption import plot_pareto
 from part_utils.reference import part5_sae_variants, part8_feature_absorption
 
 
@@ -61,16 +60,3 @@ def test_saebench_absorption_counts_every_parent_input_and_partial_absorption():
     assert fraction.item() == pytest.approx((0 + 1 + partial) / 3)
     fires = part8_feature_absorption.carrier_fires(acts, parent_cosine, parent_latent, threshold=0.5)
     assert fires[:, 0, 0].tolist() == [False, True, True, True]
-
-
-def test_pareto_draws_chosen_panels_log_axes_and_error_bars():
-    rows = [
-        {"architecture": name, "setting": f"k={k}", "l0": k, "l0_sd": 0.1, "fvu": 0.1 / k, "fvu_sd": 0.01}
-        for name in ("A", "B")
-        for k in (1, 2, 4)
-    ]
-    figure = plot_pareto(rows, panels=[("fvu", True, "FVU")], log_x=True)
-    assert len(figure.data) == 2 and figure.layout.xaxis.type == "log" and figure.layout.yaxis.type == "log"
-    assert list(figure.data[0].error_y.array) == [0.01] * 3 and list(figure.data[0].error_x.array) == [0.1] * 3
-    without_spread = plot_pareto([{k: v for k, v in row.items() if not k.endswith("_sd")} for row in rows], panels=[("fvu", True, "FVU")])
-    assert without_spread.data[0].error_y.array is None
