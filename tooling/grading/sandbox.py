@@ -147,14 +147,9 @@ def stand_in_checks(folder: Path) -> Path:
     stand_in.mkdir()
     for path in (folder, stand_in):
         path.chmod(0o755)  # readable by the sandbox's unprivileged user
-    docstring = '"""Checks run outside the sandbox while grading."""
-'
+    docstring = '"""Checks run outside the sandbox while grading."""\n'
     (stand_in / "__init__.py").write_text(docstring)
-    body = docstring + "
-
-def __getattr__(name):
-    return lambda *args, **kwargs: None
-"
+    body = docstring + "\n\ndef __getattr__(name):\n    return lambda *args, **kwargs: None\n"
     modules = [path.stem for path in (ROOT / "tests").glob("*.py") if path.name != "__init__.py"]
     packages = [path.parent.name for path in (ROOT / "tests").glob("part*/__init__.py")]
     for name in modules + packages:  # a part's checks are a package: its stand-in is one module all the same
