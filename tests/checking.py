@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from part_utils.seeding import forked_rng
+from part_utils.tracebacks import learner_location, notebook_globals
 
 CHECKS_DIR = Path(__file__).resolve().parent
 GRADING_SEED: int | None = None
@@ -162,8 +163,8 @@ def call_learner(
         ) from error
     except Exception as error:
         raise CheckFailure(
-            f"`{what}` raised {type(error).__name__}: {error} (at {_learner_location(error)}); "
-            "fix that error first, then run this check again."
+            f"`{what}` raised {type(error).__name__}: {error} (at {_learner_location(error, function)})."
+            f"{_globals_hint(function, what)} Fix that error first, then run this check again."
         ) from error
     if torch.is_grad_enabled() != grad_mode:
         torch.set_grad_enabled(grad_mode)
@@ -283,18 +284,24 @@ def _in_checks(filename: str) -> bool:
     return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name != "suite")
 
 
-def _learner_location(error: BaseException) -> str:
-    """The innermost frame outside the check modules and installed packages, i.e. the learner's line."""
+def _learner_location(error: BaseException, function: Callable[..., Any]) -> str:
+    """The learner's line: the innermost frame outside the checks and installed packages, at their function's line."""
     if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there
         return str(error.learner_location)
-    location = "your code"
-    traceback = error.__traceback__
-    while traceback is not None:
-        filename = traceback.tb_frame.f_code.co_filename
-        if not _in_checks(filename) and "-packages" not in filename:
-            location = f"line {traceback.tb_lineno} of `{traceback.tb_frame.f_code.co_name}`"
-        traceback = traceback.tb_next
-    return location
+    learner_file = getattr(getattr(function, "__code__", None), "co_filename", None)
+    return learner_location(error, ours=_in_checks, learner_file=learner_file)
+
+
+def _globals_hint(function: Callable[..., Any], what: str) -> str:
+    """A sentence naming the notebook's numbers or tensors the function reads instead of its inputs, if any."""
+    used = notebook_globals(function)
+    if not used:
+        return ""
+    names = ", ".join(f"`{name}`" for name in used)
+    return (
+        f" `{what}` reads the notebook's {names} rather than its arguments or the object's config, and this check "
+        "uses other sizes: take each size from the inputs or from `self.cfg`."
+    )
 
 
 def expect_tensor(value: object, shape: tuple[int, ...], *, what: str, axes: str) -> Tensor:

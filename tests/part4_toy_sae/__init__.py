@@ -16,17 +16,17 @@ One module per exercise (resample_advanced's designed cases are in `_advanced_de
 share is in `_common` and `_resampling`.
 """
 
-from tests.part4_toy_sae._advanced_design import _main_advanced_case, ADVANCED_BATCH
-from tests.part4_toy_sae._common import _float64, _sae_parameters, _sae_terms, FALSE_ALARM
+from tests.part4_toy_sae._advanced_design import ADVANCED_BATCH, _main_advanced_case
+from tests.part4_toy_sae._common import FALSE_ALARM, _float64, _sae_parameters, _sae_terms
 from tests.part4_toy_sae.forward import test_forward
 from tests.part4_toy_sae.generate_batch import test_generate_batch
 from tests.part4_toy_sae.init import test_init
 from tests.part4_toy_sae.max_cosine_similarity import test_max_cosine_similarity
 from tests.part4_toy_sae.resample_advanced import (
+    DrawnBatch,
     _check_advanced_case,
     _group_probabilities,
     _wrong_weightings,
-    DrawnBatch,
     test_resample_advanced,
 )
 from tests.part4_toy_sae.resample_simple import test_resample_simple

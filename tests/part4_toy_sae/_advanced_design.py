@@ -25,7 +25,7 @@ from torch import Tensor
 from part_utils.reference import part1_toy_models as toy
 from part_utils.reference import part4_toy_sae as reference
 from tests.fixtures import toy_model
-from tests.part4_toy_sae._common import _float64, D_IN
+from tests.part4_toy_sae._common import D_IN, _float64
 
 ADVANCED_SCALE = 0.2
 ADVANCED_BATCH = 1024
@@ -47,7 +47,7 @@ def _row_groups(batch_size: int) -> Tensor:
     """The group of every row of a designed batch: 0 for the spike row, 1..N_GROUPS in turn for the others."""
     others = 1 + torch.arange(max(batch_size - 1, 0)) % N_GROUPS
     if batch_size <= SPIKE_ROW:
-        return (1 + torch.arange(batch_size) % N_GROUPS)
+        return 1 + torch.arange(batch_size) % N_GROUPS
     return torch.cat([others[:SPIKE_ROW], torch.zeros(1, dtype=torch.long), others[SPIKE_ROW:]])
 
 

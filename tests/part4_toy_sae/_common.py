@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import call_learner, CheckFailure, gradients, NotImplementedYet
+from tests.checking import CheckFailure, NotImplementedYet, call_learner, gradients
 from tests.fixtures import toy_model
 
 N_INST, D_IN, N_FEATURES, D_SAE = 3, 4, 6, 7

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import call_learner, CheckFailure
+from tests.checking import CheckFailure, call_learner
 from tests.part4_toy_sae._common import (
     _assert_model_untouched,
     _float64,

@@ -12,18 +12,22 @@ from torch import Tensor
 
 from part_utils.reference import part4_toy_sae as reference
 from tests.checking import (
+    CheckFailure,
     call_learner,
     check,
-    CheckFailure,
+    check_output_gradients,
     diagnose,
     expect_tensor,
     first_gradient_mismatch,
     inputs_clear_of_kinks,
-    check_output_gradients,
     learner_callable,
     reference_with_gradients,
 )
 from tests.part4_toy_sae._common import (
+    D_IN,
+    D_SAE,
+    N_INST,
+    SAETerms,
     _backpropagate,
     _case,
     _float64,
@@ -32,10 +36,6 @@ from tests.part4_toy_sae._common import (
     _reference_sae,
     _sae_parameters,
     _sae_terms,
-    D_IN,
-    D_SAE,
-    N_INST,
-    SAETerms,
 )
 from tests.sae_output import require_named_fields
 
@@ -132,8 +132,7 @@ def _reconstruction_mistakes(p: Mapping[str, Tensor], acts: Tensor, eps: float, 
     if not tied:
         W_enc_t = p["W_enc"].transpose(-1, -2)
         message = (
-            "The reconstruction decodes with W_encᵀ; an untied SAE decodes with its own decoder, "
-            "self.W_dec_normalized."
+            "The reconstruction decodes with W_encᵀ; an untied SAE decodes with its own decoder, self.W_dec_normalized."
         )
         mistakes[message] = decode(_normalised(W_enc_t, eps)) + p["b_dec"]
         mistakes[message + " "] = decode(W_enc_t) + p["b_dec"]
@@ -299,7 +298,12 @@ def _pre_activation_mistakes(p: Mapping[str, Tensor], x: Tensor, tied: bool) -> 
 
 
 def _check_pre_activations(
-    pre_activations: object, sae: reference.ToySAE, h: Tensor, right: SAETerms, p: Mapping[str, Tensor], case: ForwardCase
+    pre_activations: object,
+    sae: reference.ToySAE,
+    h: Tensor,
+    right: SAETerms,
+    p: Mapping[str, Tensor],
+    case: ForwardCase,
 ) -> None:
     """`pre_activations(h)` is (h - b_dec) W_enc + b_enc, [batch, inst, d_sae], and trains the encoder."""
     output = call_learner(pre_activations, sae, h.clone(), what="pre_activations")

@@ -8,9 +8,9 @@ from torch import Tensor
 
 from part_utils.reference import part1_toy_models as toy
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import call_learner, check, CheckFailure, close, diagnose, expect_tensor, learner_callable
+from tests.checking import CheckFailure, call_learner, check, close, diagnose, expect_tensor, learner_callable
 from tests.fixtures import toy_model
-from tests.part4_toy_sae._common import _float64, _no_grad, D_SAE, N_FEATURES, N_INST
+from tests.part4_toy_sae._common import D_SAE, N_FEATURES, N_INST, _float64, _no_grad
 from tests.sampling import check_sparse_unit_sample
 
 GENERATE_BATCH = 20_000

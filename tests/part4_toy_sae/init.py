@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from part_utils.reference import part1_toy_models as toy
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import call_learner, check, CheckFailure, frequencies_match, learner_callable
+from tests.checking import CheckFailure, call_learner, check, frequencies_match, learner_callable
 from tests.fixtures import toy_model
-from tests.part4_toy_sae._common import _case, _float64, _model_attributes, FALSE_ALARM
+from tests.part4_toy_sae._common import FALSE_ALARM, _case, _float64, _model_attributes
 
 INIT_SIZES = {"n_inst": 3, "d_in": 16, "d_sae": 36}  # 1,728 weights per matrix: enough to pin the bound to ~1 %
 INIT_TESTS = 3 * 2  # (untied W_enc, _W_dec, tied W_enc) x (bound, uniformity)

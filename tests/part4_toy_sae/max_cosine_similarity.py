@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import call_learner, check, CheckFailure, diagnose, expect_tensor, learner_callable
-from tests.part4_toy_sae._common import _case, D_IN, D_SAE, N_FEATURES, N_INST
+from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, learner_callable
+from tests.part4_toy_sae._common import D_IN, D_SAE, N_FEATURES, N_INST, _case
 
 COSINE_CASES = ((None, D_SAE), ("With as many latents as features", N_FEATURES), ("With a single latent", 1))
 

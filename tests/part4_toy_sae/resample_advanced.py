@@ -11,32 +11,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.checking import check, CheckFailure, diagnose, frequencies_match, learner_callable
+from tests.checking import CheckFailure, check, diagnose, frequencies_match, learner_callable
 from tests.part4_toy_sae._advanced_design import (
+    ADVANCED_BATCH,
+    ADVANCED_SCALE,
+    DEAD_BIAS,
+    N_GROUPS,
+    AdvancedCase,
     _edge_advanced_cases,
     _main_advanced_case,
     _row_groups,
-    ADVANCED_BATCH,
-    ADVANCED_SCALE,
-    AdvancedCase,
-    DEAD_BIAS,
-    N_GROUPS,
 )
 from tests.part4_toy_sae._common import (
+    FALSE_ALARM,
     _case,
     _explained,
     _float64,
     _naming_tied_decoder,
     _sae_parameters,
     _sae_terms,
-    FALSE_ALARM,
 )
 from tests.part4_toy_sae._resampling import (
+    SAEState,
     _changed_latents,
     _check_only_these_changed,
     _check_returned_mask,
     _resample,
-    SAEState,
 )
 
 

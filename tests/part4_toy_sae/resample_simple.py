@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import check, check_random_directions, CheckFailure, diagnose, learner_callable
-from tests.part4_toy_sae._common import _case, _float64, _reference_sae, D_SAE, FALSE_ALARM, N_INST
-from tests.part4_toy_sae._resampling import _check_only_these_changed, _check_returned_mask, _resample, SAEState
+from tests.checking import CheckFailure, check, check_random_directions, diagnose, learner_callable
+from tests.part4_toy_sae._common import D_SAE, FALSE_ALARM, N_INST, _case, _float64, _reference_sae
+from tests.part4_toy_sae._resampling import SAEState, _check_only_these_changed, _check_returned_mask, _resample
 
 SIMPLE_SCALE = 0.3
 SIMPLE_D_SAE = 160  # 260 dead latents in all: enough for the tests of how the directions spread

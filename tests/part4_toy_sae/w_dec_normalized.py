@@ -8,8 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import call_learner, check, CheckFailure, diagnose, expect_tensor, learner_callable
+from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, learner_callable
 from tests.part4_toy_sae._common import (
+    D_IN,
+    D_SAE,
+    N_INST,
     _backpropagate,
     _case,
     _explained,
@@ -17,9 +20,6 @@ from tests.part4_toy_sae._common import (
     _naming_tied_decoder,
     _normalised,
     _reference_sae,
-    D_IN,
-    D_SAE,
-    N_INST,
 )
 
 TINY_ROW_NORM = 1e-3  # small enough that ε inside the square root shows, large enough that ε outside does not

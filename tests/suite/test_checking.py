@@ -1,6 +1,8 @@
 """The shared check machinery itself (tests/checking.py): snapshots, wrong objects, gradients, statistics."""
 
+import linecache
 import math
+import types
 
 import pytest
 import torch
@@ -103,8 +105,40 @@ def test_call_learner_turns_stubs_and_crashes_into_one_sentence():
 
     with pytest.raises(NotImplementedYet):
         call_learner(stub, torch.ones(2), what="stub")
-    with pytest.raises(CheckFailure, match=r"raised RuntimeError: .* \(at line \d+ of `crash`\)"):
+    with pytest.raises(
+        CheckFailure, match=r"raised RuntimeError: .* \(at line 2 of `crash`: `return x @ torch.ones\(7\)`\)"
+    ):
         call_learner(crash, torch.ones(2), what="crash")
+
+
+def notebook_cells(*cells: str) -> dict[str, object]:
+    """Run source as notebook cells do: each cell its own file, known to linecache, all in one namespace."""
+    namespace: dict[str, object] = {"torch": torch, "__name__": "__main__"}
+    for index, source in enumerate(cells):
+        filename = f"<notebook cell {index}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def test_a_crash_in_a_helper_the_notebook_gives_is_placed_at_the_learners_call():
+    namespace = notebook_cells(
+        "def family_sizes(x, n):\n    return x.reshape(n, -1)\n",
+        "\n\n@staticmethod\ndef count(x):\n    n = 3\n    return family_sizes(x, n)\n",
+    )
+    with pytest.raises(CheckFailure) as failure:
+        call_learner(namespace["count"].__func__, torch.ones(5), what="count")
+    assert "(at line 3 of `count`: `return family_sizes(x, n)`, inside `family_sizes`, which it calls)" in str(
+        failure.value
+    )
+
+
+def test_a_crash_names_the_notebook_globals_the_code_read():
+    namespace = notebook_cells(
+        "d_sae = 40\nEPS = 1e-8\n", "def first(acts, cfg):\n    return acts[:, d_sae - 1] + cfg.d_sae + EPS\n"
+    )
+    with pytest.raises(CheckFailure, match=r"reads the notebook's `d_sae` rather than its arguments"):
+        call_learner(namespace["first"], torch.ones(2, 5), types.SimpleNamespace(d_sae=5), what="first")
 
 
 def test_a_learner_line_is_found_past_check_modules_and_packages_but_not_past_the_suite():

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import tests.part4_toy_sae as part4
-from part_utils.sae_interface import SAEOutput
 from part_utils.reference.part4_toy_sae import ToySAE, max_cosine_similarity
+from part_utils.sae_interface import SAEOutput
 from part_utils.seeding import forked_rng
 from tests.checking import binomial_tolerance
 from tests.suite.conftest import stub
@@ -103,8 +103,16 @@ def init_transposed_whole(self, cfg, model):
     nn.Module.__init__(self)
     self.cfg, self.model = cfg, model.requires_grad_(False)
     device = next(model.parameters()).device
-    self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device)).transpose(1, 2).contiguous())
-    self._W_dec = None if cfg.tied_weights else nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device)))
+    self.W_enc = nn.Parameter(
+        nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device))
+        .transpose(1, 2)
+        .contiguous()
+    )
+    self._W_dec = (
+        None
+        if cfg.tied_weights
+        else nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device)))
+    )
     self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_sae, device=device))
     self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_in, device=device))
 
@@ -117,7 +125,9 @@ def init_bound_by_hand(self, cfg, model):
     for parameter in model.parameters():
         parameter.requires_grad = False
     bound = math.sqrt(6 / (cfg.d_in * cfg.d_sae))
-    uniform = lambda *shape: nn.Parameter((torch.rand(*shape, dtype=torch.float64) * 2 - 1).mul(bound).float().to(model.W.device))  # noqa: E731
+    uniform = lambda *shape: nn.Parameter(
+        (torch.rand(*shape, dtype=torch.float64) * 2 - 1).mul(bound).float().to(model.W.device)
+    )  # noqa: E731
     self.W_enc = uniform(cfg.n_inst, cfg.d_in, cfg.d_sae)
     self._W_dec = None if cfg.tied_weights else uniform(cfg.n_inst, cfg.d_sae, cfg.d_in)
     self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_sae).to(model.W.device))
@@ -215,15 +225,24 @@ NORMALISED_MUTANTS = [
 
 def test_W_dec_normalized_accepts_reference_and_rewrites(checks):
     checks.passes(part4.test_W_dec_normalized, ToySAE)
-    checks.passes(part4.test_W_dec_normalized, with_property("W_dec_normalized", lambda self: F.normalize(self.W_dec.double(), dim=-1)))
+    checks.passes(
+        part4.test_W_dec_normalized,
+        with_property("W_dec_normalized", lambda self: F.normalize(self.W_dec.double(), dim=-1)),
+    )
     checks.passes(part4.test_W_dec_normalized, with_property("W_dec_normalized", normalise_clone_in_place))
     checks.passes(
         part4.test_W_dec_normalized,
-        with_property("W_dec_normalized", lambda self: self.W_dec / torch.linalg.vector_norm(self.W_dec, dim=-1, keepdim=True).clamp_min(1e-8)),
+        with_property(
+            "W_dec_normalized",
+            lambda self: self.W_dec / torch.linalg.vector_norm(self.W_dec, dim=-1, keepdim=True).clamp_min(1e-8),
+        ),
     )
     checks.passes(
         part4.test_W_dec_normalized,
-        with_property("W_dec_normalized", lambda self: self.W_dec / (torch.einsum("isd,isd->is", self.W_dec, self.W_dec).sqrt()[..., None] + 1e-8)),
+        with_property(
+            "W_dec_normalized",
+            lambda self: self.W_dec / (torch.einsum("isd,isd->is", self.W_dec, self.W_dec).sqrt()[..., None] + 1e-8),
+        ),
     )
 
 
@@ -233,7 +252,11 @@ def test_W_dec_normalized_names_each_mistake(checks, mutant, message):
 
 
 def test_W_dec_normalized_names_a_plain_method(checks):
-    checks.fails(part4.test_W_dec_normalized, with_method("W_dec_normalized", lambda self: self.W_dec), r"plain method.*@property")
+    checks.fails(
+        part4.test_W_dec_normalized,
+        with_method("W_dec_normalized", lambda self: self.W_dec),
+        r"plain method.*@property",
+    )
 
 
 # generate_batch ---------------------------------------------------------------------------
@@ -270,7 +293,11 @@ def make_own_draws(*, reversed_presence=False, normal_magnitudes=False, shared_o
     def generate(self, batch_size):
         probability = self.model.feature_probability
         shape, device = (batch_size, *probability.shape), probability.device
-        presence_draw = torch.rand(batch_size, 1, probability.shape[1], device=device) if shared_over_instances else torch.rand(shape, device=device)
+        presence_draw = (
+            torch.rand(batch_size, 1, probability.shape[1], device=device)
+            if shared_over_instances
+            else torch.rand(shape, device=device)
+        )
         present = presence_draw > probability if reversed_presence else presence_draw < probability
         magnitudes = torch.randn(shape, device=device) if normal_magnitudes else torch.rand(shape, device=device)
         return torch.einsum("ihf,bif->bih", self.model.W, magnitudes * present)
@@ -285,7 +312,9 @@ def generate_and_clamp_probability(self, batch_size):
 
 def test_generate_batch_accepts_reference_and_rewrites(checks):
     for generate in (None, generate_matmul, generate_bmm, generate_own_draws):
-        checks.passes(part4.test_generate_batch, ToySAE if generate is None else with_method("generate_batch", generate))
+        checks.passes(
+            part4.test_generate_batch, ToySAE if generate is None else with_method("generate_batch", generate)
+        )
 
 
 @pytest.mark.parametrize(
@@ -294,9 +323,14 @@ def test_generate_batch_accepts_reference_and_rewrites(checks):
         (generate_features_only, "returned something of shape \\[batch, inst, feats\\]"),
         (generate_instance_zero_features, "instance 0's features"),
         (lambda self, n: F.relu(ToySAE.generate_batch(self, n)), "no negative values"),
-        (lambda self, n: torch.einsum("ihf,bjf->bih", self.model.W, self.model.generate_batch(n)), "sums the features of all instances"),
         (
-            lambda self, n: torch.einsum("ifh,bif->bih", self.model.W.reshape(self.cfg.n_inst, -1, self.cfg.d_in), self.model.generate_batch(n)),
+            lambda self, n: torch.einsum("ihf,bjf->bih", self.model.W, self.model.generate_batch(n)),
+            "sums the features of all instances",
+        ),
+        (
+            lambda self, n: torch.einsum(
+                "ifh,bif->bih", self.model.W.reshape(self.cfg.n_inst, -1, self.cfg.d_in), self.model.generate_batch(n)
+            ),
             "W is reshaped",
         ),
         (generate_and_clamp_probability, r"changed `self\.model\.feature_probability` in place"),
@@ -349,7 +383,9 @@ def make_forward(
             acts = activation(pre) if relu else pre
             if bias_after_relu:
                 acts = acts + self.b_enc
-            h_rec = torch.einsum("bis,isd->bid", cut(pre if decode_pre else acts, "acts"), cut(W_dec, "decoder")) + (self.b_dec if add_back else 0)
+            h_rec = torch.einsum("bis,isd->bid", cut(pre if decode_pre else acts, "acts"), cut(W_dec, "decoder")) + (
+                self.b_dec if add_back else 0
+            )
             compared = h - self.b_dec if target == "centred" else h
             squared = (h_rec - compared).pow(2)
             reconstruction = squared.mean(-1) if rec == "mean" else squared.sum(-1)
@@ -359,7 +395,10 @@ def make_forward(
                 reconstruction = F.mse_loss(h_rec, compared)
             sparsity = acts.abs().sum(-1) if l1 == "sum" else acts.abs().mean(-1)
             coefficient = self.cfg.sparsity_coeff if coeff else 1.0
-            loss_dict = {"L_reconstruction": reconstruction, "L_sparsity": coefficient * sparsity if coeff_in_dict else sparsity}
+            loss_dict = {
+                "L_reconstruction": reconstruction,
+                "L_sparsity": coefficient * sparsity if coeff_in_dict else sparsity,
+            }
             per_input = reconstruction + (1.0 if coeff_in_dict else coefficient) * cut(sparsity, "sparsity")
             per_instance = per_input.mean(0) if batch == "mean" else per_input.sum(0)
             loss = per_instance.sum() if inst == "sum" else per_instance.mean()
@@ -373,7 +412,9 @@ def make_forward(
 def forward_matmul_float64(self, h):
     h = h.double()
     # ReLU((h - b_dec) W_enc + b_enc), written with matmuls and clamp.
-    acts = torch.clamp(((h - self.b_dec.double()).unsqueeze(-2) @ self.W_enc.double()).squeeze(-2) + self.b_enc.double(), min=0)
+    acts = torch.clamp(
+        ((h - self.b_dec.double()).unsqueeze(-2) @ self.W_enc.double()).squeeze(-2) + self.b_enc.double(), min=0
+    )
     h_rec = (acts.unsqueeze(-2) @ self.W_dec_normalized.double()).squeeze(-2) + self.b_dec.double()
     reconstruction = ((h_rec - h) ** 2).sum(-1) / h.shape[-1]
     sparsity = acts.sum(-1)
@@ -438,7 +479,11 @@ def test_forward_names_each_mistake(checks, options, message):
 
 
 def test_forward_names_a_decoder_normalised_in_place(checks):
-    checks.fails(part4.test_forward, with_method("forward", forward_normalising_decoder_in_place), r"changed `self._W_dec` in place")
+    checks.fails(
+        part4.test_forward,
+        with_method("forward", forward_normalising_decoder_in_place),
+        r"changed `self._W_dec` in place",
+    )
 
 
 def pre_activations_uncentred(self, h):
@@ -487,7 +532,10 @@ def test_forward_accepts_its_methods_written_otherwise(checks):
     ("methods", "message"),
     [
         ({"pre_activations": pre_activations_uncentred}, r"`pre_activations` ignores b_dec"),
-        ({"pre_activations": pre_activations_detached}, r"No gradient reaches `W_enc`, although the output of `pre_activations` is right"),
+        (
+            {"pre_activations": pre_activations_detached},
+            r"No gradient reaches `W_enc`, although the output of `pre_activations` is right",
+        ),
         ({"decode": decode_without_bias}, r"forgets to add b_dec back"),
         ({"decode": lambda self, acts: decode_matmul(self, acts).detach()}, r"output of `decode` carries no gradient"),
         # A forward that calls encode is checked with the learner's own pre-activations and decoder.
@@ -504,7 +552,9 @@ def test_forward_asks_for_the_class_when_given_a_function(checks):
 
 
 def test_forward_refuses_the_wrong_return_shape(checks):
-    checks.fails(part4.test_forward, with_method("forward", lambda self, h: make_forward()(self, h)[:2]), "tuple of four")
+    checks.fails(
+        part4.test_forward, with_method("forward", lambda self, h: make_forward()(self, h)[:2]), "tuple of four"
+    )
 
 
 def test_forward_names_a_loss_from_item(checks):
@@ -549,7 +599,9 @@ def unit_cosines(W, f):
     return torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), F.normalize(W, dim=-1))
 
 
-@pytest.mark.parametrize("function", [max_cosine_similarity, cosine_loop_float64, cosine_broadcast, cosine_in_place_on_copies])
+@pytest.mark.parametrize(
+    "function", [max_cosine_similarity, cosine_loop_float64, cosine_broadcast, cosine_in_place_on_copies]
+)
 def test_max_cosine_similarity_accepts_reference_and_rewrites(checks, function):
     checks.passes(part4.test_max_cosine_similarity, function)
 
@@ -557,8 +609,14 @@ def test_max_cosine_similarity_accepts_reference_and_rewrites(checks, function):
 @pytest.mark.parametrize(
     ("mutant", "message"),
     [
-        (lambda W, f: torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), W).max(-1).values, "decoder rows are not normalised"),
-        (lambda W, f: torch.einsum("ifd,isd->ifs", f, F.normalize(W, dim=-1)).max(-1).values, "feature directions are not normalised"),
+        (
+            lambda W, f: torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), W).max(-1).values,
+            "decoder rows are not normalised",
+        ),
+        (
+            lambda W, f: torch.einsum("ifd,isd->ifs", f, F.normalize(W, dim=-1)).max(-1).values,
+            "feature directions are not normalised",
+        ),
         (lambda W, f: torch.einsum("ifd,isd->ifs", f, W).max(-1).values, "Neither side is normalised"),
         (lambda W, f: unit_cosines(W, f).abs().max(-1).values, "absolute cosine"),
         (lambda W, f: unit_cosines(W, f).max(-2).values, "maximum over features"),
@@ -566,7 +624,10 @@ def test_max_cosine_similarity_accepts_reference_and_rewrites(checks, function):
         (lambda W, f: unit_cosines(W, f).mean(-1), "averaged over latents"),
         (lambda W, f: unit_cosines(W, f).max(-1), r"\(values, indices\) pair"),
         (lambda W, f: unit_cosines(W, f).argmax(-1), "returned integers"),
-        (lambda W, f: torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), F.normalize(W, dim=1)).max(-1).values, r"normalised over latents \(dim 1\)"),
+        (
+            lambda W, f: torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), F.normalize(W, dim=1)).max(-1).values,
+            r"normalised over latents \(dim 1\)",
+        ),
         (cosine_normalising_inputs_in_place, r"changed `W_dec` in place"),
     ],
 )
@@ -579,7 +640,11 @@ def test_max_cosine_similarity_names_the_wrong_axis_when_shapes_agree(checks):
         cosine = unit_cosines(W, f)
         return cosine.max(-2).values if W.shape[1] == f.shape[1] else cosine.max(-1).values
 
-    checks.fails(part4.test_max_cosine_similarity, wrong_axis_square_only, r"^With as many latents as features: you took the maximum over features")
+    checks.fails(
+        part4.test_max_cosine_similarity,
+        wrong_axis_square_only,
+        r"^With as many latents as features: you took the maximum over features",
+    )
 
 
 # resample_simple --------------------------------------------------------------------------
@@ -647,7 +712,9 @@ def make_resample_simple(
 def resample_simple_all_at_once(self, frac_active_in_window, resample_scale):
     """Correct, drawing differently: a float64 direction for every latent, kept only where dead."""
     dead = frac_active_in_window == 0
-    directions = F.normalize(torch.randn(*dead.shape, self.cfg.d_in, dtype=torch.float64), dim=-1).float().to(dead.device)
+    directions = (
+        F.normalize(torch.randn(*dead.shape, self.cfg.d_in, dtype=torch.float64), dim=-1).float().to(dead.device)
+    )
     self.W_enc.data = torch.where(dead[:, None, :], directions.transpose(1, 2) * resample_scale, self.W_enc.data)
     if self._W_dec is not None:
         self._W_dec.data[dead] = directions[dead]
@@ -655,7 +722,10 @@ def resample_simple_all_at_once(self, frac_active_in_window, resample_scale):
     return dead
 
 
-@pytest.mark.parametrize("resample", [None, make_resample_simple(), resample_simple_all_at_once, after_extra_draws(ToySAE.resample_simple, 7)])
+@pytest.mark.parametrize(
+    "resample",
+    [None, make_resample_simple(), resample_simple_all_at_once, after_extra_draws(ToySAE.resample_simple, 7)],
+)
 def test_resample_simple_accepts_reference_and_rewrites(checks, resample):
     checks.passes(part4.test_resample_simple, ToySAE if resample is None else with_method("resample_simple", resample))
 
@@ -678,7 +748,10 @@ def test_resample_simple_accepts_reference_and_rewrites(checks, resample):
         ({"copy_then_write": True}, "kept their old weights"),
         ({"divide_scale": True}, "divided by resample_scale"),
         ({"zero_b_dec": True}, r"changed `self.b_dec` in place"),
-        ({"tied_unit": True}, r"^For a tied SAE: each resampled W_enc column should be a unit direction times resample_scale; yours are unit"),
+        (
+            {"tied_unit": True},
+            r"^For a tied SAE: each resampled W_enc column should be a unit direction times resample_scale; yours are unit",
+        ),
     ],
 )
 def test_resample_simple_names_each_mistake(checks, options, message):
@@ -691,7 +764,11 @@ def test_resample_simple_names_a_changed_input(checks):
         frac_active_in_window[dead] = 1.0  # "mark them as revived"
         return dead
 
-    checks.fails(part4.test_resample_simple, with_method("resample_simple", resample), r"changed `frac_active_in_window` in place")
+    checks.fails(
+        part4.test_resample_simple,
+        with_method("resample_simple", resample),
+        r"changed `frac_active_in_window` in place",
+    )
 
 
 # resample_advanced ------------------------------------------------------------------------
@@ -745,7 +822,9 @@ def make_resample_advanced(
             elif draws == "one":
                 picks = torch.multinomial(w, 1).expand(len(latents))
             elif draws == "same for all":
-                first_draws = torch.multinomial(w, len(latents), replacement=True) if first_draws is None else first_draws
+                first_draws = (
+                    torch.multinomial(w, len(latents), replacement=True) if first_draws is None else first_draws
+                )
                 picks = first_draws
             source = {"input": h, "residual": h - h_rec}[direction_from][picks, inst]
             directions = source - (self.b_dec[inst] if centre and direction_from == "input" else 0)
@@ -804,13 +883,17 @@ def resample_advanced_searchsorted(self, frac_active_in_window, resample_scale, 
     total = cumulative[:, -1:]
     u = torch.rand(self.cfg.n_inst, self.cfg.d_sae, device=h.device) * total
     rows = torch.searchsorted(cumulative, u).clamp(max=h.shape[0] - 1)  # [inst, d_sae]: a draw for every latent
-    chosen_inputs = torch.gather(h.transpose(0, 1), 1, rows[..., None].expand(-1, -1, self.cfg.d_in))  # [inst, d_sae, d_in]
+    chosen_inputs = torch.gather(
+        h.transpose(0, 1), 1, rows[..., None].expand(-1, -1, self.cfg.d_in)
+    )  # [inst, d_sae, d_in]
     directions = F.normalize(chosen_inputs - self.b_dec[:, None, :], dim=-1)
     live = ~dead
     live_count = live.sum(-1)
     live_norm = torch.where(live_count > 0, (self.W_enc.norm(dim=1) * live).sum(-1) / live_count.clamp(min=1), 1.0)
     resampled = dead & (total > 0)
-    self.W_enc.data = torch.where(resampled[:, None, :], (directions * live_norm[:, None, None] * resample_scale).transpose(1, 2), self.W_enc.data)
+    self.W_enc.data = torch.where(
+        resampled[:, None, :], (directions * live_norm[:, None, None] * resample_scale).transpose(1, 2), self.W_enc.data
+    )
     if self._W_dec is not None:
         self._W_dec.data = torch.where(resampled[..., None], directions, self._W_dec.data)
     self.b_enc.data = torch.where(resampled, 0.0, self.b_enc.data)
@@ -819,10 +902,18 @@ def resample_advanced_searchsorted(self, frac_active_in_window, resample_scale, 
 
 @pytest.mark.parametrize(
     "resample",
-    [None, make_resample_advanced(), make_resample_advanced(batch_from="model"), resample_advanced_per_latent, resample_advanced_searchsorted],
+    [
+        None,
+        make_resample_advanced(),
+        make_resample_advanced(batch_from="model"),
+        resample_advanced_per_latent,
+        resample_advanced_searchsorted,
+    ],
 )
 def test_resample_advanced_accepts_reference_and_rewrites(checks, resample):
-    checks.passes(part4.test_resample_advanced, ToySAE if resample is None else with_method("resample_advanced", resample))
+    checks.passes(
+        part4.test_resample_advanced, ToySAE if resample is None else with_method("resample_advanced", resample)
+    )
 
 
 def test_resample_advanced_verdict_does_not_depend_on_earlier_draws():
@@ -853,15 +944,23 @@ def test_resample_advanced_verdict_does_not_depend_on_earlier_draws():
         ({"norm_over": "none"}, "not scaled by the mean live encoder norm"),
         ({"norm_over": "global"}, "averages the live encoder norms of all instances"),
         ({"norm_over": "decoder"}, "uses the live latents' decoder norms"),
-        ({"no_live_norm": float("nan")}, r"^With an instance whose latents are all dead: the encoder columns .* are NaN"),
-        ({"skip_zero": False}, r"^With an instance whose reconstruction losses are all zero: `resample_advanced` resampled"),
+        (
+            {"no_live_norm": float("nan")},
+            r"^With an instance whose latents are all dead: the encoder columns .* are NaN",
+        ),
+        (
+            {"skip_zero": False},
+            r"^With an instance whose reconstruction losses are all zero: `resample_advanced` resampled",
+        ),
         ({"mark_skipped": True}, "marks the dead latents of the instance it skipped"),
         ({"touch_live": True}, "changed live latents"),
         ({"keep_bias": True}, "non-zero encoder bias"),
     ],
 )
 def test_resample_advanced_names_each_mistake(checks, options, message):
-    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", make_resample_advanced(**options)), message)
+    checks.fails(
+        part4.test_resample_advanced, with_method("resample_advanced", make_resample_advanced(**options)), message
+    )
 
 
 def test_resample_advanced_names_a_crash_on_all_zero_losses(checks):
@@ -870,7 +969,11 @@ def test_resample_advanced_names_a_crash_on_all_zero_losses(checks):
         torch.multinomial(self.forward(h)[0]["L_reconstruction"].pow(2).T, 2, replacement=True)  # all instances at once
         return ToySAE.resample_advanced(self, frac_active_in_window, resample_scale, batch_size)
 
-    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", resample), "skip an instance whose losses are all zero")
+    checks.fails(
+        part4.test_resample_advanced,
+        with_method("resample_advanced", resample),
+        "skip an instance whose losses are all zero",
+    )
 
 
 def test_resample_advanced_names_a_tied_crash(checks):
@@ -878,7 +981,11 @@ def test_resample_advanced_names_a_tied_crash(checks):
         self._W_dec.data  # noqa: B018  (reads the decoder parameter, which a tied SAE does not have)
         return ToySAE.resample_advanced(self, frac_active_in_window, resample_scale, batch_size)
 
-    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", resample), r"^For a tied SAE: `resample_advanced` reads `self._W_dec`")
+    checks.fails(
+        part4.test_resample_advanced,
+        with_method("resample_advanced", resample),
+        r"^For a tied SAE: `resample_advanced` reads `self._W_dec`",
+    )
 
 
 def _main_case_weightings() -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]], int]:
@@ -890,9 +997,17 @@ def _main_case_weightings() -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]
     batch = part4.DrawnBatch.of(case, parameters)
     L, S = batch.reconstruction, batch.sparsity
     right = part4._group_probabilities(L.pow(2), batch.groups)
-    wrong = [(message, part4._group_probabilities(w, batch.groups)) for message, w in part4._wrong_weightings(L, S, case.sae.cfg.sparsity_coeff)]
+    wrong = [
+        (message, part4._group_probabilities(w, batch.groups))
+        for message, w in part4._wrong_weightings(L, S, case.sae.cfg.sparsity_coeff)
+    ]
     # The dead latents never fire on the designed inputs, so leaving them out of the terms changes nothing.
-    full = part4._sae_terms(parameters, case.recorder.rows(part4.ADVANCED_BATCH), coeff=case.sae.cfg.sparsity_coeff, eps=case.sae.cfg.weight_normalize_eps)
+    full = part4._sae_terms(
+        parameters,
+        case.recorder.rows(part4.ADVANCED_BATCH),
+        coeff=case.sae.cfg.sparsity_coeff,
+        eps=case.sae.cfg.weight_normalize_eps,
+    )
     assert not full.acts[..., case.dead.any(0)].any()
     torch.testing.assert_close(full.reconstruction.T, L)
     return right, wrong, int(case.dead[0].sum())
@@ -946,7 +1061,8 @@ def test_a_method_never_attached_is_named(checks, check, name):
 
 @pytest.mark.parametrize(
     ("check", "learner"),
-    [(check, ToySAE) for check, _ in METHOD_CHECKS] + [(part4.test_W_dec_normalized, ToySAE), (part4.test_max_cosine_similarity, max_cosine_similarity)],
+    [(check, ToySAE) for check, _ in METHOD_CHECKS]
+    + [(part4.test_W_dec_normalized, ToySAE), (part4.test_max_cosine_similarity, max_cosine_similarity)],
 )
 def test_checks_leave_every_random_state_and_the_thread_count_untouched(checks, check, learner):
     import random
@@ -956,5 +1072,9 @@ def test_checks_leave_every_random_state_and_the_thread_count_untouched(checks, 
     states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     threads = torch.get_num_threads()
     checks.passes(check, learner)
-    assert states[0] == random.getstate() and (states[1] == np.random.get_state()[1]).all() and torch.equal(states[2], torch.get_rng_state())
+    assert (
+        states[0] == random.getstate()
+        and (states[1] == np.random.get_state()[1]).all()
+        and torch.equal(states[2], torch.get_rng_state())
+    )
     assert torch.get_num_threads() == threads

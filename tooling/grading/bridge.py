@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from part_utils.tracebacks import learner_location
 from tooling.grading.wire import Channel
 
 DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
@@ -78,13 +79,8 @@ class _Attach(torch.autograd.Function):
         return (None, *found, *([None] * len(grads)))
 
 
-def _location(error: BaseException) -> str:
-    """The innermost frame of learner code in a traceback (the grader's own and installed packages skipped)."""
-    location = "your code"
-    for frame in traceback.extract_tb(error.__traceback__):
-        if not frame.filename.startswith(GRADING_DIR) and "-packages" not in frame.filename:
-            location = f"line {frame.lineno} of `{frame.name}`"
-    return location
+def _grading_file(filename: str) -> bool:
+    return filename.startswith(GRADING_DIR)
 
 
 def describe_error(error: BaseException) -> dict:
@@ -92,7 +88,7 @@ def describe_error(error: BaseException) -> dict:
         "type": type(error).__name__,
         "builtin": type(error).__module__ == "builtins",
         "message": str(error)[:4000],
-        "location": getattr(error, "learner_location", None) or _location(error),
+        "location": getattr(error, "learner_location", None) or learner_location(error, ours=_grading_file),
         "not_implemented": isinstance(error, NotImplementedError),
         "trace": (getattr(error, "remote_trace", "") + "".join(traceback.format_exception(error)))[-8000:],
     }
