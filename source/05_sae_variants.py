@@ -108,14 +108,14 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #   `ReLU(π_mag)`. To save parameters, `W_mag` is the gate's matrix with each latent's column
 #   rescaled: `W_mag = exp(r_mag) ⊙ W_gate`, one learned `r_mag` per latent.
 #
-# ### Exercise 2.1: `GatedToySAE.encode` and `forward`
+# ### Exercise 2.1: `GatedToySAE.encode_with_gate` and `forward`
 #
 # **Difficulty** ●●●○○ · **Importance** ●●●○○ · **Plan for** 30 minutes
 #
-# Write `encode(h)`, which returns the activations `acts = 1[π_gate > 0] · ReLU(π_mag)`, and
-# the forward pass, which returns an `SAEOutput` as in Part 4, with `acts = self.encode(h)` and
-# `h_reconstructed = self.decode(acts)`. Part 4's `pre_activations(h)` is exactly `π_gate`,
-# since the gate uses `W_enc` and `b_enc`; `forward` needs `π_gate` for its losses too.
+# Write `encode_with_gate(h)`, which returns the activations `acts = 1[π_gate > 0] · ReLU(π_mag)`
+# together with `π_gate` (the class's `encode(h)` returns its `acts`), and the forward pass,
+# which returns an `SAEOutput` as in Part 4, with `acts, pi_gate = self.encode_with_gate(h)`
+# (`forward` needs `π_gate` for its losses) and `h_reconstructed = self.decode(acts)`.
 # `loss_dict` holds three
 # terms, each of shape `[batch, inst]`:
 #
@@ -151,11 +151,12 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #
 # <details><summary>Hint 1: one centred input, two paths, then the losses</summary>
 #
-# In `encode`: `π_gate` is `self.pre_activations(h)`. Build `W_mag` from `W_enc` and `r_mag`;
-# then `π_mag`, the same einsum as Part 4's encoder on the centred input `h - self.b_dec`, with
-# `W_mag` and `b_mag`; then `acts`. In `forward`: `π_gate` again, `acts` and `h_reconstructed`
-# from `encode` and `decode`. Compute `ReLU(π_gate)` once: it appears in both `L_sparsity` and
-# `L_aux`. Then the three `[batch, inst]` terms, and last the total loss from them.
+# In `encode_with_gate`: centre the input once, `h - self.b_dec`, and feed it to both paths.
+# Build `W_mag` from `W_enc` and `r_mag`; then the two pre-activations `π_gate` and `π_mag`
+# (each the same einsum as Part 4's encoder, with its own matrix and bias); then `acts`. In
+# `forward`: `acts` and `π_gate` from `encode_with_gate`, `h_reconstructed` from `decode`.
+# Compute `ReLU(π_gate)` once: it appears in both `L_sparsity` and `L_aux`. Then the three
+# `[batch, inst]` terms, and last the total loss from them.
 # </details>
 #
 # <details><summary>Hint 2: broadcasts, reductions and the one place to detach</summary>
@@ -194,22 +195,27 @@ class GatedToySAE(ToySAE):
         self.r_mag.data[resampled] = 0.0
         self.b_mag.data[resampled] = 0.0
 
+    def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+        return self.encode_with_gate(h)[0]
+
 
 @add_to_class(GatedToySAE)
-def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+def encode_with_gate(
+    self, h: Float[Tensor, "batch inst d_in"]
+) -> tuple[Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_sae"]]:
     # BEGIN SOLUTION
-    pi_gate = self.pre_activations(h)
+    h_centred = h - self.b_dec
+    pi_gate = einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
     W_mag = self.r_mag.exp()[:, None, :] * self.W_enc
-    pi_mag = einsum(h - self.b_dec, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
-    return (pi_gate > 0).to(h.dtype) * F.relu(pi_mag)
+    pi_mag = einsum(h_centred, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
+    return (pi_gate > 0).to(h.dtype) * F.relu(pi_mag), pi_gate
     # END SOLUTION
 
 
 @add_to_class(GatedToySAE)
 def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     # BEGIN SOLUTION
-    pi_gate = self.pre_activations(h)
-    acts = self.encode(h)
+    acts, pi_gate = self.encode_with_gate(h)
     h_reconstructed = self.decode(acts)
     gate_acts = F.relu(pi_gate)
     via_gate = einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec.detach()

@@ -227,7 +227,7 @@ def own_method(
 ) -> Callable[..., object]:
     """The learner's method `name` of class `owner`, failing where the class still has only `inherited`'s (`whose`)."""
     method = learner_callable(learner, name, owner_hint=owner)
-    if method is inspect.getattr_static(inherited, name):
+    if method is inspect.getattr_static(inherited, name, None):
         raise CheckFailure(
             f"This class has no `{name}` of yours: the one it has is {whose}, so the method was never attached to the "
             f"class. Run the exercise cell that defines it (with `@add_to_class({owner})` right above `def {name}`), "

@@ -38,19 +38,24 @@ class GatedToySAE(ToySAE):
         self.r_mag.data[resampled] = 0.0
         self.b_mag.data[resampled] = 0.0
 
+    def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
+        return self.encode_with_gate(h)[0]
+
 
 @add_to_class(GatedToySAE)
-def encode(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
-    pi_gate = self.pre_activations(h)
+def encode_with_gate(
+    self, h: Float[Tensor, "batch inst d_in"]
+) -> tuple[Float[Tensor, "batch inst d_sae"], Float[Tensor, "batch inst d_sae"]]:
+    h_centred = h - self.b_dec
+    pi_gate = einsum(h_centred, self.W_enc, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_enc
     W_mag = self.r_mag.exp()[:, None, :] * self.W_enc
-    pi_mag = einsum(h - self.b_dec, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
-    return (pi_gate > 0).to(h.dtype) * F.relu(pi_mag)
+    pi_mag = einsum(h_centred, W_mag, "batch inst d_in, inst d_in d_sae -> batch inst d_sae") + self.b_mag
+    return (pi_gate > 0).to(h.dtype) * F.relu(pi_mag), pi_gate
 
 
 @add_to_class(GatedToySAE)
 def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
-    pi_gate = self.pre_activations(h)
-    acts = self.encode(h)
+    acts, pi_gate = self.encode_with_gate(h)
     h_reconstructed = self.decode(acts)
     gate_acts = F.relu(pi_gate)
     via_gate = einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec.detach()

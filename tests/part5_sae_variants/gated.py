@@ -1,4 +1,4 @@
-"""The check of `GatedToySAE.encode` and `forward`: gate, magnitudes, the three loss terms, and the gradients."""
+"""The check of `GatedToySAE.encode_with_gate` and `forward`: gate, magnitudes, the three losses, the gradients."""
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -49,9 +49,43 @@ AUX_DECODER = ("aux W_dec", "aux b_dec")  # what the text detaches: the decoder 
 
 
 def _with_learner_encode(sae: reference.GatedToySAE, encode: Callable[..., Any]) -> reference.GatedToySAE:
-    """The same SAE, whose `self.encode` is the learner's: their forward may call it."""
-    sae.__class__ = type("GatedWithYourEncode", (reference.GatedToySAE,), {"encode": encode})
+    """The same SAE, whose `self.encode_with_gate` is the learner's: their forward may call it."""
+    sae.__class__ = type("GatedWithYourEncode", (reference.GatedToySAE,), {"encode_with_gate": encode})
     return sae
+
+
+def _check_encode_with_gate(
+    encode: Callable[..., Any], sae: reference.GatedToySAE, h: Tensor, e: "_GatedExpectation"
+) -> None:
+    """`encode_with_gate(h)` returns the gated activations and π_gate, in that order."""
+    what = "encode_with_gate"
+    result = call_learner(encode, sae, h.clone(), what=what)
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise CheckFailure(
+            f"`{what}` should return two tensors, (acts, pi_gate): `forward` needs π_gate for its losses."
+        )
+    acts, pi_gate = result
+    batch, _, d_sae = e.pi_gate.shape
+    actual_gate = expect_tensor(
+        pi_gate, (batch, N_INST, d_sae), what=f"π_gate from `{what}`", axes="batch, inst, d_sae"
+    )
+    if close(actual_gate, e.acts) and not close(e.acts, e.pi_gate):
+        raise CheckFailure(f"`{what}` returns (pi_gate, acts): return the activations first, (acts, pi_gate).")
+    diagnose(
+        actual_gate,
+        e.pi_gate,
+        {
+            "π_gate uses h without subtracting b_dec: centre h for both paths.": _encode(
+                e.x, e.p["W_enc"], e.p["b_enc"]
+            ),
+            "`encode_with_gate` returns ReLU(π_gate); return π_gate itself (forward applies the ReLU for its losses).": F.relu(
+                e.pi_gate
+            ),
+            "`encode_with_gate` returns π_mag as the gate; return π_gate = (h - b_dec) W_gate + b_gate.": e.pi_mag,
+        },
+        otherwise="π_gate should be (h - b_dec) W_gate + b_gate, with W_gate = W_enc and b_gate = b_enc.",
+    )
+    _check_gated_acts(acts, e, what=f"the activations from `{what}`")
 
 
 def _gated_sae() -> reference.GatedToySAE:
@@ -366,7 +400,7 @@ def _check_gated_case(
     encode: Callable[..., Any], forward: Callable[..., Any], sae: reference.GatedToySAE, h: Tensor
 ) -> None:
     expectation = _gated_expectation(sae, h)
-    _check_gated_acts(call_learner(encode, sae, h.clone(), what="encode"), expectation, what="encode")
+    _check_encode_with_gate(encode, sae, h, expectation)
     result = call_learner(forward, _with_learner_encode(sae, encode), h.clone(), what="forward")
     if not isinstance(result, tuple) or len(result) != 4:
         raise CheckFailure("`forward` should return a tuple of four things: (loss_dict, loss, acts, h_reconstructed).")
@@ -400,14 +434,12 @@ def _gated_cases(batches: tuple[int, ...] = (64, 1)) -> list[tuple[reference.Gat
     return cases
 
 
-@check("GatedToySAE.encode and forward")
+@check("GatedToySAE.encode_with_gate and forward")
 def test_gated_forward(learner: object) -> str:
     inherited = {"owner": "GatedToySAE", "inherited": part4.ToySAE, "whose": "the L1 SAE's, inherited from ToySAE"}
     forward = own_method(learner, **inherited)
-    encode = own_method(learner, **inherited, name="encode")
+    encode = own_method(learner, **inherited, name="encode_with_gate")
     cases = _gated_cases()  # drawn before the learner's code runs, so random numbers it draws change nothing
     for sae, h in cases:
         _check_gated_case(encode, forward, sae, h)
-    return (
-        "encode's gate and magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"
-    )
+    return "gate and magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"

@@ -216,13 +216,24 @@ def test_gated_forward_says_when_forward_was_never_attached(checks):
 def gated_encode_ungated(self, h):
     """The magnitudes alone: the gate's indicator is missing."""
     centred = h - self.b_dec
-    return F.relu(einsum(centred, self.r_mag.exp()[:, None, :] * self.W_enc, "b i d, i d s -> b i s") + self.b_mag)
+    pi_gate = einsum(centred, self.W_enc, "b i d, i d s -> b i s") + self.b_enc
+    W_mag = self.r_mag.exp()[:, None, :] * self.W_enc
+    return F.relu(einsum(centred, W_mag, "b i d, i d s -> b i s") + self.b_mag), pi_gate
+
+
+def gated_encode_swapped(self, h):
+    acts, pi_gate = reference.GatedToySAE.encode_with_gate(self, h)
+    return pi_gate, acts
+
+
+def gated_encode_relu_gate(self, h):
+    acts, pi_gate = reference.GatedToySAE.encode_with_gate(self, h)
+    return acts, F.relu(pi_gate)
 
 
 def gated_forward_calling_encode(self, h):
-    """A correct rewrite in the text's shape: encode, decode, and the gate for the losses."""
-    pi_gate = self.pre_activations(h)
-    acts = self.encode(h)
+    """A correct rewrite in the text's shape: encode with the gate, decode, and the gate for the losses."""
+    acts, pi_gate = self.encode_with_gate(h)
     h_rec = self.decode(acts)
     gate = F.relu(pi_gate)
     via_gate = einsum(gate, self.W_dec_normalized.detach(), "b i s, i s d -> b i d") + self.b_dec.detach()
@@ -239,19 +250,23 @@ def test_gated_forward_accepts_a_forward_that_calls_encode(checks):
     checks.passes(part5.test_gated_forward, gated(gated_forward_calling_encode))
 
 
-def test_gated_forward_tests_the_learners_own_encode(checks):
-    """A forward that calls `self.encode` is checked with the learner's encode, not the reference's."""
-    learner = type(
-        "LearnerGatedSAE",
-        (reference.GatedToySAE,),
-        {"forward": gated_forward_calling_encode, "encode": gated_encode_ungated},
-    )
-    checks.fails(part5.test_gated_forward, learner, "not gated")
+@pytest.mark.parametrize(
+    ("encode", "message"),
+    [
+        (gated_encode_ungated, "not gated"),
+        (gated_encode_swapped, r"returns \(pi_gate, acts\)"),
+        (gated_encode_relu_gate, r"returns ReLU\(π_gate\); return π_gate itself"),
+    ],
+)
+def test_gated_forward_tests_the_learners_own_encode(checks, encode, message):
+    """A forward that calls `self.encode_with_gate` is checked with the learner's, not the reference's."""
+    methods = {"forward": gated_forward_calling_encode, "encode_with_gate": encode}
+    checks.fails(part5.test_gated_forward, type("LearnerGatedSAE", (reference.GatedToySAE,), methods), message)
 
 
 def test_gated_forward_says_when_encode_was_never_written(checks):
     learner = type("GatedToySAE", (part4.ToySAE,), {"forward": gated_forward_calling_encode})
-    checks.fails(part5.test_gated_forward, learner, "no `encode` of yours")
+    checks.fails(part5.test_gated_forward, learner, "no `encode_with_gate` of yours")
 
 
 def test_gated_forward_asks_for_named_fields(checks):
