@@ -72,9 +72,10 @@ from part_utils.palindromes import (
 )
 from part_utils.plotting.latents import latent_dashboard, max_activating_html
 from part_utils.plotting.tables import html_table
-from part_utils.reference.part4_toy_sae import ToySAEConfig, init_encoder_as_decoder_transpose
+from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
 from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
 from part_utils.results import Results
+from part_utils.sae_registry import Definitions, build_sae
 from part_utils.seeding import seed_everything
 from part_utils.training import warmup_cosine_lr
 
@@ -243,18 +244,17 @@ def train_on_activations(sae: ToySAE, description: str, **schedules: Any) -> Non
 def train_topk(sae_class: type[TopKToySAE], k_aux: int) -> TopKToySAE:
     """One TopK SAE per k of `topk_ks`; the same seed gives every AuxK recipe the same start and batches."""
     seed_everything(2)
-    cfg = TopKToySAEConfig(n_inst=len(topk_ks), d_in=d_model, d_sae=d_sae, k=topk_ks, k_aux=k_aux, aux_coeff=1 / 32)
-    sae = sae_class(cfg, ActivationSource(normalised_rows, len(topk_ks)))
+    source = ActivationSource(normalised_rows, len(topk_ks))
+    changes = {"k_aux": k_aux, "aux_coeff": 1 / 32}
+    sae = build_sae("TopK", topk_ks, source, definitions, d_sae=d_sae, config_changes=changes, sae_class=sae_class)
     train_on_activations(sae, f"TopK SAEs, {sae_class.__name__}, k_aux {k_aux}")
     return sae
 
 
 seed_everything(1)
 normalised_rows = (train_rows / activation_scale).to(device)
-l1_sae = ToySAE(
-    ToySAEConfig(n_inst=len(l1_coeffs), d_in=d_model, d_sae=d_sae, sparsity_coeff=torch.tensor(l1_coeffs, device=device)),
-    ActivationSource(normalised_rows, len(l1_coeffs)),
-)
+definitions = Definitions(globals(), part=6)  # the registry builds every SAE, of the classes this notebook uses
+l1_sae = build_sae("L1", l1_coeffs, ActivationSource(normalised_rows, len(l1_coeffs)), definitions, d_sae=d_sae)
 train_on_activations(l1_sae, "L1 SAEs", sparsity_schedule=sparsity_warmup, resample_method="advanced", resample_every=sae_steps // 4, resample_window=sae_steps // 20)
 topk_sae = train_topk(PublishedAuxKTopKSAE, k_aux)
 
