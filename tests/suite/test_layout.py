@@ -48,7 +48,11 @@ def test_no_part_borrows_another_parts_checks(package: Path):
 
 
 def test_notebooks_and_their_helpers_never_import_the_tooling():
-    learner_side = [*(ROOT / "source").glob("*.py"), *(ROOT / "part_utils").rglob("*.py"), *(ROOT / "tests").glob("*.py")]
+    learner_side = [
+        *(ROOT / "source").glob("*.py"),
+        *(ROOT / "part_utils").rglob("*.py"),
+        *(ROOT / "tests").glob("*.py"),
+    ]
     learner_side += [path for package in CHECK_PACKAGES for path in package.glob("*.py")]
     for path in learner_side:
         assert not any(module.split(".")[0] == "tooling" for module in imports_of(path)), path
