@@ -122,7 +122,8 @@ def learner_callable(
     if not inspect.isfunction(candidate) or candidate.__module__.split(".")[0] in ("torch", "builtins"):
         # Missing, or inherited from torch or Python, such as nn.Module.__init__.
         raise CheckFailure(
-            f"`{owner.__name__}` has no `{name}` of yours: the method was never attached to the class. Run the exercise "
+            f"`{owner.__name__}` has no `{name}` of yours: the method was never attached to the "
+            "class. Run the exercise "
             f"cell that defines it (with `@add_to_class({owner.__name__})` right above `def {name}`), then this check."
         )
     return candidate
@@ -133,7 +134,8 @@ def learner_function(thing: object, name: str) -> Callable[..., Any]:
     if inspect.isclass(thing) or isinstance(thing, nn.Module):
         kind = thing.__name__ if inspect.isclass(thing) else type(thing).__name__
         raise CheckFailure(
-            f"`{name}` is a function of its own, not a method of `{kind}`: pass the function itself, `test_{name}({name})`."
+            f"`{name}` is a function of its own, not a method of `{kind}`: pass the function itself, "
+            f"`test_{name}({name})`."
         )
     return learner_callable(thing, name)
 
@@ -164,7 +166,7 @@ def call_learner(
     except Exception as error:
         raise CheckFailure(
             f"`{what}` raised {type(error).__name__}: {error} (at {_learner_location(error, function)})."
-            f"{_globals_hint(function, what)} Fix that error first, then run this check again."
+            f"{_globals_hint(function, what, error)} Fix that error first, then run this check again."
         ) from error
     if torch.is_grad_enabled() != grad_mode:
         torch.set_grad_enabled(grad_mode)
@@ -266,7 +268,10 @@ class Snapshot:
                 "operation there changes the model itself, on every call)."
             )
         else:
-            advice = "work on a new tensor (e.g. `x = x - b`, not `x -= b`, or `.clone()` first) and leave the input as it was."
+            advice = (
+                "work on a new tensor (e.g. `x = x - b`, not `x -= b`, or `.clone()` first) and leave "
+                "the input as it was."
+            )
         raise CheckFailure(f"`{what}` changed `{key}` in place: {advice}")
 
 
@@ -292,9 +297,9 @@ def _learner_location(error: BaseException, function: Callable[..., Any]) -> str
     return learner_location(error, ours=_in_checks, learner_file=learner_file)
 
 
-def _globals_hint(function: Callable[..., Any], what: str) -> str:
+def _globals_hint(function: Callable[..., Any], what: str, error: BaseException) -> str:
     """A sentence naming the notebook's numbers or tensors the function reads instead of its inputs, if any."""
-    used = notebook_globals(function)
+    used = list(notebook_globals(function)) or getattr(error, "notebook_globals", [])  # found by a grading worker
     if not used:
         return ""
     names = ", ".join(f"`{name}`" for name in used)
@@ -381,12 +386,14 @@ def expect_number(value: object, what: str, *, per_axis: Mapping[int, str] | Non
         raise CheckFailure(per_axis[len(value)])
     if value.ndim > 0:
         raise CheckFailure(
-            f"`{what}` returned a tensor of shape {tuple(value.shape)}; it should be one number, a 0-dimensional tensor "
+            f"`{what}` returned a tensor of shape {tuple(value.shape)}; it should be one number, a "
+            "0-dimensional tensor "
             "(reduce over every axis, without keepdim=True)."
         )
     if not torch.is_floating_point(value):
         raise CheckFailure(
-            f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() before dividing or averaging."
+            f"`{what}` returned an integer tensor ({value.dtype}); convert counts with .float() "
+            "before dividing or averaging."
         )
     return expect_tensor(value, (), what=what, axes="a single number, 0-dimensional")
 
@@ -484,7 +491,8 @@ def handed_in(tensor: Tensor) -> tuple[Tensor, Tensor]:
 def require_gradient(output: Tensor, *, what: str, towards: str) -> None:
     if not output.requires_grad:
         raise CheckFailure(
-            f"`{what}` returns a tensor that carries no gradient back to {towards}: it was built under torch.no_grad(), "
+            f"`{what}` returns a tensor that carries no gradient back to {towards}: it was built "
+            "under torch.no_grad(), "
             "from .detach()-ed or .data tensors, or from indices alone, so training through it would change nothing."
         )
 
@@ -507,7 +515,8 @@ def check_output_gradients(
     cut_off = "(.detach(), .data, torch.no_grad(), or a detour through NumPy or .tolist())"
     if not output.requires_grad:
         raise CheckFailure(
-            f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so training would never change the weights."
+            f"The output of `{what}` carries no gradient: it is cut off from the graph {cut_off}, so "
+            "training would never change the weights."
         )
     loss = (output * upstream.to(output.device, output.dtype)).sum()
     actual = gradients(loss, parameters, what=f"the output of `{what}`")
@@ -575,7 +584,8 @@ def check_random_directions(
             shared += 1
     if shared > 0 and shared == sum(int((latent == index).sum()) > 1 for index in latent.unique()):
         raise CheckFailure(
-            f"`{what}` gave latent j the same direction in every instance: draw a separate direction for each (instance, latent)."
+            f"`{what}` gave latent j the same direction in every instance: draw a separate direction "
+            "for each (instance, latent)."
         )
     if (unit >= 0).all() or (unit <= 0).all():
         raise CheckFailure(

@@ -25,22 +25,51 @@ from typing import Any
 import torch
 from torch import nn
 
-from part_utils.tracebacks import learner_location
+from part_utils.tracebacks import learner_location, notebook_globals
 from tooling.grading.wire import Channel
 
-DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
-    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
-    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
-)}
+DTYPES = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
 MAX_DEPTH = 24
 GRADING_DIR = str(Path(__file__).resolve().parent)
 MODULE_STATE = ("_parameters", "_buffers", "_modules")
-TORCH_INTERNALS = frozenset({
-    "training", "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks", "_backward_hooks",
-    "_is_full_backward_hook", "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_modules", "_compiled_call_impl",
-})
+TORCH_INTERNALS = frozenset(
+    {
+        "training",
+        "_parameters",
+        "_buffers",
+        "_non_persistent_buffers_set",
+        "_backward_pre_hooks",
+        "_backward_hooks",
+        "_is_full_backward_hook",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+        "_modules",
+        "_compiled_call_impl",
+    }
+)
 
 
 class BridgeError(RuntimeError):
@@ -65,7 +94,7 @@ class _Attach(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, link: tuple["Peer", Any, int, list], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.link = link
-        return tuple(tensor.clone() for tensor in tensors[link[2]:])
+        return tuple(tensor.clone() for tensor in tensors[link[2] :])
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
@@ -83,6 +112,16 @@ def _grading_file(filename: str) -> bool:
     return filename.startswith(GRADING_DIR)
 
 
+def _locate_in_learner_code(error: BaseException, function: Callable[..., Any]) -> None:
+    """Say where in the learner's function it failed, and which notebook globals it read, as the checks do."""
+    learner_file = getattr(getattr(function, "__code__", None), "co_filename", None)
+    try:
+        error.learner_location = learner_location(error, ours=_grading_file, learner_file=learner_file)
+        error.notebook_globals = list(notebook_globals(function))
+    except AttributeError:  # an exception type that takes no attributes: the trace still says where
+        pass
+
+
 def describe_error(error: BaseException) -> dict:
     return {
         "type": type(error).__name__,
@@ -90,6 +129,7 @@ def describe_error(error: BaseException) -> dict:
         "message": str(error)[:4000],
         "location": getattr(error, "learner_location", None) or learner_location(error, ours=_grading_file),
         "not_implemented": isinstance(error, NotImplementedError),
+        "globals": [str(name)[:40] for name in getattr(error, "notebook_globals", [])][:10],
         "trace": (getattr(error, "remote_trace", "") + "".join(traceback.format_exception(error)))[-8000:],
     }
 
@@ -108,7 +148,11 @@ def rebuild_error(described: Any) -> Exception:
     )
     error = kind.__new__(kind)
     error.args = (message,)
-    error.learner_location = str(described.get("location", "your code"))[:200]
+    error.learner_location = str(described.get("location", "your code"))[:300]
+    names = described.get("globals")
+    error.notebook_globals = (
+        [str(name)[:40] for name in names[:10] if str(name).isidentifier()] if isinstance(names, list) else []
+    )
     error.remote_trace = str(described.get("trace", ""))[:8000]
     return error
 
@@ -256,7 +300,11 @@ class Peer:
         if threads != torch.get_num_threads():
             torch.set_num_threads(max(1, int(threads)))
         with torch.set_grad_enabled(bool(grad)):
-            result = function(*args, **kwargs)
+            try:
+                result = function(*args, **kwargs)
+            except Exception as error:
+                _locate_in_learner_code(error, function)
+                raise
             grad_after = torch.is_grad_enabled()
         return CallReply(result, decoder, grad_after)
 
@@ -269,8 +317,11 @@ class Peer:
             return [None] * len(record.leaves)
         with torch.enable_grad():
             found = torch.autograd.grad(
-                [output for output, _ in outputs], record.leaves, [grad.to(output.dtype) for output, grad in outputs],
-                allow_unused=True, retain_graph=True,
+                [output for output, _ in outputs],
+                record.leaves,
+                [grad.to(output.dtype) for output, grad in outputs],
+                allow_unused=True,
+                retain_graph=True,
             )
         return [None if grad is None else grad.detach() for grad in found]
 
@@ -298,7 +349,8 @@ class Peer:
         side resolves by name: never one of this side's classes it refuses to resolve (the reference
         of the part being graded), which would lend the stand-in the reference's methods."""
         bases = tuple(
-            base for base in (decoder.decode(node) for node in _items(description.get("bases", [])))
+            base
+            for base in (decoder.decode(node) for node in _items(description.get("bases", [])))
             if isinstance(base, type) and ("_bridge_handle" in vars(base) or self.resolvable(class_path(base)))
         )
         namespace: dict[str, Any] = {"__module__": str(description.get("module", "__main__")), "_bridge_handle": handle}
@@ -616,7 +668,10 @@ class Encoder:
         if issubclass(cls, torch.autograd.Function):
             attributes.append(["apply", {"staticmethod": self.encode(cls.apply)}])
         return {
-            "name": cls.__name__, "qualname": cls.__qualname__, "module": cls.__module__, "attributes": attributes,
+            "name": cls.__name__,
+            "qualname": cls.__qualname__,
+            "module": cls.__module__,
+            "attributes": attributes,
             "bases": [self._class(base, 1) for base in cls.__bases__],
         }
 
@@ -659,7 +714,8 @@ class Encoder:
         if "_parameters" not in vars(module):
             return {"initialised": False, "attributes": [[key, node(item)] for key, item in vars(module).items()]}
         return {
-            "initialised": True, "training": bool(module.training),
+            "initialised": True,
+            "training": bool(module.training),
             **{key: [[name, node(item)] for name, item in vars(module)[key].items()] for key in MODULE_STATE},
             "attributes": [[key, node(item)] for key, item in vars(module).items() if key not in TORCH_INTERNALS],
         }
@@ -691,8 +747,10 @@ def _write_back(original: torch.Tensor, now: Any) -> None:
         raise BridgeError("a changed tensor of another type")
     if now.shape != original.shape:
         original.data = now.detach().clone()
-    elif not torch.equal(torch.nan_to_num(original.detach()) if original.is_floating_point() else original.detach(),
-                         torch.nan_to_num(now.detach()) if now.is_floating_point() else now.detach()):
+    elif not torch.equal(
+        torch.nan_to_num(original.detach()) if original.is_floating_point() else original.detach(),
+        torch.nan_to_num(now.detach()) if now.is_floating_point() else now.detach(),
+    ):
         original.copy_(now)
     if original.is_leaf and original.requires_grad != now.requires_grad:
         original.requires_grad_(now.requires_grad)
