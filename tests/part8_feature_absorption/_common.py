@@ -106,12 +106,23 @@ def _edge_case() -> AbsorptionCase:
     features[[1, 3], 0, 2] = 0.7  # parent 2 twice, alone
     acts = _design_acts(6, 1, 5, firing=0.6)
     acts[[1, 3, 5], 0, 2] = 1.0  # latent 2 fires whenever parent 0 is alone
+    acts[:, 0, 4] = 0.6  # and latent 4, no candidate of parent 1, always: it wins there if non-candidates score 0
     cosine = torch.full((1, 5, 3), -0.3, dtype=torch.float64)
     cosine[0, [1, 2, 3], 0] = torch.tensor([0.5, 0.8, 0.4], dtype=torch.float64)
     cosine[0, [0, 3], 1] = torch.tensor([0.6, 0.9], dtype=torch.float64)
     cosine[0, 4, 2] = 0.95
     description = "With one instance, a parent always with a child and one never with a child"
     return AbsorptionCase(description, acts, features, cosine, DESIGN_THRESHOLD)
+
+
+def _single_family_case() -> AbsorptionCase:
+    """One instance and one parent (length-1 axes, as in the notebook's own data)."""
+    features = _design_features(24, 1, 1, 2)
+    acts = _design_acts(24, 1, 4)
+    cosine = _design_cosine(1, 4, 1, DESIGN_THRESHOLD)
+    case = AbsorptionCase("With one instance and one parent", acts, features, cosine, DESIGN_THRESHOLD)
+    _favour(case, 0, 0, int(cosine[0, :, 0].argmax()))
+    return case
 
 
 def _no_candidate_case() -> AbsorptionCase:
@@ -137,17 +148,27 @@ class ParentChoice:
     """One way of choosing the parent's latent: the text's (the defaults) or a misreading of it."""
 
     events: str = "alone"  # alone, parent, with child, all
+    children: str = "own"  # own, any family, child major, every child: which children make a parent not alone
     score: str = "count"  # count, activation, precision, cosine
-    candidates: str = ">="  # >=, >, abs, all
+    candidates: str = ">="  # >=, >, abs, all, zero (non-candidates scored 0, not below every count)
     threshold: float | None = None  # None: the case's
     fires: str = ">"  # >, >=
     pooled: bool = False
-    tie: str = "most active"  # most active (on every input with the parent), lowest, highest cosine
+    tie: str = "most active"  # most active (on every input with the parent), lowest, highest, highest cosine
 
 
-def _events(case: AbsorptionCase, which: str) -> Tensor:
+def _events(case: AbsorptionCase, which: str, children: str = "own") -> Tensor:
+    """A [batch, inst, parents] mask of inputs; `children` says which children count as the parent's: its own,
+    those of every family (`.any` over all children), or its own read in the child-major layout."""
     parent_on, child_on = reference.family_presence(case.features, case.n_parents)
-    with_child = child_on.any(dim=-1)
+    if children == "any family":
+        with_child = child_on.flatten(-2).any(dim=-1, keepdim=True).expand_as(parent_on)
+    elif children == "child major":
+        with_child = child_on.flatten(-2).unflatten(-1, (child_on.shape[-1], case.n_parents)).any(dim=-2)
+    elif children == "every child":
+        with_child = child_on.all(dim=-1)
+    else:
+        with_child = child_on.any(dim=-1)
     return {
         "alone": parent_on & ~with_child,
         "parent": parent_on,
@@ -168,7 +189,7 @@ def _candidates(cosine: Tensor, threshold: float, how: str) -> Tensor:
 def _choose_parent_latents(case: AbsorptionCase, choice: ParentChoice = ParentChoice()) -> Tensor:
     threshold = case.threshold if choice.threshold is None else choice.threshold
     fires = (case.acts >= 0) if choice.fires == ">=" else (case.acts > 0)
-    events = _events(case, choice.events).double()
+    events = _events(case, choice.events, choice.children).double()
     counts = torch.einsum("bip,bis->isp", events, fires.double())
     if choice.score == "activation":
         counts = torch.einsum("bip,bis->isp", events, case.acts)
@@ -178,11 +199,15 @@ def _choose_parent_latents(case: AbsorptionCase, choice: ParentChoice = ParentCh
         counts = case.parent_cosine.clone()
     if choice.pooled:
         counts = counts.sum(dim=0, keepdim=True).expand_as(counts)
-    candidate = _candidates(case.parent_cosine, threshold, choice.candidates)
-    score = torch.where(candidate, counts, -torch.inf)
+    if choice.candidates == "zero":
+        score = torch.where(_candidates(case.parent_cosine, threshold, ">="), counts, 0.0)
+    else:
+        score = torch.where(_candidates(case.parent_cosine, threshold, choice.candidates), counts, -torch.inf)
     tied_best = score == score.amax(dim=1, keepdim=True)
     if choice.tie == "lowest":
         return tied_best.double().argmax(dim=1)
+    if choice.tie == "highest":
+        return tied_best.shape[1] - 1 - tied_best.flip(1).double().argmax(dim=1)
     if choice.tie == "highest cosine":
         second = case.parent_cosine
     else:

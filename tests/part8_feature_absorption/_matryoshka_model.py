@@ -31,8 +31,8 @@ class MatryoshkaCase:
 class MatryoshkaVariant:
     """The text's forward (the defaults), or one misreading of it, computed in float64."""
 
-    prefixes: str = "nested"  # nested, groups, all latents, group sizes
-    bias: str = "every"  # every, last, none
+    prefixes: str = "nested"  # nested, groups, all latents, group sizes, one short, aliased
+    bias: str = "every"  # every, last, none, per group (once more with every group added)
     reduce: str = "sum"  # sum, mean
     topk: str = "once"  # once, per prefix, per group, none, per input
     empty_prefix: bool = False
@@ -40,6 +40,11 @@ class MatryoshkaVariant:
     decoder: str = "normalised"  # normalised, raw
     aux_from: str = "full"  # full, first
     dead_after_counting: bool = False
+    dead: str = ">="  # >=, > (the comparison with dead_after_steps)
+    aux_input: str = "pre_acts"  # pre_acts, acts (what AuxK ranks the dead latents by)
+    aux_in_dict: str = "L_aux"  # L_aux, weighted (loss_dict["L_aux"] already multiplied by aux_coeff)
+    coefficient_on: str = "aux"  # aux, matryoshka (aux_coeff multiplies L_matryoshka instead of L_aux)
+    dict_matryoshka: str = "every prefix"  # every prefix, before last (loss_dict's L_matryoshka without the full one)
     with_aux: bool = True
     aux_coefficient: bool = True
     loss_terms: str = "matryoshka"  # matryoshka, full only, both
@@ -68,6 +73,7 @@ def _matryoshka_sae(
     prefix_sizes: Sequence[int] = (2, 5, 9),
     k: Sequence[float] = (1.5, 2.0, 1.25),
     dead: Sequence[Sequence[int]] = ((0, 7), (1, 3, 6, 8), ()),
+    at_the_boundary: Sequence[Sequence[int]] = (),
 ) -> Any:
     """A reference Matryoshka SAE with random weights, varied decoder norms, non-zero biases, some dead latents and
     a threshold."""
@@ -87,6 +93,8 @@ def _matryoshka_sae(
         for inst, latents in enumerate(dead):
             long_dead = sae.cfg.dead_after_steps + torch.randint(0, 50, (len(latents),))
             sae.steps_since_fired[inst, list(latents)] = long_dead
+        for inst, latents in enumerate(at_the_boundary):  # dead from exactly dead_after_steps on (>=)
+            sae.steps_since_fired[inst, list(latents)] = sae.cfg.dead_after_steps
         sae.threshold.copy_(torch.rand(n_inst) * 0.5 + 0.3)
     return sae
 
@@ -144,8 +152,10 @@ def _prefix_slices(sizes: Sequence[int], how: str) -> list[tuple[int, int]]:
         ends = [min(end, sizes[-1]) for end in torch.tensor(sizes).cumsum(0).tolist()]
     if how == "groups":
         return list(zip([0, *ends[:-1]], ends))
-    if how == "all latents":
+    if how in ("all latents", "aliased"):  # aliased: one tensor updated in place, so every entry is the last
         return [(0, sizes[-1])] * len(sizes)
+    if how == "one short":
+        return [(0, end - 1) for end in ends]
     return [(0, end) for end in ends]
 
 
@@ -174,11 +184,13 @@ def _variant_reconstructions(
     slices = _prefix_slices(sizes, v.prefixes)
     for index, (start, end) in enumerate(slices):
         last = index == len(slices) - 1
-        keep = lambda tensor, place: tensor.detach() if v.cut == place and not last else tensor  # noqa: E731
+        keep = lambda tensor, place, last=last: tensor.detach() if v.cut == place and not last else tensor  # noqa: E731
         latents = acts[..., start:end]
         if v.topk == "per prefix" and training and not last:
             latents = _per_instance_batch_topk(pre_acts[..., start:end], k)
         bias = p["b_dec"] if v.bias == "every" or (v.bias == "last" and last) else torch.zeros_like(p["b_dec"])
+        if v.bias == "per group":
+            bias = (index + 1) * p["b_dec"]
         reconstructions.append(_decode(keep(latents, "acts"), keep(W[:, start:end], "decoder")) + keep(bias, "b_dec"))
     return reconstructions
 
@@ -210,15 +222,23 @@ def _matryoshka_terms(
     fired = (acts > 0).any(dim=0)
     steps = sae.steps_since_fired.detach().cpu()
     counted = (steps + 1).masked_fill(fired, 0) if training else steps
-    dead = (counted if v.dead_after_counting else steps) >= sae.cfg.dead_after_steps
+    read = counted if v.dead_after_counting else steps
+    dead = read > sae.cfg.dead_after_steps if v.dead == ">" else read >= sae.cfg.dead_after_steps
     aux_target = reconstructions[0] if v.aux_from == "first" else full
-    L_aux = _auxk(sae, pre_acts, (x - aux_target).detach(), W, dead)
+    L_aux = _auxk(sae, acts if v.aux_input == "acts" else pre_acts, (x - aux_target).detach(), W, dead)
     main = {"matryoshka": L_matryoshka, "full only": error(full), "both": L_matryoshka + error(full)}[v.loss_terms]
-    per_input = main + (sae.cfg.aux_coeff if v.aux_coefficient else 1.0) * L_aux * float(v.with_aux)
+    coefficient = sae.cfg.aux_coeff if v.aux_coefficient else 1.0
+    if v.coefficient_on == "matryoshka":
+        main, coefficient = sae.cfg.aux_coeff * main, 1.0
+    per_input = main + coefficient * L_aux * float(v.with_aux)
     per_instance = per_input.mean(dim=0) if v.batch == "mean" else per_input.sum(dim=0)
     loss = per_instance.sum() if v.instances == "sum" else per_instance.mean()
     returned = reconstructions[0] if v.returned == "first" else full
     threshold_after = _threshold_after(sae, acts) if training else sae.threshold.detach().cpu().double()
+    if v.dict_matryoshka == "before last":
+        L_matryoshka = stacked[:-1].sum(dim=0)
+    if v.aux_in_dict == "weighted":
+        L_aux = sae.cfg.aux_coeff * L_aux
     return MatryoshkaTerms(acts, returned, error(full), L_matryoshka, L_aux, loss, counted, threshold_after)
 
 
@@ -254,7 +274,7 @@ def _clear_inputs(sae: Any, batch: int, training: bool) -> Tensor:
 
 
 def _matryoshka_cases() -> list[MatryoshkaCase]:
-    main = _matryoshka_sae()
+    main = _matryoshka_sae(at_the_boundary=((), (), (4,)))
     evaluation = _matryoshka_sae()
     single = _matryoshka_sae(n_inst=1, d_sae=6, prefix_sizes=(6,), k=(2.0,), dead=((1, 4),))
     first_of_one = _matryoshka_sae(d_sae=7, prefix_sizes=(1, 3, 7), k=(2.0, 1.25, 2.5), dead=((), (2, 5), (0, 1, 6)))

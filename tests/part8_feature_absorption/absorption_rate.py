@@ -19,6 +19,7 @@ from tests.part8_feature_absorption._common import (
     _main_case,
     _no_candidate_case,
     _prefix,
+    _single_family_case,
 )
 
 
@@ -27,7 +28,9 @@ class AbsorptionCount:
     """One way of computing the absorption rate: the text's (the defaults) or a misreading of it."""
 
     counted_over: str = "with child"  # the inputs that can be absorbed: with child, parent, all
-    divided_by: str = "with child"  # the inputs the count is divided by
+    divided_by: str = "with child"  # the inputs the count is divided by; also silent (eligible, ℓ_p silent)
+    children: str = "own"  # which children make an input eligible: own, any family, child major, every child
+    main_latent: str = "own"  # own, first instance (ℓ_p of instance 0 used for every instance)
     parent_silent: bool = True
     carrier_fires: bool = True
     carriers: str = ">="  # >=, >, abs, all
@@ -51,12 +54,15 @@ def _absorption(case: AbsorptionCase, count: AbsorptionCount = AbsorptionCount()
         return torch.stack(rates).mean(dim=0)
     threshold = case.threshold if count.threshold is None else count.threshold
     fires = (case.acts >= 0) if count.fires == ">=" else (case.acts > 0)
-    parent_fires = fires.gather(-1, case.parent_latent.expand(case.acts.shape[0], -1, -1))
+    parent_latent = case.parent_latent
+    if count.main_latent == "first instance":
+        parent_latent = parent_latent[:1].expand_as(parent_latent)
+    parent_fires = fires.gather(-1, parent_latent.expand(case.acts.shape[0], -1, -1))
     latent = torch.arange(case.acts.shape[-1])
-    not_parent = latent[None, :, None] != case.parent_latent[:, None, :]
+    not_parent = latent[None, :, None] != parent_latent[:, None, :]
     carriers = _candidates(case.parent_cosine, threshold, count.carriers) & not_parent
     carrier_count = torch.einsum("bis,isp->bip", fires.double(), carriers.double())
-    absorbed = _events(case, count.counted_over).clone()
+    absorbed = _events(case, count.counted_over, count.children).clone()
     if count.report == "parent fires":
         absorbed &= parent_fires
     else:
@@ -64,7 +70,10 @@ def _absorption(case: AbsorptionCase, count: AbsorptionCount = AbsorptionCount()
             absorbed &= ~parent_fires
         if count.carrier_fires:
             absorbed &= carrier_count > 0
-    eligible = _events(case, count.divided_by)
+    if count.divided_by == "silent":
+        eligible = _events(case, "with child", count.children) & ~parent_fires
+    else:
+        eligible = _events(case, count.divided_by, count.children)
     numerator = (absorbed.double() * (carrier_count if count.count_carriers else 1.0)).sum(dim=0)
     denominator = eligible.sum(dim=0).double()
     if count.pooled:
@@ -84,6 +93,21 @@ ABSORPTION_MISTAKES: dict[str, list[AbsorptionCount]] = {
     "are active.": [
         AbsorptionCount(divided_by="all"),
         AbsorptionCount(divided_by="all", counted_over="all"),
+    ],
+    "The rate is divided by the eligible inputs on which ℓ_p is silent; divide by every eligible input (parent and "
+    "one of its children active), whether ℓ_p fires or not.": [AbsorptionCount(divided_by="silent")],
+    "An input counts as eligible when a child of any family is active (`.any` over every child): it needs one of "
+    "the parent's own children, `family_presence`'s children [batch, inst, parents, children] reduced over the last "
+    "axis.": [AbsorptionCount(children="any family")],
+    "The children are read in the wrong layout ([children, parents]): child c of parent p is feature n_parents + p · "
+    "n_children + c, so unflatten them as [parents, children] (as `family_presence` does).": [
+        AbsorptionCount(children="child major")
+    ],
+    "No input is eligible: an input is eligible when the parent and one of its children are active "
+    "(`.any` over the children axis), not all of them (`.all`).": [AbsorptionCount(children="every child")],
+    "ℓ_p of the first instance is used for every instance: gather each instance's own parent_latent[inst, parent] "
+    "(parent_latent.expand(batch, -1, -1) with gather on the latent axis).": [
+        AbsorptionCount(main_latent="first instance")
     ],
     "Inputs on which ℓ_p fires are counted as absorbed: an input is absorbed only when the parent's own latent is "
     "silent.": [AbsorptionCount(parent_silent=False)],
@@ -134,7 +158,7 @@ def _put_carrier_on_threshold(case: AbsorptionCase, inst: int, parent: int) -> N
 
 
 def _absorption_cases() -> list[AbsorptionCase]:
-    cases = [_main_case(), _edge_case(), _no_candidate_case()]
+    cases = [_main_case(), _edge_case(), _no_candidate_case(), _single_family_case()]
     for case in cases:
         case.parent_latent = _choose_parent_latents(case)
     _put_carrier_on_threshold(cases[0], inst=1, parent=0)
@@ -163,8 +187,8 @@ def _check_absorption_case(function: Callable[..., object], case: AbsorptionCase
         raise CheckFailure(
             _prefix(
                 case,
-                "`absorption_rate` gives NaN or inf for a parent with no eligible input: divide by the count clamped to at "
-                "least 1 (clamp_min(1)), which gives 0 there.",
+                "`absorption_rate` gives NaN or inf for a parent with no eligible input: divide by the count clamped "
+                "to at least 1 (clamp_min(1)), which gives 0 there.",
             )
         )
     actual = expect_tensor(result, (n_inst, n_parents), what="absorption_rate", axes="inst, parents")

@@ -6,12 +6,15 @@ draws, or in which order; the hierarchy itself (no child without its parent, at 
 family) is checked exactly.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from part_utils.device import get_device
 from part_utils.reference import part8_feature_absorption as reference
-from tests.checking import CheckFailure, binomial_tolerance, check, learner_callable
+from part_utils.tracebacks import notebook_globals
+from tests.checking import CheckFailure, binomial_tolerance, call_learner, check, learner_callable
 from tests.fixtures import fresh_sample
 from tests.sampling import (
     FALSE_ALARM_PER_TEST,
@@ -23,6 +26,7 @@ from tests.sampling import (
     check_values_not_shared,
     independence_messages,
     neighbour_comparisons,
+    sample_values,
 )
 
 SAMPLER = "generate_hierarchical_batch"
@@ -44,6 +48,9 @@ SAMPLER_CONFIG = {
 }
 NOTEBOOK_CONFIG = reference.HierarchyConfig(n_inst=1)
 MAGNITUDE_EXAMPLES = 20_000  # plenty for the magnitude tests, whose tolerances follow the count they get
+SMALL_CONFIG = {"n_inst": 1, "n_parents": 1, "n_children": 2, "parent_probability": 0.5, "child_probability": 0.5}
+"""Length-1 axes, as the notebook's own data has (n_inst = 1), to catch code that squeezes or hard-codes axes."""
+SMALL_BATCHES = (1, 300)
 
 
 def _sampler_data() -> reference.HierarchicalToyData:
@@ -209,7 +216,7 @@ rest."""
 
 
 def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference.HierarchyConfig) -> None:
-    q, C = cfg.child_probability, cfg.n_children
+    q = cfg.child_probability
     has_child = children.any(dim=-1)
     shape = parent_on.shape[1:]
     full = lambda value: torch.full(shape, float(value), dtype=torch.float64)  # noqa: E731
@@ -226,7 +233,11 @@ def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference
             or f"Given an active parent, `{SAMPLER}` gives it a child with the wrong probability: exactly one child is "
             "active with probability child_probability."
         )
-    each = torch.full((*shape, C), q / C, dtype=torch.float64)
+
+
+def _check_children_equally_likely(parent_on: Tensor, children: Tensor, cfg: reference.HierarchyConfig) -> None:
+    C = cfg.n_children
+    each = torch.full((*parent_on.shape[1:], C), cfg.child_probability / C, dtype=torch.float64)
     parent_on_each = parent_on[..., None].expand_as(children)
     if _conditional_frequencies_match(children, parent_on_each, each, CONDITIONAL_FALSE_ALARM):
         return
@@ -237,41 +248,75 @@ def _check_child_frequencies(parent_on: Tensor, children: Tensor, cfg: reference
     )
 
 
-def _check_child_choice_independent(children: Tensor, cfg: reference.HierarchyConfig) -> None:
-    """Where two families (of one example), or one family in two instances, both have a child, the two
-    children's numbers agree with probability 1/n_children: a shared "which child" draw makes them always agree."""
+def _child_choices(children: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Whether each family has a child and which ([batch, inst, parents]), and how often each child was chosen
+    ([inst, parents, children]); counted with bincount, much faster than summing the boolean mask."""
     has_child = children.any(dim=-1)
-    which = children.double().argmax(dim=-1)
-    pairs = {
+    which = children.view(torch.uint8).argmax(dim=-1)
+    _, n_inst, n_parents, n_children = children.shape
+    cell = torch.arange(n_inst * n_parents).reshape(n_inst, n_parents) * n_children
+    counts = torch.bincount((cell + which)[has_child], minlength=n_inst * n_parents * n_children)
+    return has_child, which, counts.reshape(n_inst, n_parents, n_children)
+
+
+def _check_child_choice_varies_over_the_batch(counts: Tensor) -> None:
+    """A family (of one instance) that has a child in many examples, always the same one, drew "which child" once
+    for the whole batch: a correct sampler repeats one child 30 times with probability below n_children^-29."""
+    one_child_only = (counts > 0).sum(dim=-1) == 1
+    if bool((one_child_only & (counts.sum(dim=-1) >= 30)).any()):
+        raise CheckFailure(
+            f"Which child is active is shared by every example of the batch from `{SAMPLER}`: each family always "
+            "gets the same child. Draw which child with shape [batch, inst, parents], one draw per example, instance "
+            "and parent, not one per family broadcast over the batch."
+        )
+
+
+def _choice_pairs(cfg: reference.HierarchyConfig, batch: int) -> dict[str, list[tuple[tuple, tuple]]]:
+    """Pairs of cells (index into [batch, inst, parents]) whose two choices of child must be independent, by the
+    axis that separates them: neighbouring examples, two families of an example, one family in two instances."""
+    every, halves = slice(None), batch // 2
+    evens, odds = slice(0, 2 * halves, 2), slice(1, 2 * halves, 2)
+    return {
+        "examples": [((evens, every, every), (odds, every, every))],
         "families": [
-            (slice(None), a, slice(None), b) for a in range(cfg.n_parents) for b in range(a + 1, cfg.n_parents)
+            ((every, every, a), (every, every, b)) for a in range(cfg.n_parents) for b in range(a + 1, cfg.n_parents)
         ],
         "instances": [
-            (a, p, b, p) for p in range(cfg.n_parents) for a in range(cfg.n_inst) for b in range(a + 1, cfg.n_inst)
+            ((every, a, p), (every, b, p))
+            for p in range(cfg.n_parents)
+            for a in range(cfg.n_inst)
+            for b in range(a + 1, cfg.n_inst)
         ],
     }
+
+
+def _check_child_choice_independent(choices: tuple[Tensor, Tensor, Tensor], cfg: reference.HierarchyConfig) -> None:
+    """Where two cells both have a child, their children's numbers agree with the probability that the cells'
+    own frequencies of each child give (1/n_children for a right sampler): a shared "which child" draw makes them
+    always agree. Expected from the observed frequencies, so that unequal children are named by their own test."""
+    has_child, which, counts = choices
+    share = counts.double() / counts.sum(dim=-1, keepdim=True).double().clamp_min(1)  # [inst, parents, children]
     messages = {
+        "examples": f"Which child is active is shared by neighbouring examples from `{SAMPLER}`: draw it separately "
+        "for every example.",
         "families": f"Which child is active is shared by the families of an example from `{SAMPLER}`: draw the child "
         "of every family separately (one draw per example, instance and parent).",
         "instances": f"Which child is active is shared across instances in `{SAMPLER}`: draw it separately for every "
         "instance.",
     }
+    pairs = _choice_pairs(cfg, which.shape[0])
     n_tests = sum(len(cells) for cells in pairs.values())
     for axis, cells in pairs.items():
-        for cell in cells:
-            if axis == "families":
-                _, a, _, b = cell
-                both, same = has_child[:, :, a] & has_child[:, :, b], which[:, :, a] == which[:, :, b]
-            else:
-                a, p, b, _ = cell
-                both, same = has_child[:, a, p] & has_child[:, b, p], which[:, a, p] == which[:, b, p]
+        for a, b in cells:
+            both = has_child[a] & has_child[b]
             n = int(both.sum())
             if n == 0:
                 continue
-            agree = float((same & both).sum()) / n
-            false_alarm = FALSE_ALARM_PER_TEST / 2 / n_tests
-            tolerance = float(binomial_tolerance(1 / cfg.n_children, n, false_alarm=false_alarm))
-            if agree - 1 / cfg.n_children > tolerance:
+            agree = float((both & (which[a] == which[b])).sum()) / n
+            chance = (share[a[1:]] * share[b[1:]]).sum(dim=-1).expand_as(both)  # per cell, P(same child)
+            expected = float(chance[both].mean())
+            tolerance = float(binomial_tolerance(expected, n, false_alarm=FALSE_ALARM_PER_TEST / 2 / n_tests))
+            if agree - expected > tolerance + 0.02:  # 0.02: the frequencies' own noise, far below a shared draw's
                 raise CheckFailure(messages[axis])
 
 
@@ -296,13 +341,50 @@ def _check_magnitudes(values: Tensor, cfg: reference.HierarchyConfig) -> None:
     check_uniform(unit.clamp(0, 1), what=SAMPLER, otherwise=otherwise)
 
 
+def _with_globals_named(failure: CheckFailure, generate: Callable[..., object]) -> CheckFailure:
+    """A wrong shape from code that reads the notebook's sizes (e.g. `n_parents`) names them."""
+    used = notebook_globals(generate)
+    if not used or "returned shape" not in str(failure):
+        return failure
+    names = ", ".join(f"`{name}`" for name in used)
+    return CheckFailure(
+        f"{failure} `{SAMPLER}` reads the notebook's {names} rather than self.cfg, and this check uses other sizes: "
+        "take every size from self.cfg."
+    )
+
+
+def _check_small_shapes(generate: Callable[..., object]) -> None:
+    """One instance, one parent, and a batch of one: the sample keeps every axis and the hierarchy."""
+    data = reference.HierarchicalToyData(reference.HierarchyConfig(**SMALL_CONFIG), device=get_device())
+    cfg = data.cfg
+    for batch in SMALL_BATCHES:
+        output = call_learner(generate, data, batch, what=SAMPLER)
+        shape = (batch, cfg.n_inst, cfg.n_features)
+        try:
+            values = sample_values(output, shape, device=data.W.device, what=SAMPLER, axes="batch, inst, feats")
+        except CheckFailure as failure:
+            raise CheckFailure(
+                f"With one instance and one parent (the notebook's data has n_inst = 1) and a batch of {batch}: "
+                f"{str(failure)[0].lower()}{str(failure)[1:]} Keep every axis, even those of length 1 (no .squeeze())."
+            ) from None
+        orphans, crowded = _violations(values != 0, cfg)
+        if orphans or crowded:
+            raise CheckFailure(
+                f"With one instance and one parent, `{SAMPLER}` breaks the hierarchy (a child without its parent, or "
+                "two children at once): take every size from self.cfg and keep every axis, even those of length 1."
+            )
+
+
 @check(SAMPLER)
 def test_generate_hierarchical_batch(learner: object) -> str:
     generate = learner_callable(learner, SAMPLER, owner_hint="HierarchicalToyData")
     data = _sampler_data()
     cfg = data.cfg
     shape, axes = (SAMPLER_BATCH, cfg.n_inst, cfg.n_features), "batch, inst, feats"
-    values = fresh_sample(generate, data, SAMPLER_BATCH, shape=shape, device=data.W.device, what=SAMPLER, axes=axes)
+    try:
+        values = fresh_sample(generate, data, SAMPLER_BATCH, shape=shape, device=data.W.device, what=SAMPLER, axes=axes)
+    except CheckFailure as failure:
+        raise _with_globals_named(failure, generate) from None
     _check_magnitude_range(values, cfg)
     present = values != 0
     _check_hierarchy(present, cfg)
@@ -312,10 +394,14 @@ def test_generate_hierarchical_batch(learner: object) -> str:
     children = present[..., cfg.n_parents :].unflatten(-1, (cfg.n_parents, cfg.n_children))
     _check_parent_frequencies(parent_on, cfg)
     _check_child_frequencies(parent_on, children, cfg)
-    _check_child_choice_independent(children, cfg)
+    choices = _child_choices(children)
+    _check_child_choice_varies_over_the_batch(choices[2])
+    _check_child_choice_independent(choices, cfg)
+    _check_children_equally_likely(parent_on, children, cfg)
     messages = independence_messages(SAMPLER, "families")
     check_presence_independent(present, _marginals(cfg), messages=messages, same_group=_same_family(cfg))
     _check_magnitudes(values[:MAGNITUDE_EXAMPLES], cfg)
+    _check_small_shapes(generate)
     return (
         "no orphans, one child at most, marginal and conditional frequencies and magnitudes match on "
         f"{SAMPLER_BATCH} samples"

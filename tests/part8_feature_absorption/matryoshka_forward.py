@@ -40,6 +40,12 @@ VARIANT_MISTAKES: dict[str, MatryoshkaVariant] = {
     # Misreadings that change the returned values ...
     "Each prefix reconstructs from every latent, so all prefix losses are the same: prefix m uses only the latents "
     "before prefix_sizes[m].": MatryoshkaVariant(prefixes="all latents"),
+    "Every prefix's loss is the full dictionary's: if you build the reconstruction by adding groups to one tensor in "
+    "place (`+=`) and keep it in a list, every entry is that same tensor, so each loss computed from the list sees "
+    "the last reconstruction. Write `reconstruction = reconstruction + ...` (a new tensor), or take each prefix's "
+    "loss as soon as it is built.": MatryoshkaVariant(prefixes="aliased"),
+    "Each prefix leaves out its last latent: prefix m uses the latents 0 .. prefix_sizes[m] - 1, acts[..., :m] "
+    "(a slice's end is exclusive).": MatryoshkaVariant(prefixes="one short"),
     "Each group of latents reconstructs alone; the prefixes are nested: prefix m uses all latents up to "
     "prefix_sizes[m], the earlier groups included.": MatryoshkaVariant(prefixes="groups"),
     "prefix_sizes are read as the sizes of successive groups; they are where each nested prefix ends (the last is "
@@ -48,14 +54,20 @@ VARIANT_MISTAKES: dict[str, MatryoshkaVariant] = {
     "sum.": MatryoshkaVariant(bias="last"),
     "b_dec is left out of the reconstructions: add it back to every prefix's reconstruction (b_dec plus the decoded "
     "latents).": MatryoshkaVariant(bias="none"),
+    "b_dec is added with every group, so prefix m holds it m times: start from b_dec once and add only decoded "
+    "latents for each group.": MatryoshkaVariant(bias="per group"),
     "The prefix losses are averaged; L_matryoshka is their sum.": MatryoshkaVariant(reduce="mean"),
-    "The empty prefix (b_dec alone) has a loss term too; sum only the prefixes listed in prefix_sizes.": MatryoshkaVariant(
-        empty_prefix=True
+    "The empty prefix (b_dec alone) has a loss term too; sum only the prefixes listed in prefix_sizes.": (
+        MatryoshkaVariant(empty_prefix=True)
+    ),
+    "This is Bussmann et al.'s loss (a term for b_dec alone, the sum divided by the number of prefixes plus one); "
+    "the text's L_matryoshka is the plain sum of the listed prefixes' losses.": MatryoshkaVariant(
+        empty_prefix=True, reduce="mean"
     ),
     "Each prefix picks its own top-k among its latents; the BatchTopK is applied once, to all latents, and each "
     "prefix uses those activations.": MatryoshkaVariant(topk="per prefix"),
-    "The top-k is taken within each group of latents; apply self.activation once, to all pre-activations.": MatryoshkaVariant(
-        topk="per group"
+    "The top-k is taken within each group of latents; apply self.activation once, to all pre-activations.": (
+        MatryoshkaVariant(topk="per group")
     ),
     "The activations are a plain ReLU: use self.activation(pre_acts), BatchTopK's activation.": MatryoshkaVariant(
         topk="none"
@@ -70,13 +82,24 @@ VARIANT_MISTAKES: dict[str, MatryoshkaVariant] = {
     "h_reconstructed.": MatryoshkaVariant(aux_from="first"),
     "The dead mask is read after self.record_firing(acts) has counted this batch: read it first, then record the "
     "firing.": MatryoshkaVariant(dead_after_counting=True),
+    "The dead mask compares strictly (steps_since_fired > dead_after_steps): a latent is dead from exactly "
+    "dead_after_steps steps without firing on (>=).": MatryoshkaVariant(dead=">"),
+    "AuxK is given the activations: it ranks the dead latents by their pre-activations, which BatchTopK has set "
+    "to 0 for most of them; pass pre_acts.": MatryoshkaVariant(aux_input="acts"),
     # ... and those that change only the loss.
     "The loss has no AuxK term: add aux_coeff · L_aux.": MatryoshkaVariant(with_aux=False),
     "L_aux enters the loss without its coefficient: add self.cfg.aux_coeff · L_aux.": MatryoshkaVariant(
         aux_coefficient=False
     ),
-    "The loss trains only the full reconstruction: use L_matryoshka, the sum of every prefix's loss.": MatryoshkaVariant(
-        loss_terms="full only"
+    "The loss trains only the full reconstruction: use L_matryoshka, the sum of every prefix's loss.": (
+        MatryoshkaVariant(loss_terms="full only")
+    ),
+    "loss_dict[\"L_matryoshka\"] leaves out the full dictionary's loss: it sums every prefix's loss, the last "
+    "(all latents) included.": MatryoshkaVariant(dict_matryoshka="before last"),
+    'loss_dict["L_aux"] is already multiplied by aux_coeff: keep L_aux itself there, and weight it only in the '
+    "loss.": MatryoshkaVariant(aux_in_dict="weighted"),
+    "aux_coeff multiplies L_matryoshka; it weights L_aux: loss = L_matryoshka + aux_coeff · L_aux.": (
+        MatryoshkaVariant(coefficient_on="matryoshka")
     ),
     "The loss adds L_reconstruction on top of L_matryoshka, counting the full dictionary twice: L_matryoshka already "
     "contains it.": MatryoshkaVariant(loss_terms="both"),
@@ -243,8 +266,8 @@ def _check_counters(case: MatryoshkaCase, expected: MatryoshkaTerms, before: Map
             raise CheckFailure(
                 _prefix(
                     case,
-                    "self.steps_since_fired did not change: call self.record_firing(acts) after computing L_aux, so that "
-                    "AuxK knows which latents are dead.",
+                    "self.steps_since_fired did not change: call self.record_firing(acts) after computing L_aux, so "
+                    "that AuxK knows which latents are dead.",
                 )
             )
         if not case.training:
@@ -258,8 +281,8 @@ def _check_counters(case: MatryoshkaCase, expected: MatryoshkaTerms, before: Map
         raise CheckFailure(
             _prefix(
                 case,
-                "self.steps_since_fired was not updated as self.record_firing(acts) does it (once per forward, from the "
-                "returned acts).",
+                "self.steps_since_fired was not updated as self.record_firing(acts) does it (once per forward, from "
+                "the returned acts).",
             )
         )
     threshold = sae.threshold.detach().cpu().double()

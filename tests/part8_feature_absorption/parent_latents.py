@@ -16,6 +16,7 @@ from tests.part8_feature_absorption._common import (
     _main_case,
     _no_candidate_case,
     _prefix,
+    _single_family_case,
 )
 
 
@@ -64,6 +65,23 @@ PARENT_CHOICE_MISTAKES: list[tuple[str, ParentChoice]] = [
         ParentChoice(events="all"),
     ),
     (
+        "A parent counts as alone only when no child of any family is active (`.any` over every child): it is "
+        "alone when none of its own children is, `family_presence`'s children [batch, inst, parents, children] "
+        "reduced over the last axis.",
+        ParentChoice(children="any family"),
+    ),
+    (
+        "The children are read in the wrong layout ([children, parents]): child c of parent p is feature "
+        "n_parents + p · n_children + c, so unflatten them as [parents, children] (as `family_presence` does).",
+        ParentChoice(children="child major"),
+    ),
+    (
+        "Non-candidates get a score of 0, so where no candidate fires on a parent-alone input they tie with the "
+        "candidates and can be chosen: give them a score below any count (-1), then break the ties among "
+        "candidates only.",
+        ParentChoice(candidates="zero"),
+    ),
+    (
         "The score sums activations; count the parent-alone inputs on which the latent fires (activation > 0).",
         ParentChoice(score="activation"),
     ),
@@ -104,6 +122,11 @@ PARENT_CHOICE_MISTAKES: list[tuple[str, ParentChoice]] = [
         ParentChoice(tie="lowest"),
     ),
     (
+        "Candidates still tied after both counts go to the highest-numbered one; the text gives them to the "
+        "lowest-numbered, which `argmax` returns (the first maximum).",
+        ParentChoice(tie="highest"),
+    ),
+    (
         "Ties in the parent-alone count go to the candidate with the higher cosine; the text gives them to the one "
         "that fires on the most inputs where the parent is active, alone or not.",
         ParentChoice(tie="highest cosine"),
@@ -136,8 +159,16 @@ def _check_parent_latents_form(result: object, case: AbsorptionCase) -> Tensor:
         raise CheckFailure(
             _prefix(
                 case,
-                "`parent_latents` returned [parents, inst]: the result is [inst, parents] (take the argmax over the latent "
-                "axis, dim=1).",
+                "`parent_latents` returned [parents, inst]: the result is [inst, parents] (take the argmax over the "
+                "latent axis, dim=1).",
+            )
+        )
+    if result.shape != (n_inst, n_parents) and result.numel() == n_inst * n_parents and 1 in (n_inst, n_parents):
+        raise CheckFailure(
+            _prefix(
+                case,
+                f"`parent_latents` returned shape {tuple(result.shape)}, but [inst, parents] here is "
+                f"{(n_inst, n_parents)}: keep both axes, even one of length 1 (no .squeeze()).",
             )
         )
     if result.shape != (n_inst, n_parents):
@@ -188,7 +219,8 @@ def _check_parent_latents_case(function: Callable[..., object], case: Absorption
 @check("parent_latents")
 def test_parent_latents(learner: object) -> str:
     function = learner_function(learner, "parent_latents")
-    cases = [_main_case(), _tie_case(), _edge_case(), _no_candidate_case()]  # drawn before the learner's code runs
+    # Drawn before the learner's code runs.
+    cases = [_main_case(), _tie_case(), _edge_case(), _no_candidate_case(), _single_family_case()]
     device = get_device()
     for case in cases:
         _check_parent_latents_case(function, case, device)

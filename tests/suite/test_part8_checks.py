@@ -24,6 +24,7 @@ from tests.checking import binomial_tolerance
 from tests.suite.conftest import stub, with_extra_draws
 
 Data = reference.HierarchicalToyData
+SAMPLER = "generate_hierarchical_batch"
 
 
 def sampler(function: Any) -> type:
@@ -63,10 +64,10 @@ def make_sampler(
     has_child_probability="q",  # q, pq, q/C, one, notebook
     which="randint",  # randint, randint from 1, randint C+1
     presence_shape="full",  # full, shared instances, shared batch
-    which_shape="full",  # full, shared families
+    which_shape="full",  # full, shared families, shared instances, shared batch
     magnitudes="range",  # range, unit, no offset, max scale, randn, ones, shared family, shared instances
     layout="ours",  # ours, tree, child major
-    output="values",  # values, bool
+    output="values",  # values, bool, squeezed
 ):
     """A sampler with one deliberate change (the defaults give the text's sampler)."""
 
@@ -91,6 +92,7 @@ def make_sampler(
                 "full": shape,
                 "shared families": (batch_size, cfg.n_inst, 1),
                 "shared instances": (batch_size, 1, P),
+                "shared batch": (1, cfg.n_inst, P),
             }[which_shape]
             if which == "randint":
                 chosen = torch.randint(C, which_draw_shape, device=device).expand(shape)
@@ -131,6 +133,8 @@ def make_sampler(
         elif layout == "child major":
             order = list(range(P)) + [P + parent * C + c for c in range(C) for parent in range(P)]
             values = values[..., order]
+        if output == "squeezed":
+            return values.squeeze()
         return values != 0 if output == "bool" else values
 
     return generate
@@ -176,6 +180,36 @@ def sampler_one_uniform_per_family(self, batch_size):
     return _values(self, _join(parent_on, child_on))
 
 
+def sampler_child_by_argmax_of_uniforms(self, batch_size):
+    cfg, device = self.cfg, self.W.device
+    shape = _families(self, batch_size)
+    parent_on = torch.rand(shape, device=device) < cfg.parent_probability
+    has_child = parent_on & (torch.rand(shape, device=device) < cfg.child_probability)
+    # Which child: the largest of n_children uniforms, equally likely to be any of them.
+    which = torch.rand(*shape, cfg.n_children, device=device).argmax(dim=-1)
+    child_on = (which[..., None] == torch.arange(cfg.n_children, device=device)) & has_child[..., None]
+    return _values(self, _join(parent_on, child_on))
+
+
+def notebook_function(source: str, name: str, **notebook: Any) -> Any:
+    """`name` defined by `source` in a notebook's namespace (`__main__`) that holds the variables `notebook`."""
+    namespace = {"__name__": "__main__", "torch": torch, "F": F, "einsum": einsum, "reference": reference, **notebook}
+    exec(source, namespace)  # noqa: S102
+    return namespace[name]
+
+
+SAMPLER_WITH_NOTEBOOK_SIZES = """
+def generate_hierarchical_batch(self, batch_size):
+    cfg, device = self.cfg, self.W.device
+    families = (batch_size, cfg.n_inst, n_parents)
+    parent_on = torch.rand(families, device=device) < cfg.parent_probability
+    has_child = parent_on & (torch.rand(families, device=device) < cfg.child_probability)
+    child_on = F.one_hot(torch.randint(n_children, families, device=device), n_children).bool() & has_child[..., None]
+    active = torch.cat([parent_on, child_on.flatten(-2)], dim=-1)
+    return torch.where(active, cfg.min_magnitude + 0.5 * torch.rand(active.shape, device=device), 0.0)
+"""
+
+
 def sampler_scales_W_in_place(self, batch_size):
     self.W.mul_(1.0 + 1e-3)  # "normalise" the directions in place
     return Data.generate_hierarchical_batch(self, batch_size)
@@ -195,7 +229,12 @@ def sampler_grouped_shape(self, batch_size):
     return values[..., : self.cfg.n_parents]
 
 
-SAMPLER_REWRITES = [sampler_loop_over_families_float64, sampler_multinomial_outcomes, sampler_one_uniform_per_family]
+SAMPLER_REWRITES = [
+    sampler_loop_over_families_float64,
+    sampler_multinomial_outcomes,
+    sampler_one_uniform_per_family,
+    sampler_child_by_argmax_of_uniforms,
+]
 
 
 def test_sampler_accepts_the_reference_and_rewrites(checks):
@@ -239,6 +278,9 @@ SAMPLER_MISTAKES = [
     ({"presence_shape": "shared batch"}, "same features present"),
     ({"which_shape": "shared families"}, "Which child is active is shared by the families"),
     ({"which_shape": "shared instances"}, "Which child is active is shared across instances"),
+    ({"which_shape": "shared batch"}, "Which child is active is shared by every example of the batch"),
+    ({"which_shape": "shared batch", "which": "randint from 1"}, "shared by every example of the batch"),
+    ({"output": "squeezed"}, r"With one instance and one parent .* Keep every axis, even those of length 1"),
     ({"layout": "tree"}, "another order \\(each parent followed by its own children\\)"),
     ({"layout": "child major"}, "another order \\(the children ordered by child number first"),
     ({"output": "bool"}, "boolean tensor"),
@@ -257,6 +299,10 @@ def test_sampler_names_each_mistake(checks, options, message):
         (sampler_reseeded, "same sample on two calls"),
         (sampler_on_meta, "on meta"),
         (sampler_grouped_shape, r"\[batch, inst, feats\]"),
+        (
+            notebook_function(SAMPLER_WITH_NOTEBOOK_SIZES, SAMPLER, n_parents=5, n_children=3),
+            r"reads the notebook's `n_children`, `n_parents` rather than self\.cfg",
+        ),
     ],
 )
 def test_sampler_names_side_effects_and_wrong_outputs(checks, mutant, message):
@@ -359,12 +405,19 @@ def make_parent_latents(
     pooled=False,
     tie="active",
     layout="ok",
+    children="own",  # own, any family, child major
+    non_candidates=-1.0,
 ):
     """A parent_latents with one deliberate change (the defaults give the text's)."""
 
     def parent_latents(acts, features, parent_cosine, threshold_argument=0.5):
         tau = threshold_argument if threshold is None else threshold
         parent_on, with_child = _masks(features, parent_cosine)
+        n_parents = parent_cosine.shape[-1]
+        if children == "any family":
+            with_child = (features[..., n_parents:] != 0).any(dim=-1, keepdim=True).expand_as(parent_on)
+        elif children == "child major":
+            with_child = (features[..., n_parents:] != 0).unflatten(-1, (-1, n_parents)).any(dim=-2)
         selected = {
             "alone": parent_on & ~with_child,
             "parent": parent_on,
@@ -383,9 +436,13 @@ def make_parent_latents(
             "abs": parent_cosine.abs() >= tau,
             "all": torch.ones_like(parent_cosine, dtype=torch.bool),
         }[candidates]
-        scored = torch.where(allowed, counts, -1.0)
+        scored = torch.where(allowed, counts, non_candidates)
         if tie == "lowest":
             chosen = scored.argmax(dim=1)
+        elif tie == "highest":
+            best = scored == scored.amax(dim=1, keepdim=True)
+            second = torch.where(best, einsum(parent_on.float(), firing, "b i p, b i s -> i s p"), -2.0)
+            chosen = second.shape[1] - 1 - second.flip(1).argmax(dim=1)
         else:
             best = scored == scored.amax(dim=1, keepdim=True)
             second = parent_cosine if tie == "cosine" else einsum(parent_on.float(), firing, "b i p, b i s -> i s p")
@@ -394,9 +451,22 @@ def make_parent_latents(
             return chosen.T
         if layout == "float":
             return chosen.float()
+        if layout == "squeezed":
+            return chosen.squeeze(-1)  # collapses a parents axis of length 1
         return chosen
 
     return parent_latents
+
+
+def parents_tied_by_firing_with_a_child(acts, features, parent_cosine, threshold=0.5):
+    """Ties broken by firing with a child: among candidates tied on the parent-alone count, the same order."""
+    parent_on, with_child = _masks(features, parent_cosine)
+    fires = (acts > 0).float()
+    alone = einsum((parent_on & ~with_child).float(), fires, "b i p, b i s -> i s p")
+    with_a_child = einsum((parent_on & with_child).float(), fires, "b i p, b i s -> i s p")
+    alone = alone.masked_fill(parent_cosine < threshold, -1.0)
+    tied = alone == alone.amax(dim=1, keepdim=True)
+    return with_a_child.masked_fill(~tied, -1.0).argmax(dim=1)
 
 
 def test_parent_latents_accepts_the_reference_and_rewrites(checks):
@@ -406,6 +476,7 @@ def test_parent_latents_accepts_the_reference_and_rewrites(checks):
         parents_by_single_score_float64,
         parents_in_loops_with_rates,
         parents_sorted_stably,
+        parents_tied_by_firing_with_a_child,
     ):
         checks.passes(part8.test_parent_latents, function)
 
@@ -426,7 +497,24 @@ PARENT_MISTAKES = [
     ({"tie": "cosine"}, "Ties in the parent-alone count go to the candidate with the higher cosine"),
     ({"layout": "transposed"}, r"returned \[parents, inst\]"),
     ({"layout": "float"}, "floating-point or boolean tensor"),
+    ({"children": "any family"}, "no child of any family is active"),
+    ({"children": "child major"}, r"children are read in the wrong layout \(\[children, parents\]\)"),
+    ({"non_candidates": 0.0}, "(?i)non-candidates get a score of 0"),
+    ({"tie": "highest"}, "still tied after both counts go to the highest-numbered"),
+    (
+        {"layout": "squeezed"},
+        r"With one instance and one parent: `parent_latents` returned shape \(1,\).*even one of length 1",
+    ),
 ]
+
+PARENT_LATENTS_WITH_NOTEBOOK_SIZES = """
+def parent_latents(acts, features, parent_cosine, threshold=0.5):
+    parent_on, child_on = reference.family_presence(features, n_parents)
+    alone = parent_on & ~child_on.any(dim=-1)
+    fires = (acts > 0).float()
+    alone_count = einsum(alone.float(), fires, "b i p, b i s -> i s p")
+    return torch.where(parent_cosine >= threshold, alone_count, -1.0).argmax(dim=1)
+"""
 
 
 @pytest.mark.parametrize(("options", "message"), PARENT_MISTAKES)
@@ -449,6 +537,10 @@ def parents_zeroing_acts_in_place(acts, features, parent_cosine, threshold=0.5):
     [
         (parents_returning_scores, r"returned \[inst, d_sae, parents\]"),
         (parents_zeroing_acts_in_place, r"changed `acts` in place"),
+        (
+            notebook_function(PARENT_LATENTS_WITH_NOTEBOOK_SIZES, "parent_latents", n_parents=5),
+            r"raised RuntimeError.*reads the notebook's `n_parents`",
+        ),
     ],
 )
 def test_parent_latents_names_wrong_outputs_and_side_effects(checks, mutant, message):
@@ -510,15 +602,32 @@ def make_absorption(
     report="absorbed",
     division="clamped",
     output="rate",
+    children="own",  # own, any family, child major, every child
+    main_latent="own",  # own, first instance
 ):
     """An absorption_rate with one deliberate change (the defaults give the text's)."""
 
     def absorption_rate(acts, features, parent_cosine, parent_latent, threshold_argument=0.5):
         tau = threshold_argument if threshold is None else threshold
-        parent_on, with_child = _masks(features, parent_cosine)
-        sets = {"with child": parent_on & with_child, "parent": parent_on, "all": torch.ones_like(parent_on)}
+        parent_on, child_on = reference.family_presence(features, parent_cosine.shape[-1])
+        with_child = {
+            "own": lambda: child_on.any(dim=-1),
+            "any family": lambda: child_on.flatten(-2).any(dim=-1, keepdim=True).expand_as(parent_on),
+            "child major": lambda: child_on.flatten(-2).unflatten(-1, (-1, parent_on.shape[-1])).any(dim=-2),
+            "every child": lambda: child_on.all(dim=-1),
+        }[children]()
         firing = (acts >= 0) if fires == ">=" else (acts > 0)
-        parent_fires = firing.gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
+        if main_latent == "first instance":
+            parent_fires = acts[:, :, parent_latent[0]] > 0  # [batch, inst, parents], instance 0's ℓ_p everywhere
+            parent_latent = parent_latent[:1].expand_as(parent_latent)
+        else:
+            parent_fires = firing.gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
+        sets = {
+            "with child": parent_on & with_child,
+            "parent": parent_on,
+            "all": torch.ones_like(parent_on),
+            "silent": parent_on & with_child & ~parent_fires,
+        }
         allowed = {
             ">=": parent_cosine >= tau,
             ">": parent_cosine > tau,
@@ -558,12 +667,23 @@ def absorption_mean_of_children(acts, features, parent_cosine, parent_latent, th
     return torch.stack(rates).mean(dim=0)
 
 
+def absorption_with_l_p_among_the_carriers(acts, features, parent_cosine, parent_latent, threshold=0.5):
+    """ℓ_p left among the carriers: harmless, since an input counts only where ℓ_p is silent."""
+    parent_on, with_child = _masks(features, parent_cosine)
+    fires = acts > 0
+    silent = ~torch.take_along_dim(fires, parent_latent[None].expand(acts.shape[0], -1, -1), dim=-1)
+    carried = einsum(fires.float(), (parent_cosine >= threshold).float(), "b i s, i s p -> b i p") > 0
+    eligible = parent_on & with_child
+    return (eligible & silent & carried).float().sum(0) / eligible.float().sum(0).clamp_min(1)
+
+
 def test_absorption_rate_accepts_the_reference_and_rewrites(checks):
     for function in (
         reference.absorption_rate,
         make_absorption(),
         absorption_in_loops,
         absorption_with_scatter_float64,
+        absorption_with_l_p_among_the_carriers,
     ):
         checks.passes(part8.test_absorption_rate, function)
 
@@ -585,7 +705,21 @@ ABSORPTION_MISTAKES = [
     ({"report": "parent fires"}, "how often ℓ_p fires on the eligible inputs"),
     ({"division": "plain"}, "NaN or inf for a parent with no eligible input"),
     ({"output": "counts"}, "integer counts"),
+    ({"divided_by": "silent"}, "divided by the eligible inputs on which ℓ_p is silent"),
+    ({"children": "any family"}, "eligible when a child of any family is active"),
+    ({"children": "child major"}, r"children are read in the wrong layout \(\[children, parents\]\)"),
+    ({"children": "every child"}, r"No input is eligible.*not all of them \(`\.all`\)"),
+    ({"main_latent": "first instance"}, "ℓ_p of the first instance is used for every instance"),
 ]
+
+ABSORPTION_WITH_NOTEBOOK_SIZES = """
+def absorption_rate(acts, features, parent_cosine, parent_latent, threshold=0.5):
+    parent_on, child_on = reference.family_presence(features, n_parents)
+    eligible = parent_on & child_on.any(dim=-1)
+    parent_fires = (acts > 0).gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
+    carriers = reference.carrier_fires(acts, parent_cosine, parent_latent, threshold)
+    return (eligible & ~parent_fires & carriers).sum(0) / eligible.sum(0).clamp_min(1)
+"""
 
 
 @pytest.mark.parametrize(("options", "message"), ABSORPTION_MISTAKES)
@@ -603,6 +737,10 @@ def absorption_flattening_acts_in_place(acts, features, parent_cosine, parent_la
     [
         (absorption_mean_of_children, "mean of the children's rates"),
         (absorption_flattening_acts_in_place, r"changed `acts` in place"),
+        (
+            notebook_function(ABSORPTION_WITH_NOTEBOOK_SIZES, "absorption_rate", n_parents=5),
+            r"raised RuntimeError.*reads the notebook's `n_parents`",
+        ),
     ],
 )
 def test_absorption_rate_names_other_mistakes(checks, mutant, message):
@@ -635,7 +773,12 @@ def make_forward(
     activation_calls=1,
     reconstruction_key="full",  # full, sum
     in_place="none",  # none, h
-    start="expand",  # expand, zeros
+    start="expand",  # expand, in place, aliased
+    dead_compare=">=",
+    aux_input="pre_acts",
+    aux_in_dict=False,
+    coefficient_on="aux",
+    dict_matryoshka="every prefix",
 ):
     """A Matryoshka forward with one deliberate change (the defaults give the text's)."""
 
@@ -672,20 +815,24 @@ def make_forward(
                 acts = self.activation(pre_acts)
         if prefixes == "group sizes":
             ends = [min(e, sizes[-1]) for e in torch.tensor(sizes).cumsum(0).tolist()]
+        elif prefixes == "one short":
+            ends = [e - 1 for e in sizes]
         else:
             ends = sizes
         starts = [0, *ends[:-1]]
         reconstructions = []
         for index, (a, b) in enumerate(zip(starts, ends)):
             last = index == len(ends) - 1
-            keep = lambda t, place: t.detach() if cut == place and not last else t  # noqa: E731
-            lo = {"nested": 0, "group sizes": 0, "groups": a, "all latents": 0}[prefixes]
+            keep = lambda t, place, last=last: t.detach() if cut == place and not last else t  # noqa: E731
+            lo = a if prefixes == "groups" else 0
             hi = sizes[-1] if prefixes == "all latents" else b
             latents = acts[..., lo:hi]
             if topk == "per prefix" and not last and self.training:
                 latents = self.activation(pre_acts[..., lo:hi])
             with_bias = bias == "every" or (bias == "last" and last)
             decoded = einsum(keep(latents, "acts"), keep(W_dec[:, lo:hi], "decoder"), "b i s, i s d -> b i d")
+            if bias == "per group":  # b_dec added again with every group: prefix m holds it m times
+                with_bias, decoded = False, decoded + (index + 1) * b_dec
             reconstructions.append(decoded + (keep(b_dec, "b_dec") if with_bias else 0.0))
         if start == "in place":  # the same reconstructions, accumulated in place on a temporary of our own
             running = torch.zeros_like(target) + b_dec
@@ -693,6 +840,13 @@ def make_forward(
             for a, b in zip(starts, ends):
                 running += einsum(acts[..., a:b], W_dec[:, a:b], "b i s, i s d -> b i d")
                 rebuilt.append(running.clone())
+            reconstructions = rebuilt
+        if start == "aliased":  # accumulated in place and kept without a copy: every entry is the last one
+            running = torch.zeros_like(target) + b_dec
+            rebuilt = []
+            for a, b in zip(starts, ends):
+                running += einsum(acts[..., a:b], W_dec[:, a:b], "b i s, i s d -> b i d")
+                rebuilt.append(running)
             reconstructions = rebuilt
         error = (
             (lambda r: (r - target).pow(2).mean(-1)) if squared == "mean" else (lambda r: (r - target).pow(2).sum(-1))
@@ -707,9 +861,12 @@ def make_forward(
         full = reconstructions[-1]
         if dead_after_counting and record:
             self.record_firing(acts)
-        dead = self.steps_since_fired >= self.cfg.dead_after_steps
+        if dead_compare == ">":
+            dead = self.steps_since_fired > self.cfg.dead_after_steps
+        else:
+            dead = self.steps_since_fired >= self.cfg.dead_after_steps
         aux_target = reconstructions[0] if aux_from == "first" else full
-        L_aux = self.auxk_loss(pre_acts, target, aux_target, dead)
+        L_aux = self.auxk_loss(acts if aux_input == "acts" else pre_acts, target, aux_target, dead)
         if record and not dead_after_counting:
             if own_counter:
                 self.steps_since_fired.add_(1).masked_fill_((acts > 0).any(dim=0), 0)
@@ -717,13 +874,16 @@ def make_forward(
                 self.record_firing(acts)
         L_full = error(full)
         main = {"matryoshka": L_matryoshka, "full only": L_full, "both": L_matryoshka + L_full}[loss_terms]
-        per_input = main + (self.cfg.aux_coeff if aux_coefficient else 1.0) * L_aux * float(with_aux)
+        coefficient = self.cfg.aux_coeff if aux_coefficient else 1.0
+        if coefficient_on == "matryoshka":
+            main, coefficient = self.cfg.aux_coeff * main, 1.0
+        per_input = main + coefficient * L_aux * float(with_aux)
         per_instance = per_input.mean(0) if batch == "mean" else per_input.sum(0)
         loss = per_instance.sum() if instances == "sum" else per_instance.mean()
         loss_dict = {
             "L_reconstruction": L_full if reconstruction_key == "full" else L_matryoshka,
-            "L_matryoshka": L_matryoshka,
-            "L_aux": L_aux,
+            "L_matryoshka": stacked[:-1].sum(0) if dict_matryoshka == "before last" else L_matryoshka,
+            "L_aux": self.cfg.aux_coeff * L_aux if aux_in_dict else L_aux,
         }
         return SAEOutput(loss_dict, loss, acts, reconstructions[0] if returned == "first" else full)
 
@@ -796,6 +956,15 @@ MATRYOSHKA_MISTAKES = [
     ({"own_counter": True}, "steps_since_fired changed although the SAE is evaluating"),
     ({"activation_calls": 2}, "threshold moved more than once"),
     ({"in_place": "h"}, r"changed `h` in place"),
+    ({"start": "aliased"}, r"Each prefix reconstructs from every latent.*or else.*one tensor in place \(`\+=`\)"),
+    ({"prefixes": "one short"}, "Each prefix leaves out its last latent"),
+    ({"bias": "per group"}, "b_dec is added with every group"),
+    ({"empty_prefix": True, "reduce": "mean"}, "Bussmann et al.'s loss"),
+    ({"dead_compare": ">"}, r"dead mask compares strictly \(steps_since_fired > dead_after_steps\)"),
+    ({"aux_input": "acts"}, "AuxK is given the activations"),
+    ({"aux_in_dict": True}, r'loss_dict\["L_aux"\] is already multiplied by aux_coeff'),
+    ({"coefficient_on": "matryoshka"}, "aux_coeff multiplies L_matryoshka"),
+    ({"dict_matryoshka": "before last"}, r'loss_dict\["L_matryoshka"\] leaves out the full dictionary'),
 ]
 
 
