@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from part_utils.reference import part4_toy_sae as reference
-from tests.checking import CheckFailure, NotImplementedYet, call_learner, gradients
+from tests.checking import CheckFailure, NotImplementedYet, call_learner, expect_tensor, gradients
 from tests.fixtures import toy_model
 
 N_INST, D_IN, N_FEATURES, D_SAE = 3, 4, 6, 7
@@ -50,6 +50,28 @@ def _no_grad(function: Callable[..., object]) -> Callable[..., object]:
 
 def _float64(tensor: Tensor) -> Tensor:
     return tensor.detach().to("cpu", torch.float64).clone()
+
+
+def _expect_axes_kept(value: object, shape: tuple[int, ...], *, what: str, axes: str) -> Tensor:
+    """`expect_tensor`, naming a result whose axes of length 1 were squeezed away (a bare `.squeeze()`), which
+    passes on shapes without such axes and breaks on a batch of one, a single instance or d_in = 1."""
+    squeezed = tuple(size for size in shape if size != 1)
+    if (
+        isinstance(value, Tensor)
+        and tuple(value.shape) != shape
+        and tuple(size for size in value.shape if size != 1) == squeezed
+    ):
+        raise CheckFailure(
+            f"`{what}` returned shape {tuple(value.shape)}: its axes of length 1 were squeezed away (a bare "
+            f".squeeze()?), but [{axes}] here is {shape}. Squeeze only the axis you added, e.g. .squeeze(-1)."
+        )
+    return expect_tensor(value, shape, what=what, axes=axes)
+
+
+def _fresh_call(function: Callable[..., T], *args: object, what: str, **kwargs: object) -> T:
+    """Learner code called again on objects a first call already guarded: no snapshot, so a result it keeps in
+    `self` (a correct habit as long as it is recomputed) is not taken for an in-place change."""
+    return call_learner(functools.partial(function, *args, **kwargs), what=what)
 
 
 def _lower_first(message: str) -> str:

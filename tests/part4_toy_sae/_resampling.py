@@ -115,13 +115,16 @@ def _changed_latents(before: SAEState, sae: reference.ToySAE) -> Tensor:
 def _check_only_these_changed(
     before: SAEState, sae: reference.ToySAE, resampled: Tensor, *, what: str, rare: Tensor | None = None
 ) -> None:
-    """Only the `resampled` latents may change, and each of them must."""
+    """Only the `resampled` latents may change, and each of them must. `rare` [inst, d_sae] holds the small
+    positive frac_active_in_window of latents that fired rarely (0 elsewhere): they are alive."""
     changed = _changed_latents(before, sae)
-    rare = torch.zeros_like(resampled) if rare is None else rare
-    if (changed & rare).any() and not (changed & ~resampled & ~rare).any():
+    rare = torch.zeros(resampled.shape, dtype=torch.float64) if rare is None else rare.cpu().double()
+    is_rare = rare > 0
+    if (changed & is_rare).any() and not (changed & ~resampled & ~is_rare).any():
+        fraction = float(rare[changed & is_rare].max())
         raise CheckFailure(
-            f"`{what}` resampled a latent that fired, if rarely (frac_active_in_window 2e-6): only latents whose "
-            "frac_active_in_window is exactly 0 are dead."
+            f"`{what}` resampled a latent that fired, if rarely (frac_active_in_window {fraction:.0e}): only latents "
+            "whose frac_active_in_window is exactly 0 are dead."
         )
     if (changed & ~resampled).any():
         raise CheckFailure(f"`{what}` changed live latents; only latents with frac_active_in_window == 0 may change.")

@@ -30,6 +30,7 @@ from tests.part4_toy_sae._common import (
     SAETerms,
     _backpropagate,
     _case,
+    _expect_axes_kept,
     _float64,
     _naming_tied_decoder,
     _normalised,
@@ -144,13 +145,18 @@ def _reconstruction_terms(p: Mapping[str, Tensor], latents: Tensor, eps: float, 
     return torch.einsum("bis,isd->bid", latents, _normalised(W_dec, eps)) + p["b_dec"]
 
 
-def _loss_term(value: object, shape: tuple[int, int], key: str) -> Tensor:
+def _loss_term(value: object, shape: tuple[int, int], key: str, *, reduced: str, reduced_size: int) -> Tensor:
     if isinstance(value, Tensor) and value.numel() == 1 and math.prod(shape) > 1:
         raise CheckFailure(
             f'loss_dict["{key}"] is a single number (F.mse_loss or a reduction over everything): keep one value per '
             "input and instance, [batch, inst], reducing only over d_in or d_sae."
         )
-    return expect_tensor(value, shape, what=f'loss_dict["{key}"]', axes="batch, inst")
+    if isinstance(value, Tensor) and tuple(value.shape) == (shape[1], reduced_size) != shape:
+        raise CheckFailure(
+            f'loss_dict["{key}"] is reduced over the batch (dim 0), leaving [inst, {reduced}]: reduce over {reduced} '
+            "(the last axis) instead, keeping one value per input and instance, [batch, inst]."
+        )
+    return _expect_axes_kept(value, shape, what=f'loss_dict["{key}"]', axes="batch, inst")
 
 
 def _acts_fallback(acts: Tensor, expected: Tensor, pre_acts: Tensor) -> str:
@@ -181,7 +187,7 @@ def _scalar_loss(loss: object, n_inst: int) -> Tensor:
 
 def _check_acts(acts: object, right: SAETerms, p: Mapping[str, Tensor], x: Tensor, case: ForwardCase) -> None:
     """`acts` is ReLU((h - b_dec) W_enc + b_enc), [batch, inst, d_sae]."""
-    actual = expect_tensor(acts, (case.batch, case.n_inst, case.d_sae), what="acts", axes="batch, inst, d_sae")
+    actual = _expect_axes_kept(acts, (case.batch, case.n_inst, case.d_sae), what="acts", axes="batch, inst, d_sae")
     diagnose(
         actual,
         right.acts,
@@ -196,7 +202,7 @@ def _check_reconstruction(
     """`h_reconstructed` decodes acts with the normalised decoder and adds b_dec back, [batch, inst, d_in]."""
     shape = (case.batch, case.n_inst, case.d_in)
     diagnose(
-        expect_tensor(h_reconstructed, shape, what="h_reconstructed", axes="batch, inst, d_in"),
+        _expect_axes_kept(h_reconstructed, shape, what="h_reconstructed", axes="batch, inst, d_in"),
         right.h_reconstructed,
         {
             **_reconstruction_mistakes(p, right.acts, eps, case.tied),
@@ -214,7 +220,7 @@ def _check_reconstruction_loss(
     """`L_reconstruction` is the mean over d_in of the squared error, one value per input and instance."""
     squared = (right.h_reconstructed - x).pow(2)
     diagnose(
-        _loss_term(value, (case.batch, case.n_inst), "L_reconstruction"),
+        _loss_term(value, (case.batch, case.n_inst), "L_reconstruction", reduced="d_in", reduced_size=case.d_in),
         right.reconstruction,
         {
             "L_reconstruction is summed over d_in; average it (mean over d_in).": squared.sum(-1),
@@ -237,7 +243,7 @@ def _check_sparsity_loss(value: object, right: SAETerms, case: ForwardCase, coef
     """`L_sparsity` is the bare L1 norm of acts, one value per input and instance."""
     z = right.acts
     diagnose(
-        _loss_term(value, (case.batch, case.n_inst), "L_sparsity"),
+        _loss_term(value, (case.batch, case.n_inst), "L_sparsity", reduced="d_sae", reduced_size=case.d_sae),
         right.sparsity,
         {
             "L_sparsity is averaged over latents; the L1 norm sums over d_sae.": z.mean(-1),
@@ -264,6 +270,8 @@ def _check_total_loss(loss: object, right: SAETerms, n_inst: int, coeff: float) 
                 (rec + coeff * sparsity).mean()
             ),
             "The loss is summed over the batch; average over the batch.": (rec + coeff * sparsity).sum(),
+            "The loss is summed over the batch and averaged over instances: the other way round, average over the "
+            "batch (dim 0) and sum over instances.": (rec + coeff * sparsity).sum(0).mean(),
             "The loss leaves out sparsity_coeff: total = reconstruction + sparsity_coeff * sparsity.": (
                 (rec + sparsity).mean(0).sum()
             ),
@@ -308,7 +316,7 @@ def _check_pre_activations(
     """`pre_activations(h)` is (h - b_dec) W_enc + b_enc, [batch, inst, d_sae], and trains the encoder."""
     output = call_learner(pre_activations, sae, h.clone(), what="pre_activations")
     shape = (case.batch, case.n_inst, case.d_sae)
-    actual = expect_tensor(output, shape, what="pre_activations", axes="batch, inst, d_sae")
+    actual = _expect_axes_kept(output, shape, what="pre_activations", axes="batch, inst, d_sae")
     diagnose(
         actual,
         right.pre_acts,
@@ -328,7 +336,7 @@ def _check_decode(
     output = call_learner(decode, sae, right.acts.float().to(sae.W_enc.device), what="decode")
     shape = (case.batch, case.n_inst, case.d_in)
     diagnose(
-        expect_tensor(output, shape, what="decode", axes="batch, inst, d_in"),
+        _expect_axes_kept(output, shape, what="decode", axes="batch, inst, d_in"),
         right.h_reconstructed,
         _reconstruction_mistakes(p, right.acts, eps, case.tied),
         otherwise="`decode(acts)` does not match acts @ W_dec_normalized + b_dec.",

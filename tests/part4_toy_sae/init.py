@@ -1,5 +1,5 @@
 """Exercise 1, `__init__`: parameters of the right shapes, device and dtype, Kaiming-uniform weights drawn per
-instance, zero biases and a frozen toy model, untied and tied."""
+instance (and per SAE built: no seed inside), zero biases and a frozen toy model, untied and tied."""
 
 import functools
 import math
@@ -172,12 +172,32 @@ def _check_initialised(sae: nn.Module, cfg: reference.ToySAEConfig, model: toy.T
         raise CheckFailure(
             "`self._W_dec` is a copy of W_encᵀ: an untied SAE initialises its decoder separately, with its own draw."
         )
+    if not cfg.tied_weights and torch.equal(
+        W_enc.detach().flatten().sort().values, weights["_W_dec"][0].detach().flatten().sort().values
+    ):
+        raise CheckFailure(
+            "`self._W_dec` holds the numbers of `self.W_enc`, rearranged: the same draw was reused (or the seed reset "
+            "between the two); give the decoder its own draw."
+        )
 
 
 def _initialise(init: Callable[..., object], cfg: reference.ToySAEConfig, model: toy.ToyModel) -> reference.ToySAE:
     sae = reference.ToySAE.__new__(reference.ToySAE)
     call_learner(init, sae, cfg, model, what="__init__")
     return sae
+
+
+def _check_fresh_draw_per_sae(
+    init: Callable[..., object], first: reference.ToySAE, cfg: reference.ToySAEConfig, model: toy.ToyModel
+) -> None:
+    """A second SAE built right after the first must start from other weights: the notebook seeds before each
+    SAE it builds, so a seed set inside __init__ would give every run the same start."""
+    second = _initialise(init, cfg, model)
+    if torch.equal(first.W_enc.detach(), second.W_enc.detach()):
+        raise CheckFailure(
+            "Two SAEs built one after the other start from the same `self.W_enc`: don't set a seed inside __init__ "
+            "(torch.manual_seed); the notebook seeds before building each SAE, and each must get its own draw."
+        )
 
 
 def _check_device_on_meta(init: Callable[..., object]) -> None:
@@ -214,7 +234,9 @@ def test_init(learner: object) -> str:
         with _case("For a tied SAE" if tied else None):
             cfg = reference.ToySAEConfig(**INIT_SIZES, tied_weights=tied)
             model = toy_model(n_inst=cfg.n_inst, d_hidden=cfg.d_in)
-            _check_initialised(_initialise(init, cfg, model), cfg, model)
+            sae = _initialise(init, cfg, model)
+            _check_initialised(sae, cfg, model)
+    _check_fresh_draw_per_sae(init, sae, cfg, model)
     _check_device_on_meta(init)
     return (
         "untied and tied: shapes, Kaiming-uniform weights drawn per instance, zero biases, the model's device, frozen "

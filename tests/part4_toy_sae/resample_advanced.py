@@ -1,9 +1,11 @@
-"""Exercise 7, `resample_advanced`: loss²-weighted draws with replacement, centred unit decoder rows, encoder
-columns at the live encoder scale and zero biases; with no dead latent, no live one, all-zero losses, tied.
+"""Exercise 7, `resample_advanced`: loss²-weighted draws with replacement from a batch of `batch_size`, new on
+every call, centred unit decoder rows, encoder columns at the live encoder scale and zero biases, rarely firing
+latents left alive; with no dead latent, no live one, all-zero losses, tied.
 
 Each designed case (see `_advanced_design`) is checked in steps, in this order: what the method may change
 and the mask it returns, then each new latent's decoder row and encoder column, then the sampling weights."""
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from tests.part4_toy_sae._advanced_design import (
     N_GROUPS,
     AdvancedCase,
     _edge_advanced_cases,
+    _fresh_draws_case,
     _main_advanced_case,
     _row_groups,
 )
@@ -27,7 +30,9 @@ from tests.part4_toy_sae._common import (
     _case,
     _explained,
     _float64,
+    _fresh_call,
     _naming_tied_decoder,
+    _no_grad,
     _sae_parameters,
     _sae_terms,
 )
@@ -325,7 +330,7 @@ def _check_changes_and_mask(case: AdvancedCase, before: SAEState, returned: obje
             "`resample_advanced` resampled an instance whose losses are all zero: skip it and leave its latents as "
             "they are."
         )
-    _check_only_these_changed(before, case.sae, resampled, what="resample_advanced")
+    _check_only_these_changed(before, case.sae, resampled, what="resample_advanced", rare=case.rare)
     _check_returned_mask(returned, resampled, case.sae.W_enc.device, what="resample_advanced", skipped=skipped)
 
 
@@ -341,14 +346,47 @@ def _check_new_latents(case: AdvancedCase, before: SAEState, batch: DrawnBatch) 
     return chosen
 
 
+def _check_batch_size(case: AdvancedCase) -> None:
+    """The fresh batch has `batch_size` inputs, the argument (the text's step 1)."""
+    drawn = case.recorder.sizes[0] if case.recorder.sizes else ADVANCED_BATCH  # no batch at all: named later
+    if drawn != ADVANCED_BATCH:
+        raise CheckFailure(
+            f"`resample_advanced` drew a batch of {drawn} inputs, but was asked for batch_size = {ADVANCED_BATCH}: "
+            "draw self.generate_batch(batch_size), with the argument, not a number of your own or the notebook's."
+        )
+
+
+def _check_fresh_draws(resample: Callable[..., object]) -> None:
+    """A second call on the same SAE and batch must choose other inputs: a seed set inside would send the dead
+    latents of every resampling to the same inputs. In this design no input is drawn more than about half the
+    time, so 37 draws agree on both calls by chance with probability below 1e-20."""
+    case = _fresh_draws_case()
+    twin = copy.deepcopy(case)
+    _check_advanced_case(resample, case)
+    _fresh_call(
+        _no_grad(resample),
+        twin.sae,
+        twin.frac_active,
+        ADVANCED_SCALE,
+        batch_size=ADVANCED_BATCH,
+        what="resample_advanced",
+    )
+    if torch.equal(_float64(twin.sae.W_enc), _float64(case.sae.W_enc)):
+        raise CheckFailure(
+            "`resample_advanced` chose the same inputs on two calls: don't set a seed inside it (torch.manual_seed), "
+            "or every resampling would draw the same inputs again."
+        )
+
+
 def _check_advanced_case(resample: Callable[..., object], case: AdvancedCase) -> None:
-    """One designed case, step by step: what changed and the mask, then each new latent's weights, then (in a
-    case large enough) the sampling weights."""
+    """One designed case, step by step: what changed and the mask, the batch size, then each new latent's weights,
+    then (in a case large enough) the sampling weights."""
     parameters = {name: _float64(value) for name, value in _sae_parameters(case.sae).items()}
     returned, before = _naming_tied_decoder(lambda: _call_advanced(resample, case), what="resample_advanced")
     _check_changes_and_mask(case, before, returned)
     if not case.resampled.any():
         return
+    _check_batch_size(case)
     batch = DrawnBatch.of(case, parameters)
     chosen = _check_new_latents(case, before, batch)
     if case.statistics:
@@ -361,6 +399,7 @@ def test_resample_advanced(learner: object) -> str:
     for case in [_main_advanced_case(), *_edge_advanced_cases()]:
         with _case(case.description):
             _check_advanced_case(resample, case)
+    _check_fresh_draws(resample)
     return (
         "loss²-weighted draws with replacement, centred unit decoders, live-norm encoders, zero biases; no dead, no "
         "live, all-zero losses, tied"

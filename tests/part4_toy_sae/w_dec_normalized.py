@@ -1,5 +1,5 @@
 """Exercise 2, `W_dec_normalized`: unit decoder rows with ε added to the norm, gradients through the norm, tied
-and untied."""
+and untied, and computed afresh on every call (training calls it again after each step)."""
 
 from collections.abc import Callable
 
@@ -17,6 +17,7 @@ from tests.part4_toy_sae._common import (
     _case,
     _explained,
     _float64,
+    _fresh_call,
     _naming_tied_decoder,
     _normalised,
     _reference_sae,
@@ -133,6 +134,40 @@ def _check_normalised_gradient(getter: Callable[..., object], tied: bool) -> Non
     )
 
 
+def _check_fresh_after_a_step(getter: Callable[..., object], tied: bool) -> None:
+    """Called as training calls it: once, a backward pass that frees the graph, a step that changes the decoder in
+    place, then again. A result kept from the first call is stale (and its graph is gone)."""
+    sae = _normalising_sae(tied, special_rows=False)
+    name, eps = ("W_enc" if tied else "_W_dec"), sae.cfg.weight_normalize_eps
+    weight = getattr(sae, name)
+    first = _call_normaliser(getter, sae)
+    expect_tensor(first, tuple(sae.W_dec.shape), what="W_dec_normalized", axes="inst, d_sae, d_in")
+    if first.requires_grad:
+        torch.autograd.grad(first.sum(), weight, allow_unused=True)  # frees the graph, as loss.backward() does
+    with torch.no_grad():
+        weight.add_(torch.randn_like(weight))  # an optimiser step, in place: the same tensor, new values
+    second = _fresh_call(getter, sae, what="W_dec_normalized")
+    stale = (
+        "`W_dec_normalized` returned its earlier result after W_dec changed (as every training step changes it): it "
+        "keeps a result from a previous call. Compute it afresh on every call; a kept graph also makes the next "
+        "backward pass fail."
+    )
+    if second is first:
+        raise CheckFailure(stale)
+    actual = expect_tensor(second, tuple(sae.W_dec.shape), what="W_dec_normalized", axes="inst, d_sae, d_in")
+    diagnose(
+        actual,
+        _normalised(_float64(sae.W_dec), eps),
+        {stale: _float64(first)},
+        otherwise="`W_dec_normalized` is right on a first call but not on the next, after W_dec changed: it depends on "
+        "something kept from an earlier call; compute it from self.W_dec afresh every time.",
+    )
+    _explained(
+        lambda: _backpropagate(lambda: second.sum(), {name: weight}, what="W_dec_normalized"),
+        {"backward through the graph a second time": stale},
+    )
+
+
 @check("W_dec_normalized")
 def test_W_dec_normalized(learner: object) -> str:
     getter = learner_callable(learner, "W_dec_normalized", owner_hint="ToySAE", as_property=True)
@@ -140,6 +175,7 @@ def test_W_dec_normalized(learner: object) -> str:
         with _case("For a tied SAE" if tied else None):
             _check_normalised_rows(getter, tied)
             _check_normalised_gradient(getter, tied)
+            _check_fresh_after_a_step(getter, tied)
     return (
         "unit rows, ε added to the norm (finite for a zero row), gradients through the norm, W_dec left as it is, "
         "tied and untied"

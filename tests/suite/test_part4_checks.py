@@ -750,7 +750,8 @@ def test_resample_simple_accepts_reference_and_rewrites(checks, resample):
         ({"zero_b_dec": True}, r"changed `self.b_dec` in place"),
         (
             {"tied_unit": True},
-            r"^For a tied SAE: each resampled W_enc column should be a unit direction times resample_scale; yours are unit",
+            r"^For a tied SAE: each resampled W_enc column should be a unit direction times resample_scale; yours "
+            "are unit",
         ),
     ],
 )
@@ -1078,3 +1079,322 @@ def test_checks_leave_every_random_state_and_the_thread_count_untouched(checks, 
         and torch.equal(states[2], torch.get_rng_state())
     )
     assert torch.get_num_threads() == threads
+
+
+# Issue 24: code called twice, shapes with length-1 axes, boundaries and promises the text makes -------------
+
+
+def init_reseeding(self, cfg, model):
+    torch.manual_seed(0)  # "for reproducibility": every SAE then starts from the same weights
+    ToySAE.__init__(self, cfg, model)
+
+
+def init_reseeding_between(self, cfg, model):
+    nn.Module.__init__(self)
+    self.cfg, self.model = cfg, model.requires_grad_(False)
+    device = model.W.device
+    torch.manual_seed(1)
+    self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_in, cfg.d_sae, device=device)))
+    torch.manual_seed(1)  # the same seed again: the decoder gets W_enc's numbers, rearranged
+    self._W_dec = (
+        None
+        if cfg.tied_weights
+        else nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device)))
+    )
+    self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_sae, device=device))
+    self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_in, device=device))
+
+
+def init_in_place_on_parameters(self, cfg, model):
+    """Correct: empty parameters first, then Kaiming-uniform applied to each in place."""
+    nn.Module.__init__(self)
+    self.cfg = cfg
+    self.model = model
+    model.requires_grad_(False)
+    device = model.W.device
+    self.W_enc = nn.Parameter(torch.empty(cfg.n_inst, cfg.d_in, cfg.d_sae, device=device))
+    nn.init.kaiming_uniform_(self.W_enc)
+    if cfg.tied_weights:
+        self._W_dec = None
+    else:
+        self._W_dec = nn.Parameter(torch.empty(cfg.n_inst, cfg.d_sae, cfg.d_in, device=device))
+        nn.init.kaiming_uniform_(self._W_dec)
+    self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_sae, device=device))
+    self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_in, device=device))
+
+
+def test_init_accepts_parameters_initialised_in_place(checks):
+    checks.passes(part4.test_init, with_method("__init__", init_in_place_on_parameters))
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (init_reseeding, r"Two SAEs built one after the other start from the same `self.W_enc`.*seed"),
+        (init_reseeding_between, r"`self._W_dec` holds the numbers of `self.W_enc`, rearranged"),
+    ],
+)
+def test_init_names_state_mistakes(checks, mutant, message):
+    checks.fails(part4.test_init, with_method("__init__", mutant), message)
+
+
+def normalise_cached(self):
+    if getattr(self, "_cached_W_dec_normalized", None) is None:
+        self._cached_W_dec_normalized = ToySAE.W_dec_normalized.fget(self)
+    return self._cached_W_dec_normalized
+
+
+def normalise_cached_by_pointer(self):
+    key = self.W_dec.data_ptr()  # an optimiser step changes W_dec in place: the pointer stays the same
+    if self.__dict__.get("_normalised_key") != key:
+        self._normalised_key = key
+        self._normalised = self.W_dec / (self.W_dec.norm(dim=-1, keepdim=True) + self.cfg.weight_normalize_eps)
+    return self._normalised
+
+
+def normalise_keeping_last(self):
+    """Correct: computed afresh on every call, the last result kept as an attribute."""
+    W = self.W_dec
+    self.last_W_dec_normalized = W / (torch.sqrt((W**2).sum(-1, keepdim=True)) + self.cfg.weight_normalize_eps)
+    return self.last_W_dec_normalized
+
+
+def test_W_dec_normalized_accepts_a_result_kept_but_computed_afresh(checks):
+    checks.passes(part4.test_W_dec_normalized, with_property("W_dec_normalized", normalise_keeping_last))
+
+
+@pytest.mark.parametrize("mutant", [normalise_cached, normalise_cached_by_pointer])
+def test_W_dec_normalized_names_a_cached_result(checks, mutant):
+    checks.fails(
+        part4.test_W_dec_normalized,
+        with_property("W_dec_normalized", mutant),
+        r"returned its earlier result after W_dec changed",
+    )
+
+
+def generate_reseeding(self, batch_size):
+    torch.manual_seed(0)
+    return ToySAE.generate_batch(self, batch_size)
+
+
+def generate_cached(self, batch_size):
+    if getattr(self, "_batch", None) is None or len(self._batch) != batch_size:
+        self._batch = ToySAE.generate_batch(self, batch_size)
+    return self._batch
+
+
+def generate_squeezed(self, batch_size):
+    features = self.model.generate_batch(batch_size)
+    return (self.model.W @ features.unsqueeze(-1)).squeeze()
+
+
+def generate_matmul_squeezing_its_axis(self, batch_size):
+    """Correct: a row vector per example times Wᵀ, squeezing only the axis it added."""
+    features = self.model.generate_batch(batch_size)
+    return (features.unsqueeze(-2) @ self.model.W.transpose(-1, -2)).squeeze(-2)
+
+
+def test_generate_batch_accepts_a_matmul_squeezing_only_its_axis(checks):
+    checks.passes(part4.test_generate_batch, with_method("generate_batch", generate_matmul_squeezing_its_axis))
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (generate_reseeding, r"returned the same batch on two calls: don't set a seed"),
+        (generate_cached, r"returned the batch of an earlier call again"),
+        (generate_squeezed, r"^With one instance, d_in = 1 and a batch of one: .*axes of length 1 were squeezed away"),
+    ],
+)
+def test_generate_batch_names_calls_and_length_one_axes(checks, mutant, message):
+    checks.fails(part4.test_generate_batch, with_method("generate_batch", mutant), message)
+
+
+def pre_activations_squeezed(self, h):
+    return ((h - self.b_dec).unsqueeze(-2) @ self.W_enc).squeeze() + self.b_enc
+
+
+def decode_squeezed(self, acts):
+    return (acts.unsqueeze(-2) @ self.W_dec_normalized).squeeze() + self.b_dec
+
+
+def forward_sum_over_batch_mean_over_instances(self, h):
+    loss_dict, _, acts, h_rec = ToySAE.forward(self, h)
+    per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
+    return SAEOutput(loss_dict, per_input.sum(0).mean(), acts, h_rec)
+
+
+def forward_losses_over_batch(self, h):
+    _, loss, acts, h_rec = ToySAE.forward(self, h)
+    loss_dict = {"L_reconstruction": (h_rec - h).pow(2).mean(0), "L_sparsity": acts.sum(0)}
+    return SAEOutput(loss_dict, loss, acts, h_rec)
+
+
+def forward_with_library_losses(self, h):
+    """Correct: F.mse_loss without reduction, and the L1 norm as torch.linalg.vector_norm."""
+    acts = self.encode(h)
+    h_rec = self.decode(acts)
+    loss_dict = {
+        "L_reconstruction": F.mse_loss(h_rec, h, reduction="none").mean(dim=-1),
+        "L_sparsity": torch.linalg.vector_norm(acts, ord=1, dim=-1),
+    }
+    total = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
+    return SAEOutput(loss_dict=loss_dict, loss=total.mean(0).sum(), acts=acts, h_reconstructed=h_rec)
+
+
+def pre_activations_ellipsis(self, h):
+    """Correct: an einsum with an ellipsis for the batch."""
+    return torch.einsum("...id,ids->...is", h - self.b_dec, self.W_enc) + self.b_enc
+
+
+def test_forward_accepts_library_losses_and_an_ellipsis(checks):
+    learner = with_methods(pre_activations=pre_activations_ellipsis, forward=forward_with_library_losses)
+    checks.passes(part4.test_forward, learner)
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (
+            {"pre_activations": pre_activations_squeezed},
+            r"^With one instance, a batch of one and d_in = d_sae = 5: `pre_activations` returned shape \(1, 5\): its "
+            "axes of length 1 were squeezed away",
+        ),
+        ({"decode": decode_squeezed}, r"`decode` returned shape \(1, 5\): its axes of length 1 were squeezed away"),
+        (
+            {"forward": forward_sum_over_batch_mean_over_instances},
+            "summed over the batch and averaged over instances",
+        ),
+        ({"forward": forward_losses_over_batch}, r'loss_dict\["L_reconstruction"\] is reduced over the batch'),
+    ],
+)
+def test_forward_names_length_one_axes_and_reductions(checks, methods, message):
+    checks.fails(part4.test_forward, with_methods(**methods), message)
+
+
+def cosine_kept_then_squeezed(W, f):
+    return unit_cosines(W, f).max(dim=-1, keepdim=True).values.squeeze()
+
+
+def cosine_from_zero(W, f):
+    best = torch.zeros(f.shape[:2], dtype=f.dtype, device=f.device)  # "no match yet": but a best cosine can be negative
+    return torch.maximum(best, unit_cosines(W, f).max(-1).values)
+
+
+def cosine_by_distance(W, f):
+    """Correct: for unit vectors, cos = 1 - |a - b|² / 2."""
+    return (1 - torch.cdist(F.normalize(f, dim=-1), F.normalize(W, dim=-1)).pow(2) / 2).amax(-1)
+
+
+def test_max_cosine_similarity_accepts_distances(checks):
+    checks.passes(part4.test_max_cosine_similarity, cosine_by_distance)
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (cosine_kept_then_squeezed, r"^With one instance and one feature: .*axes of length 1 were squeezed away"),
+        (cosine_from_zero, r"negative cosines became 0"),
+        (
+            lambda W, f: torch.einsum("ifd,isd->ifs", F.normalize(f, dim=-1), W / W.norm()).max(-1).values,
+            r"norm of the whole tensor",
+        ),
+    ],
+)
+def test_max_cosine_similarity_names_more_mistakes(checks, mutant, message):
+    checks.fails(part4.test_max_cosine_similarity, mutant, message)
+
+
+def resample_simple_reseeding(self, frac_active_in_window, resample_scale):
+    torch.manual_seed(0)
+    return ToySAE.resample_simple(self, frac_active_in_window, resample_scale)
+
+
+def resample_simple_cube(self, frac_active_in_window, resample_scale):
+    dead = frac_active_in_window == 0
+    directions = F.normalize(torch.rand(int(dead.sum()), self.cfg.d_in, device=dead.device) * 2 - 1, dim=-1)
+    inst, latent = dead.nonzero(as_tuple=True)
+    self.W_enc.data[inst, :, latent] = directions * resample_scale
+    if self._W_dec is not None:
+        self._W_dec.data[inst, latent] = directions
+    self.b_enc.data[dead] = 0.0
+    return dead
+
+
+def resample_simple_through_a_view(self, frac_active_in_window, resample_scale):
+    """Correct: writes the encoder columns through a transposed view, [inst, d_sae, d_in]."""
+    dead = frac_active_in_window == 0
+    directions = F.normalize(torch.randn(int(dead.sum()), self.cfg.d_in, device=dead.device), dim=-1)
+    self.W_enc.data.transpose(1, 2)[dead] = directions * resample_scale
+    if self._W_dec is not None:
+        self._W_dec.data[dead] = directions
+    self.b_enc.data[dead] = 0.0
+    return dead
+
+
+def test_resample_simple_accepts_writes_through_a_view(checks):
+    checks.passes(part4.test_resample_simple, with_method("resample_simple", resample_simple_through_a_view))
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (resample_simple_reseeding, r"gave the same new directions on two calls: don't set a seed"),
+        (resample_simple_cube, r"crowd towards the diagonals"),
+        (make_resample_simple(threshold=1e-6), r"fired, if rarely \(frac_active_in_window 5e-08\)"),
+    ],
+)
+def test_resample_simple_names_calls_boundaries_and_spread(checks, mutant, message):
+    checks.fails(part4.test_resample_simple, with_method("resample_simple", mutant), message)
+
+
+def resample_advanced_reseeding(self, frac_active_in_window, resample_scale, batch_size=4_096):
+    torch.manual_seed(0)
+    return ToySAE.resample_advanced(self, frac_active_in_window, resample_scale, batch_size)
+
+
+def resample_advanced_default_batch(self, frac_active_in_window, resample_scale, batch_size=4_096):
+    return ToySAE.resample_advanced(self, frac_active_in_window, resample_scale)  # batch_size forgotten: 4,096
+
+
+def resample_advanced_tiny_as_dead(self, frac_active_in_window, resample_scale, batch_size=4_096):
+    frac = torch.where(frac_active_in_window < 1e-6, 0.0, frac_active_in_window)  # "below 1e-6 counts as dead"
+    return ToySAE.resample_advanced(self, frac, resample_scale, batch_size)
+
+
+def resample_advanced_categorical(self, frac_active_in_window, resample_scale, batch_size=4_096):
+    """Correct: torch.distributions.Categorical draws the inputs, every dead latent's weights written at once."""
+    dead = frac_active_in_window == 0
+    h = self.generate_batch(batch_size)
+    squared = self(h).loss_dict["L_reconstruction"].pow(2)
+    resampled = torch.zeros_like(dead)
+    for inst in range(self.cfg.n_inst):
+        latents = torch.where(dead[inst])[0]
+        if len(latents) == 0 or not squared[:, inst].any():
+            continue
+        rows = torch.distributions.Categorical(probs=squared[:, inst]).sample((len(latents),))
+        directions = F.normalize(h[rows, inst] - self.b_dec[inst], dim=-1)
+        live = ~dead[inst]
+        scale = self.W_enc[inst][:, live].norm(dim=0).mean() if live.any() else 1.0
+        self.W_enc.data[inst, :, latents] = (directions * scale * resample_scale).T
+        if self._W_dec is not None:
+            self._W_dec.data[inst, latents] = directions
+        self.b_enc.data[inst, latents] = 0.0
+        resampled[inst, latents] = True
+    return resampled
+
+
+def test_resample_advanced_accepts_categorical_draws(checks):
+    checks.passes(part4.test_resample_advanced, with_method("resample_advanced", resample_advanced_categorical))
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (resample_advanced_reseeding, r"chose the same inputs on two calls: don't set a seed"),
+        (resample_advanced_default_batch, r"drew a batch of 4096 inputs.*batch_size"),
+        (resample_advanced_tiny_as_dead, r"fired, if rarely \(frac_active_in_window 5e-08\)"),
+    ],
+)
+def test_resample_advanced_names_calls_boundaries_and_batch_size(checks, mutant, message):
+    checks.fails(part4.test_resample_advanced, with_method("resample_advanced", mutant), message)
