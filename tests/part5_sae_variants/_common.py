@@ -1,15 +1,64 @@
 """What Part 5's checks share: the shapes they use, random SAE weights, float64 copies and gradients,
 encoding and decoding, and keeping the top values with the gradient that should flow through them."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from part_utils.reference import part4_toy_sae as part4
-from tests.checking import CheckFailure, diagnose, gradients, require_gradient
+from tests.checking import CheckFailure, close, diagnose, gradients, require_gradient
 
 N_INST, D_IN, D_SAE = 3, 4, 7
+
+
+def _fitting(
+    actual: Tensor,
+    expected: Tensor,
+    mistakes: Sequence[tuple[str, Tensor | None]],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> list[str] | None:
+    """None when `actual` is right; else the messages of every listed mistake that gives the same numbers."""
+    if close(actual, expected, rtol=rtol, atol=atol):
+        return None
+    fits = (message for message, wrong in mistakes if wrong is not None and close(actual, wrong, rtol=rtol, atol=atol))
+    return list(dict.fromkeys(fits))
+
+
+def _both(messages: Sequence[str]) -> str:
+    if len(messages) == 1:
+        return messages[0]
+    return f"{messages[0].rstrip('.')}; or else, as these numbers fit both: {messages[1]}"
+
+
+class _Narrowing:
+    """Names a slip that two mistakes explain on one case by the next case that tells them apart.
+
+    Each failing case offers the messages whose numbers it fits; the check fails as soon as one message
+    fits every failing case so far, with the first case's messages when none does, and with both
+    messages when every case leaves two (call `finish` after the last case).
+    """
+
+    def __init__(self) -> None:
+        self.candidates: list[str] = []
+
+    def add(self, fitting: list[str] | None, otherwise: str) -> None:
+        if fitting is None:
+            return
+        if not fitting:
+            raise CheckFailure(_both(self.candidates) if self.candidates else otherwise)
+        narrowed = [message for message in self.candidates if message in fitting] if self.candidates else fitting
+        if not narrowed:
+            raise CheckFailure(_both(self.candidates))
+        if len(narrowed) == 1:
+            raise CheckFailure(narrowed[0])
+        self.candidates = narrowed
+
+    def finish(self) -> None:
+        if self.candidates:
+            raise CheckFailure(_both(self.candidates))
 
 
 def _randomise(sae: part4.ToySAE) -> None:

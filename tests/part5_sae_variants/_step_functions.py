@@ -1,6 +1,7 @@
 """What the Heaviside and JumpReLU checks share: the cases, the expected forward and pseudo-derivatives,
 and each slip's diagnosis, for an autograd.Function that is a step (Heaviside) or a jump (JumpReLU)."""
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,8 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.checking import CheckFailure, call_learner, diagnose, diagnose_among, expect_tensor
-from tests.part5_sae_variants._common import D_SAE, N_INST, _float64
+from tests.checking import CheckFailure, call_learner, close, diagnose_among, expect_tensor
+from tests.part5_sae_variants._common import D_SAE, N_INST, _fitting, _float64, _Narrowing
+
+Fit = tuple[list[str] | None, str]  # the messages that fit a wrong result (None: right), and the fallback sentence
+# Bandwidths a learner may write into backward instead of reading ctx.bandwidth: the paper's, the toy SAE's, the
+# hand-checkable case's, round numbers, and those of the other cases here.
+FIXED_BANDWIDTHS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0)
 
 
 def _apply(function: type[torch.autograd.Function]) -> Callable[[Tensor, Tensor, float], Tensor]:
@@ -94,7 +100,22 @@ def _step_cases() -> list[_StepCase]:
     single = torch.rand(5, **f64) * 0.4 + 0.2
     one_sae = _near_threshold("one SAE without instances (θ of shape [d_sae])", single, 12, 0.25, spread=1.0)
     one_input = _near_threshold("a batch of one input", threshold, 1, 0.2, spread=0.8)
-    return [hand, edges, per_latent, one_sae, one_input]
+    return [hand, edges, per_latent, one_sae, one_input, _close_to_threshold()]
+
+
+def _close_to_threshold() -> _StepCase:
+    """One input whose z lie from 1e-5 to 0.5 from θ (log-uniform, either side), with θ near 1 in one latent.
+
+    However small a bandwidth written into backward, some z fall inside its window, so it gives numbers of its
+    own and not those of no gradient at all; with one input, each latent's gradient shows the bandwidth used.
+    θ near 1 lets a kernel computed from Heaviside's output, K((H - θ)/ε), open its window.
+    """
+    threshold = torch.rand(N_INST, D_SAE, dtype=torch.float64) * 0.4 + 0.2
+    threshold[:, -1] = 1.0 + (torch.rand(N_INST, dtype=torch.float64) - 0.5) * 0.2
+    distance = 10 ** (torch.rand(N_INST, D_SAE, dtype=torch.float64) * 4.7 - 5.0)
+    side = torch.where(torch.rand(N_INST, D_SAE) < 0.5, -1.0, 1.0).double()
+    z = (threshold + side * distance)[None]
+    return _StepCase("one input with z very close to θ", z, threshold, 0.3, torch.randn(z.shape, dtype=torch.float64))
 
 
 def _near_threshold(description: str, threshold: Tensor, batch: int, bandwidth: float, *, spread: float) -> _StepCase:
@@ -130,7 +151,7 @@ def _step_expectation(
     return _StepExpectation(z * active if jump else active, grad_z, grad_threshold)
 
 
-def _check_step_forward(output: Tensor, case: _StepCase, name: str, *, jump: bool) -> None:
+def _step_forward_fit(output: Tensor, case: _StepCase, name: str, *, jump: bool) -> Fit:
     z, threshold = case.z, case.threshold
     active, at_or_above = (z > threshold).double(), (z >= threshold).double()
     at_theta = f"{name} fires at z = θ; the step is 1 only where z > θ (strictly), so use > rather than >=."
@@ -151,61 +172,51 @@ def _check_step_forward(output: Tensor, case: _StepCase, name: str, *, jump: boo
             at_theta: at_or_above,
             f"{name} is 1 below θ; H(z - θ) is 1 where z > θ.": (z < threshold).double(),
         }
-    diagnose(
-        output,
-        _step_expectation(z, threshold, case.bandwidth, case.upstream, jump=jump).output,
-        mistakes,
-        otherwise=f"{name}'s forward is wrong on {case.description}: it should be {'z · ' if jump else ''}1[z > θ].",
-    )
+    expected = _step_expectation(z, threshold, case.bandwidth, case.upstream, jump=jump).output
+    otherwise = f"{name}'s forward is wrong on {case.description}: it should be {'z · ' if jump else ''}1[z > θ]."
+    return _fitting(output, expected, list(mistakes.items())), otherwise
 
 
-def _check_step_grad_z(grad_z: Tensor, case: _StepCase, name: str, *, jump: bool) -> None:
+def _step_grad_z_fit(grad_z: Tensor, case: _StepCase, name: str, *, jump: bool) -> Fit:
     z, threshold, bandwidth, upstream = case.z, case.threshold, case.bandwidth, case.upstream
     kernel = _kernel(z, threshold, bandwidth)
     active = (z > threshold).double()
     if not jump:
-        diagnose(
-            grad_z,
-            torch.zeros_like(z),
-            {
-                (
-                    "Heaviside passes grad_output through to z; its "
-                    "pseudo-derivative in z is 0 (return None or zeros for z)."
-                ): upstream,
-                (
-                    "Heaviside passes the kernel's pseudo-derivative to z; in this method "
-                    "∂H/∂z = 0 and only θ gets one (return None or zeros for z)."
-                ): (kernel / bandwidth * upstream),
-            },
-            otherwise="Heaviside passes a gradient to z; its pseudo-derivative in z is 0 (return None or zeros).",
-        )
-        return
+        mistakes = [
+            (
+                "Heaviside passes grad_output through to z; its pseudo-derivative in z is 0 (return None or zeros "
+                "for z).",
+                upstream,
+            ),
+            (
+                "Heaviside passes the kernel's pseudo-derivative to z; in this method "
+                "∂H/∂z = 0 and only θ gets one (return None or zeros for z).",
+                kernel / bandwidth * upstream,
+            ),
+        ]
+        otherwise = "Heaviside passes a gradient to z; its pseudo-derivative in z is 0 (return None or zeros)."
+        return _fitting(grad_z, torch.zeros_like(z), mistakes), otherwise
     kernel_term = (
         "JumpReLU adds a kernel term to ∂/∂z; in this method ∂JumpReLU/∂z is H(z - θ) alone (the kernel is for θ)."
     )
-    diagnose_among(
-        grad_z,
-        active * upstream,
-        [
-            ("JumpReLU passes the gradient to z everywhere; ∂/∂z is H(z - θ): only where z > θ.", upstream),
-            (
-                "JumpReLU passes no gradient to z; ∂/∂z is H(z - θ), so grad_output goes through where z > θ.",
-                torch.zeros_like(z),
-            ),
-            ("JumpReLU's gradient for z ignores grad_output: multiply H(z - θ) by it.", active),
-            (
-                "JumpReLU lets the gradient through wherever z > 0, as a ReLU "
-                "would; ∂/∂z is H(z - θ), only where z > θ.",
-                (z > 0).double() * upstream,
-            ),
-            (
-                "JumpReLU lets the gradient to z through at z = θ; H(0) = 0, so use z > θ rather than >=.",
-                (z >= threshold).double() * upstream,
-            ),
-            *((kernel_term, (active + factor / bandwidth * kernel) * upstream) for factor in (z, threshold)),
-        ],
-        otherwise="JumpReLU's gradient for z should be H(z - θ) · grad_output.",
-    )
+    mistakes = [
+        ("JumpReLU passes the gradient to z everywhere; ∂/∂z is H(z - θ): only where z > θ.", upstream),
+        (
+            "JumpReLU passes no gradient to z; ∂/∂z is H(z - θ), so grad_output goes through where z > θ.",
+            torch.zeros_like(z),
+        ),
+        ("JumpReLU's gradient for z ignores grad_output: multiply H(z - θ) by it.", active),
+        (
+            "JumpReLU lets the gradient through wherever z > 0, as a ReLU would; ∂/∂z is H(z - θ), only where z > θ.",
+            (z > 0).double() * upstream,
+        ),
+        (
+            "JumpReLU lets the gradient to z through at z = θ; H(0) = 0, so use z > θ rather than >=.",
+            (z >= threshold).double() * upstream,
+        ),
+        *((kernel_term, (active + factor / bandwidth * kernel) * upstream) for factor in (z, threshold)),
+    ]
+    return _fitting(grad_z, active * upstream, mistakes), "JumpReLU's gradient for z should be H(z - θ) · grad_output."
 
 
 def _batch_divisors(z: Tensor, threshold: Tensor) -> set[int]:
@@ -213,16 +224,57 @@ def _batch_divisors(z: Tensor, threshold: Tensor) -> set[int]:
     return {n for n in (z.shape[0] if z.dim() else 1, z.numel() // max(1, threshold.numel()), z.numel()) if n > 1}
 
 
+def _implied_bandwidth(grad_threshold: Tensor, case: _StepCase, scale: Tensor) -> float | None:
+    """With one input, each latent's gradient is -(scale/c)·K((z - θ)/c)·grad_output: the c that explains
+    every non-zero one, if a single c does."""
+    if case.z.numel() != case.threshold.numel():
+        return None
+    pull = (-scale * case.upstream).reshape(grad_threshold.shape)
+    inside = grad_threshold.abs() > 1e-12
+    if not inside.any():
+        return None
+    implied = pull[inside] / grad_threshold[inside]
+    bandwidth = float(implied.median())
+    return bandwidth if bandwidth > 0 and torch.allclose(implied, torch.full_like(implied, bandwidth)) else None
+
+
+def _bandwidth_used(
+    function: type[torch.autograd.Function], case: _StepCase, name: str, *, jump: bool
+) -> tuple[float | None, tuple[Tensor, Tensor, Tensor] | None]:
+    """The bandwidth the learner's backward shows on a case of one input, if one explains every latent, and that
+    case's results; (None, None) when it fails there (the cases in order then report how)."""
+    try:
+        results = _run_step(function, case, name)
+    except CheckFailure:
+        return None, None
+    return _implied_bandwidth(results[2], case, case.threshold if jump else torch.ones_like(case.threshold)), results
+
+
 def _check_step_grad_threshold(grad_threshold: Tensor, case: _StepCase, name: str, *, jump: bool) -> None:
+    narrowing = _Narrowing()
+    narrowing.add(*_step_grad_threshold_fit(grad_threshold, case, name, jump=jump))
+    narrowing.finish()
+
+
+def _step_grad_threshold_fit(
+    grad_threshold: Tensor, case: _StepCase, name: str, *, jump: bool, implied: float | None = None
+) -> Fit:
+    """`implied`: the bandwidth the learner's backward showed on a case of one input, if a single one explains it."""
     z, threshold, bandwidth, upstream = case.z, case.threshold, case.bandwidth, case.upstream
     scale = threshold if jump else torch.ones_like(threshold)
     expected = _step_expectation(z, threshold, bandwidth, upstream, jump=jump).grad_threshold
+    formula = "-(θ/ε)·K((z-θ)/ε)" if jump else "-(1/ε)·K((z-θ)/ε)"
+    otherwise = (
+        f"{name}'s threshold gradient is wrong on {case.description}: it "
+        f"should be {formula} · grad_output, summed over the batch."
+    )
+    if close(grad_threshold, expected):
+        return None, otherwise
 
     def pseudo(factor: Tensor | float, kernel: Tensor, grad: Tensor = upstream) -> Tensor:
         return _reduce_to(-factor * kernel * grad, threshold)
 
     kernel = _kernel(z, threshold, bandwidth)
-    formula = "-(θ/ε)·K((z-θ)/ε)" if jump else "-(1/ε)·K((z-θ)/ε)"
     mistakes = {
         f"The threshold gradient has the wrong sign: it is {formula}, negative inside the window.": -expected,
         "The kernel is twice too wide: K(u) is 1 for -1/2 < u < 1/2 with u = (z - θ)/ε, i.e. |z - θ| < ε/2.": pseudo(
@@ -249,7 +301,23 @@ def _check_step_grad_threshold(grad_threshold: Tensor, case: _StepCase, name: st
         "instead (θ is shared by every input, so each one adds its pull)."
     )
     mistakes_by_divisor = [(averaged, expected / divisor) for divisor in sorted(_batch_divisors(z, threshold))]
+    output = z * (z > threshold).double() if jump else (z > threshold).double()
+    mistakes[
+        f"{name}.backward computes the kernel from forward's output, {'z · ' if jump else ''}H(z - θ), rather than "
+        "from z: save z itself (ctx.save_for_backward(z, threshold)) and take u = (z - θ)/ε."
+    ] = pseudo(scale / bandwidth, _kernel(output, threshold, bandwidth))
+    for fixed in (*FIXED_BANDWIDTHS, *([implied] if implied else [])):
+        if not math.isclose(fixed, bandwidth):
+            mistakes[
+                f"{name}.backward uses a bandwidth of {fixed:.3g}, not the ε each forward call receives: "
+                "store it in forward (ctx.bandwidth = bandwidth) and read it back in backward, "
+                "rather than writing a number there."
+            ] = pseudo(scale / fixed, _kernel(z, threshold, fixed))
     if jump:
+        mistakes[
+            "JumpReLU's threshold gradient has θ twice (θ²/ε); the factor is θ/ε: autograd applies the chain rule "
+            "through θ = exp(log θ) itself."
+        ] = pseudo(threshold**2 / bandwidth, kernel)
         mistakes["JumpReLU's threshold gradient uses 1/ε; it is -(θ/ε)·K((z-θ)/ε)."] = pseudo(1 / bandwidth, kernel)
         mistakes["JumpReLU's threshold gradient uses z/ε; the factor is θ/ε: -(θ/ε)·K((z-θ)/ε)."] = pseudo(
             z / bandwidth, kernel
@@ -258,18 +326,8 @@ def _check_step_grad_threshold(grad_threshold: Tensor, case: _StepCase, name: st
         mistakes[
             "The Heaviside threshold gradient has a θ factor, which belongs to JumpReLU; ∂H/∂θ is -(1/ε)·K((z-θ)/ε)."
         ] = pseudo(threshold / bandwidth, kernel)
-    diagnose_among(
-        grad_threshold,
-        expected,
-        [
-            *mistakes_by_divisor,
-            *mistakes.items(),
-        ],  # averaging first: where a slip gives the same numbers, it is the likelier
-        otherwise=(
-            f"{name}'s threshold gradient is wrong on {case.description}: it "
-            f"should be {formula} · grad_output, summed over the batch."
-        ),
-    )
+    # Averaging first: where a slip gives the same numbers on every case, it is the likelier.
+    return _fitting(grad_threshold, expected, [*mistakes_by_divisor, *mistakes.items()]), otherwise
 
 
 def _run_step(function: type[torch.autograd.Function], case: _StepCase, name: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -277,6 +335,11 @@ def _run_step(function: type[torch.autograd.Function], case: _StepCase, name: st
     threshold = case.threshold.clone().requires_grad_(True)
     output = call_learner(_apply(function), z, threshold, case.bandwidth, what=f"{name}.forward")
     output_64 = expect_tensor(output, tuple(case.z.shape), what=f"{name}.forward", axes="the shape of z")
+    if output.dtype != z.dtype:
+        raise CheckFailure(
+            f"`{name}.forward` returns {output.dtype} for {z.dtype} z: return the step in z's dtype "
+            "(.to(z.dtype)); the reference parity below runs in float64."
+        )
     if not output.requires_grad:
         raise CheckFailure(
             f"`{name}.apply` returns a tensor without a gradient: do not mark forward's output non-differentiable."
@@ -340,9 +403,12 @@ def _check_two_calls(function: type[torch.autograd.Function], calls: list[_StepC
 
 def _check_autograd_function(function: type[torch.autograd.Function], name: str, *, jump: bool) -> None:
     cases, calls = _step_cases(), _two_calls()  # drawn before the learner's code runs
+    implied, last = _bandwidth_used(function, cases[-1], name, jump=jump)
+    narrowing = _Narrowing()
     for case in cases:
-        output, grad_z, grad_threshold = _run_step(function, case, name)
-        _check_step_forward(output, case, name, jump=jump)
-        _check_step_grad_z(grad_z, case, name, jump=jump)
-        _check_step_grad_threshold(grad_threshold, case, name, jump=jump)
+        output, grad_z, grad_threshold = last if case is cases[-1] and last else _run_step(function, case, name)
+        narrowing.add(*_step_forward_fit(output, case, name, jump=jump))
+        narrowing.add(*_step_grad_z_fit(grad_z, case, name, jump=jump))
+        narrowing.add(*_step_grad_threshold_fit(grad_threshold, case, name, jump=jump, implied=implied))
+    narrowing.finish()
     _check_two_calls(function, calls, name, jump=jump)

@@ -13,6 +13,7 @@ from tests.checking import (
     CheckFailure,
     call_learner,
     check,
+    close,
     diagnose_among,
     expect_tensor,
     gradients,
@@ -41,6 +42,7 @@ def _auxk(
     k_aux: int,
     *,
     select: Tensor | None = None,
+    rank: str = "value",
     relu: bool = True,
     bias: bool = False,
     clamp: bool = True,
@@ -51,15 +53,30 @@ def _auxk(
     """AuxK as the text defines it (float64, differentiable), or with one deliberate change."""
     pool = dead if select is None else select
     masked = x.masked_fill(~pool, -torch.inf)
-    top = masked.topk(min(k_aux, x.shape[dim]), dim=dim)
-    values = F.relu(top.values) if relu else torch.where(torch.isinf(top.values), 0.0, top.values)
-    latents = torch.zeros_like(x).scatter(dim, top.indices, values)
+    n_top = min(k_aux, x.shape[dim])
+    ranking = {
+        "value": masked,
+        "absolute value": x.abs().masked_fill(~pool, -torch.inf),
+        "batch mean": masked.mean(0, keepdim=True).expand_as(x),
+        "smallest": -x.masked_fill(~pool, torch.inf),
+    }[rank]
+    indices = ranking.topk(n_top, dim=dim).indices
+    chosen = masked.gather(dim, indices)  # -inf where a live latent fills a place
+    values = F.relu(chosen) if relu else torch.where(torch.isinf(chosen), 0.0, chosen)
+    latents = torch.zeros_like(x).scatter(dim, indices, values)
     error = (_decode(latents, W, b_dec if bias else 0.0) - target).pow(2)
     error = error.mean(-1) if mean else error.sum(-1)
-    counts = {"per instance": dead.sum(-1).double(), "over all instances": dead.sum().double().expand(dead.shape[0])}
+    n_dead = dead.sum(-1).double()
+    factors = {
+        "per instance": n_dead / k_aux,
+        "over all instances": dead.sum().double().expand(dead.shape[0]) / k_aux,
+        "fraction": n_dead / dead.shape[-1] / k_aux,
+        "over d_sae": n_dead / dead.shape[-1],
+        "at least 1": (n_dead / k_aux).clamp(min=1.0),
+    }
     if scale == "none":
         return error
-    factor = counts[scale] / k_aux
+    factor = factors[scale]
     return error * (factor.clamp(max=1.0) if clamp else factor)
 
 
@@ -93,6 +110,25 @@ def _auxk_value_mistakes(
         ),
         ("The error is summed over d_in; average it.", aux(mean=False)),
         ("The top k_aux are taken over the batch; take them over d_sae, for each input.", aux(dim=0)),
+        (
+            "AuxK ranks the dead latents by absolute value; rank them by the pre-activations themselves.",
+            aux(rank="absolute value"),
+        ),
+        (
+            "AuxK picks the same dead latents for every input (ranked over the batch); pick the top k_aux dead "
+            "latents of each input separately.",
+            aux(rank="batch mean"),
+        ),
+        ("AuxK picks the smallest dead pre-activations; pick the k_aux largest.", aux(rank="smallest")),
+        (
+            "n_dead is the fraction of latents that are dead; it is their number, dead.sum(dim=-1).",
+            aux(scale="fraction"),
+        ),
+        ("The scale divides n_dead by d_sae; it is n_dead / k_aux, capped at 1.", aux(scale="over d_sae")),
+        (
+            "The scale is at least 1 (clamp(min=1)); it is n_dead / k_aux capped at 1 (clamp(max=1.0)).",
+            aux(scale="at least 1", clamp=False),
+        ),
     ]
 
 
@@ -165,10 +201,13 @@ def _check_auxk_case(function: Callable[..., Any], inputs: _AuxKInputs) -> None:
     residual = inputs.h.double() - leaves["h_reconstructed"]
     expected = _auxk(leaves["pre_acts"], residual.detach(), W, b_dec, dead, k_aux)
     x, target = leaves["pre_acts"].detach(), residual.detach()
+    right = close(actual, expected.detach())
     diagnose_among(
         actual,
         expected.detach(),
-        _auxk_value_mistakes(x, target, W.detach(), leaves["W_dec"].detach(), b_dec, dead, int(sae.cfg.k), k_aux),
+        []
+        if right
+        else _auxk_value_mistakes(x, target, W.detach(), leaves["W_dec"].detach(), b_dec, dead, int(sae.cfg.k), k_aux),
         otherwise=(
             f"auxk_loss is wrong with {inputs.case.description}: it should be the mean over "
             "d_in of (ê - e)², ê decoded from the top k_aux dead pre-activations (ReLU "

@@ -7,16 +7,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import call_learner, check, diagnose_among, expect_tensor, handed_in, learner_function
+from tests.checking import call_learner, check, close, diagnose_among, expect_tensor, handed_in, learner_function
 from tests.part5_sae_variants._common import D_SAE, _check_kept_gradient, _keep_top
 
 
-def _keep_per_instance(values: Tensor, n_keep: int, *, transpose_first: bool = True) -> Tensor:
+def _keep_per_instance(
+    values: Tensor, n_keep: int, *, transpose_first: bool = True, transpose_back: bool | None = None
+) -> Tensor:
+    """The n_keep largest of each instance; `transpose_first`/`transpose_back`: whether inst is moved first before
+    flattening, and moved back after (by default, as it was moved)."""
     batch, n_inst, d_sae = values.shape
+    transpose_back = transpose_first if transpose_back is None else transpose_back
     flat = values.transpose(0, 1).reshape(n_inst, -1) if transpose_first else values.reshape(n_inst, -1)
     top = flat.topk(min(n_keep, flat.shape[-1]), dim=-1)
     kept = torch.zeros_like(flat).scatter(-1, top.indices, top.values)
-    return kept.reshape(n_inst, batch, d_sae).transpose(0, 1) if transpose_first else kept.reshape(batch, n_inst, d_sae)
+    return kept.reshape(n_inst, batch, d_sae).transpose(0, 1) if transpose_back else kept.reshape(batch, n_inst, d_sae)
 
 
 @dataclass
@@ -63,6 +68,26 @@ def _batch_topk_mistakes(x: Tensor, k: float) -> list[tuple[str, Tensor]]:
             F.relu(_keep_per_instance(x, n_keep, transpose_first=False)),
         ),
     ]
+    mistakes += [
+        (
+            "The count uses the number of instances (shape[1]) as the batch size; the batch is pre_acts.shape[0].",
+            F.relu(_keep_per_instance(x, round(k * n_inst))),
+        ),
+        (
+            "The count uses d_sae (shape[-1]) as the batch size; the batch is pre_acts.shape[0].",
+            F.relu(_keep_per_instance(x, round(k * d_sae))),
+        ),
+        (
+            "You took the top values of each latent over the batch (topk along dim 0); BatchTopK ranks all "
+            "batch × d_sae values of an instance together.",
+            F.relu(_keep_top(x, min(n_keep, batch), dim=0)),
+        ),
+        (
+            "The kept values were put back with a plain reshape to [batch, inst, d_sae], which scrambles them: "
+            "reshape to [inst, batch, d_sae] first, then transpose back.",
+            F.relu(_keep_per_instance(x, n_keep, transpose_back=False)),
+        ),
+    ]
     if n_inst > 1 and pooled is not None:
         mistakes.append(
             (
@@ -71,6 +96,18 @@ def _batch_topk_mistakes(x: Tensor, k: float) -> list[tuple[str, Tensor]]:
             )
         )
     return [(message, wrong) for message, wrong in mistakes if wrong.shape == x.shape]
+
+
+def _count_kept(actual: Tensor, x: Tensor, k: float) -> str | None:
+    """The right values, but another number of them than round(k · batch): the sentence naming the count kept."""
+    batch, n_inst, _ = x.shape
+    kept = int((actual > 0).sum(dim=(0, 2)).max())
+    if kept == round(k * batch) or not close(actual, F.relu(_keep_per_instance(x, kept))):
+        return None
+    return (
+        f"You keep {kept} values per instance, but round(k · batch) = {round(k * batch)} here "
+        f"(k = {k}, batch = {batch}): keep round(k · batch) per instance."
+    )
 
 
 def _batch_topk_input(case: _BatchTopKCase) -> Tensor:
@@ -89,10 +126,12 @@ def test_batch_topk_activation(learner: object) -> str:
         actual = expect_tensor(output, shape, what="batch_topk_activation", axes="batch, inst, d_sae")
         x = pre_acts.double()
         expected = F.relu(_keep_per_instance(x, round(case.k * case.batch)))
+        mistakes = [] if close(actual, expected) else _batch_topk_mistakes(x, case.k)
+        count = None if any(close(actual, wrong) for _, wrong in mistakes) else _count_kept(actual, x, case.k)
         diagnose_among(
             actual,
             expected,
-            _batch_topk_mistakes(x, case.k),
+            [*mistakes, *([(count, actual)] if count else [])],
             otherwise=(
                 "For each instance keep the round(k · batch) largest values across the whole "
                 f"batch (ReLU applied) and zero the rest{case.description}."

@@ -37,6 +37,7 @@ from tests.part5_sae_variants._common import (
 from tests.sae_output import require_named_fields
 
 GATED_COEFFICIENTS = (0.3, 0.6, 0.15)  # one per instance, as in the comparison at the end of Part 5
+PLAIN_COEFFICIENT = 0.4  # the text allows one number too
 GATED_PARAMETERS = {
     "W_enc": "W_gate (W_enc)",
     "b_enc": "b_gate (b_enc)",
@@ -88,8 +89,7 @@ def _check_encode_with_gate(
     _check_gated_acts(acts, e, what=f"the activations from `{what}`")
 
 
-def _gated_sae() -> reference.GatedToySAE:
-    coefficients = torch.tensor(GATED_COEFFICIENTS, device=get_device())
+def _gated_sae(coefficients: Tensor | float) -> reference.GatedToySAE:
     sae = reference.GatedToySAE(
         part4.ToySAEConfig(n_inst=N_INST, d_in=D_IN, d_sae=D_SAE, sparsity_coeff=coefficients), toy_model()
     )
@@ -243,6 +243,19 @@ def _check_gated_acts(acts: object, e: _GatedExpectation, *, what: str = "acts")
             * F.relu(_encode(e.centred, p["r_mag"][:, None, :] * p["W_enc"], p["b_mag"])),
             "The magnitude path uses b_gate; it has its own bias, b_mag.": gate
             * F.relu(_encode(e.centred, e.W_mag, p["b_enc"])),
+            "b_gate and b_mag are swapped: the gate adds b_gate (b_enc), the magnitude path b_mag.": (
+                _encode(e.centred, p["W_enc"], p["b_mag"]) > 0
+            ).double()
+            * F.relu(_encode(e.centred, e.W_mag, p["b_enc"])),
+            "The gate uses b_mag; its bias is b_gate (b_enc), as in pre_activations(h).": (
+                _encode(e.centred, p["W_enc"], p["b_mag"]) > 0
+            ).double()
+            * F.relu(e.pi_mag),
+            "The magnitude path has no bias: add b_mag to π_mag.": gate * F.relu(_encode(e.centred, e.W_mag, 0.0)),
+            (
+                "The magnitude path scales π_gate, b_gate included, by exp(r_mag): scale W_gate's columns only "
+                "(W_mag = exp(r_mag) ⊙ W_gate), then add b_mag."
+            ): gate * F.relu(p["r_mag"].exp() * e.pi_gate + p["b_mag"]),
             "The magnitudes have no ReLU: acts is 1[π_gate > 0] · ReLU(π_mag).": gate * e.pi_mag,
             "`acts` is not gated: multiply ReLU(π_mag) by the indicator 1[π_gate > 0].": F.relu(e.pi_mag),
             "`acts` multiplies by ReLU(π_gate); the gate is the indicator 1[π_gate > 0].": F.relu(e.pi_gate)
@@ -353,6 +366,11 @@ def _check_gated_total(loss: object, e: _GatedExpectation, *, scaled: bool) -> N
         per_input.mean(0).sum(),
         {
             "The loss leaves out L_aux.": (reconstruction + e.coefficients * l1).mean(0).sum(),
+            "The loss weights L_aux by sparsity_coeff too; only L_sparsity is multiplied by it.": (
+                reconstruction + e.coefficients * (l1 + aux)
+            )
+            .mean(0)
+            .sum(),
             "The loss leaves out sparsity_coeff.": (reconstruction + l1 + aux).mean(0).sum(),
             "The loss leaves out the sparsity term.": (reconstruction + aux).mean(0).sum(),
             twice: (reconstruction + e.coefficients**2 * l1 + aux).mean(0).sum(),
@@ -421,11 +439,12 @@ GATE_MARGIN = (
 
 
 def _gated_cases(batches: tuple[int, ...] = (64, 1)) -> list[tuple[reference.GatedToySAE, Tensor]]:
-    """Random SAEs with inputs whose π_gate and π_mag all keep clear of 0
-    (twice the inputs drawn, the clearest kept)."""
+    """Random SAEs with inputs whose π_gate and π_mag all keep clear of 0 (twice the inputs drawn, the clearest
+    kept). sparsity_coeff has one value per instance, except in the last case: one number, as the text allows."""
     cases = []
-    for batch in batches:
-        sae = _gated_sae()
+    for index, batch in enumerate(batches):
+        per_instance = index < len(batches) - 1
+        sae = _gated_sae(torch.tensor(GATED_COEFFICIENTS, device=get_device()) if per_instance else PLAIN_COEFFICIENT)
         h = torch.randn(2 * batch, N_INST, D_IN, device=sae.W_enc.device)
         e = _gated_expectation(sae, h)
         margin = torch.minimum(e.pi_gate.abs(), e.pi_mag.abs()).amin(dim=(1, 2))
@@ -441,5 +460,13 @@ def test_gated_forward(learner: object) -> str:
     encode = own_method(learner, **inherited, name="encode_with_gate")
     cases = _gated_cases()  # drawn before the learner's code runs, so random numbers it draws change nothing
     for sae, h in cases:
-        _check_gated_case(encode, forward, sae, h)
+        try:
+            _check_gated_case(encode, forward, sae, h)
+        except CheckFailure as failure:
+            if isinstance(sae.cfg.sparsity_coeff, Tensor) or "raised" not in str(failure):
+                raise
+            raise CheckFailure(
+                f"{failure} This case's sparsity_coeff is one number ({PLAIN_COEFFICIENT}), not a tensor, which the "
+                "text allows: write code that works for both (e.g. no .to() or indexing on it)."
+            ) from failure
     return "gate and magnitudes, all three loss terms, and the gradient of every parameter (a batch of one too)"

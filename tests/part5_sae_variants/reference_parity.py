@@ -7,9 +7,11 @@ import torch
 from torch import Tensor
 
 from part_utils.reference import part5_sae_variants as reference
+from part_utils.reference.part5_sae_variants import PUBLISHED_PROJECTION_EPS
 from tests.checking import CheckFailure, call_learner, check, learner_function
 from tests.oracles import jumprelu_numpy
 from tests.part5_sae_variants._common import _autograd_function
+from tests.part5_sae_variants._step_functions import _apply
 
 # Google DeepMind's published regression values for its JumpReLU reference (CURRICULUM.md).
 PUBLISHED = {
@@ -132,11 +134,69 @@ PARITY_HINTS = {
 }
 
 
+ORDER = "test_reference_parity(JumpReLU, Heaviside, remove_parallel_component), in that order"
+
+
+def _check_argument_order(jumprelu: type[torch.autograd.Function], heaviside: type[torch.autograd.Function]) -> None:
+    """The two autograd functions in their places: by name, or by what each returns on z = [0.5, 2], θ = 1."""
+    if jumprelu is heaviside:
+        raise CheckFailure(f"You passed the same class as JumpReLU and as Heaviside: call {ORDER}.")
+    z, threshold = torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+
+    def returns(function: type[torch.autograd.Function], values: list[float]) -> bool:
+        try:
+            output = call_learner(
+                _apply(function), z.clone(), threshold.clone(), 0.1, what=f"{function.__name__}.forward"
+            )
+        except CheckFailure:  # reported where the parity runs, with its location
+            return False
+        return (
+            isinstance(output, Tensor)
+            and output.shape == z.shape
+            and torch.equal(output.double(), z.new_tensor(values))
+        )
+
+    named_swapped = jumprelu.__name__ == "Heaviside" or heaviside.__name__ == "JumpReLU"
+    if named_swapped or (returns(jumprelu, [0.0, 1.0]) and returns(heaviside, [0.0, 2.0])):
+        raise CheckFailure(f"JumpReLU and Heaviside are swapped in the call: pass them as {ORDER}.")
+
+
+def _projection_probe() -> tuple[Tensor, Tensor]:
+    """A gradient, and decoder rows normalised the published way, as the training loop hands them in."""
+    W_dec = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=-1)
+    return torch.randn(6, 4, dtype=torch.float64), W_dec / (W_dec.norm(dim=-1, keepdim=True) + PUBLISHED_PROJECTION_EPS)
+
+
+def _project_shortcut(project: Any, grad: Tensor, rows: Tensor) -> None:
+    """Name a projection that three training steps could not match before spending them: far from g - (g · w) w
+    on rows normalised the published way, or equal to it on rows normalised to exactly 1."""
+    output = call_learner(project, grad.clone(), rows.clone(), what="remove_parallel_component")
+    if not (isinstance(output, Tensor) and output.shape == grad.shape):
+        return  # the training below reports it
+    output = output.detach().double()
+    unit = rows / rows.norm(dim=-1, keepdim=True)
+    if torch.allclose(output, grad - (grad * unit).sum(-1, keepdim=True) * unit, rtol=1e-12, atol=1e-14):
+        raise CheckFailure(WITHOUT_EPS)
+    if not torch.allclose(output, grad - (grad * rows).sum(-1, keepdim=True) * rows, rtol=1e-6, atol=1e-9):
+        raise CheckFailure(
+            "After three training steps with fixed decoder norms the parameters would differ from the independent run: "
+            "remove_parallel_component does not return g - (g · w) w; its own check above names the mistake."
+        )
+
+
+WITHOUT_EPS = (
+    "Your training matches the procedure without the published 1e-6 in the row normalisation: "
+    "remove_parallel_component must use the rows as given, not normalise them again."
+)
+
+
 @check("reference parity (Google DeepMind's JumpReLU)")
 def test_reference_parity(jumprelu: object, heaviside: object, project: object) -> str:
     jumprelu_fn = _autograd_function(jumprelu, "JumpReLU")
     heaviside_fn = _autograd_function(heaviside, "Heaviside")
     project_fn = learner_function(project, "remove_parallel_component")
+    probe = _projection_probe()  # drawn before the learner's code runs
+    _check_argument_order(jumprelu_fn, heaviside_fn)
     differences = call_learner(
         published_comparison, jumprelu_fn, heaviside_fn, what="the JumpReLU SAE with your functions"
     )
@@ -150,6 +210,7 @@ def test_reference_parity(jumprelu: object, heaviside: object, project: object) 
                 f"`{key}` differs from the published value by {difference:.2e} "
                 f"(> {PUBLISHED_TOLERANCE:g}); look at {hint}."
             )
+    _project_shortcut(project_fn, *probe)
     case = jumprelu_numpy.reference_setup()
     options = {
         "lr": 1e-3,
@@ -176,10 +237,7 @@ def test_reference_parity(jumprelu: object, heaviside: object, project: object) 
             what="three training steps with fixed decoder norms",
         )
         if max(without_eps.values()) <= TRAINING_TOLERANCE:
-            raise CheckFailure(
-                "Your training matches the procedure without the published 1e-6 in the row normalisation: "
-                "remove_parallel_component must use the rows as given, not normalise them again."
-            )
+            raise CheckFailure(WITHOUT_EPS)
         raise CheckFailure(
             "After three training steps with fixed decoder norms the parameters differ from the "
             f"independent run by {worst:.2e}; look at remove_parallel_component."

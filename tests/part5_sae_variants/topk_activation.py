@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import call_learner, check, diagnose_among, expect_tensor, handed_in, learner_function
+from tests.checking import (
+    call_learner,
+    check,
+    close,
+    diagnose_among,
+    expect_tensor,
+    handed_in,
+    learner_function,
+)
 from tests.part5_sae_variants._common import _check_kept_gradient, _keep_top
 
 
@@ -38,7 +46,22 @@ def _topk_mistakes(x: Tensor, k: int) -> list[tuple[str, Tensor | None]]:
             "You ranked by absolute value; rank the pre-activations themselves.",
             F.relu(_keep_top(x, k, rank_by=x.abs())),
         ),
+        *((_count_message(m, k), F.relu(_keep_top(x, m))) for m in range(d_sae + 1) if abs(m - k) > 1),
+        (
+            "You scattered the whole of ReLU(pre_acts), so its first k entries land at the top k places: scatter "
+            "the top k values themselves (ReLU applied).",
+            torch.zeros_like(x).scatter(-1, x.topk(k, dim=-1).indices, F.relu(x)),
+        ),
     ]
+
+
+def _count_message(m: int, k: int) -> str:
+    if m < k:
+        return f"TopK keeps fewer than k = {k} values per input: keep exactly k."
+    return (
+        f"TopK keeps more than k = {k} values per input: keep exactly k (if you used kthvalue, kthvalue(k) is the "
+        "k-th smallest; the k-th largest is kthvalue(d_sae - k + 1))."
+    )
 
 
 @dataclass
@@ -58,19 +81,19 @@ TOPK_CASES = [
 @check("topk_activation")
 def test_topk_activation(learner: object) -> str:
     function = learner_function(learner, "topk_activation")
-    inputs = [
-        torch.randn(case.shape) - 0.8 for case in TOPK_CASES
-    ]  # many inputs have negative values among their top k
+    # Many inputs have negative values among their top k. Drawn before the learner's code runs.
+    inputs = [torch.randn(case.shape) - 0.8 for case in TOPK_CASES]
     for case, pre_acts in zip(TOPK_CASES, inputs):
         leaf, learner_input = handed_in(pre_acts.to(get_device()))
         output = call_learner(function, learner_input, case.k, what="topk_activation")
         actual = expect_tensor(output, case.shape, what="topk_activation", axes="batch, inst, d_sae")
         x = pre_acts.double()
         expected = F.relu(_keep_top(x, case.k))
+        mistakes = [] if close(actual, expected) else _topk_mistakes(x, case.k)
         diagnose_among(
             actual,
             expected,
-            [(message, wrong) for message, wrong in _topk_mistakes(x, case.k) if wrong is not None],
+            [(message, wrong) for message, wrong in mistakes if wrong is not None],
             otherwise=(
                 "Each input should keep its k largest pre-activations (ReLU "
                 f"applied) and zero the rest{case.description}."

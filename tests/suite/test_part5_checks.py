@@ -40,6 +40,10 @@ def make_gated_forward(
     matmul: bool = False,
     squeeze: bool = False,
     in_place_temporaries: bool = False,
+    biases: str = "own",
+    magnitude: str = "W_mag",
+    aux_weighted: bool = False,
+    coeff_to_device: bool = False,
 ):
     """A Gated forward with one deliberate change; `detached` names where it detaches (the text: AUX_DECODER)."""
 
@@ -56,13 +60,16 @@ def make_gated_forward(
             W_mag = d(W_gate, "W_gate in W_mag").double() * torch.exp(d(self.r_mag, "r_mag").double()).unsqueeze(1)
             pi_mag = (h_mag.double().transpose(0, 1) @ W_mag).transpose(0, 1) + d(self.b_mag, "b_mag").double()
         else:
-            pi_gate = einsum(h_gate, W_gate, "b i d, i d s -> b i s") + self.b_enc
+            b_gate, b_mag = (self.b_mag, self.b_enc) if biases == "swapped" else (self.b_enc, self.b_mag)
+            pi_gate = einsum(h_gate, W_gate, "b i d, i d s -> b i s") + b_gate
             r_mag = d(self.r_mag, "r_mag")
             scale = r_mag.exp() if exp_r_mag else r_mag
             W_mag = scale[:, None, :] * d(W_gate, "W_gate in W_mag")
-            pi_mag = einsum(h_mag, W_mag, "b i d, i d s -> b i s") + (
-                d(self.b_mag, "b_mag") if own_mag_bias else self.b_enc
-            )
+            pi_mag = einsum(h_mag, W_mag, "b i d, i d s -> b i s") + (d(b_mag, "b_mag") if own_mag_bias else self.b_enc)
+            if magnitude == "scaled pi_gate":
+                pi_mag = scale * pi_gate + b_mag
+            elif magnitude == "scaled projection":  # correct: exp(r_mag) scales (h - b_dec) W_gate, then b_mag
+                pi_mag = scale * einsum(h_mag, W_gate, "b i d, i d s -> b i s") + d(b_mag, "b_mag")
         magnitudes = F.relu(pi_mag) if mag_relu else pi_mag
         if in_place_temporaries:  # a correct rewrite that edits its own tensors in place
             acts = magnitudes.clone()
@@ -87,7 +94,7 @@ def make_gated_forward(
         error = (h_rec - reference_point).pow(2)
         sparsity_source = {"gate": gate_acts, "acts": acts, "abs_gate": pi_gate.abs(), "mag": F.relu(pi_mag)}[l1_on]
         sparsity = d(sparsity_source, "gate in sparsity").sum(-1)
-        coeff = self.cfg.sparsity_coeff
+        coeff = self.cfg.sparsity_coeff.to(h.device) if coeff_to_device else self.cfg.sparsity_coeff
         losses = {
             "L_reconstruction": error.sum(-1) if sum_reconstruction else error.mean(-1),
             "L_sparsity": coeff * sparsity if coeff_in_dict else sparsity,
@@ -96,7 +103,8 @@ def make_gated_forward(
         if squeeze:
             losses = {key: value.squeeze() for key, value in losses.items()}
         sparsity_term = losses["L_sparsity"] * (coeff if coeff_in_loss else 1.0)
-        total = losses["L_reconstruction"] + sparsity_term + (losses["L_aux"] if with_aux else 0.0)
+        aux_term = (losses["L_aux"] * (coeff if aux_weighted else 1.0)) if with_aux else 0.0
+        total = losses["L_reconstruction"] + sparsity_term + aux_term
         loss = total.mean(0).sum() if batch == "mean" else total.sum()
         return SAEOutput(losses, loss, acts, h_rec)
 
@@ -141,6 +149,7 @@ def gated(forward: Any) -> type:
         make_gated_forward(coeff_in_dict=True, coeff_in_loss=False),  # sparsity_coeff inside loss_dict, counted once
         make_gated_forward(in_place_temporaries=True),
         make_gated_forward(gate="where"),
+        make_gated_forward(magnitude="scaled projection"),
     ],
 )
 def test_gated_forward_accepts_reference_and_rewrites(checks, forward):
@@ -159,6 +168,10 @@ def test_gated_forward_accepts_the_reference(checks):
         ({"centre": "mag"}, "gate uses h without subtracting b_dec"),
         ({"exp_r_mag": False}, r"multiplies by r_mag; the scale is exp\(r_mag\)"),
         ({"own_mag_bias": False}, "its own bias, b_mag"),
+        ({"biases": "swapped"}, "b_gate and b_mag are swapped"),
+        ({"magnitude": "scaled pi_gate"}, r"scales π_gate, b_gate included, by exp\(r_mag\)"),
+        ({"aux_weighted": True}, "weights L_aux by sparsity_coeff too"),
+        ({"coeff_to_device": True}, r"raised AttributeError.*sparsity_coeff is one number \(0.4\)"),
         ({"mag_relu": False}, "magnitudes have no ReLU"),
         ({"gate": "none"}, "not gated"),
         ({"gate": "relu"}, "the gate is the indicator"),
@@ -168,7 +181,8 @@ def test_gated_forward_accepts_the_reference(checks):
         ({"l1_on": "acts", "coeff_in_dict": True, "coeff_in_loss": False}, r"put the penalty on ReLU\(π_gate\)"),
         (
             {"detached": ()},
-            r"L_aux sends gradient into the decoder: decode ReLU\(π_gate\) with W_dec_normalized.detach\(\) and b_dec.detach\(\)",
+            r"L_aux sends gradient into the decoder: decode ReLU\(π_gate\) with "
+            r"W_dec_normalized.detach\(\) and b_dec.detach\(\)",
         ),
         ({"detached": ("aux b",)}, "L_aux sends gradient into W_dec"),
         ({"detached": ("aux W",)}, "L_aux sends gradient into b_dec"),
@@ -303,6 +317,9 @@ def make_step_function(
     store: str = "ctx",
     in_place_forward: bool = False,
     in_place_grad_output: bool = False,
+    fixed_bandwidth: float | None = None,
+    forward_dtype: torch.dtype | None = None,
+    kernel: str = "divide",
 ) -> type[torch.autograd.Function]:
     """A Heaviside (jump=False) or JumpReLU (jump=True) with one deliberate change (or a correct variation)."""
 
@@ -311,6 +328,8 @@ def make_step_function(
         def forward(ctx, z, threshold, bandwidth):
             if store == "attributes":  # correct: tensors kept as ctx attributes
                 ctx.z, ctx.threshold = z, threshold
+            elif store in ("output", "output too"):
+                pass  # saved below, once the output exists
             elif store == "class":
                 Step.saved = (z, threshold)
             else:
@@ -329,7 +348,12 @@ def make_step_function(
                 return (z - threshold) * active
             if forward_kind == "below":
                 return (z < threshold).to(z.dtype)
-            return z * active if jump else active
+            output = z * active if jump else active
+            if store == "output":  # the output saved in z's place
+                ctx.save_for_backward(output, threshold)
+            elif store == "output too":  # correct: z and the output, whose non-zeros are where z > θ > 0
+                ctx.save_for_backward(z, threshold, output)
+            return output if forward_dtype is None else output.to(forward_dtype)
 
         @staticmethod
         def backward(ctx, grad_output):
@@ -338,10 +362,14 @@ def make_step_function(
             elif store == "class":
                 z, threshold = Step.saved
             else:
-                z, threshold = ctx.saved_tensors
+                z, threshold = ctx.saved_tensors[:2]
             bandwidth = Step.bandwidth if store == "class bandwidth" else ctx.bandwidth
+            bandwidth = bandwidth if fixed_bandwidth is None else fixed_bandwidth
             distance = (z - threshold).abs() / (bandwidth if kernel_scaled else 1.0)
-            window = (distance <= half_width if closed else distance < half_width).to(z.dtype)
+            if kernel == "abs":  # correct: |z - θ| < ε/2, without dividing
+                window = ((z - threshold).abs() < bandwidth / 2).to(z.dtype)
+            else:
+                window = (distance <= half_width if closed else distance < half_width).to(z.dtype)
             default_scale = threshold / bandwidth if jump else 1.0 / bandwidth
             scale = {
                 "default": default_scale,
@@ -350,6 +378,7 @@ def make_step_function(
                 "times_bandwidth": (threshold if jump else 1.0) * bandwidth,
                 "z_over_bandwidth": z / bandwidth,
                 "theta_over_bandwidth": threshold / bandwidth,
+                "theta_squared": threshold**2 / bandwidth,
             }[scale_by]
             upstream = grad_output if use_upstream else torch.ones_like(grad_output)
             grad_threshold = sign * scale * window * upstream
@@ -365,6 +394,8 @@ def make_step_function(
                 grad_threshold = grad_threshold.sum(-1)
             # reduce == "sum": returned per element; autograd sums it to threshold's shape
             default_z = (z > threshold).to(z.dtype) * grad_output if jump else None
+            if store == "output too" and jump:
+                default_z = (ctx.saved_tensors[2] != 0).to(z.dtype) * grad_output
             grad_z = {
                 "default": default_z,
                 "identity": grad_output,
@@ -388,13 +419,14 @@ def make_step_function(
         {"reduce": "sum0"},
         {"store": "attributes"},
         {"grad_to_z": "zero"},  # Heaviside: zeros instead of None
+        {"kernel": "abs"},
     ],
 )
 def test_heaviside_accepts_reference_and_rewrites(checks, options):
     checks.passes(part5.test_heaviside, make_step_function(jump=False, **options))
 
 
-@pytest.mark.parametrize("options", [{}, {"reduce": "sum0"}, {"store": "attributes"}])
+@pytest.mark.parametrize("options", [{}, {"reduce": "sum0"}, {"store": "attributes"}, {"store": "output too"}])
 def test_jumprelu_accepts_rewrites(checks, options):
     checks.passes(part5.test_jumprelu, make_step_function(jump=True, **options))
 
@@ -426,6 +458,11 @@ COMMON_STEP_MISTAKES = [
     ({"store": "class bandwidth"}, "bandwidth of a later forward call"),
     ({"in_place_forward": True}, r"`{name}.forward` changed `z` in place"),
     ({"in_place_grad_output": True}, r"`{name}.backward` changed `grad_output` in place"),
+    ({"fixed_bandwidth": 0.001}, r"uses a bandwidth of 0.001, not the ε each forward call receives"),
+    ({"fixed_bandwidth": 0.1}, r"uses a bandwidth of 0.1, not the ε each forward call receives"),
+    ({"fixed_bandwidth": 0.37}, r"uses a bandwidth of 0.37, not the ε each forward call receives"),
+    ({"store": "output"}, r"computes the kernel from forward's output"),
+    ({"forward_dtype": torch.float32}, r"returns torch.float32 for torch.float64 z"),
 ]
 
 
@@ -451,6 +488,7 @@ def test_heaviside_names_each_mistake(checks, options, message):
         *COMMON_STEP_MISTAKES,
         ({"scale_by": "inverse_bandwidth"}, "uses 1/ε; it is -\\(θ/ε\\)"),
         ({"scale_by": "z_over_bandwidth"}, "uses z/ε; the factor is θ/ε"),
+        ({"scale_by": "theta_squared"}, "has θ twice"),
         ({"grad_to_z": "identity"}, "passes the gradient to z everywhere"),
         ({"grad_to_z": "zero"}, "passes no gradient to z"),
         ({"grad_to_z": "relu"}, "wherever z > 0, as a ReLU would"),
@@ -524,6 +562,7 @@ def renormalising_projection(grad, W_dec):
         published_projection,
         projection_loop,
         projection_in_place_on_a_copy,
+        lambda grad, W_dec: grad - torch.bmm(grad[:, None, :], W_dec[:, :, None])[:, :, 0] * W_dec,
     ],
 )
 def test_remove_parallel_component_accepts_reference_and_rewrites(checks, project):
@@ -544,6 +583,11 @@ def test_remove_parallel_component_accepts_reference_and_rewrites(checks, projec
         (renormalising_projection, "You normalise the rows again"),
         (lambda g, w: g - (g * (w / w.norm(dim=0))).sum(-1, keepdim=True) * (w / w.norm(dim=0)), "over d_sae"),
         (projection_in_place, "`remove_parallel_component` changed `grad` in place"),
+        (lambda g, w: g - (g * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True) * w, r"divide by ‖w‖²"),
+        (lambda g, w: g - (g * w).sum(-1) * w, "lost their row axis"),
+        (lambda g, w: g - torch.dot(g.flatten(), w.flatten()) * w, "one dot product over the whole matrix"),
+        (lambda g, w: g - (g * w).sum(-1, keepdim=True) * g, "times the gradient row"),
+        (lambda g, w: (g - (g * w).sum(-1, keepdim=True) * w).float(), "returns torch.float32 for torch.float64"),
         (stub, "not implemented yet"),
     ],
 )
@@ -558,6 +602,15 @@ def test_reference_parity_check_passes_the_reference(checks):
     checks.passes(
         lambda _: part5.test_reference_parity(
             reference.JumpReLU, reference.Heaviside, reference.remove_parallel_component
+        ),
+        None,
+    )
+
+
+def test_reference_parity_check_passes_rewrites(checks):
+    checks.passes(
+        lambda _: part5.test_reference_parity(
+            make_step_function(jump=True, store="attributes"), make_step_function(jump=False), published_projection
         ),
         None,
     )
@@ -586,6 +639,15 @@ def test_reference_parity_check_passes_the_reference(checks):
         ),
         (reference.JumpReLU, reference.Heaviside, lambda g, w: g, "three training steps"),
         (reference.JumpReLU, reference.Heaviside, renormalising_projection, "without the published 1e-6"),
+        (reference.Heaviside, reference.JumpReLU, reference.remove_parallel_component, "swapped in the call"),
+        (
+            make_step_function(jump=False),
+            make_step_function(jump=True),
+            reference.remove_parallel_component,
+            "swapped in the call",
+        ),
+        (reference.JumpReLU, reference.JumpReLU, reference.remove_parallel_component, "the same class"),
+        (reference.JumpReLU, reference.Heaviside, lambda g, w: g - (g * w).sum() * w, "three training steps"),
     ],
 )
 def test_reference_parity_check_fails_wrong_parts(checks, jumprelu, heaviside, project, message):
@@ -613,6 +675,16 @@ def topk_by_threshold(pre_acts, k, *, strict=False):
     kth = pre_acts.topk(k, dim=-1).values[..., -1:]
     kept = pre_acts > kth if strict else pre_acts >= kth
     return torch.where(kept, F.relu(pre_acts), 0.0)
+
+
+def topk_by_scattered_mask(pre_acts, k):
+    mask = torch.zeros_like(pre_acts).scatter(-1, pre_acts.topk(k, dim=-1).indices, 1.0)
+    return F.relu(pre_acts) * mask
+
+
+def topk_by_kthvalue(pre_acts, k):
+    kth = pre_acts.kthvalue(k, dim=-1, keepdim=True).values  # the k-th smallest
+    return torch.where(pre_acts >= kth, F.relu(pre_acts), 0.0)
 
 
 def topk_relu_first(pre_acts, k):
@@ -654,6 +726,7 @@ def topk_from_next_value(pre_acts, k):
         topk_with_sort,
         topk_by_threshold,
         topk_relu_first,
+        topk_by_scattered_mask,
         topk_in_place_on_a_copy,
         lambda x, k: topk_with_sort(x, k).float(),
     ],
@@ -672,6 +745,11 @@ def test_topk_activation_accepts_reference_and_rewrites(checks, function):
         (lambda x, k: keep_top(x, k, largest=False), "k smallest"),
         (lambda x, k: keep_top(x, k, by_abs=True), "absolute value"),
         (lambda x, k: topk_by_threshold(x, k, strict=True), "keeps k - 1 values"),
+        (
+            lambda x, k: torch.zeros_like(x).scatter(-1, x.topk(k, dim=-1).indices, F.relu(x)),
+            "scattered the whole of ReLU",
+        ),
+        (topk_by_kthvalue, r"keeps more than k = 3 values per input: keep exactly k \(if you used kthvalue"),
         (lambda x, k: keep_top(x, k - 1), "keeps k - 1 values"),
         (lambda x, k: keep_top(x, k + 1), "keeps k \\+ 1 values"),
         (topk_zeroing_input, "`topk_activation` changed `pre_acts` in place"),
@@ -715,6 +793,7 @@ def make_auxk(
     loop=False,
     loop_min_dead=False,
     in_place=False,
+    rank="value",
 ):
     def auxk_loss(self, pre_acts, h, h_reconstructed, dead):
         residual = h - h_reconstructed
@@ -742,9 +821,21 @@ def make_auxk(
             masked = pre_acts
         elif fill == "-inf":
             masked = pre_acts.masked_fill(~pool, -torch.inf)
+        elif fill == "relu first":  # a correct rewrite: ReLU, then live latents set to 0
+            masked = F.relu(pre_acts).masked_fill(~pool, 0.0)
         else:  # a correct rewrite: live latents multiplied by 0, and a ReLU'd zero adds nothing
             masked = pre_acts * pool
-        top = masked.topk(k_aux, dim=-1)
+        if rank == "abs":
+            indices = pre_acts.abs().masked_fill(~pool, -torch.inf).topk(k_aux, dim=-1).indices
+            top = type(masked.topk(1))((masked.gather(-1, indices), indices))
+        elif rank == "batch mean":
+            indices = masked.mean(0, keepdim=True).topk(k_aux, dim=-1).indices.expand(*masked.shape[:2], k_aux)
+            top = type(masked.topk(1))((masked.gather(-1, indices), indices))
+        elif rank == "smallest":
+            top = pre_acts.masked_fill(~pool, torch.inf).topk(k_aux, dim=-1, largest=False)
+            top = type(top)((top.values.masked_fill(torch.isinf(top.values), -torch.inf), top.indices))
+        else:
+            top = masked.topk(k_aux, dim=-1)
         values = {
             "relu": F.relu(top.values),
             "none": torch.nan_to_num(top.values, neginf=0.0),
@@ -760,6 +851,12 @@ def make_auxk(
         counts = dead.sum(-1) if scale != "over all instances" else dead.sum().expand(dead.shape[0])
         factor = counts / k_aux
         factor = factor.clamp(max=1.0) if clamp else factor
+        if scale == "fraction":
+            factor = (dead.float().mean(-1) / k_aux).clamp(max=1.0)
+        elif scale == "at least 1":
+            factor = (counts / k_aux).clamp(min=1.0)
+        elif scale == "min count":  # a correct rewrite: min(n_dead, k_aux) / k_aux
+            factor = counts.clamp(max=k_aux) / k_aux
         return error if scale == "none" else error * factor
 
     return auxk_loss
@@ -771,7 +868,13 @@ def topk_sae(auxk: Any) -> type:
 
 @pytest.mark.parametrize(
     "options",
-    [{"loop": True}, {"loop": True, "loop_min_dead": True}, {"fill": "zero"}, {"via_reconstruction": True}],
+    [
+        {"loop": True},
+        {"loop": True, "loop_min_dead": True},
+        {"fill": "zero"},
+        {"via_reconstruction": True},
+        {"fill": "relu first", "scale": "min count"},
+    ],
 )
 def test_auxk_loss_accepts_reference_and_rewrites(checks, options):
     checks.passes(part5.test_auxk_loss, topk_sae(make_auxk(**options)))
@@ -799,6 +902,11 @@ def test_auxk_loss_accepts_the_reference(checks):
         ({"decoder": "raw"}, "unnormalised decoder"),
         ({"use_k": True}, r"picks cfg.k latents"),
         ({"in_place": True}, "`auxk_loss` changed `pre_acts` in place"),
+        ({"rank": "abs"}, "ranks the dead latents by absolute value"),
+        ({"rank": "batch mean"}, "picks the same dead latents for every input"),
+        ({"rank": "smallest"}, "picks the smallest dead pre-activations"),
+        ({"scale": "fraction"}, "n_dead is the fraction of latents that are dead"),
+        ({"scale": "at least 1"}, r"at least 1 \(clamp\(min=1\)\)"),
     ],
 )
 def test_auxk_loss_names_each_mistake(checks, options, message):
@@ -824,7 +932,16 @@ def batch_topk_loop(pre_acts, k):
 
 
 def batch_topk_mutant(
-    *, relu="before", pooled=False, count="round", per_row=False, transpose=True, in_place=False, detach=False
+    *,
+    relu="before",
+    pooled=False,
+    count="round",
+    per_row=False,
+    transpose=True,
+    transpose_back=None,
+    in_place=False,
+    detach=False,
+    per_latent=False,
 ):
     def activation(pre_acts, k):
         batch, n_inst, d_sae = pre_acts.shape
@@ -839,18 +956,34 @@ def batch_topk_mutant(
             "int": int(k * batch),
             "ceil": -int(-k * batch // 1),
             "k": max(1, round(k)),
+            "inst": round(k * n_inst),
+            "d_sae": round(k * d_sae),
+            "k batch d_sae": round(k * batch * d_sae),
         }[count]
+        if per_latent:
+            top = x.topk(min(n_keep, batch), dim=0)
+            return torch.zeros_like(x).scatter(0, top.indices, top.values)
         if pooled:
             flat = x.reshape(-1)
             top = flat.topk(n_keep * n_inst)
             return torch.zeros_like(flat).scatter(0, top.indices, top.values).reshape_as(x)
         flat = x.transpose(0, 1).reshape(n_inst, -1) if transpose else x.reshape(n_inst, -1)
-        top = flat.topk(n_keep, dim=-1)
+        top = flat.topk(min(n_keep, flat.shape[-1]), dim=-1)
         kept = torch.zeros_like(flat).scatter(-1, top.indices, top.values)
-        kept = kept.reshape(n_inst, batch, d_sae).transpose(0, 1) if transpose else kept.reshape(batch, n_inst, d_sae)
+        back = transpose if transpose_back is None else transpose_back
+        kept = kept.reshape(n_inst, batch, d_sae).transpose(0, 1) if back else kept.reshape(batch, n_inst, d_sae)
         return F.relu(kept) if relu == "after" else kept
 
     return activation
+
+
+def batch_topk_latent_major(pre_acts, k):
+    """A correct rewrite: each instance flattened latent by latent, and put back the same way."""
+    batch, n_inst, d_sae = pre_acts.shape
+    flat = F.relu(pre_acts).permute(1, 2, 0).reshape(n_inst, -1)
+    top = flat.topk(round(k * batch), dim=-1)
+    kept = torch.zeros_like(flat).scatter(-1, top.indices, top.values)
+    return kept.reshape(n_inst, d_sae, batch).permute(2, 0, 1)
 
 
 def batch_topk_by_kthvalue(pre_acts, k):
@@ -864,7 +997,13 @@ def batch_topk_by_kthvalue(pre_acts, k):
 
 @pytest.mark.parametrize(
     "function",
-    [reference.batch_topk_activation, batch_topk_loop, batch_topk_mutant(relu="after"), batch_topk_by_kthvalue],
+    [
+        reference.batch_topk_activation,
+        batch_topk_loop,
+        batch_topk_mutant(relu="after"),
+        batch_topk_by_kthvalue,
+        batch_topk_latent_major,
+    ],
 )
 def test_batch_topk_accepts_reference_and_rewrites(checks, function):
     checks.passes(part5.test_batch_topk_activation, function)
@@ -880,6 +1019,11 @@ def test_batch_topk_accepts_reference_and_rewrites(checks, function):
         (batch_topk_mutant(count="int"), r"truncated with int\(\)"),
         (batch_topk_mutant(count="ceil"), "rounded up"),
         (batch_topk_mutant(transpose=False), "without moving inst first"),
+        (batch_topk_mutant(transpose_back=False), "put back with a plain reshape"),
+        (batch_topk_mutant(per_latent=True), "top values of each latent over the batch"),
+        (batch_topk_mutant(count="inst"), r"number of instances \(shape\[1\]\) as the batch size"),
+        (batch_topk_mutant(count="d_sae"), r"d_sae \(shape\[-1\]\) as the batch size"),
+        (batch_topk_mutant(count="k batch d_sae"), r"You keep \d+ values per instance, but round\(k · batch\) = 25"),
         (batch_topk_mutant(in_place=True), "`batch_topk_activation` changed `pre_acts` in place"),
         (batch_topk_mutant(detach=True), "carries no gradient back to pre_acts"),
         (stub, "not implemented yet"),
