@@ -6,6 +6,7 @@ its scalar, its gradient). Samplers called twice, and a learner's own method of 
 and 8: a toy model for SAEs to read.
 """
 
+import dataclasses
 import inspect
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from tests.checking import (
     CheckFailure,
     call_learner,
     check_output_gradients,
+    close,
     diagnose,
     expect_tensor,
     first_gradient_mismatch,
@@ -56,30 +58,96 @@ def parameter_copies(model: nn.Module, *names: str) -> dict[str, Tensor]:
     return {name: getattr(model, name).detach().cpu().clone() for name in names}
 
 
+@dataclasses.dataclass(frozen=True)
+class ForwardCase:
+    """A model to run the learner's `forward` on, with how a message names it ("" for the main one)."""
+
+    model: nn.Module
+    batch: int
+    description: str = ""
+
+
+Parameters = Mapping[str, Tensor]
+"""The model's parameters by name, as float64 CPU copies."""
+
+AFTER_A_STEP = (
+    "`forward` is right on the first call, but not after the weights change (as after a training step): it reuses "
+    "something computed in an earlier call (a WᵀW or hidden layer kept on `self`?); compute everything from the "
+    "current parameters on every call."
+)
+
+
+def _length_one_failure(case: ForwardCase, main: ForwardCase, detail: str) -> CheckFailure:
+    """The failure on a model with an axis of length 1, once the main model passed."""
+    sizes = f"{main.model.cfg.n_inst} instances and d_hidden {main.model.cfg.d_hidden}"
+    return CheckFailure(
+        f"`forward` is right on a model with {sizes}, but not on {case.description}: something drops an axis of "
+        "length 1 (`.squeeze()` without a dim, or an index such as [..., 0]); keep every axis, e.g. `.squeeze(-1)` "
+        f"for the one a matmul adds. There: {detail}"
+    )
+
+
 def check_forward(
     forward: Callable[..., object],
-    model: nn.Module,
-    parameters: Mapping[str, Tensor],
+    cases: Sequence[ForwardCase],
+    parameter_names: Sequence[str],
     *,
-    draw: Callable[[], Tensor],
-    relu_inputs: Callable[[Tensor], Sequence[Tensor]],
+    draw: Callable[[tuple[int, int, int]], Tensor],
+    relu_inputs: Callable[[Parameters, Tensor], Sequence[Tensor]],
     reference_forward: Callable[..., Tensor],
-    mistakes: Callable[[Tensor], dict[str, Tensor]],
+    mistakes: Callable[[Parameters, Tensor], dict[str, Tensor]],
     formula: str,
 ) -> None:
-    """Check the learner's `forward` on inputs clear of every ReLU kink: its output, then its parameters' gradients."""
-    # `parameters` are copies of the model's; `relu_inputs` lists every ReLU's input, the output's last.
-    x = inputs_clear_of_kinks(draw, relu_inputs)
+    """Check the learner's `forward`: its output and its parameters' gradients on the first case, twice (the second
+    time after a training step), then on the other cases, whose axes of length 1 the notebooks' models have."""
+    # `relu_inputs` lists every ReLU's input, the output's last; the inputs stay clear of every ReLU kink.
+    main, *others = cases
+    _check_forward_case(forward, main, parameter_names, draw, relu_inputs, reference_forward, mistakes, formula)
+    _take_a_step(main.model, parameter_names)
+    try:
+        _check_forward_case(forward, main, parameter_names, draw, relu_inputs, reference_forward, mistakes, formula)
+    except CheckFailure as failure:
+        raise CheckFailure(AFTER_A_STEP) from failure
+    for case in others:
+        try:
+            _check_forward_case(forward, case, parameter_names, draw, relu_inputs, reference_forward, {}, formula)
+        except CheckFailure as failure:
+            raise _length_one_failure(case, main, str(failure)) from failure
+
+
+def _take_a_step(model: nn.Module, parameter_names: Sequence[str]) -> None:
+    """Change every parameter a little, as an optimiser step does (in place, so the model object stays the same)."""
+    with torch.no_grad():
+        for name in parameter_names:
+            parameter = getattr(model, name)
+            parameter.add_(0.3 * torch.randn(parameter.shape).to(parameter.device))
+
+
+def _check_forward_case(
+    forward: Callable[..., object],
+    case: ForwardCase,
+    parameter_names: Sequence[str],
+    draw: Callable[[tuple[int, int, int]], Tensor],
+    relu_inputs: Callable[[Parameters, Tensor], Sequence[Tensor]],
+    reference_forward: Callable[..., Tensor],
+    mistakes: Callable[[Parameters, Tensor], dict[str, Tensor]] | Mapping[str, Tensor],
+    formula: str,
+) -> None:
+    model = case.model
+    parameters = parameter_copies(model, *parameter_names)
+    as_float64 = {name: tensor.double() for name, tensor in parameters.items()}
+    shape = (case.batch, model.cfg.n_inst, model.cfg.n_features)
+    x = inputs_clear_of_kinks(lambda: draw(shape), lambda x: relu_inputs(as_float64, x))
     upstream = torch.randn(x.shape)
     expected, expected_grads = reference_with_gradients(
         lambda **leaves: reference_forward(**leaves, x=x.double()), parameters, upstream
     )
-    wrong = mistakes(x.double())
+    wrong = mistakes(as_float64, x.double()) if callable(mistakes) else mistakes
     output = call_learner(forward, model, x.clone().to(next(model.parameters()).device), what="forward")
     actual = expect_tensor(output, tuple(x.shape), what="forward", axes="batch, inst, feats")
-    fallback = forward_fallback(actual, expected, relu_inputs(x)[-1], formula=formula)
+    fallback = forward_fallback(actual, expected, relu_inputs(as_float64, x)[-1], formula=formula)
     diagnose(actual, expected, wrong, otherwise=fallback, atol=1e-4)
-    learner_parameters = {name: getattr(model, name) for name in parameters}
+    learner_parameters = {name: getattr(model, name) for name in parameter_names}
     check_output_gradients(output, upstream, learner_parameters, expected_grads, what="forward")
 
 
@@ -116,6 +184,27 @@ def loss_mistakes(per_element: Mapping[str | None, tuple[str, Tensor]]) -> dict[
             sentence = " and ".join(problems)
             mistakes[f"{sentence[0].upper()}{sentence[1:]}: {'; '.join(fixes)}."] = reduce_loss(element, reduction)
     return mistakes
+
+
+def normalisation_mistakes(importance: Tensor, squared_error: Tensor) -> list[tuple[str, Tensor]]:
+    """A root taken, or the importance used as the weights of a weighted average, on the [batch, inst, feats]
+    squared error: each sentence with what a way of making that slip gives."""
+    weighted = importance * squared_error
+    per_instance = weighted.mean((0, 2))
+    root = (
+        "The loss takes a square root (a root-mean-square error): it is the weighted mean squared error itself, "
+        "with no sqrt."
+    )
+    weighted_average = (
+        "The loss is divided by the sum of the importances (a weighted average): importance only weights each "
+        f"error; {LOSS_FIX}."
+    )
+    return [
+        (root, per_instance.sqrt().sum()),
+        (root, per_instance.sum().sqrt()),
+        (weighted_average, (weighted.sum(2) / importance.sum(-1)).mean(0).sum()),
+        (weighted_average, weighted.sum(2).mean(0).sum() / importance.sum()),
+    ]
 
 
 def scalar_loss(loss: object, shape: tuple[int, int, int], *, what: str) -> Tensor:
@@ -200,12 +289,11 @@ def check_weighted_loss(
     actual = scalar_loss(loss, tuple(batch.shape), what="calculate_loss")
     difference = target(x) - out
     expected_gradient = -2 * importance * difference / (x.shape[0] * x.shape[2])
-    diagnose(
-        actual,
-        (importance * difference.pow(2)).mean((0, 2)).sum(),
-        mistakes(x, out, importance),
-        otherwise=loss_fallback(loss, out_leaf, expected_gradient, default=default),
-    )
+    wrong = [*mistakes(x, out, importance).items(), *normalisation_mistakes(importance, difference.pow(2))]
+    expected = (importance * difference.pow(2)).mean((0, 2)).sum()
+    if not close(actual, expected):
+        named = next((message for message, value in wrong if close(actual, value)), None)
+        raise CheckFailure(named or loss_fallback(loss, out_leaf, expected_gradient, default=default))
     check_loss_gradient(loss, out_leaf, expected_gradient, what="calculate_loss")
 
 

@@ -36,7 +36,8 @@ def sample_values(output: object, shape: tuple[int, ...], *, device: torch.devic
         )
     if isinstance(output, Tensor) and output.device.type != device.type:
         raise CheckFailure(
-            f"`{what}` returned a tensor on {output.device}; make it on {device}, where its inputs are (e.g. `torch.rand(..., device=...)`)."
+            f"`{what}` returned a tensor on {output.device}; make it on {device}, where its inputs are (e.g. "
+            "`torch.rand(..., device=...)`)."
         )
     return expect_tensor(output, shape, what=what, axes=axes)
 
@@ -58,6 +59,84 @@ def check_fresh_draws(first: object, second: object, *, what: str) -> None:
             f"`{what}` returned the same sample on two calls: don't set a seed inside it (torch.manual_seed), or "
             "training would see one batch over and over."
         )
+
+
+def check_calls_independent(first: Tensor, second: Tensor, probability: Tensor, *, what: str) -> None:
+    """Two calls' samples (float64) must differ in presence and in magnitudes, not only somewhere: code that seeds
+    one of its draws inside itself (a fresh seeded generator, or torch.manual_seed halfway) repeats that draw."""
+    first, second = first[:CALLS_EXAMPLES], second[:CALLS_EXAMPLES]
+    present_first, present_second = first != 0, second != 0
+    uncertain = (probability > 0) & (probability < 1)
+    if uncertain.any() and not ((present_first != present_second) & uncertain).any():
+        raise CheckFailure(
+            f"`{what}` returned the same features present on two calls (only the magnitudes changed): a draw is "
+            "seeded inside it (torch.manual_seed or a seeded torch.Generator), so training would see one presence "
+            "pattern over and over; draw with the global random state."
+        )
+    both = present_first & present_second
+    if int(((first == second) & both).sum()) > 0.5 * int(both.sum()) > 0:
+        raise CheckFailure(
+            f"`{what}` gave present features the same magnitudes on two calls: a draw is seeded inside it "
+            "(torch.manual_seed or a seeded torch.Generator), so training would see the same values over and over; "
+            "draw with the global random state."
+        )
+
+
+CALLS_EXAMPLES = 2048
+"""How many examples of each call the comparison of two calls looks at: a repeated draw shows in every one."""
+SHARED_FRACTION = 0.02
+"""Above this fraction of present values repeating, magnitudes are shared: independent float32 draws repeat one in
+2^24 per pair, well under 1 % of the values of the samples compared here (rounded to float32, as they are)."""
+SHARED_EXAMPLES = 256
+"""The search for shared values looks at this many examples from the start of each call's batch and as many from
+its middle: enough for short periods and for a batch built from two halves, and fast."""
+
+
+def shared_value_pairs(values: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Coordinates [n, ndim] of present values that repeat (by absolute value) and of their twins, or None when
+    repeats are as rare as independent draws make them: finds values shared along any axis, at any offset."""
+    values = values.float().abs()
+    present = values[values != 0]
+    ordered = present.sort().values
+    if int((ordered[1:] == ordered[:-1]).sum()) <= SHARED_FRACTION * len(present):
+        return None
+    flat = values.flatten()
+    where = flat.nonzero().squeeze(1)
+    positions = where[flat[where].argsort()]
+    repeats = flat[positions[1:]] == flat[positions[:-1]]
+    shape = values.shape
+    return (
+        torch.stack(torch.unravel_index(positions[:-1][repeats], shape), dim=1),
+        torch.stack(torch.unravel_index(positions[1:][repeats], shape), dim=1),
+    )
+
+
+def most_common_axes(first: Tensor, second: Tensor) -> tuple[int, ...]:
+    """The axes along which most pairs of coordinates differ (only those)."""
+    patterns = (first != second).long() * (2 ** torch.arange(first.shape[1]))
+    mode = int(patterns.sum(1).mode().values)
+    return tuple(axis for axis in range(first.shape[1]) if mode >> axis & 1)
+
+
+def check_no_shared_magnitudes(
+    first: Tensor, second: Tensor, *, what: str, labels: Sequence[str] = AXIS_LABELS, advice: str = ""
+) -> None:
+    """No magnitude shared between cells of the two calls' samples [batch, ...], along any axis or offset; the
+    message names the axes that share (`labels`, one per axis after the batch's, the batch's first)."""
+    middle, n = first.shape[0] // 2, min(SHARED_EXAMPLES, first.shape[0] // 2)
+    blocks = lambda sample: torch.cat([sample[:n], sample[middle : middle + n]])  # noqa: E731
+    pairs = shared_value_pairs(torch.stack([blocks(first), blocks(second)]))
+    if pairs is None:
+        return
+    axes = most_common_axes(*pairs)
+    if axes == (0,):
+        raise CheckFailure(
+            f"`{what}` repeats the magnitudes of one call in the next: a draw is seeded inside it (torch.manual_seed "
+            "or a seeded torch.Generator); draw with the global random state."
+        )
+    names = " and ".join(labels[axis - 1] for axis in axes if axis > 0)
+    advice = advice or "draw a magnitude for every (example, instance, feature)"
+    raise CheckFailure(f"Present features in `{what}` share one magnitude across {names}: {advice}.")
 
 
 def check_examples_vary(values: Tensor, probability: Tensor, *, what: str) -> None:
@@ -137,7 +216,10 @@ def check_presence_independent(
 
 def independence_messages(what: str, features_label: str = "features") -> dict[str, str]:
     return {
-        "examples": f"Presence in `{what}` depends on the other examples of the batch: draw fresh random numbers for every example.",
+        "examples": (
+            f"Presence in `{what}` depends on the other examples of the batch: draw fresh random numbers for every "
+            "example."
+        ),
         "instances": (
             f"Presence in `{what}` is correlated across instances: give every instance its own draw (a draw without "
             "the inst axis broadcast over it, or one seed for every instance, shares one)."
@@ -161,12 +243,16 @@ def check_values_not_shared(values: Tensor, comparisons: Mapping[str, tuple[Tens
 def neighbour_comparisons(
     values: Tensor, what: str, labels: Sequence[str] = AXIS_LABELS
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Each value next to its neighbour along every axis (batch, inst, feats), with the message for a shared magnitude."""
+    """Each value next to its neighbour along every axis (batch, inst, feats), with the message for a shared
+    magnitude."""
     comparisons = {}
     for axis, label in enumerate(labels):
         size = values.shape[axis]
         if size > 1:
-            message = f"Present features in `{what}` share one magnitude across {label}: draw a magnitude for every (example, instance, feature)."
+            message = (
+                f"Present features in `{what}` share one magnitude across {label}: draw a magnitude for every "
+                "(example, instance, feature)."
+            )
             comparisons[message] = (values.narrow(axis, 0, size - 1), values.narrow(axis, 1, size - 1))
     return comparisons
 
@@ -195,7 +281,8 @@ def check_unit_range(values: Tensor, probability: Tensor, *, what: str) -> None:
             "presence (u < p); with a separate presence draw, use the magnitude draw as it is."
         )
     raise CheckFailure(
-        f"`{what}` returned values above 1: magnitudes must be uniform on [0, 1] (torch.rand; torch.randn is not bounded)."
+        f"`{what}` returned values above 1: magnitudes must be uniform on [0, 1] (torch.rand; torch.randn is not "
+        "bounded)."
     )
 
 
@@ -218,9 +305,9 @@ def check_unit_magnitudes(values: Tensor, presence_bound: Tensor, importance: Te
         informative = presence_bound < 0.9
         if (values <= presence_bound + 1e-6)[:, informative].all():
             raise CheckFailure(
-                f"The magnitudes in `{what}` stay below the probability of the presence draw instead of spreading over "
-                "[0, 1]: if you reuse that draw u as the magnitude, rescale it to [0, 1) (u / p when present means u < p); "
-                "and don't multiply the magnitudes by a probability."
+                f"The magnitudes in `{what}` stay below the probability of the presence draw instead of spreading "
+                "over [0, 1]: if you reuse that draw u as the magnitude, rescale it to [0, 1) (u / p when present "
+                "means u < p); and don't multiply the magnitudes by a probability."
             ) from None
         if importance is not None and (values <= importance + 1e-6).all():
             raise CheckFailure(
@@ -238,16 +325,15 @@ def presence_alternatives(probability: Tensor, importance: Tensor) -> dict[str, 
     return {
         "Features are present with probability 1 - p: the comparison is reversed (present when the draw is below p).": 1
         - probability,
-        "Every instance uses the same feature probabilities: use feature_probability[inst, feat] for each instance.": probability[
-            :1
-        ].expand_as(probability),
-        "Every feature uses the same probability: use feature_probability[inst, feat] for each feature.": probability[
-            :, :1
-        ].expand_as(probability),
-        "Presence follows a normal draw (torch.randn < p): decide it with a uniform draw, torch.rand(...) < p.": _normal_cdf(
-            probability
+        "Every instance uses the same feature probabilities: use feature_probability[inst, feat] for each "
+        "instance.": probability[:1].expand_as(probability),
+        "Every feature uses the same probability: use feature_probability[inst, feat] for each feature.": (
+            probability[:, :1].expand_as(probability)
         ),
-        "Features are present with the importance as their probability: use feature_probability[inst, feat].": importance,
+        "Presence follows a normal draw (torch.randn < p): decide it with a uniform draw, torch.rand(...) < "
+        "p.": _normal_cdf(probability),
+        "Features are present with the importance as their probability: use feature_probability[inst, "
+        "feat].": importance,
     }
 
 

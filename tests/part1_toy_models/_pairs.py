@@ -2,6 +2,7 @@
 sample, and the layout and magnitude checks of features that come in pairs (pair k is features 2k and 2k + 1)."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -10,8 +11,10 @@ from part_utils.device import get_device
 from tests.checking import CheckFailure, learner_function
 from tests.sampling import (
     SAMPLE_BATCH,
+    check_calls_independent,
     check_fresh_draws,
     check_magnitudes_vary,
+    check_no_shared_magnitudes,
     check_values_not_shared,
     draw_twice,
     sample_values,
@@ -24,17 +27,40 @@ def _pair_probability(n_inst: int = 5, n_pairs: int = 3) -> Tensor:
     return probability.reshape(n_inst, n_pairs).to(get_device())
 
 
-def paired_sample(learner: object, name: str) -> tuple[Tensor, Tensor]:
-    """(the learner's `name` sample [batch, inst, 2 * pairs], the probability [inst, pairs] it drew with, float64)."""
+@dataclass(frozen=True)
+class PairedSample:
+    """The learner's samples from two calls, [batch, inst, 2 * pairs], and the probability [inst, pairs], float64."""
+
+    values: Tensor
+    second_call: Tensor
+    probability: Tensor
+
+
+def paired_sample(learner: object, name: str) -> PairedSample:
+    """The learner's `name` called twice on the same probabilities, once the two samples differ."""
     probability = _pair_probability()
     generate = learner_function(learner, name)
     first, second = draw_twice(generate, SAMPLE_BATCH, probability, what=name)
     n_inst, n_pairs = probability.shape
-    values = sample_values(
-        first, (SAMPLE_BATCH, n_inst, 2 * n_pairs), device=probability.device, what=name, axes="batch, inst, 2 * pairs"
-    )
+    shape = (SAMPLE_BATCH, n_inst, 2 * n_pairs)
+    values = sample_values(first, shape, device=probability.device, what=name, axes="batch, inst, 2 * pairs")
     check_fresh_draws(first, second, what=name)
-    return values, probability.cpu().double()
+    second_values = sample_values(second, shape, device=probability.device, what=name, axes="batch, inst, 2 * pairs")
+    return PairedSample(values, second_values, probability.cpu().double())
+
+
+def check_pairs_fresh_and_unshared(sample: PairedSample, *, what: str) -> None:
+    """The two calls draw afresh, and no magnitude is shared between features, pairs, instances or examples."""
+    check_calls_independent(
+        sample.values, sample.second_call, sample.probability.repeat_interleave(2, dim=-1), what=what
+    )
+    check_no_shared_magnitudes(
+        sample.values,
+        sample.second_call,
+        what=what,
+        labels=("examples of the batch", "instances", "pairs"),
+        advice="draw a magnitude for every feature",
+    )
 
 
 def _blocked_layout(values: Tensor) -> Tensor:

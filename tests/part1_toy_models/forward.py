@@ -1,13 +1,11 @@
 """Check of `ToyModel.forward`: ReLU(Wᵀ W x + b_final) per instance, its value and its gradients."""
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tests.checking import check, learner_callable
-from tests.fixtures import check_forward, parameter_copies, sparse_features
+from tests.fixtures import ForwardCase, Parameters, check_forward, sparse_features
 from tests.part1_toy_models._common import random_toy_model
 
 
@@ -44,24 +42,27 @@ def _forward_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
     }
 
 
+def _pre_output(parameters: Parameters, x: Tensor) -> list[Tensor]:
+    W, b = parameters["W"], parameters["b_final"]
+    return [torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double())) + b]
+
+
 @check("forward")
 def test_forward(learner: object) -> str:
     forward = learner_callable(learner, "forward", owner_hint="ToyModel")
     model = random_toy_model()
-    batch, n_inst, n_feats = 32, model.cfg.n_inst, model.cfg.n_features
-    parameters = parameter_copies(model, "W", "b_final")
-    W, b = parameters["W"].double(), parameters["b_final"].double()
-    pre_output = lambda x: [  # noqa: E731
-        torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x.double())) + b
-    ]
+    phase_diagram = ForwardCase(
+        random_toy_model(n_inst=4, n_features=2, d_hidden=1), 16, "one with d_hidden = 1, as in the phase diagram"
+    )
     check_forward(
         forward,
-        model,
-        parameters,
-        draw=lambda: sparse_features((batch, n_inst, n_feats)),
-        relu_inputs=pre_output,
+        [ForwardCase(model, 32), phase_diagram],
+        ("W", "b_final"),
+        draw=sparse_features,
+        relu_inputs=_pre_output,
         reference_forward=_toy_forward,
-        mistakes=functools.partial(_forward_mistakes, W, b),
+        mistakes=lambda parameters, x: _forward_mistakes(parameters["W"], parameters["b_final"], x),
         formula="ReLU(Wᵀ W x + b_final)",
     )
-    return f"{n_inst} instances, {n_feats} features, d_hidden {model.cfg.d_hidden}, gradients too"
+    cfg = model.cfg
+    return f"{cfg.n_inst} instances, {cfg.n_features} features, d_hidden {cfg.d_hidden}, gradients too"

@@ -4,8 +4,13 @@ probability, with uniform magnitudes."""
 import torch
 from torch import Tensor
 
-from tests.checking import check
-from tests.part1_toy_models._pairs import check_pair_magnitudes_not_shared, check_pair_rule, paired_sample
+from tests.checking import CheckFailure, check
+from tests.part1_toy_models._pairs import (
+    check_pair_magnitudes_not_shared,
+    check_pair_rule,
+    check_pairs_fresh_and_unshared,
+    paired_sample,
+)
 from tests.sampling import (
     check_examples_vary,
     check_presence_frequencies,
@@ -34,6 +39,16 @@ def _presence_alternatives(p: Tensor, per_feature: Tensor, what: str) -> dict[st
     }
 
 
+def _check_choice_per_example(present: Tensor, *, what: str) -> None:
+    """In every pair one feature never appears while the other does: the coin was tossed once for the whole batch."""
+    first_seen, second_seen = present[..., 0::2].any(0), present[..., 1::2].any(0)  # [inst, pairs]
+    if (first_seen ^ second_seen).all() and first_seen.any() and second_seen.any():
+        raise CheckFailure(
+            f"In `{what}`, which feature of a pair is present is decided once for the whole batch (in every pair one "
+            "feature never appears): draw the coin for every example, shape [batch, inst, pairs]."
+        )
+
+
 def _check_anticorrelated_sample(values: Tensor, p: Tensor, *, what: str) -> None:
     per_feature = p.repeat_interleave(2, dim=-1)
     check_unit_range(values, per_feature, what=what)
@@ -46,6 +61,7 @@ def _check_anticorrelated_sample(values: Tensor, p: Tensor, *, what: str) -> Non
         "most one present.",
         what=what,
     )
+    _check_choice_per_example(present, what=what)
     check_presence_frequencies(
         present,
         per_feature,
@@ -63,6 +79,7 @@ def _check_anticorrelated_sample(values: Tensor, p: Tensor, *, what: str) -> Non
 
 @check("generate_anticorrelated_features")
 def test_generate_anticorrelated_features(learner: object) -> str:
-    values, probability = paired_sample(learner, "generate_anticorrelated_features")
-    _check_anticorrelated_sample(values, probability, what="generate_anticorrelated_features")
+    sample = paired_sample(learner, "generate_anticorrelated_features")
+    _check_anticorrelated_sample(sample.values, sample.probability, what="generate_anticorrelated_features")
+    check_pairs_fresh_and_unshared(sample, what="generate_anticorrelated_features")
     return "pairs never co-occur and each feature has the right probability"

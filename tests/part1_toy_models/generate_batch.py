@@ -1,11 +1,20 @@
-"""Check of `ToyModel.generate_batch`: sparse features, uniform on [0, 1], fresh on every call."""
+"""Check of `ToyModel.generate_batch`: sparse features, uniform on [0, 1], fresh on every call (presence and
+magnitudes), no magnitude shared between any two cells."""
 
 import torch
 
 from part_utils.reference import part1_toy_models as reference
 from tests.checking import check, learner_callable
 from tests.part1_toy_models._common import random_toy_model
-from tests.sampling import SAMPLE_BATCH, check_fresh_draws, check_sparse_unit_sample, draw_twice, sample_values
+from tests.sampling import (
+    SAMPLE_BATCH,
+    check_calls_independent,
+    check_fresh_draws,
+    check_no_shared_magnitudes,
+    check_sparse_unit_sample,
+    draw_twice,
+    sample_values,
+)
 
 
 def _sampling_model() -> reference.ToyModel:
@@ -27,4 +36,8 @@ def test_generate_batch(learner: object) -> str:
     values = sample_values(first, shape, device=model.W.device, what="generate_batch", axes="batch, inst, feats")
     check_fresh_draws(first, second, what="generate_batch")
     check_sparse_unit_sample(values, probability, importance, what="generate_batch")
+    axes = "batch, inst, feats"
+    second_values = sample_values(second, shape, device=model.W.device, what="generate_batch", axes=axes)
+    check_calls_independent(values, second_values, probability, what="generate_batch")
+    check_no_shared_magnitudes(values, second_values, what="generate_batch")
     return f"presence frequencies and magnitudes match on {SAMPLE_BATCH} samples"

@@ -6,7 +6,12 @@ import math
 from torch import Tensor
 
 from tests.checking import CheckFailure, check
-from tests.part1_toy_models._pairs import check_pair_magnitudes_not_shared, check_pair_rule, paired_sample
+from tests.part1_toy_models._pairs import (
+    check_pair_magnitudes_not_shared,
+    check_pair_rule,
+    check_pairs_fresh_and_unshared,
+    paired_sample,
+)
 from tests.sampling import (
     FALSE_ALARM_PER_TEST,
     check_examples_vary,
@@ -71,6 +76,7 @@ def _check_correlated_sample(values: Tensor, p: Tensor, *, what: str) -> None:
 
 @check("generate_correlated_features")
 def test_generate_correlated_features(learner: object) -> str:
-    values, probability = paired_sample(learner, "generate_correlated_features")
-    _check_correlated_sample(values, probability, what="generate_correlated_features")
+    sample = paired_sample(learner, "generate_correlated_features")
+    _check_correlated_sample(sample.values, sample.probability, what="generate_correlated_features")
+    check_pairs_fresh_and_unshared(sample, what="generate_correlated_features")
     return "pairs co-occur with the right probability"

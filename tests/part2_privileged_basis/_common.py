@@ -13,16 +13,17 @@ from part_utils.reference import part1_toy_models
 from part_utils.reference import part2_privileged_basis as reference
 from part_utils.reference.part1_toy_models import ToyModelConfig
 from tests.checking import CheckFailure, learner_callable
+from tests.fixtures import ForwardCase
 
 N_INST, N_FEATURES, D_HIDDEN, BATCH = 3, 7, 4, 32
 
 
-def random_model(kind: type) -> reference.ToyModel:
+def random_model(kind: type, n_inst: int = N_INST, d_hidden: int = D_HIDDEN) -> reference.ToyModel:
     """A reference model of `kind` with normal parameters and varied probabilities and importances."""
-    cfg = ToyModelConfig(n_inst=N_INST, n_features=N_FEATURES, d_hidden=D_HIDDEN)
-    probability = torch.linspace(0.05, 0.6, N_INST * N_FEATURES).reshape(N_INST, N_FEATURES)
+    cfg = ToyModelConfig(n_inst=n_inst, n_features=N_FEATURES, d_hidden=d_hidden)
+    probability = torch.linspace(0.05, 0.6, n_inst * N_FEATURES).reshape(n_inst, N_FEATURES)
     probability = probability[:, torch.randperm(N_FEATURES)]
-    importance = 0.8 * torch.rand(N_INST, N_FEATURES) + 0.1
+    importance = 0.8 * torch.rand(n_inst, N_FEATURES) + 0.1
     model = kind(cfg, feature_probability=probability, importance=importance, device=get_device())
     with torch.no_grad():
         for parameter in model.parameters():
@@ -30,10 +31,16 @@ def random_model(kind: type) -> reference.ToyModel:
     return model
 
 
-def signed_batch() -> Tensor:
+def signed_batch(shape: tuple[int, int, int] = (BATCH, N_INST, N_FEATURES)) -> Tensor:
     """[batch, inst, feats]: values uniform on [-1, 1], each present with probability 0.6."""
-    values = 2 * torch.rand(BATCH, N_INST, N_FEATURES) - 1
-    return values * (torch.rand(BATCH, N_INST, N_FEATURES) < 0.6)
+    values = 2 * torch.rand(shape) - 1
+    return values * (torch.rand(shape) < 0.6)
+
+
+def forward_cases(kind: type) -> list[ForwardCase]:
+    """The model a forward check runs on, then one with a single instance and a single neuron."""
+    single = ForwardCase(random_model(kind, n_inst=1, d_hidden=1), 9, "one with a single instance and d_hidden = 1")
+    return [ForwardCase(random_model(kind), BATCH), single]
 
 
 def part2_method(learner: object, name: str, owner_hint: str) -> Callable[..., object]:

@@ -1,16 +1,14 @@
 """Check of `NeuronComputationModel.forward`: ReLU(W2 ReLU(W1 x) + b_final) per instance, its value and its
 gradients."""
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part2_privileged_basis as reference
 from tests.checking import check
-from tests.fixtures import check_forward, parameter_copies
-from tests.part2_privileged_basis._common import part2_method, random_model, signed_batch, two_layer_relu_inputs
+from tests.fixtures import check_forward
+from tests.part2_privileged_basis._common import forward_cases, part2_method, signed_batch, two_layer_relu_inputs
 
 
 def _computation_forward(W1: Tensor, W2: Tensor, b_final: Tensor, x: Tensor) -> Tensor:
@@ -45,17 +43,14 @@ def _computation_mistakes(W1: Tensor, W2: Tensor, b: Tensor, x: Tensor) -> dict[
 @check("NeuronComputationModel.forward")
 def test_computation_forward(learner: object) -> str:
     forward = part2_method(learner, "forward", "NeuronComputationModel")
-    model = random_model(reference.NeuronComputationModel)
-    parameters = parameter_copies(model, "W1", "W2", "b_final")
-    W1, W2, b = (parameters[name].double() for name in ("W1", "W2", "b_final"))
     check_forward(
         forward,
-        model,
-        parameters,
+        forward_cases(reference.NeuronComputationModel),
+        ("W1", "W2", "b_final"),
         draw=signed_batch,
-        relu_inputs=functools.partial(two_layer_relu_inputs, W1, W2, b),
+        relu_inputs=lambda p, x: two_layer_relu_inputs(p["W1"], p["W2"], p["b_final"], x),
         reference_forward=_computation_forward,
-        mistakes=functools.partial(_computation_mistakes, W1, W2, b),
+        mistakes=lambda p, x: _computation_mistakes(p["W1"], p["W2"], p["b_final"], x),
         formula="ReLU(W2 ReLU(W1 x) + b_final)",
     )
     return "two weight matrices, both ReLUs, gradients too"

@@ -9,9 +9,11 @@ from tests.part2_privileged_basis._common import N_FEATURES, N_INST, part2_metho
 from tests.sampling import (
     FALSE_ALARM_PER_TEST,
     SAMPLE_BATCH,
+    check_calls_independent,
     check_examples_vary,
     check_fresh_draws,
     check_magnitudes_vary,
+    check_no_shared_magnitudes,
     check_presence_frequencies,
     check_presence_independent,
     check_uniform,
@@ -103,4 +105,9 @@ def test_computation_generate_batch(learner: object) -> str:
     )
     check_presence_independent(values != 0, probability, messages=independence_messages("generate_batch"))
     _check_signed_values(values, probability)
+    second_values = sample_values(
+        second, values.shape, device=model.b_final.device, what="generate_batch", axes="batch, inst, feats"
+    )
+    check_calls_independent(values, second_values, probability, what="generate_batch")
+    check_no_shared_magnitudes(values, second_values, what="generate_batch", advice="draw a value for every cell")
     return f"presence frequencies and signed values match on {SAMPLE_BATCH} samples"

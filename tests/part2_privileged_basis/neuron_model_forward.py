@@ -1,22 +1,13 @@
 """Check of `NeuronModel.forward`: ReLU(Wᵀ ReLU(W x) + b_final) per instance, its value and its gradients."""
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part2_privileged_basis as reference
 from tests.checking import check
-from tests.fixtures import check_forward, parameter_copies, sparse_features
-from tests.part2_privileged_basis._common import (
-    BATCH,
-    N_FEATURES,
-    N_INST,
-    part2_method,
-    random_model,
-    two_layer_relu_inputs,
-)
+from tests.fixtures import check_forward, sparse_features
+from tests.part2_privileged_basis._common import forward_cases, part2_method, two_layer_relu_inputs
 
 
 def _neuron_forward(W: Tensor, b_final: Tensor, x: Tensor) -> Tensor:
@@ -48,17 +39,14 @@ def _neuron_mistakes(W: Tensor, b: Tensor, x: Tensor) -> dict[str, Tensor]:
 @check("NeuronModel.forward")
 def test_neuron_model_forward(learner: object) -> str:
     forward = part2_method(learner, "forward", "NeuronModel")
-    model = random_model(reference.NeuronModel)
-    parameters = parameter_copies(model, "W", "b_final")
-    W, b = parameters["W"].double(), parameters["b_final"].double()
     check_forward(
         forward,
-        model,
-        parameters,
-        draw=lambda: sparse_features((BATCH, N_INST, N_FEATURES)),
-        relu_inputs=functools.partial(two_layer_relu_inputs, W, W.transpose(1, 2), b),
+        forward_cases(reference.NeuronModel),
+        ("W", "b_final"),
+        draw=sparse_features,
+        relu_inputs=lambda p, x: two_layer_relu_inputs(p["W"], p["W"].transpose(1, 2), p["b_final"], x),
         reference_forward=_neuron_forward,
-        mistakes=functools.partial(_neuron_mistakes, W, b),
+        mistakes=lambda p, x: _neuron_mistakes(p["W"], p["b_final"], x),
         formula="ReLU(Wᵀ ReLU(W x) + b_final)",
     )
     return "ReLU on the hidden layer and on the output, gradients too"

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from part_utils.device import get_device
-from tests.checking import CheckFailure, call_learner, check, diagnose, expect_tensor, learner_function
+from tests.checking import CheckFailure, call_learner, check, diagnose_among, expect_tensor, learner_function
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ def _cases() -> list[Case]:
     ]
 
 
-def _dimensionality_mistakes(W: Tensor) -> dict[str, Tensor]:
-    """What each plausible wrong formula gives on W (float64), with the sentence naming it."""
+def _dimensionality_mistakes(W: Tensor) -> dict[str, list[Tensor]]:
+    """What each plausible wrong formula gives on W (float64), each way of making it, with the sentence naming it."""
     norms = W.norm(dim=1)  # [inst, feats]
     unit = W / norms[:, None, :]
     overlaps = torch.einsum("ihf,ihg->ifg", unit, W)  # [inst, i, j] = Ŵ_i · W_j
@@ -52,13 +52,17 @@ def _dimensionality_mistakes(W: Tensor) -> dict[str, Tensor]:
     whole_unit = W / W.norm(dim=(1, 2), keepdim=True)
     off_diagonal = ~torch.eye(W.shape[2], dtype=torch.bool)
     squared_norms = norms.pow(2)
-    return {
+    over_instances = W / W.norm(dim=0, keepdim=True)
+    mistakes = {
         "The numerator should be the squared norm ‖W_i‖², not the norm.": norms / squared_sum,
         "The overlaps in the denominator must be squared: Σ_j (Ŵ_i · W_j)².": squared_norms / overlaps.sum(-1),
         "The denominator is the norm of the overlaps; it is the sum of their squares, Σ_j (Ŵ_i · W_j)², with no "
         "square root.": squared_norms / squared_sum.sqrt(),
         "The denominator adds absolute values; square the overlaps instead: Σ_j (Ŵ_i · W_j)².": (
             squared_norms / overlaps.abs().sum(-1)
+        ),
+        "The denominator averages the squared overlaps over j; it is their sum, Σ_j (Ŵ_i · W_j)².": (
+            squared_norms / overlaps.pow(2).mean(-1)
         ),
         "The denominator leaves out j = i; the sum runs over every feature, itself included.": (
             squared_norms / (overlaps.pow(2) * off_diagonal).sum(-1)
@@ -76,13 +80,21 @@ def _dimensionality_mistakes(W: Tensor) -> dict[str, Tensor]:
         "You normalised the rows of W (over feats); features are columns, normalise over d_hidden.": (
             squared_norms / torch.einsum("ihf,ihg->ifg", rows_unit, W).pow(2).sum(-1)
         ),
-        "You normalised the whole matrix W; normalise each feature's column on its own (over d_hidden).": (
-            squared_norms / torch.einsum("ihf,ihg->ifg", whole_unit, W).pow(2).sum(-1)
+        "You normalised over the instance axis (dim 0); normalise each feature's column over d_hidden (dim 1).": (
+            squared_norms / torch.einsum("ihf,ihg->ifg", over_instances, W).pow(2).sum(-1)
         ),
         "The fraction is upside down: the squared norm goes on top.": squared_sum / squared_norms,
         "The overlaps mix instances: contract each instance's columns with that instance's own W.": (
             squared_norms / torch.einsum("ihf,jhg->ifg", unit, W).pow(2).sum(-1)
         ),
+    }
+    whole = "You normalised the whole matrix W; normalise each feature's column on its own (over d_hidden)."
+    return {
+        **{message: [value] for message, value in mistakes.items()},
+        whole: [
+            squared_norms / torch.einsum("ihf,ihg->ifg", whole_unit, W).pow(2).sum(-1),
+            squared_norms / torch.einsum("ihf,ihg->ifg", W / W.norm(), W).pow(2).sum(-1),  # every instance at once
+        ],
     }
 
 
@@ -93,10 +105,12 @@ def _check_case(function: object, case: Case) -> None:
         raise CheckFailure(
             "You returned one value per hidden dimension: features are the columns of W, so return [inst, feats]."
         )
+    if isinstance(output, Tensor) and output.shape == (n_features, n_inst) and n_features != n_inst:
+        raise CheckFailure("You returned [feats, inst], transposed: return one row per instance, [inst, feats].")
     actual = expect_tensor(output, (n_inst, n_features), what="compute_dimensionality", axes="inst, feats")
     W = case.W.double()
     expected = W.pow(2).sum(1) / torch.einsum("ihf,ihg->ifg", W / W.norm(dim=1, keepdim=True), W).pow(2).sum(-1)
-    diagnose(
+    diagnose_among(
         actual,
         expected,
         _dimensionality_mistakes(W),

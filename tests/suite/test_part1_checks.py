@@ -40,7 +40,7 @@ def preceded_by_draws(function, draws: int):
     return wrapper
 
 
-def failing_draw_counts(check, make_learner, counts=range(40)) -> list[int]:
+def failing_draw_counts(check, make_learner, counts=range(0, 40, 3)) -> list[int]:
     """The numbers of extra draws for which the check rejects a correct learner."""
     failing = []
     for count in counts:
@@ -200,6 +200,28 @@ def forward_leaves_grad_off(self, features):
     return ToyModel.forward(self, features)
 
 
+def forward_gram_matrix(self, features):
+    gram = self.W.transpose(1, 2) @ self.W  # [inst, feats, feats]: WᵀW, computed on every call
+    return F.relu(torch.einsum("ifg,big->bif", gram, features) + self.b_final)
+
+
+def forward_squeezes_length_one_axes(self, features):
+    hidden = (self.W[None] @ features[..., None]).squeeze()  # drops d_hidden too when it is 1
+    return F.relu((self.W.transpose(1, 2)[None] @ hidden[..., None]).squeeze() + self.b_final)
+
+
+def forward_squeezes_W(self, features):
+    W = self.W.squeeze()  # "tidy": [inst, feats] when d_hidden is 1
+    hidden = torch.einsum("ihf,bif->bih", W, features)
+    return F.relu(torch.einsum("ihf,bih->bif", W, hidden) + self.b_final)
+
+
+def forward_caches_gram_matrix(self, features):
+    if getattr(self, "gram", None) is None:  # "WᵀW only needs computing once"
+        self.gram = torch.einsum("ihf,ihg->ifg", self.W, self.W)
+    return F.relu(torch.einsum("ifg,big->bif", self.gram, features) + self.b_final)
+
+
 def test_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_forward, ToyModel)
     for rewrite in (
@@ -208,6 +230,7 @@ def test_forward_accepts_reference_and_rewrites(checks):
         forward_loop_in_place_on_temporaries,
         forward_einops,
         forward_bmm_per_instance,
+        forward_gram_matrix,
     ):
         checks.passes(part1.test_forward, with_method("forward", rewrite))
     checks.passes(part1.test_forward, forward_matmul_float64)  # the bare function works too
@@ -237,6 +260,9 @@ def test_forward_accepts_reference_and_rewrites(checks):
         (forward_relu_before_and_after_bias, "A ReLU comes before b_final as well"),
         (forward_rebuilt_output, "No gradient reaches any parameter"),
         (forward_through_numpy, "carries no gradient.*NumPy"),
+        (forward_squeezes_length_one_axes, r"not on one with d_hidden = 1, as in the phase diagram.*\.squeeze\(\)"),
+        (forward_squeezes_W, r"d_hidden = 1.*drops an axis of length 1.*raised RuntimeError"),
+        (forward_caches_gram_matrix, "not after the weights change.*reuses something computed in an earlier call"),
     ],
 )
 def test_forward_names_each_mistake(checks, mutant, message):
@@ -421,11 +447,42 @@ def generate_feats_first(self, batch_size):
     return generate_two_draws_float64(self, batch_size).transpose(1, 2)
 
 
+def generate_seeded_presence(self, batch_size):
+    generator = torch.Generator(device=self.W.device).manual_seed(0)  # "reproducible" presence
+    present = torch.rand(_shape(self, batch_size), generator=generator, device=self.W.device) < self.feature_probability
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_reseeds_halfway(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    torch.manual_seed(0)  # "reproducible magnitudes"
+    return torch.rand(_shape(self, batch_size), device=self.W.device) * present
+
+
+def generate_magnitudes_tiled_over_instances(self, batch_size):
+    n_inst, n_feats = self.feature_probability.shape
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    return torch.rand(batch_size, 2, n_feats, device=self.W.device).repeat(1, n_inst // 2, 1) * present
+
+
+def generate_magnitudes_from_half_a_batch(self, batch_size):
+    present = torch.rand(_shape(self, batch_size), device=self.W.device) < self.feature_probability
+    half = torch.rand(batch_size // 2, *self.feature_probability.shape, device=self.W.device)
+    return torch.cat([half, half]) * present
+
+
+def generate_uniform_masked_fill(self, batch_size):
+    values = torch.empty(_shape(self, batch_size), dtype=torch.float64, device=self.W.device).uniform_(0, 1)
+    absent = torch.bernoulli(1 - self.feature_probability.double().expand_as(values)).bool()
+    return values.masked_fill(absent, 0.0)
+
+
 GENERATE_REWRITES = [
     generate_two_draws_float64,
     generate_magnitudes_first_bernoulli,
     generate_loop_over_instances,
     generate_upper_tail_one_draw,
+    generate_uniform_masked_fill,
 ]
 
 
@@ -472,6 +529,10 @@ def test_generate_batch_verdict_does_not_depend_on_the_draw_order():
         (generate_clamps_probability_in_place, r"changed `self\.feature_probability` in place"),
         (generate_on_another_device, "on meta; make it on cpu"),
         (generate_feats_first, r"\[batch, inst, feats\]"),
+        (generate_seeded_presence, "same features present on two calls.*seeded torch.Generator"),
+        (generate_reseeds_halfway, "same magnitudes on two calls.*torch.manual_seed"),
+        (generate_magnitudes_tiled_over_instances, "share one magnitude across instances"),
+        (generate_magnitudes_from_half_a_batch, "share one magnitude across examples of the batch"),
     ],
 )
 def test_generate_batch_names_each_mistake(checks, mutant, message):
@@ -533,6 +594,15 @@ LOSS_MUTANTS = [
         lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum() / batch.shape[-1],
         "times a constant factor",
     ),
+    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sqrt().sum(), "square root"),
+    (
+        lambda self, out, batch: (_weighted(self, out, batch).sum(2) / self.importance.sum(-1)).mean(0).sum(),
+        "divided by the sum of the importances",
+    ),
+    (
+        lambda self, out, batch: (_weighted(self, out, batch).sum(2).mean(0) / self.importance.sum()).sum(),
+        "divided by the sum of the importances",
+    ),
 ]
 
 
@@ -540,7 +610,9 @@ def test_calculate_loss_accepts_reference_and_rewrites(checks):
     checks.passes(part1.test_calculate_loss, ToyModel)
     sum_instances_then_mean = lambda self, out, batch: _weighted(self, out, batch).sum(1).mean()  # noqa: E731
     relu_on_the_output = lambda self, out, batch: (self.importance * (batch - F.relu(out)) ** 2).mean((0, 2)).sum()  # noqa: E731
+    mean_times_instances = lambda self, out, batch: _weighted(self, out, batch).mean() * self.cfg.n_inst  # noqa: E731
     rewrites = (
+        mean_times_instances,
         loss_explicit_float64,
         loss_mse_per_element_einsum,
         loss_in_place_on_temporaries,
@@ -780,12 +852,62 @@ def anticorrelated_gaussian(batch_size, feature_probability):
     return values.sign() * torch.randn(values.shape, dtype=torch.float64)
 
 
+def correlated_magnitudes_tiled(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    present = (torch.rand(batch_size, n_inst, n_pairs) < feature_probability).repeat_interleave(2, dim=-1)
+    return torch.rand(batch_size, n_inst, n_pairs).repeat(1, 1, 2) * present  # repeat, not repeat_interleave
+
+
+def correlated_seeded_presence(batch_size, feature_probability):
+    generator = torch.Generator().manual_seed(1234)
+    pair_present = torch.rand(batch_size, *feature_probability.shape, generator=generator) < feature_probability
+    return (torch.rand(batch_size, *feature_probability.shape, 2) * pair_present[..., None]).flatten(-2)
+
+
+def correlated_expand_reshape(batch_size, feature_probability):
+    n_inst, n_pairs = feature_probability.shape
+    pair_present = torch.bernoulli(feature_probability.expand(batch_size, n_inst, n_pairs)).bool()
+    mask = pair_present.unsqueeze(-1).expand(batch_size, n_inst, n_pairs, 2).reshape(batch_size, n_inst, 2 * n_pairs)
+    return torch.where(mask, torch.rand(mask.shape), torch.zeros(mask.shape))
+
+
+def anticorrelated_coin_once_for_the_batch(batch_size, feature_probability):
+    shape = _pairs_shape(batch_size, feature_probability)
+    active = torch.rand(shape) < 2 * feature_probability
+    first = (torch.rand(1, *feature_probability.shape) < 0.5).expand(shape)  # one coin per pair, for every example
+    return (torch.rand(*shape, 2) * torch.stack([active & first, active & ~first], dim=-1)).flatten(-2)
+
+
+def anticorrelated_magnitudes_tiled(batch_size, feature_probability):
+    values = generate_anticorrelated_features(batch_size, feature_probability)
+    magnitudes = torch.rand(batch_size, *feature_probability.shape).repeat(1, 1, 2)  # repeat, not repeat_interleave
+    return magnitudes * (values != 0)
+
+
+def anticorrelated_reseeds_halfway(batch_size, feature_probability):
+    shape = _pairs_shape(batch_size, feature_probability)
+    active = torch.rand(shape) < 2 * feature_probability
+    first = torch.rand(shape) < 0.5
+    torch.manual_seed(0)  # "reproducible magnitudes"
+    return (torch.rand(*shape, 2) * torch.stack([active & first, active & ~first], dim=-1)).flatten(-2)
+
+
+def anticorrelated_one_magnitude_per_pair(batch_size, feature_probability):
+    # Only one feature of a pair is ever present, so one magnitude per pair is enough.
+    shape = _pairs_shape(batch_size, feature_probability)
+    active = torch.rand(shape) < 2 * feature_probability
+    first = torch.rand(shape) < 0.5
+    choice = torch.stack([active & first, active & ~first], dim=-1)
+    return (torch.rand(shape)[..., None] * choice).flatten(-2)
+
+
 PAIR_REWRITES = {
     "generate_correlated_features": [
         generate_correlated_features,
         correlated_float64_repeat,
         correlated_loop_over_pairs,
         correlated_einops_repeat,
+        correlated_expand_reshape,
     ],
     "generate_anticorrelated_features": [
         generate_anticorrelated_features,
@@ -794,6 +916,7 @@ PAIR_REWRITES = {
         anticorrelated_conditional_second,
         anticorrelated_multinomial,
         anticorrelated_one_draw_rescaled,
+        anticorrelated_one_magnitude_per_pair,
     ],
 }
 PAIR_CHECK = {
@@ -835,6 +958,8 @@ def test_pair_verdicts_do_not_depend_on_the_draw_order(name):
         (correlated_magnitudes_once_for_the_batch, "share one magnitude across examples of the batch"),
         (correlated_as_int, "torch.int32 tensor"),
         (correlated_clamps_probability_in_place, "changed `p` in place"),
+        (correlated_magnitudes_tiled, "share one magnitude across pairs"),
+        (correlated_seeded_presence, "same features present on two calls"),
     ],
 )
 def test_correlated_check_names_each_mistake(checks, mutant, message):
@@ -854,6 +979,9 @@ def test_correlated_check_names_each_mistake(checks, mutant, message):
         (anticorrelated_gaussian, "negative values"),
         (anticorrelated_always_first, "second feature of each pair .* is never present"),
         (anticorrelated_one_draw_unscaled, "stay below the probability of the presence draw"),
+        (anticorrelated_coin_once_for_the_batch, "decided once for the whole batch"),
+        (anticorrelated_magnitudes_tiled, "share one magnitude across pairs"),
+        (anticorrelated_reseeds_halfway, "same magnitudes on two calls"),
     ],
 )
 def test_anticorrelated_check_names_each_mistake(checks, mutant, message):

@@ -56,9 +56,31 @@ def neuron_forward_relu_on_W_in_place(self, x):
     return NeuronModel.forward(self, x)
 
 
+def neuron_forward_bmm(self, x):
+    hidden = torch.relu(torch.bmm(x.transpose(0, 1), self.W.mT))  # [inst, batch, d_hidden]
+    return torch.relu(torch.bmm(hidden, self.W).transpose(0, 1) + self.b_final)
+
+
+def neuron_forward_squeezed(self, x):
+    hidden = F.relu(torch.einsum("ihf,bif->bih", self.W, x)).squeeze()  # drops inst and d_hidden when they are 1
+    return F.relu(torch.einsum("ihf,bih->bif", self.W, hidden) + self.b_final)
+
+
+def neuron_forward_caches_readout(self, x):
+    if not hasattr(self, "readout"):  # "a contiguous Wᵀ once, for speed": a copy that never changes again
+        self.readout = self.W.transpose(1, 2).contiguous()
+    hidden = F.relu(torch.einsum("ihf,bif->bih", self.W, x))
+    return F.relu(torch.einsum("ifh,bih->bif", self.readout, hidden) + self.b_final)
+
+
 def test_neuron_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_neuron_model_forward, NeuronModel)
-    for rewrite in (neuron_forward_matmul_float64, neuron_forward_broadcasting_in_place, neuron_forward()):
+    for rewrite in (
+        neuron_forward_matmul_float64,
+        neuron_forward_broadcasting_in_place,
+        neuron_forward(),
+        neuron_forward_bmm,
+    ):
         checks.passes(part2.test_neuron_model_forward, with_method(NeuronModel, "forward", rewrite))
 
 
@@ -85,6 +107,8 @@ def test_neuron_forward_names_each_mistake(checks, options, message):
     [
         (neuron_forward_no_grad, "carries no gradient"),
         (neuron_forward_relu_on_W_in_place, r"changed `self\.W` in place"),
+        (neuron_forward_squeezed, r"not on one with a single instance and d_hidden = 1.*\.squeeze\(\)"),
+        (neuron_forward_caches_readout, "not after the weights change.*earlier call"),
     ],
 )
 def test_neuron_forward_names_graph_and_side_effect_mistakes(checks, mutant, message):
@@ -146,9 +170,27 @@ def computation_forward_changes_input(self, x):
     return NeuronComputationModel.forward(self, x)
 
 
+def computation_forward_squeezed_matmul(self, x):
+    hidden = F.relu((self.W1[None] @ x[..., None]).squeeze())  # drops inst and d_hidden when they are 1
+    return F.relu((self.W2[None] @ hidden[..., None]).squeeze() + self.b_final)
+
+
+def computation_forward_caches_W2(self, x):
+    if getattr(self, "W2_T", None) is None:  # "transpose once": a copy that never changes again
+        self.W2_T = self.W2.transpose(1, 2).contiguous()
+    hidden = F.relu(torch.einsum("ihf,bif->bih", self.W1, x))
+    return F.relu(torch.einsum("ihf,bih->bif", self.W2_T, hidden) + self.b_final)
+
+
+def computation_forward_squeeze_last(self, x):
+    hidden = F.relu((self.W1[None] @ x[..., None]).squeeze(-1))  # squeeze(-1): only the axis matmul added
+    return F.relu((self.W2[None] @ hidden[..., None]).squeeze(-1) + self.b_final)
+
+
 def test_computation_forward_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_computation_forward, NeuronComputationModel)
     for rewrite in (
+        computation_forward_squeeze_last,
         computation_forward(),
         computation_forward_matmul_float64,
         computation_forward_loop,
@@ -176,6 +218,17 @@ def test_computation_forward_names_each_mistake(checks, options, message):
         with_method(NeuronComputationModel, "forward", computation_forward(**options)),
         message,
     )
+
+
+@pytest.mark.parametrize(
+    ("mutant", "message"),
+    [
+        (computation_forward_squeezed_matmul, r"single instance and d_hidden = 1.*drops an axis of length 1"),
+        (computation_forward_caches_W2, "not after the weights change.*earlier call"),
+    ],
+)
+def test_computation_forward_names_shape_and_state_mistakes(checks, mutant, message):
+    checks.fails(part2.test_computation_forward, with_method(NeuronComputationModel, "forward", mutant), message)
 
 
 def test_computation_forward_names_an_input_changed_in_place(checks):
@@ -273,9 +326,42 @@ def generate_uses_W(self, batch_size):
     return ToyModel.generate_batch(self, batch_size)  # Part 1's code: self.W does not exist here
 
 
+def generate_symmetric_halves(self, batch_size):
+    # "Make the values symmetric": the second half of the batch is the first half negated.
+    shape = _shape(self, batch_size)
+    present = torch.rand(shape, device=self.b_final.device) < self.feature_probability
+    half = 2 * torch.rand(batch_size // 2, *shape[1:], device=self.b_final.device) - 1
+    return torch.cat([half, -half]) * present
+
+
+def generate_seeded_presence(self, batch_size):
+    generator = torch.Generator(device=self.b_final.device).manual_seed(0)
+    shape = _shape(self, batch_size)
+    present = torch.rand(shape, generator=generator, device=self.b_final.device) < self.feature_probability
+    return (2 * torch.rand(shape, device=self.b_final.device) - 1) * present
+
+
+def generate_values_tiled_over_features(self, batch_size):
+    shape = _shape(self, batch_size)
+    present = torch.rand(shape, device=self.b_final.device) < self.feature_probability
+    values = 2 * torch.rand(batch_size, shape[1], 4, device=self.b_final.device) - 1
+    return values.repeat(1, 1, 2)[..., : shape[2]] * present
+
+
+def generate_bernoulli_uniform_(self, batch_size):
+    shape = _shape(self, batch_size)
+    present = torch.bernoulli(self.feature_probability.expand(shape))
+    return torch.empty(shape, device=self.b_final.device).uniform_(-1, 1) * present
+
+
 def test_computation_generate_batch_accepts_reference_and_rewrites(checks):
     checks.passes(part2.test_computation_generate_batch, NeuronComputationModel)
-    for rewrite in (generate_sign_times_magnitude_float64, generate_one_draw_rescaled, generate_loop_uniform_):
+    for rewrite in (
+        generate_sign_times_magnitude_float64,
+        generate_one_draw_rescaled,
+        generate_loop_uniform_,
+        generate_bernoulli_uniform_,
+    ):
         checks.passes(
             part2.test_computation_generate_batch, with_method(NeuronComputationModel, "generate_batch", rewrite)
         )
@@ -311,6 +397,9 @@ def test_computation_generate_batch_names_each_mistake(checks, options, message)
         (generate_random_signs_only, r"magnitude 1: draw values uniformly on \[-1, 1\]"),
         (generate_clamped_gaussian, r"not uniform on \[-1, 1\]"),
         (generate_uses_W, "raised AttributeError"),
+        (generate_symmetric_halves, "share one magnitude across examples of the batch"),
+        (generate_seeded_presence, "same features present on two calls"),
+        (generate_values_tiled_over_features, "share one magnitude across features"),
     ],
 )
 def test_computation_generate_batch_names_further_mistakes(checks, mutant, message):
@@ -350,6 +439,11 @@ LOSS_MUTANTS = [
         r"compares the output with x.*second argument",
     ),
     (lambda self, out, batch: 0.5 * _weighted(self, out, batch).mean((0, 2)).sum(), "half of what it should be"),
+    (lambda self, out, batch: _weighted(self, out, batch).mean((0, 2)).sum().sqrt(), "square root"),
+    (
+        lambda self, out, batch: (_weighted(self, out, batch).sum(-1) / self.importance.sum(-1)).mean(0).sum(),
+        "divided by the sum of the importances",
+    ),
 ]
 
 
@@ -371,8 +465,9 @@ def test_computation_loss_accepts_reference_and_rewrites(checks):
     relu_on_the_output = lambda self, out, batch: (
         (self.importance * (batch.abs() - F.relu(out)) ** 2).mean((0, 2)).sum()
     )  # noqa: E731
+    mean_times_instances = lambda self, out, batch: _weighted(self, out, batch).mean() * batch.shape[1]  # noqa: E731
     checks.passes(part2.test_computation_calculate_loss, NeuronComputationModel)
-    for learner in (rewrite, mse, in_place_temporaries, relu_on_the_output):
+    for learner in (rewrite, mse, in_place_temporaries, relu_on_the_output, mean_times_instances):
         checks.passes(
             part2.test_computation_calculate_loss, with_method(NeuronComputationModel, "calculate_loss", learner)
         )

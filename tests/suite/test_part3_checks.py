@@ -48,6 +48,13 @@ def dimensionality_vmap_small_epsilon(W):
     return torch.vmap(one_instance)(W)
 
 
+def dimensionality_cosine_similarity(W):
+    # Ŵ_i · W_j = cos(W_i, W_j) ‖W_j‖
+    cosines = F.cosine_similarity(W[:, :, :, None], W[:, :, None, :], dim=1)  # [inst, i, j]
+    norms = torch.linalg.vector_norm(W, dim=1)
+    return norms**2 / (cosines * norms[:, None, :]).pow(2).sum(-1)
+
+
 def unit_columns(W):
     return W / W.norm(dim=1, keepdim=True)
 
@@ -102,6 +109,10 @@ MUTANTS = [
     (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).norm(dim=-1), "norm of the overlaps"),
     (normalises_in_place, "changed `W` in place"),
     (squeezes_instances, r"shape \(5,\).*\(on a W with one instance"),
+    (lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(dim=0, keepdim=True), W).pow(2).sum(-1), "instance axis"),
+    (lambda W: W.pow(2).sum(1) / _overlaps(unit_columns(W), W).pow(2).mean(-1), "averages the squared overlaps"),
+    (lambda W: compute_dimensionality(W).T, r"\[feats, inst\], transposed"),
+    (lambda W: W.pow(2).sum(1) / _overlaps(W / W.norm(), W).pow(2).sum(-1), "normalised the whole matrix"),
     (rows_when_square, r"normalised the rows .*\(on a W with one instance and d_hidden equal to feats\)"),
 ]
 
@@ -114,6 +125,7 @@ def test_accepts_reference_and_rewrites(checks):
         dimensionality_with_epsilon_in_place,
         dimensionality_via_gram_matrix,
         dimensionality_vmap_small_epsilon,
+        dimensionality_cosine_similarity,
     ):
         checks.passes(part3.test_compute_dimensionality, rewrite)
 
