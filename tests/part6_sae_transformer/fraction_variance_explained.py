@@ -3,14 +3,15 @@
 Inputs have non-zero means that differ between dimensions, and shapes that differ from each
 other (37 or 41 tokens, 5 or 7 dimensions), so that a reduction over the wrong axis fails
 instead of passing by accident; further cases cover few tokens (where torch.var's n − 1
-shows), float64 and a single dimension.
+shows), float64 with a reconstruction worse than the mean (a negative FVE, which a clamp hides)
+and a single dimension.
 """
 
 import torch
 from torch import Tensor
 
 from part_utils.reference import part6_sae_transformer as reference
-from tests.checking import call_learner, check, diagnose_among, expect_number, learner_callable
+from tests.checking import _globals_hint, call_learner, check, diagnose_among, expect_number, learner_callable
 
 
 def _copies(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -33,7 +34,8 @@ def fve_cases() -> list[tuple[Tensor, Tensor]]:
         _activations(37, [1.0, 2.0, 0.5, 1.5, 3.0], offset=3.0, noise=0.6),
         _activations(41, [1.0, 0.3, 2.0, 1.2, 0.8, 2.5, 1.7], offset=10.0, noise=0.8),
         _activations(6, [1.0, 2.0, 0.7], offset=2.0, noise=0.4),  # few tokens: n / (n − 1) = 1.2
-        _activations(9, [0.5, 1.5, 1.0, 2.0], offset=4.0, noise=0.5, dtype=torch.float64),
+        # worse than predicting the mean: a negative FVE
+        _activations(9, [0.5, 1.5, 1.0, 2.0], offset=4.0, noise=2.5, dtype=torch.float64),
         _activations(23, [1.5], offset=5.0, noise=0.4),  # a single dimension
     ]
 
@@ -43,7 +45,9 @@ def fve_mistakes(x: Tensor, x_hat: Tensor) -> dict[str, list[Tensor]]:
     x, x_hat = x.double(), x_hat.double()
     n, d = x.shape
     error = x - x_hat
-    errors, deviations = error.pow(2).sum(), (x - x.mean(dim=0)).pow(2).sum()
+    centred = x - x.mean(dim=0)
+    errors, deviations = error.pow(2).sum(), centred.pow(2).sum()
+    right = 1 - errors / deviations
     about_scalar_mean = (x - x.mean()).pow(2).sum()
 
     def fve(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -110,9 +114,23 @@ def fve_mistakes(x: Tensor, x_hat: Tensor) -> dict[str, list[Tensor]]:
             (x_hat - x.mean(dim=0)).pow(2).sum() / deviations,
         ],
         "The distances are not squared: FVE compares sums of *squared* distances (e.g. a norm, squared).": [
-            fve(error.norm(), (x - x.mean(dim=0)).norm()),
-            fve(error.norm(dim=-1).sum(), (x - x.mean(dim=0)).norm(dim=-1).sum()),
+            fve(error.norm(), centred.norm()),
+            fve(error.norm(dim=-1).sum(), centred.norm(dim=-1).sum()),
+            fve(error.abs().sum(), centred.abs().sum()),
         ],
+        (
+            "Only one of the two sums is of squares: square both the errors and the deviations "
+            "before summing (a norm, squared, or .pow(2))."
+        ): [
+            fve(error.norm(), deviations),
+            fve(errors, centred.norm()),
+            fve(error.abs().sum(), deviations),
+            fve(errors, centred.abs().sum()),
+        ],
+        (
+            "FVE is clipped at 0 (or made positive): a reconstruction worse than predicting the mean activation "
+            "has a negative FVE, and the score must show it, so do not clamp it or take its absolute value."
+        ): [right.clamp(min=0.0), right.abs()] if right < 0 else [],
     }
 
 
@@ -140,7 +158,7 @@ def test_fraction_variance_explained(learner: object) -> str:
             fve_mistakes(x, x_hat),
             otherwise=(
                 "FVE differs from the reference: 1 − (sum of squared errors) / (sum of squared deviations of x from "
-                "its mean over tokens), both summed over tokens and dimensions."
+                "its mean over tokens), both summed over tokens and dimensions." + _globals_hint(function, what)
             ),
         )
     return "5 cases: non-zero means, 6 to 41 tokens, float32 and float64, one dimension"

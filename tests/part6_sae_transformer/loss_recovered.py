@@ -2,7 +2,8 @@
 
 The spliced-loss check runs learner code on the check's own clean model (`_model.py`); code
 that leaves a hook attached is told so, and the next check rebuilds the model instead of
-inheriting the hook.
+inheriting the hook. The last call repeats a hook with another `replace`, so that a loss kept
+from an earlier call (or one that ignores `replace`) shows.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import (
     CheckFailure,
     NotImplementedYet,
+    _globals_hint,
     call_learner,
     check,
     diagnose_among,
@@ -60,6 +62,8 @@ class SplicedExpectations:
     replace: Callable[[Tensor], Tensor]
     clean: Tensor
     outcomes: dict[str, dict[str, Tensor]]  # hook name -> the right loss and what mistaken splices give
+    other_replace: Callable[[Tensor], Tensor]  # for the repeated call at HOOKS[-1]
+    other_loss: Tensor
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +75,10 @@ def _expectations(pristine: PristineModel) -> SplicedExpectations:
     with torch.no_grad():
         clean = next_token_loss(model(tokens), tokens).cpu().double()
     outcomes = {hook: spliced_outcomes(model, tokens, hook, replace) for hook in HOOKS}
-    return SplicedExpectations(tokens, replace, clean, outcomes)
+    other_replace = _replacement(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(7)).to(device))
+    with torch.no_grad():
+        other_loss = next_token_loss(_run_with_hook(model, tokens, HOOKS[-1], other_replace), tokens).cpu().double()
+    return SplicedExpectations(tokens, replace, clean, outcomes, other_replace, other_loss)
 
 
 @torch.no_grad()
@@ -202,13 +209,38 @@ def test_spliced_loss(learner: object) -> str:
             _spliced_number(result, tokens, what),
             expectations.outcomes[hook]["loss"],
             _splice_mistakes(expectations, hook, n_predicted),
-            otherwise=(
-                "The spliced loss differs from the reference: run the model with one hook at `hook_name` that "
-                "returns `replace(act)`, with return_type='loss'."
-            ),
+            otherwise=_spliced_differs(function, what),
             atol=1e-5,
         )
+    _check_fresh_each_call(function, expectations)
     return f"two hooks on {len(tokens)} held-out strings, from a clean model each time"
+
+
+def _spliced_differs(function: Callable[..., Any], what: str) -> str:
+    return (
+        "The spliced loss differs from the reference: run the model with one hook at `hook_name` that "
+        "returns `replace(act)`, with return_type='loss'." + _globals_hint(function, what)
+    )
+
+
+def _check_fresh_each_call(function: Callable[..., Any], expectations: SplicedExpectations) -> None:
+    """The same hook again with another `replace`: the loss must follow `replace`, not an earlier call."""
+    hook, tokens = HOOKS[-1], expectations.tokens
+    what = f"spliced_loss(model, tokens, {hook!r}, another_replace)"
+    result = _call_on_model(function, clean_model(), tokens.clone(), hook, expectations.other_replace, what)
+    diagnose_among(
+        _spliced_number(result, tokens, what),
+        expectations.other_loss,
+        {
+            (
+                f"`{what}` returned the loss of the previous call at this hook, although `replace` changed: "
+                "compute the loss afresh on every call, from the `replace` it is given (keep no result from an "
+                "earlier call)."
+            ): [expectations.outcomes[hook]["loss"]]
+        },
+        otherwise=_spliced_differs(function, what),
+        atol=1e-5,
+    )
 
 
 # Loss recovered ---------------------------------------------------------------------------
@@ -256,6 +288,14 @@ def loss_recovered_mistakes(clean: float, spliced: float, ablated: float) -> dic
             "This is a ratio of losses; loss recovered measures where the spliced loss sits between the clean and "
             "the ablated loss."
         ): [clean / spliced, spliced / clean, spliced / ablated, ablated / spliced],
+        (
+            "Brackets are missing: division comes before subtraction, so write both differences in brackets, "
+            "(ablated − spliced) / (ablated − clean)."
+        ): [
+            ablated - spliced / (ablated - clean),
+            (ablated - spliced) / ablated - clean,
+            ablated - spliced / ablated - clean,
+        ],
         "The denominator should be the whole range, ablated − clean.": [
             (ablated - spliced) / (spliced - clean) if spliced != clean else float("nan"),
             (ablated - spliced) / ablated,
@@ -300,7 +340,10 @@ def test_loss_recovered(learner: object) -> str:
                 message: [torch.tensor(value, dtype=torch.float64) for value in values]
                 for message, values in mistakes.items()
             },
-            otherwise="Loss recovered differs from the reference: (ablated − spliced) / (ablated − clean), unclipped.",
+            otherwise=(
+                "Loss recovered differs from the reference: (ablated − spliced) / (ablated − clean), unclipped."
+                + _globals_hint(function, "loss_recovered")
+            ),
         )
     return (
         f"{len(cases)} cases, with spliced equal to clean, equal to ablated, better than clean and worse than ablated"

@@ -2,7 +2,9 @@
 
 The latents include a dead one, a frequent one, tiny positive values (between the cut-offs a
 learner might use instead of > 0) and tokens with no active latent; a square case (tokens =
-d_sae) leaves only the values to tell the axes apart, and a single token keeps an axis of length 1.
+d_sae) leaves only the values to tell the axes apart, and a single token and a single latent
+keep an axis of length 1. A dead latent's frequency must be exactly 0: the notebook counts dead
+latents with `frequency == 0`, which an epsilon or a clamp would hide within any tolerance.
 """
 
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from torch import Tensor
 from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import (
     CheckFailure,
+    _globals_hint,
     call_learner,
     check,
     close,
@@ -37,7 +40,8 @@ def latent_cases() -> list[Tensor]:
     square = (torch.relu(torch.randn(9, 9) - 0.2) * 2).double()
     square[4] = 0.0
     one_token = torch.tensor([[0.0, 0.7, 0.0, 2e-7, 1.3, 0.0]])
-    return [main, square, one_token]
+    one_latent = torch.tensor([[0.4], [0.0], [1e-6], [0.0], [0.9], [0.0], [0.0], [2.1]])
+    return [main, square, one_token, one_latent]
 
 
 # Cut-offs a learner might use instead of > 0; the tiny values in `latent_cases` (1e-30, 2e-7, 1e-6) sit between them.
@@ -111,6 +115,23 @@ def frequency_mistakes(latents: Tensor) -> dict[str, list[Tensor]]:
     }
 
 
+SQUEEZED = (
+    "`{what}` squeezed away an axis of length 1 (here {axis}): with .squeeze() a single {axis} is no longer "
+    "an axis, so the reduction runs over the wrong one. Keep both axes of latents [tokens, d_sae] (no .squeeze())."
+)
+
+
+def _squeezed_l0(latents: Tensor) -> Tensor | None:
+    """What L0 gives after `latents.squeeze()` where that changes the answer (a single latent: the total count)."""
+    if latents.shape[1] != 1 or latents.shape[0] == 1:
+        return None
+    return (latents.squeeze() > 0).double().sum(dim=-1).mean()
+
+
+def _length_one_axis(latents: Tensor) -> str:
+    return "a single token" if latents.shape[0] == 1 else "a single latent"
+
+
 def _call_sparsity(function: Callable[..., Any], latents: Tensor, what: str) -> Any:
     """The learner's metric on a copy of `latents`, naming torch.mean's refusal of integer and bool tensors."""
     try:
@@ -132,6 +153,13 @@ def _frequency_result(value: object, latents: Tensor, what: str) -> Tensor:
             f"`{what}` returned one value per token ([tokens]); the frequency is one value per latent: "
             "average over tokens (dim 0)."
         )
+    if isinstance(value, Tensor) and value.ndim == 0:
+        if 1 in latents.shape:
+            raise CheckFailure(SQUEEZED.format(what=what, axis=_length_one_axis(latents)))
+        raise CheckFailure(
+            f"`{what}` returned one number; the frequency is one value per latent, [d_sae]: "
+            "average over the tokens only (dim 0)."
+        )
     if isinstance(value, Tensor) and tuple(value.shape) == (1, d_sae):
         raise CheckFailure(
             f"`{what}` returned shape (1, d_sae): return one value per latent, [d_sae] (without keepdim=True)."
@@ -149,6 +177,18 @@ def _frequency_result(value: object, latents: Tensor, what: str) -> Tensor:
             "convert the mask with .float() before averaging."
         )
     return expect_tensor(value, (d_sae,), what=what, axes="d_sae")
+
+
+def _expect_dead_at_zero(frequency: Tensor, expected: Tensor) -> None:
+    """A latent that never fires has frequency exactly 0, which the tolerance of a comparison would not see;
+    the other latents' frequencies are judged afterwards."""
+    dead = expected == 0
+    if dead.any() and bool((frequency[dead] != 0).any()) and close(frequency[~dead], expected[~dead]):
+        raise CheckFailure(
+            "A dead latent (never > 0 on any token) gets a frequency above 0: it must be exactly 0, since dead "
+            "latents are counted with `frequency == 0`. Do not add an epsilon or clamp the frequencies "
+            "(the histogram clamps them itself for its log scale)."
+        )
 
 
 @check("l0_norm and firing_frequency")
@@ -169,21 +209,32 @@ def test_sparsity_metrics(l0_norm: object, firing_frequency: object) -> str:
         }
         l0 = _call_sparsity(l0_function, latents, "l0_norm(latents)")
         actual = expect_number(l0, "l0_norm", per_axis=per_axis)
+        squeezed = _squeezed_l0(latents)
+        if squeezed is not None and close(actual, squeezed) and not close(actual, reference.l0_norm(latents).double()):
+            raise CheckFailure(SQUEEZED.format(what="l0_norm", axis=_length_one_axis(latents)))
         diagnose_among(
             actual,
             reference.l0_norm(latents).double(),
             l0_mistakes(latents),
-            otherwise="L0 differs from the reference: the number of latents > 0 on each token, averaged over tokens.",
+            otherwise=(
+                "L0 differs from the reference: the number of latents > 0 on each token, averaged over tokens."
+                + _globals_hint(l0_function, "l0_norm")
+            ),
         )
         frequencies = _call_sparsity(frequency_function, latents, "firing_frequency(latents)")
         frequency = _frequency_result(frequencies, latents, "firing_frequency")
+        expected = reference.firing_frequency(latents).double()
+        _expect_dead_at_zero(frequency, expected)
         diagnose_among(
             frequency,
-            reference.firing_frequency(latents).double(),
+            expected,
             frequency_mistakes(latents),
             otherwise=(
                 "The firing frequencies differ from the reference: for each latent, "
-                "the fraction of tokens on which it is > 0."
+                "the fraction of tokens on which it is > 0." + _globals_hint(frequency_function, "firing_frequency")
             ),
         )
-    return "41 tokens × 7 latents (dead, frequent, tiny and empty ones), 9 × 9 in float64, and a single token"
+    return (
+        "41 tokens × 7 latents (dead, frequent, tiny and empty ones), 9 × 9 in float64, a single token "
+        "and a single latent"
+    )

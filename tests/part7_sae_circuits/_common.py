@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part7_sae_circuits as reference
-from tests.checking import CheckFailure, NotImplementedYet, _learner_location, call_learner
+from tests.checking import CheckFailure, NotImplementedYet, _globals_hint, _learner_location, call_learner
 
 D_MODEL, D_MLP, D_SAE_IN, D_SAE_OUT = 6, 11, 13, 17
 SHAPES = "W_dec_in [d_sae_in, d_model], W_in [d_model, d_mlp], W_out [d_mlp, d_model], W_enc_out [d_model, d_sae_out]"
@@ -66,18 +66,20 @@ def _call(function: Callable[..., Any], arguments: tuple[Any, ...], what: str) -
         raise
     except CheckFailure as failure:
         cause = failure.__cause__
-        where = _learner_location(cause) if cause is not None else "your code"
+        where = _learner_location(cause, function) if cause is not None else "your code"
+        hint = _globals_hint(function, what)
         if isinstance(cause, IndexError):
             raise CheckFailure(
                 f"`{what}` indexed past the end of an axis ({cause}, at {where}): the active indices are latent "
                 "numbers, so they select rows of W_dec_in and columns of W_enc_out (rows of both LatentProducts): "
                 "check which axis you gather along, and that input latents come from active_in, output latents "
-                "from active_out."
+                "from active_out; J itself is [tokens, k_out, k_in], filled as J[t, o, i] with o < k_out and "
+                f"i < k_in.{hint}"
             ) from cause
         if isinstance(cause, RuntimeError) and any(word in str(cause) for word in ("shape", "size", "dimension")):
             raise CheckFailure(
                 f"`{what}` combined tensors whose shapes do not fit ({cause}, at {where}): check for a transposed "
-                f"weight (here {SHAPES}) or a row of mlp_pre [tokens, d_mlp] taken along the wrong axis."
+                f"weight (here {SHAPES}) or a row of mlp_pre [tokens, d_mlp] taken along the wrong axis.{hint}"
             ) from cause
         raise
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.checking import CheckFailure, diagnose, expect_tensor
+from tests.checking import CheckFailure, _globals_hint, close, diagnose_among, expect_tensor
 from tests.part7_sae_circuits._common import Case, _call, check_cases, copy_case
 
 
@@ -31,6 +31,15 @@ def expected_jacobian(
     read = (weights.W_out.double() @ weights.W_enc_out.double()).T if read is None else read.double()
     read_indices = active_out if read_by == "out" else active_in
     return torch.einsum("tom,tm,tim->toi", read[read_indices], derivative, written[active_in])
+
+
+def _factors(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+    """The three factors of J in float64: gathered `read` rows [tokens, k_out, d_mlp], the ReLU derivative
+    [tokens, d_mlp] and gathered `written` rows [tokens, k_in, d_mlp]."""
+    weights, mlp_pre, active_in, active_out = case
+    written = weights.W_dec_in.double() @ weights.W_in.double()
+    read = (weights.W_out.double() @ weights.W_enc_out.double()).T
+    return read[active_out], (mlp_pre > 0).double(), written[active_in]
 
 
 def _jacobian_result(result: object, case: Case, what: str) -> Tensor:
@@ -95,7 +104,54 @@ def _relu_mistakes(case: Case) -> dict[str, Tensor]:
         (
             "Every token uses the first token's ReLU derivative; each token needs its own, from its own row of mlp_pre."
         ): expected_jacobian(case, step[:1].expand_as(step)),
+        (
+            "Every token uses the last token's ReLU derivative (one computed in an earlier loop over the tokens, "
+            "left from its last pass?): compute each token's own, from row t of mlp_pre, inside the loop over t."
+        ): expected_jacobian(case, step[-1:].expand_as(step)),
+        (
+            "The ReLU derivative is torch.sign(pre), which is −1 where pre < 0; the derivative is 0 there: "
+            "use the step 1[pre > 0]."
+        ): expected_jacobian(case, torch.sign(mlp_pre)),
     }
+
+
+def _index_mistakes(case: Case) -> dict[str, Tensor]:
+    """Jacobians whose factors are matched up along the wrong index, each under the sentence that names it."""
+    read, step, written = _factors(case)
+    n_tokens, k_out, k_in = len(step), read.shape[1], written.shape[1]
+    mistakes = {
+        (
+            "One factor is summed over the tokens instead of matched token by token (in an einsum, its token "
+            "axis has another letter than the others'): `tokens` must be the same axis in all three operands "
+            "and in the output."
+        ): [
+            torch.einsum("som,tm,tim->toi", read, step, written),
+            torch.einsum("tom,sm,tim->toi", read, step, written),
+            torch.einsum("tom,tm,sim->toi", read, step, written),
+        ],
+    }
+    by_latent = []  # row o (or i) of mlp_pre, where the loop variable of a latent took the token's place
+    if k_out <= n_tokens:
+        by_latent.append(torch.einsum("tom,om,tim->toi", read, step[:k_out], written))
+    if k_in <= n_tokens:
+        by_latent.append(torch.einsum("tom,im,tim->toi", read, step[:k_in], written))
+    mistakes[
+        "The ReLU derivative comes from row o (or i) of mlp_pre, a latent's position, not from the token's: "
+        "use mlp_pre[t] for every entry of token t."
+    ] = by_latent
+    return mistakes
+
+
+def _expect_every_entry_filled(actual: Tensor, expected: Tensor, what: str) -> None:
+    """Name entries left at 0 (a loop over too short a range) when every filled entry is right."""
+    unfilled = (actual == 0) & (expected.abs() > 1e-6)
+    if unfilled.any() and close(actual[~unfilled], expected[~unfilled]):
+        t, o, i = (int(index) for index in unfilled.nonzero()[0])
+        raise CheckFailure(
+            f"`{what}` left some entries of J at 0, e.g. J[{t}, {o}, {i}], while every entry it filled is right: "
+            "check your loops' ranges, t over every token, o over range(k_out) = active_out.shape[1] and i over "
+            "range(k_in) = active_in.shape[1]."
+        )
 
 
 def _weight_mistakes(case: Case, expected: Tensor) -> dict[str, Tensor]:
@@ -118,22 +174,27 @@ def _weight_mistakes(case: Case, expected: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _diagnose(actual: Tensor, case: Case, what: str) -> None:
+def _diagnose(actual: Tensor, case: Case, what: str, function: Callable[..., Any] | None = None) -> None:
     _, _, active_in, active_out = case
     expected = expected_jacobian(case)
-    mistakes = {**_relu_mistakes(case), **_weight_mistakes(case, expected)}
+    if close(actual, expected):
+        return
+    _expect_every_entry_filled(actual, expected, what)
+    mistakes: dict[str, list[Tensor]] = {
+        message: [wrong] for message, wrong in {**_relu_mistakes(case), **_weight_mistakes(case, expected)}.items()
+    }
     if active_in.shape == active_out.shape:  # otherwise the shape has told already
         mistakes[
             "The output latents are chosen with active_in: what output latent o reads (a row of `read`, "
             "a column of W_enc_out) is picked by active_out."
-        ] = expected_jacobian(case, read_by="in")
-    diagnose(
+        ] = [expected_jacobian(case, read_by="in")]
+    diagnose_among(
         actual,
         expected,
-        mistakes,
+        {**mistakes, **_index_mistakes(case)},
         otherwise=(
             f"`{what}` differs from the Jacobian W_dec_in[i] · W_in · diag(1[pre > 0]) · W_out · W_enc_out[:, o]; "
-            "re-read the formula."
+            "re-read the formula." + (_globals_hint(function, what) if function is not None else "")
         ),
     )
 
@@ -142,4 +203,4 @@ def _check_jacobian(function: Callable[..., Any], arguments_for: Callable[[Case]
     """Run the learner's Jacobian on every case (on copies) and name what differs."""
     for case in check_cases():
         result = _call(function, arguments_for(copy_case(case)), what)
-        _diagnose(_jacobian_result(result, case, what), case, what)
+        _diagnose(_jacobian_result(result, case, what), case, what, function)

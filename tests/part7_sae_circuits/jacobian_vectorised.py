@@ -1,8 +1,11 @@
 """Exercise 3.1's check: `latent_products` and `jacobian_vectorised`, the Jacobian for every token at once.
 
-The products are checked on their own first; `jacobian_vectorised` then gets the reference's
-products, so that a mistake in it is named as such, and finally the learner's chain is compared
-with autograd through the whole chain (biases included) and, when given, with the learner's loop.
+The products are checked on their own first, on two sets of weights in turn (a result kept from
+an earlier call shows) and in float64; `jacobian_vectorised` then gets the reference's products,
+so that a mistake in it is named as such, and finally the learner's chain is compared with
+autograd through the whole chain (biases included) and, when given, with the learner's loop.
+Last, the promise of no Python loops: the number of torch operations it runs must not grow with
+the number of tokens or of active latents.
 """
 
 from collections.abc import Callable
@@ -12,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.functional import jacobian as autograd_jacobian
+from torch.overrides import TorchFunctionMode
 
 from part_utils.reference import part7_sae_circuits as reference
+from part_utils.seeding import forked_rng
 from tests.checking import CheckFailure, check, close, diagnose, expect_tensor
 from tests.part7_sae_circuits._common import (
     D_MLP,
@@ -51,6 +56,7 @@ def test_jacobian_vectorised(products_function: object, vectorised: object, loop
                 "run test_jacobian_loop again."
             )
         summary = "your loop, " + summary
+    _expect_no_python_loops(vectorised)
     return f"agrees with {summary}; float64 in, float64 out"
 
 
@@ -78,6 +84,10 @@ def _products_mistakes(weights: reference.CircuitWeights) -> tuple[dict[str, Ten
         "`written`'s rows were normalised; it is W_dec_in @ W_in as it is (the decoder rows are already unit-norm).": (
             F.normalize(W_dec_in @ W_in, dim=-1)
         ),
+        (
+            "W_dec_in was normalised along its columns (dim=0): its rows, one per latent, are unit-norm already; "
+            "use it as it is."
+        ): F.normalize(W_dec_in, dim=0) @ W_in,
     }
     read = {
         (
@@ -88,13 +98,46 @@ def _products_mistakes(weights: reference.CircuitWeights) -> tuple[dict[str, Ten
             "W_enc_out's columns were normalised: only the input SAE's decoder rows are unit-norm; "
             "use the output SAE's encoder as it is."
         ): (W_out @ F.normalize(W_enc_out, dim=0)).T,
+        (
+            "W_enc_out's rows were normalised: only the input SAE's decoder rows are unit-norm; "
+            "use the output SAE's encoder as it is."
+        ): (W_out @ F.normalize(W_enc_out, dim=1)).T,
     }
     return written, read
 
 
 def _check_products(function: Callable[..., Any]) -> None:
+    """Two sets of float32 weights in turn, then float64 ones: right values each time, and the dtype kept.
+
+    The extra weights come from a seed of their own, taken from the first weights without a draw, so that
+    every later case is drawn as before."""
     weights = random_case(n_tokens=1, k_in=1, k_out=1)[0]
+    with forked_rng(seed=int(weights.W_in.abs().sum() * 1e4) % 2**31):
+        earlier = random_case(n_tokens=1, k_in=1, k_out=1)[0]
+        weights_64 = random_case(n_tokens=1, k_in=1, k_out=1, dtype=torch.float64)[0]
+    _check_products_on(function, earlier)
     products = _call(function, (copy_weights(weights),), "latent_products")
+    stale = reference.latent_products(earlier)
+    if all(
+        isinstance(getattr(products, name, None), Tensor) and close(getattr(products, name), getattr(stale, name))
+        for name in ("written", "read")
+    ):
+        raise CheckFailure(
+            "`latent_products` returned the products of the weights of an earlier call: compute them from the "
+            "weights it is given, on every call (keeping them for a pair of SAEs is the caller's job)."
+        )
+    _check_products_on(function, weights, products)
+    products_64 = _check_products_on(function, weights_64)
+    for name in ("written", "read"):
+        _expect_float64_kept(getattr(products_64, name), torch.float64, f"`latent_products` returned a `{name}` of")
+
+
+def _check_products_on(
+    function: Callable[..., Any], weights: reference.CircuitWeights, products: Any = None
+) -> reference.LatentProducts:
+    """The learner's products for `weights` (computed here unless given), judged against the reference's."""
+    if products is None:
+        products = _call(function, (copy_weights(weights),), "latent_products")
     if not (hasattr(products, "written") and hasattr(products, "read")):
         raise CheckFailure(
             "`latent_products` should return LatentProducts(written=..., read=...), "
@@ -124,6 +167,7 @@ def _check_products(function: Callable[..., Any]) -> None:
     read = expect_tensor(products.read, (D_SAE_OUT, D_MLP), what="LatentProducts.read", axes="d_sae_out, d_mlp")
     diagnose(written, expected.written, written_mistakes, otherwise="`written` should be W_dec_in @ W_in.")
     diagnose(read, expected.read, read_mistakes, otherwise="`read` should be (W_out @ W_enc_out) transposed.")
+    return products
 
 
 def _autograd_difference(
@@ -171,3 +215,37 @@ def _autograd_difference(
             "re-read the formula."
         )
     return max(largest, 1e-16)
+
+
+class _CountTorchCalls(TorchFunctionMode):
+    """Counts the torch functions and tensor methods called inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _torch_calls(vectorised: Callable[..., Any], n_tokens: int, k: int) -> int:
+    case = random_case(n_tokens=n_tokens, k_in=k, k_out=k)
+    arguments = (reference.latent_products(case[0]), *copy_case(case)[1:])
+    with _CountTorchCalls() as counter:
+        _call(vectorised, arguments, "jacobian_vectorised")
+    return counter.calls
+
+
+def _expect_no_python_loops(vectorised: Callable[..., Any]) -> None:
+    """Vectorised code runs the same torch operations whatever the sizes; a Python loop runs more for more
+    tokens (or active latents), at least one per extra pass."""
+    few = _torch_calls(vectorised, n_tokens=2, k=2)
+    more_tokens, more_latents = _torch_calls(vectorised, n_tokens=8, k=2), _torch_calls(vectorised, n_tokens=2, k=5)
+    if more_tokens - few >= 6 or more_latents - few >= 3:
+        over = "tokens" if more_tokens - few >= 6 else "active latents"
+        raise CheckFailure(
+            f"`jacobian_vectorised` gives the right values, but loops in Python over the {over}: it runs more "
+            "torch operations the more there are. Gather every token's rows at once (products.written[active_in], "
+            "products.read[active_out]) and combine them with one einsum, with no for loop or comprehension."
+        )

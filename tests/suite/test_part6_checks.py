@@ -1,5 +1,6 @@
 """Mutation suite for Part 6's learner-facing checks (tests/part6_sae_transformer.py)."""
 
+import functools
 import itertools
 import random
 
@@ -135,8 +136,43 @@ def fve_variance_ratio(x, x_hat):
 
 
 def fve_trace_of_covariance(x, x_hat):
-    """Right for d > 1, but torch.trace of a 1 × 1 covariance fails: the hidden assumption the one-dimensional case finds."""
+    """Right for d > 1, but torch.trace of a 1 × 1 covariance fails: the hidden assumption the
+    one-dimensional case finds."""
     return 1 - (x - x_hat).pow(2).sum() / (torch.trace(torch.cov(x.T, correction=0)) * len(x))
+
+
+def fve_mse_over_population_variance(x, x_hat):
+    """Correct: the mean squared error over the mean population variance, both averaged over every entry."""
+    return 1 - F.mse_loss(x_hat, x) / x.var(dim=0, unbiased=False).mean()
+
+
+def fve_clamped(x, x_hat):
+    """Clamps the score into [0, 1], hiding a reconstruction worse than the mean."""
+    return (1 - (x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).clamp(0.0, 1.0)
+
+
+def fve_absolute_errors(x, x_hat):
+    return 1 - (x - x_hat).abs().sum() / (x - x.mean(dim=0)).abs().sum()
+
+
+def fve_unsquared_errors(x, x_hat):
+    return 1 - torch.linalg.norm(x - x_hat) / (x - x.mean(dim=0)).pow(2).sum()
+
+
+def notebook_function(source: str, name: str, **globals_: object):
+    """A function defined in a notebook cell (its module is `__main__`), with the notebook's variables."""
+    namespace = {"torch": torch, "F": F, "__name__": "__main__", **globals_}
+    exec(compile(source, f"<notebook cell {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+# Written against the notebook's `test_rows` instead of its argument `x`.
+FVE_FROM_TEST_ROWS = notebook_function(
+    "def fraction_variance_explained(x, x_hat):\n"
+    "    return 1 - (x - x_hat).pow(2).sum() / (test_rows - test_rows.mean(dim=0)).pow(2).sum()\n",
+    "fraction_variance_explained",
+    test_rows=torch.randn(41, 5, generator=torch.Generator().manual_seed(1)) + 2.0,
+)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +183,7 @@ def fve_trace_of_covariance(x, x_hat):
         fve_einsum_means,
         fve_in_place_on_own_temporaries,
         fve_loop_over_dimensions,
+        fve_mse_over_population_variance,
     ],
 )
 def test_fve_accepts_reference_and_rewrites(checks, learner):
@@ -177,6 +214,10 @@ def test_fve_accepts_reference_and_rewrites(checks, learner):
         (fve_explained_sum_of_squares, "compares x_hat's spread with x's"),
         (fve_variance_ratio, "compares x_hat's spread with x's"),
         (fve_trace_of_covariance, r"raised RuntimeError.*line \d+ of `fve_trace_of_covariance`"),
+        (fve_clamped, "FVE is clipped at 0"),
+        (fve_absolute_errors, "distances are not squared"),
+        (fve_unsquared_errors, "Only one of the two sums is of squares"),
+        (FVE_FROM_TEST_ROWS, "reads the notebook's `test_rows` rather than its arguments"),
         (stub, "not implemented yet"),
     ],
 )
@@ -239,6 +280,15 @@ def l0_in_place_on_own_mask(latents):
     return mask.sum() / len(latents)
 
 
+def l0_counted_nonzero(latents):
+    """Correct: count_nonzero over every entry, divided by the number of tokens, as a Python float."""
+    return torch.count_nonzero(latents).item() / latents.shape[0]
+
+
+def frequency_counted_nonzero(latents):
+    return torch.count_nonzero(latents, dim=0).to(latents.dtype) / latents.shape[0]
+
+
 @pytest.mark.parametrize(
     ("l0", "frequency"),
     [
@@ -247,10 +297,27 @@ def l0_in_place_on_own_mask(latents):
         (l0_zero_norm, frequency_nonzero),
         (l0_loop, frequency_loop),
         (l0_in_place_on_own_mask, lambda latents: (latents > 0).sum(dim=0) / len(latents)),
+        (l0_counted_nonzero, frequency_counted_nonzero),
     ],
 )
 def test_sparsity_metrics_accept_reference_and_rewrites(checks, l0, frequency):
     checks.passes(sparsity_check(l0, frequency), None)
+
+
+def l0_squeezed(latents):
+    return (latents.squeeze() > 0).float().sum(dim=-1).mean()
+
+
+def frequency_squeezed(latents):
+    return (latents.squeeze() > 0).float().mean(dim=0)
+
+
+def frequency_clamped_for_the_log_scale(latents):
+    return (latents > 0).float().mean(dim=0).clamp_min(1e-6)
+
+
+def frequency_with_an_epsilon(latents):
+    return ((latents > 0).float().sum(dim=0) + 1e-3) / len(latents)
 
 
 def l0_integer_division(latents):
@@ -268,6 +335,12 @@ def l0_over_active_tokens(latents):
 
 def l0_counts_in_place(latents):
     return latents.gt_(0).sum(dim=1).mean()
+
+
+# Averaged over the notebook's number of tokens instead of this input's.
+L0_FROM_N_TOKENS = notebook_function(
+    "def l0_norm(latents):\n    return (latents > 0).float().sum() / n_tokens\n", "l0_norm", n_tokens=400
+)
 
 
 @pytest.mark.parametrize(
@@ -305,6 +378,16 @@ def l0_counts_in_place(latents):
         ),
         (stub, reference.firing_frequency, "not implemented yet"),
         (reference.l0_norm, stub, "not implemented yet"),
+        (
+            l0_squeezed,
+            reference.firing_frequency,
+            r"`l0_norm` squeezed away an axis of length 1 \(here a single latent\)",
+        ),
+        (reference.l0_norm, frequency_squeezed, r"squeezed away an axis of length 1 \(here a single token\)"),
+        (reference.l0_norm, lambda a: (a > 0).float().mean(), r"returned one number; .* over the tokens only"),
+        (reference.l0_norm, frequency_clamped_for_the_log_scale, "dead latent .* must be exactly 0"),
+        (reference.l0_norm, frequency_with_an_epsilon, "dead latent .* must be exactly 0"),
+        (L0_FROM_N_TOKENS, reference.firing_frequency, "reads the notebook's `n_tokens` rather than its arguments"),
     ],
 )
 def test_sparsity_metrics_name_each_mistake(checks, l0, frequency, message):
@@ -316,7 +399,8 @@ def test_sparsity_metrics_name_each_mistake(checks, l0, frequency, message):
     [(part6.l0_mistakes, reference.l0_norm), (part6.frequency_mistakes, reference.firing_frequency)],
 )
 def test_sparsity_mistakes_are_told_apart_on_the_first_case(mistakes, right):
-    """Each message's wrong values differ from the right one and from other messages' (where the shapes allow a match)."""
+    """Each message's wrong values differ from the right one and from other messages' (where the shapes
+    allow a match)."""
     torch.manual_seed(0)
     latents = part6.latent_cases()[0]
     values = [("right", right(latents).double())] + [
@@ -380,9 +464,33 @@ def spliced_in_train_mode(model, tokens, hook_name, replace):
     return reference.spliced_loss(model, tokens, hook_name, replace)
 
 
+SPLICED_CACHE = {}
+
+
+def spliced_kept_per_hook(model, tokens, hook_name, replace):
+    """Keeps each hook's loss from its first call, to save time in the notebook's table."""
+    if hook_name not in SPLICED_CACHE:
+        SPLICED_CACHE[hook_name] = reference.spliced_loss(model, tokens, hook_name, replace)
+    return SPLICED_CACHE[hook_name]
+
+
+def spliced_with_partial_and_per_token_losses(model, tokens, hook_name, replace):
+    """Correct: the hook made with functools.partial, the per-token losses averaged by hand."""
+    hook_fn = functools.partial(lambda act, hook, replace: replace(act), replace=replace)
+    losses = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook_fn)])
+    return losses.mean().item()
+
+
 @pytest.mark.parametrize(
     "learner",
-    [reference.spliced_loss, spliced_rewritten, spliced_in_place, spliced_add_then_reset, spliced_in_train_mode],
+    [
+        reference.spliced_loss,
+        spliced_rewritten,
+        spliced_in_place,
+        spliced_add_then_reset,
+        spliced_in_train_mode,
+        spliced_with_partial_and_per_token_losses,
+    ],
 )
 def test_spliced_loss_accepts_reference_and_rewrites(checks, learner):
     checks.passes(part6.test_spliced_loss, learner)
@@ -442,7 +550,8 @@ def spliced_keeps_hooks_at_the_end(model, tokens, hook_name, replace):
 
 
 def spliced_on_another_device(model, tokens, hook_name, replace):
-    """Stands in for `tokens.to("cuda")` against a model on the CPU (or the other way round): PyTorch's error, raised as it would be."""
+    """Stands in for `tokens.to("cuda")` against a model on the CPU (or the other way round): PyTorch's error,
+    raised as it would be."""
     raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!")
 
 
@@ -468,6 +577,16 @@ def spliced_changes_weights(model, tokens, hook_name, replace):
     return reference.spliced_loss(model, tokens, hook_name, replace)
 
 
+# Runs on the notebook's evaluation strings instead of the `tokens` it is given.
+SPLICED_ON_EVAL_TOKENS = notebook_function(
+    "def spliced_loss(model, tokens, hook_name, replace):\n"
+    "    hooks = [(hook_name, lambda act, hook: replace(act))]\n"
+    "    return model.run_with_hooks(eval_tokens.to(tokens.device), return_type='loss', fwd_hooks=hooks).item()\n",
+    "spliced_loss",
+    eval_tokens=part6._tokens()[-6:].clone(),
+)
+
+
 @pytest.mark.parametrize(
     ("learner", "message"),
     [
@@ -488,6 +607,8 @@ def spliced_changes_weights(model, tokens, hook_name, replace):
         (spliced_per_token, "a loss for every token"),
         (spliced_changes_tokens, "changed `tokens` in place"),
         (spliced_changes_weights, r"changed `model\.[\w.]+` in place"),
+        (spliced_kept_per_hook, "returned the loss of the previous call at this hook, although `replace` changed"),
+        (SPLICED_ON_EVAL_TOKENS, "reads the notebook's `eval_tokens` rather than its arguments"),
         (stub, "not implemented yet"),
     ],
 )
@@ -526,6 +647,20 @@ def loss_recovered_with_tensors(clean, spliced, ablated):
     return torch.div(ablated - spliced, ablated - clean)
 
 
+def loss_recovered_through_numpy(clean, spliced, ablated):
+    """Correct: NumPy's divide on the differences, returning a NumPy float."""
+    return np.divide(np.float64(ablated) - np.float64(spliced), np.float64(ablated) - np.float64(clean))
+
+
+# Uses the notebook's clean and zero-ablated losses instead of its arguments.
+LOSS_RECOVERED_FROM_NOTEBOOK_LOSSES = notebook_function(
+    "def loss_recovered(clean, spliced, ablated):\n    return (zero_loss - spliced) / (zero_loss - clean_loss)\n",
+    "loss_recovered",
+    clean_loss=0.52,
+    zero_loss=2.9,
+)
+
+
 @pytest.mark.parametrize(
     "learner",
     [
@@ -533,6 +668,7 @@ def loss_recovered_with_tensors(clean, spliced, ablated):
         lambda clean, spliced, ablated: 1 - (spliced - clean) / (ablated - clean),
         lambda clean, spliced, ablated: (spliced - ablated) / (clean - ablated),
         loss_recovered_with_tensors,
+        loss_recovered_through_numpy,
     ],
 )
 def test_loss_recovered_accepts_reference_and_rewrites(checks, learner):
@@ -564,6 +700,9 @@ def loss_recovered_in_another_order(clean, ablated, spliced):
             "numerator should be ablated − spliced",
         ),
         (loss_recovered_in_another_order, r"takes its arguments as \(clean, ablated, spliced\)"),
+        (lambda clean, spliced, ablated: ablated - spliced / (ablated - clean), "Brackets are missing"),
+        (lambda clean, spliced, ablated: (ablated - spliced) / ablated - clean, "Brackets are missing"),
+        (LOSS_RECOVERED_FROM_NOTEBOOK_LOSSES, "reads the notebook's `clean_loss`, `zero_loss` rather than"),
         (stub, "not implemented yet"),
     ],
 )
@@ -582,7 +721,7 @@ def test_loss_recovered_mistakes_are_told_apart_on_the_first_case():
         for value in wrongs
         if value != right
     ]
-    assert len(values) == 12
+    assert len(values) == 15
     for (name_a, a), (name_b, b) in itertools.combinations(values, 2):
         assert name_a == name_b or abs(a - b) > 1e-2, (name_a, name_b)
 

@@ -18,6 +18,7 @@ DERIVATIVES = {
     "at least zero": lambda pre: (pre >= 0).double(),
     "heaviside half": lambda pre: torch.heaviside(pre, torch.tensor(0.5, dtype=pre.dtype)),
     "post-activation at least zero": lambda pre: (F.relu(pre) >= 0).double(),
+    "sign": torch.sign,
 }
 
 
@@ -92,6 +93,7 @@ def make_vectorised(
     matmul: bool = False,
     read_by_input: bool = False,
     output: str = "toi",
+    pattern: str | None = None,
 ):
     def jacobian_vectorised(products, mlp_pre, active_in, active_out):
         scale = DERIVATIVES[derivative](mlp_pre).to(mlp_pre.dtype)
@@ -100,7 +102,7 @@ def make_vectorised(
         read = products.read[read_indices] if gather_axis == "rows" else products.read[:, read_indices].permute(1, 2, 0)
         if matmul:  # a correct rewrite with a batched matmul in float64
             return torch.bmm(read.double() * scale.double()[:, None, :], written.double().transpose(1, 2))
-        return torch.einsum(f"tom,tm,tim->{output}", read, scale, written)
+        return torch.einsum(pattern or f"tom,tm,tim->{output}", read, scale, written)
 
     return jacobian_vectorised
 
@@ -440,3 +442,176 @@ def test_a_value_instead_of_the_function_is_named(checks):
         None,
         r"Pass your `jacobian_vectorised` function itself",
     )
+
+
+# Issue 24: wrong indices and loop ranges, state across calls, the promise of no Python loops -----------
+
+
+def notebook_function(source: str, name: str, **globals_: object):
+    """A function defined in a notebook cell (its module is `__main__`), with the notebook's variables."""
+    namespace = {"torch": torch, "__name__": "__main__", **globals_}
+    exec(compile(source, f"<notebook cell {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def loop_derivatives_first(weights, mlp_pre, active_in, active_out):
+    """Computes the derivative in a loop of its own first: what is left is the last token's."""
+    tokens, k_in = active_in.shape
+    jacobian = torch.zeros(tokens, active_out.shape[1], k_in, dtype=mlp_pre.dtype)
+    for t in range(tokens):
+        derivative = (mlp_pre[t] > 0).to(mlp_pre.dtype)
+    for t in range(tokens):
+        for o in range(active_out.shape[1]):
+            reads = weights.W_out @ weights.W_enc_out[:, active_out[t, o]]
+            for i in range(k_in):
+                jacobian[t, o, i] = (weights.W_dec_in[active_in[t, i]] @ weights.W_in * derivative * reads).sum()
+    return jacobian
+
+
+def loop_with(*, derivative_row: str = "t", o_range: str = "k_out", write: str = "toi"):
+    """The reference loop with the derivative's row, the range of o, or the order J is filled in changed."""
+
+    def jacobian_loop(weights, mlp_pre, active_in, active_out):
+        tokens, k_in = active_in.shape
+        k_out = active_out.shape[1]
+        jacobian = torch.zeros(tokens, k_out, k_in, dtype=mlp_pre.dtype)
+        for t in range(tokens):
+            for o in range(k_out if o_range == "k_out" else k_in):
+                reads = weights.W_out @ weights.W_enc_out[:, active_out[t, o]]
+                for i in range(k_in):
+                    row = {"t": t, "o": o, "i": i}[derivative_row]
+                    entry = (weights.W_dec_in[active_in[t, i]] @ weights.W_in * (mlp_pre[row] > 0) * reads).sum()
+                    if write == "toi":
+                        jacobian[t, o, i] = entry
+                    else:
+                        jacobian[t, i, o] = entry
+        return jacobian
+
+    return jacobian_loop
+
+
+def loop_heaviside(weights, mlp_pre, active_in, active_out):
+    """Correct: torch.heaviside with 0 at the kink, and torch.dot for each entry."""
+    tokens, k_in = active_in.shape
+    jacobian = mlp_pre.new_zeros(tokens, active_out.shape[1], k_in)
+    for t in range(tokens):
+        derivative = torch.heaviside(mlp_pre[t], mlp_pre.new_zeros(()))
+        for o, latent_out in enumerate(active_out[t]):
+            reads = weights.W_out @ weights.W_enc_out[:, latent_out]
+            for i, latent_in in enumerate(active_in[t]):
+                jacobian[t, o, i] = torch.dot(weights.W_dec_in[latent_in] @ weights.W_in, derivative * reads)
+    return jacobian
+
+
+# Loops over the notebook's `k` (4 there) instead of this input's k_out.
+LOOP_OVER_NOTEBOOK_K = notebook_function(
+    "def jacobian_loop(weights, mlp_pre, active_in, active_out):\n"
+    "    J = torch.zeros(len(mlp_pre), active_out.shape[1], active_in.shape[1], dtype=mlp_pre.dtype)\n"
+    "    for t in range(len(mlp_pre)):\n"
+    "        for o in range(k):\n"
+    "            reads = weights.W_out @ weights.W_enc_out[:, active_out[t, o]]\n"
+    "            for i in range(active_in.shape[1]):\n"
+    "                writes = weights.W_dec_in[active_in[t, i]] @ weights.W_in\n"
+    "                J[t, o, i] = (writes * (mlp_pre[t] > 0) * reads).sum()\n"
+    "    return J\n",
+    "jacobian_loop",
+    k=4,
+)
+
+
+def test_jacobian_loop_accepts_a_heaviside_rewrite(checks):
+    checks.passes(part7.test_jacobian_loop, loop_heaviside)
+
+
+@pytest.mark.parametrize(
+    ("learner", "message"),
+    [
+        (loop_derivatives_first, "last token's ReLU derivative"),
+        (loop_with(derivative_row="o"), r"comes from row o \(or i\) of mlp_pre"),
+        (loop_with(derivative_row="i"), r"comes from row o \(or i\) of mlp_pre"),
+        (make_loop(derivative="sign"), r"torch\.sign\(pre\), which is −1 where pre < 0"),
+        (loop_with(o_range="k_in"), r"left some entries of J at 0.*o over range\(k_out\)"),
+        (loop_with(write="tio"), r"indexed past the end.*filled as J\[t, o, i\]"),
+        (LOOP_OVER_NOTEBOOK_K, r"indexed past the end.*reads the notebook's `k` rather than its arguments"),
+    ],
+)
+def test_jacobian_loop_names_wrong_indices_and_ranges(checks, learner, message):
+    checks.fails(part7.test_jacobian_loop, learner, message)
+
+
+PRODUCTS_KEPT = []
+
+
+def products_kept_from_the_first_call(weights):
+    """Computes the products once per pair of SAEs, as the text suggests, but for whatever weights come next."""
+    if not PRODUCTS_KEPT:
+        PRODUCTS_KEPT.append(reference.latent_products(weights))
+    return PRODUCTS_KEPT[0]
+
+
+def products_decoder_normalised_by_columns(weights):
+    return reference.LatentProducts(
+        written=F.normalize(weights.W_dec_in, dim=0) @ weights.W_in, read=(weights.W_out @ weights.W_enc_out).T
+    )
+
+
+def products_multi_dot(weights):
+    """Correct: torch.linalg.multi_dot and .mT."""
+    return reference.LatentProducts(
+        written=torch.linalg.multi_dot([weights.W_dec_in, weights.W_in]),
+        read=torch.linalg.multi_dot([weights.W_enc_out.mT, weights.W_out.mT]),
+    )
+
+
+def vectorised_loop_over_tokens(products, mlp_pre, active_in, active_out):
+    return torch.stack(
+        [
+            (products.read[active_out[t]] * (mlp_pre[t] > 0)) @ products.written[active_in[t]].T
+            for t in range(len(mlp_pre))
+        ]
+    )
+
+
+def vectorised_loop_over_output_latents(products, mlp_pre, active_in, active_out):
+    written = products.written[active_in] * (mlp_pre > 0)[:, None, :]
+    rows = [torch.einsum("tm,tim->ti", products.read[active_out[:, o]], written) for o in range(active_out.shape[1])]
+    return torch.stack(rows, dim=1)
+
+
+def vectorised_by_the_loop(products, mlp_pre, active_in, active_out):
+    """Hands the work to the slow loop, through the products' weights rebuilt as identities."""
+    weights = reference.CircuitWeights(
+        W_dec_in=products.written,
+        W_in=torch.eye(products.written.shape[1], dtype=products.written.dtype),
+        W_out=torch.eye(products.read.shape[1], dtype=products.read.dtype),
+        W_enc_out=products.read.T,
+    )
+    return reference.jacobian_loop(weights, mlp_pre, active_in, active_out)
+
+
+def vectorised_index_select(products, mlp_pre, active_in, active_out):
+    """Correct: index_select on flattened indices, reshaped, then a batched matmul."""
+    written = products.written.index_select(0, active_in.flatten()).view(*active_in.shape, -1)
+    read = products.read.index_select(0, active_out.flatten()).view(*active_out.shape, -1)
+    return torch.matmul(read * (mlp_pre > 0).to(read.dtype).unsqueeze(1), written.transpose(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("products", "vectorised", "message"),
+    [
+        (products_kept_from_the_first_call, make_vectorised(), "products of the weights of an earlier call"),
+        (products_decoder_normalised_by_columns, make_vectorised(), r"W_dec_in was normalised along its columns"),
+        (make_products(), vectorised_loop_over_tokens, "loops in Python over the tokens"),
+        (make_products(), vectorised_loop_over_output_latents, "loops in Python over the active latents"),
+        (make_products(), vectorised_by_the_loop, "loops in Python over the tokens"),
+        (make_products(), make_vectorised(pattern="som,tm,tim->toi"), "summed over the tokens instead of matched"),
+        (make_products(), make_vectorised(pattern="tom,sm,tim->toi"), "summed over the tokens instead of matched"),
+    ],
+)
+def test_jacobian_vectorised_names_state_loops_and_axes(checks, products, vectorised, message):
+    PRODUCTS_KEPT.clear()
+    checks.fails(lambda _: part7.test_jacobian_vectorised(products, vectorised), None, message)
+
+
+def test_jacobian_vectorised_accepts_index_select_and_multi_dot(checks):
+    checks.passes(lambda _: part7.test_jacobian_vectorised(products_multi_dot, vectorised_index_select), None)
