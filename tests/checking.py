@@ -165,8 +165,8 @@ def call_learner(
         ) from error
     except Exception as error:
         raise CheckFailure(
-            f"`{what}` raised {type(error).__name__}: {error} (at {_learner_location(error, function)})."
-            f"{_globals_hint(function, what, error)} Fix that error first, then run this check again."
+            f"`{what}` raised {type(error).__name__}: {error} (at {learner_line(error, function)})."
+            f"{globals_hint(function, what, error)} Fix that error first, then run this check again."
         ) from error
     if torch.is_grad_enabled() != grad_mode:
         torch.set_grad_enabled(grad_mode)
@@ -289,7 +289,7 @@ def _in_checks(filename: str) -> bool:
     return folder == CHECKS_DIR or (folder.parent == CHECKS_DIR and folder.name != "suite")
 
 
-def _learner_location(error: BaseException, function: Callable[..., Any]) -> str:
+def learner_line(error: BaseException, function: Callable[..., Any]) -> str:
     """The learner's line: the innermost frame outside the checks and installed packages, at their function's line."""
     if getattr(error, "learner_location", None):  # raised in a grading worker, which located it there
         return str(error.learner_location)
@@ -297,7 +297,7 @@ def _learner_location(error: BaseException, function: Callable[..., Any]) -> str
     return learner_location(error, ours=_in_checks, learner_file=learner_file)
 
 
-def _globals_hint(function: Callable[..., Any], what: str, error: BaseException) -> str:
+def globals_hint(function: Callable[..., Any], what: str, error: BaseException | None = None) -> str:
     """A sentence naming the notebook's numbers or tensors the function reads instead of its inputs, if any."""
     used = list(notebook_globals(function)) or getattr(error, "notebook_globals", [])  # found by a grading worker
     if not used:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from part_utils.reference import part6_sae_transformer as reference
-from tests.checking import _globals_hint, call_learner, check, diagnose_among, expect_number, learner_callable
+from tests.checking import call_learner, check, diagnose_among, expect_number, globals_hint, learner_callable
 
 
 def _copies(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -158,7 +158,7 @@ def test_fraction_variance_explained(learner: object) -> str:
             fve_mistakes(x, x_hat),
             otherwise=(
                 "FVE differs from the reference: 1 − (sum of squared errors) / (sum of squared deviations of x from "
-                "its mean over tokens), both summed over tokens and dimensions." + _globals_hint(function, what)
+                "its mean over tokens), both summed over tokens and dimensions." + globals_hint(function, what)
             ),
         )
     return "5 cases: non-zero means, 6 to 41 tokens, float32 and float64, one dimension"

@@ -22,11 +22,11 @@ from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import (
     CheckFailure,
     NotImplementedYet,
-    _globals_hint,
     call_learner,
     check,
     diagnose_among,
     expect_number,
+    globals_hint,
     learner_callable,
 )
 from tests.part6_sae_transformer._model import PristineModel, _attached_hooks, _pristine_model, _tokens, clean_model
@@ -219,7 +219,7 @@ def test_spliced_loss(learner: object) -> str:
 def _spliced_differs(function: Callable[..., Any], what: str) -> str:
     return (
         "The spliced loss differs from the reference: run the model with one hook at `hook_name` that "
-        "returns `replace(act)`, with return_type='loss'." + _globals_hint(function, what)
+        "returns `replace(act)`, with return_type='loss'." + globals_hint(function, what)
     )
 
 
@@ -342,7 +342,7 @@ def test_loss_recovered(learner: object) -> str:
             },
             otherwise=(
                 "Loss recovered differs from the reference: (ablated − spliced) / (ablated − clean), unclipped."
-                + _globals_hint(function, "loss_recovered")
+                + globals_hint(function, "loss_recovered")
             ),
         )
     return (

@@ -16,13 +16,13 @@ from torch import Tensor
 from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import (
     CheckFailure,
-    _globals_hint,
     call_learner,
     check,
     close,
     diagnose_among,
     expect_number,
     expect_tensor,
+    globals_hint,
     learner_callable,
 )
 
@@ -218,7 +218,7 @@ def test_sparsity_metrics(l0_norm: object, firing_frequency: object) -> str:
             l0_mistakes(latents),
             otherwise=(
                 "L0 differs from the reference: the number of latents > 0 on each token, averaged over tokens."
-                + _globals_hint(l0_function, "l0_norm")
+                + globals_hint(l0_function, "l0_norm")
             ),
         )
         frequencies = _call_sparsity(frequency_function, latents, "firing_frequency(latents)")
@@ -231,7 +231,7 @@ def test_sparsity_metrics(l0_norm: object, firing_frequency: object) -> str:
             frequency_mistakes(latents),
             otherwise=(
                 "The firing frequencies differ from the reference: for each latent, "
-                "the fraction of tokens on which it is > 0." + _globals_hint(frequency_function, "firing_frequency")
+                "the fraction of tokens on which it is > 0." + globals_hint(frequency_function, "firing_frequency")
             ),
         )
     return (

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from part_utils.reference import part7_sae_circuits as reference
-from tests.checking import CheckFailure, NotImplementedYet, _globals_hint, _learner_location, call_learner
+from tests.checking import CheckFailure, NotImplementedYet, call_learner, globals_hint, learner_line
 
 D_MODEL, D_MLP, D_SAE_IN, D_SAE_OUT = 6, 11, 13, 17
 SHAPES = "W_dec_in [d_sae_in, d_model], W_in [d_model, d_mlp], W_out [d_mlp, d_model], W_enc_out [d_model, d_sae_out]"
@@ -66,8 +66,8 @@ def _call(function: Callable[..., Any], arguments: tuple[Any, ...], what: str) -
         raise
     except CheckFailure as failure:
         cause = failure.__cause__
-        where = _learner_location(cause, function) if cause is not None else "your code"
-        hint = _globals_hint(function, what)
+        where = learner_line(cause, function) if cause is not None else "your code"
+        hint = globals_hint(function, what)
         if isinstance(cause, IndexError):
             raise CheckFailure(
                 f"`{what}` indexed past the end of an axis ({cause}, at {where}): the active indices are latent "

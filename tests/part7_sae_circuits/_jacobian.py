@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.checking import CheckFailure, _globals_hint, close, diagnose_among, expect_tensor
+from tests.checking import CheckFailure, close, diagnose_among, expect_tensor, globals_hint
 from tests.part7_sae_circuits._common import Case, _call, check_cases, copy_case
 
 
@@ -194,7 +194,7 @@ def _diagnose(actual: Tensor, case: Case, what: str, function: Callable[..., Any
         {**mistakes, **_index_mistakes(case)},
         otherwise=(
             f"`{what}` differs from the Jacobian W_dec_in[i] · W_in · diag(1[pre > 0]) · W_out · W_enc_out[:, o]; "
-            "re-read the formula." + (_globals_hint(function, what) if function is not None else "")
+            "re-read the formula." + (globals_hint(function, what) if function is not None else "")
         ),
     )
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_build import ROOT, STUB as STUB_LINE
+from notebook_build import ROOT
+from notebook_build import STUB as STUB_LINE
 from tooling.grading.catalogue import exercises_of
 from tooling.grading.folder import grade_folder
 from tooling.grading.sandbox import sandbox_problem, stand_in_checks

@@ -21,7 +21,18 @@ from tooling.grading.choose import choose_parts
 from tooling.grading.report import progress_table, write_grades
 from tooling.grading.similarity import flag_similar, reference_routes, solution_similarity
 from tooling.grading.submissions import LINK, NO_PART, find_submissions
-from tooling.grading.verdicts import ERROR, FAIL, MISSING, PASS, STUB, SYMBOL, CheckCall, Exercise, SubmissionResult, Verdict
+from tooling.grading.verdicts import (
+    ERROR,
+    FAIL,
+    MISSING,
+    PASS,
+    STUB,
+    SYMBOL,
+    CheckCall,
+    Exercise,
+    SubmissionResult,
+    Verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = sorted(path.stem for path in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))

@@ -8,9 +8,9 @@ import nbformat
 import pytest
 
 import notebook_build
+from tests.suite.nbval_outputs import nbval_run
 from tooling.html_export import export_offline_html
 from tooling.notebook_runner import ExecutionResult, execute_notebook
-from tests.suite.nbval_outputs import nbval_run
 
 SOURCES = notebook_build.source_files()
 PARTS = [source.stem for source in SOURCES]

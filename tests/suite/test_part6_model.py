@@ -20,7 +20,12 @@ from part_utils.palindromes import (
 )
 from part_utils.reference.part4_toy_sae import ToySAE, ToySAEConfig
 from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig
-from part_utils.reference.part6_sae_transformer import constant_replacement, loss_recovered, sae_replacement, spliced_loss
+from part_utils.reference.part6_sae_transformer import (
+    constant_replacement,
+    loss_recovered,
+    sae_replacement,
+    spliced_loss,
+)
 
 HOOK = "blocks.0.hook_mlp_out"
 CPU = torch.device("cpu")
