@@ -28,7 +28,7 @@ def _uniform_bounds(shape: tuple[int, ...], name: str, axes: str) -> tuple[list[
     """The bounds of a Kaiming-uniform `name` (on the whole tensor, or on each instance's matrix), and
     the bounds that plausible mistakes give, by message."""
     whole, per_instance, transposed = shape, shape[1:], shape[1:][::-1]
-    kaiming = lambda s, gain=math.sqrt(2): gain * math.sqrt(3 / _fans(s)[0])  # noqa: E731
+    kaiming = lambda s, gain=math.sqrt(2): gain * math.sqrt(3 / _fans(s)[0])  # noqa: E731, B008
     mistakes = {
         f"`self.{name}` has Kaiming's scale for the transposed matrix (or mode='fan_out'): initialise an empty tensor "
         f"of `{name}`'s own shape, [{axes}], with the default arguments.": [

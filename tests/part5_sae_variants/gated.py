@@ -79,9 +79,10 @@ def _check_encode_with_gate(
             "π_gate uses h without subtracting b_dec: centre h for both paths.": _encode(
                 e.x, e.p["W_enc"], e.p["b_enc"]
             ),
-            "`encode_with_gate` returns ReLU(π_gate); return π_gate itself (forward applies the ReLU for its losses).": F.relu(
-                e.pi_gate
-            ),
+            (
+                "`encode_with_gate` returns ReLU(π_gate); return π_gate itself (forward applies the ReLU for its "
+                "losses)."
+            ): F.relu(e.pi_gate),
             "`encode_with_gate` returns π_mag as the gate; return π_gate = (h - b_dec) W_gate + b_gate.": e.pi_mag,
         },
         otherwise="π_gate should be (h - b_dec) W_gate + b_gate, with W_gate = W_enc and b_gate = b_enc.",

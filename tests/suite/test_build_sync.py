@@ -9,7 +9,9 @@ import notebook_build
 
 def test_generated_files_match_their_sources():
     stale = notebook_build.stale_files()
-    assert not stale, f"regenerate with `python workbook.py build`: {[str(p.relative_to(notebook_build.ROOT)) for p in stale]}"
+    assert not stale, (
+        f"regenerate with `python workbook.py build`: {[str(p.relative_to(notebook_build.ROOT)) for p in stale]}"
+    )
 
 
 def test_every_source_produces_both_notebooks_and_a_reference_module():
@@ -26,15 +28,18 @@ def test_exercise_notebooks_hide_every_solution():
         stubs = [cell for cell in exercise.cells if notebook_build.STUB in cell.source]
         assert stubs, f"{source.name} has no exercises"
         assert not any(notebook_build.STUB in cell.source for cell in solution.cells)
-        assert not any(marker in cell.source for cell in exercise.cells + solution.cells
-                       for marker in (notebook_build.BEGIN, notebook_build.END))
+        assert not any(
+            marker in cell.source
+            for cell in exercise.cells + solution.cells
+            for marker in (notebook_build.BEGIN, notebook_build.END)
+        )
 
 
 def test_solution_markers_become_stubs_at_the_right_indent(tmp_path):
     source = tmp_path / "source" / "09_demo.py"
     source.parent.mkdir()
     source.write_text(
-        "# %% [markdown]\n# Demo\n\n# %% tags=[\"reference\"]\ndef f(x):\n    y = 1\n"
+        '# %% [markdown]\n# Demo\n\n# %% tags=["reference"]\ndef f(x):\n    y = 1\n'
         "    # BEGIN SOLUTION\n    return x + y\n    # END SOLUTION\n"
     )
     outputs = notebook_build.generate(source)
@@ -54,7 +59,9 @@ def test_unbalanced_markers_are_refused(tmp_path):
         raise AssertionError("unbalanced markers were accepted")
 
 
-PACING = re.compile(r"^\*\*Difficulty\*\* [●○]{5} · \*\*Importance\*\* [●○]{5} · \*\*Plan for\*\* \d+ minutes$", re.MULTILINE)
+PACING = re.compile(
+    r"^\*\*Difficulty\*\* [●○]{5} · \*\*Importance\*\* [●○]{5} · \*\*Plan for\*\* \d+ minutes$", re.MULTILINE
+)
 HINT = re.compile(r"<details><summary>Hint (\d): [^<]+</summary>")
 
 

@@ -15,7 +15,10 @@ def test_placeholders_render_numbers_lists_statistics_and_quoted_literals():
     values = {"fvu": 0.01234, "absorption": [0.2, 0.4, 0.6], "count": 3.0}
     assert claims.render("FVU {{fvu:.3f}}", values) == "FVU 0.012"
     assert claims.render("{{absorption:.2f}}", values) == "0.40 ± 0.20"
-    assert claims.render("{{absorption|mean:.1f}}, {{absorption|range:.1f}}, {{absorption|n}}", values) == "0.4, 0.2–0.6, 3"
+    assert (
+        claims.render("{{absorption|mean:.1f}}, {{absorption|range:.1f}}, {{absorption|n}}", values)
+        == "0.4, 0.2–0.6, 3"
+    )
     assert claims.render("{{count:.0f}} of 5, {{=0.2}} in the paper", values) == "3 of 5, 0.2 in the paper"
     with pytest.raises(claims.ClaimError, match="no entry"):
         claims.render("{{missing:.2f}}", values)
@@ -39,7 +42,11 @@ def test_every_number_in_the_prose_is_bound_to_a_result_and_the_notebooks_say_wh
 
 
 def test_a_number_edited_by_hand_in_a_generated_notebook_is_caught(tmp_path):
-    part = next(claims.part_number(source) for source in notebook_build.source_files() if results.load_results(claims.part_number(source)))
+    part = next(
+        claims.part_number(source)
+        for source in notebook_build.source_files()
+        if results.load_results(claims.part_number(source))
+    )
     written = notebook_build.build(tmp_path, parts=[part])
     solution = next(path for path in written if path.parent.name == "solutions")
     notebook = nbformat.read(solution, as_version=4)

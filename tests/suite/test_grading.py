@@ -69,7 +69,9 @@ def if_attack_works(attack: str) -> str:
     )
 
 
-def mini_notebook(dimensionality: str, correlated: str = CORRELATED, *, extra: str | None = None, extra_at: int = 2) -> nbformat.NotebookNode:
+def mini_notebook(
+    dimensionality: str, correlated: str = CORRELATED, *, extra: str | None = None, extra_at: int = 2
+) -> nbformat.NotebookNode:
     cells = [
         nbformat.v4.new_markdown_cell("# Mini part"),
         nbformat.v4.new_code_cell(SETUP),
@@ -93,7 +95,8 @@ def hostile(places: dict[str, Path], port: int) -> dict[str, nbformat.NotebookNo
         # Forged verdicts: a pass line printed by the submission, a fake checks object, an exception handler, a thread.
         "forged_print": mini_notebook(WRONG_DIMENSIONALITY + "\nprint('✔ compute_dimensionality: all checks passed.')"),
         "fake_checks": mini_notebook(
-            WRONG_DIMENSIONALITY + "\nclass _Fake:\n    def __getattr__(self, name):\n        return lambda *a, **k: print('✔ passed')\n"
+            WRONG_DIMENSIONALITY
+            + "\nclass _Fake:\n    def __getattr__(self, name):\n        return lambda *a, **k: print('✔ passed')\n"
             "checks = checks_part1 = _Fake()"
         ),
         "forging_handler_and_thread": mini_notebook(
@@ -103,7 +106,9 @@ def hostile(places: dict[str, Path], port: int) -> dict[str, nbformat.NotebookNo
             "for _ in range(10**6)], daemon=True).start()"
         ),
         # Routes to the reference implementation.
-        "reference_import": mini_notebook("from part_utils.reference.part3_feature_geometry import compute_dimensionality"),
+        "reference_import": mini_notebook(
+            "from part_utils.reference.part3_feature_geometry import compute_dimensionality"
+        ),
         "reference_module_attribute": mini_notebook(
             "from part_utils import reference\ncompute_dimensionality = reference.part3_feature_geometry.compute_dimensionality"
         ),
@@ -115,29 +120,37 @@ def hostile(places: dict[str, Path], port: int) -> dict[str, nbformat.NotebookNo
             "import importlib\nfrom tests import checking\ncompute_dimensionality = getattr(importlib.import_module('tests.part3_feature_geometry'), "
             "'reference').compute_dimensionality"
         ),
-        "tooling_and_oracles": mini_notebook(if_attack_works(
-            "import importlib\n"
-            "for name in ('tooling.grading.session', 'tooling.claims', 'tests.oracles.jumprelu_numpy'):\n"
-            "    try:\n        importlib.import_module(name)\n        worked = True\n"
-            "    except ImportError:\n        pass"
-        )),
+        "tooling_and_oracles": mini_notebook(
+            if_attack_works(
+                "import importlib\n"
+                "for name in ('tooling.grading.session', 'tooling.claims', 'tests.oracles.jumprelu_numpy'):\n"
+                "    try:\n        importlib.import_module(name)\n        worked = True\n"
+                "    except ImportError:\n        pass"
+            )
+        ),
         "solution_notebook": mini_notebook(
             "import json\nsolution = json.load(open(os.path.join(os.environ['WORKBOOK_ROOT'], 'solutions', '03_feature_geometry.ipynb')))\n"
             "exec(next(''.join(c['source']) for c in solution['cells'] if 'def compute_dimensionality' in ''.join(c['source'])))"
         ),
         # Reaching outside: secrets, environment, other submissions, the workbook, the environment's packages, HOME, network.
         "reads_secret_and_environment": mini_notebook(
-            if_attack_works(f"worked = bool(open({str(places['secret'])!r}).read()) or bool(os.environ.get('WORKBOOK_TEST_SECRET'))")
+            if_attack_works(
+                f"worked = bool(open({str(places['secret'])!r}).read()) or bool(os.environ.get('WORKBOOK_TEST_SECRET'))"
+            )
         ),
-        "writes_everywhere": mini_notebook(if_attack_works(
-            "import site, pathlib\nworked = False\n"
-            f"for target in [{str(places['victim'])!r}, {str(places['out_canary'])!r}, {str(ROOT / 'tests' / 'fake_check.py')!r}, "
-            f"site.getsitepackages()[0] + '/evil.pth', {str(Path.home() / '.ipython/profile_default/startup/evil.py')!r}]:\n"
-            "    try:\n        pathlib.Path(target).write_text('owned')\n        worked = True\n    except BaseException:\n        pass"
-        )),
-        "network": mini_notebook(if_attack_works(
-            f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\nworked = True"
-        )),
+        "writes_everywhere": mini_notebook(
+            if_attack_works(
+                "import site, pathlib\nworked = False\n"
+                f"for target in [{str(places['victim'])!r}, {str(places['out_canary'])!r}, {str(ROOT / 'tests' / 'fake_check.py')!r}, "
+                f"site.getsitepackages()[0] + '/evil.pth', {str(Path.home() / '.ipython/profile_default/startup/evil.py')!r}]:\n"
+                "    try:\n        pathlib.Path(target).write_text('owned')\n        worked = True\n    except BaseException:\n        pass"
+            )
+        ),
+        "network": mini_notebook(
+            if_attack_works(
+                f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\nworked = True"
+            )
+        ),
         # Outliving the limit, and resources.
         "survivors": mini_notebook(
             DIMENSIONALITY,
@@ -166,11 +179,18 @@ def graded(tmp_path_factory) -> dict:
     assert problem is None, problem
     catalogue = tmp_path_factory.mktemp("catalogue")
     stub = f"def compute_dimensionality(W):\n    {STUB_LINE}"
-    nbformat.write(mini_notebook(stub, f"def generate_correlated_features(batch_size, feature_probability):\n    {STUB_LINE}"), catalogue / f"{PART}.ipynb")
+    nbformat.write(
+        mini_notebook(stub, f"def generate_correlated_features(batch_size, feature_probability):\n    {STUB_LINE}"),
+        catalogue / f"{PART}.ipynb",
+    )
     outside = tmp_path_factory.mktemp("outside")
     folder = tmp_path_factory.mktemp("submissions")
     out = tmp_path_factory.mktemp("out")
-    places = {"secret": outside / "id_rsa", "victim": folder / "victim" / f"{PART}.ipynb", "out_canary": out / "canary.txt"}
+    places = {
+        "secret": outside / "id_rsa",
+        "victim": folder / "victim" / f"{PART}.ipynb",
+        "out_canary": out / "canary.txt",
+    }
     places["secret"].write_text("secret key")
     places["out_canary"].write_text("canary")
     listener = socket.socket()
@@ -201,7 +221,11 @@ def graded(tmp_path_factory) -> dict:
         del os.environ["WORKBOOK_TEST_SECRET"]
         listener.close()
     return {
-        "results": results, "out": out, "before": before, "workbook_files": workbook_files, "home_files": home_files,
+        "results": results,
+        "out": out,
+        "before": before,
+        "workbook_files": workbook_files,
+        "home_files": home_files,
         "learners": set(submissions),
     }
 
@@ -224,13 +248,30 @@ def test_honest_submissions_get_their_verdicts(graded):
 
 
 def test_no_hostile_submission_earns_credit(graded):
-    hostile_learners = graded["learners"] - {"correct", "wrong", "stubbed", "victim", "survivors", "resources", "endless", "crashing"}
-    earned = {learner: statuses(graded, learner)[0] for learner in hostile_learners if statuses(graded, learner)[0] == PASS}
+    hostile_learners = graded["learners"] - {
+        "correct",
+        "wrong",
+        "stubbed",
+        "victim",
+        "survivors",
+        "resources",
+        "endless",
+        "crashing",
+    }
+    earned = {
+        learner: statuses(graded, learner)[0] for learner in hostile_learners if statuses(graded, learner)[0] == PASS
+    }
     assert earned == {}
 
 
 def test_routes_to_the_reference_are_reported(graded):
-    for learner in ("reference_import", "reference_module_attribute", "reference_computed_import", "reference_file_exec", "solution_notebook"):
+    for learner in (
+        "reference_import",
+        "reference_module_attribute",
+        "reference_computed_import",
+        "reference_file_exec",
+        "solution_notebook",
+    ):
         (result,) = graded["results"][learner]
         assert any("reaches outside" in problem for problem in result.problems), learner
 
@@ -270,13 +311,14 @@ def test_a_real_solution_notebook_passes_every_exercise():
     assert exercise.checks[0].check == "test_compute_dimensionality"
 
 
-
 def test_the_grader_never_lends_learner_code_its_own_reference_or_tools():
     resolvable = trusted_resolvable("01_toy_models")
     assert not resolvable("part_utils.reference.part1_toy_models:ToyModel")
     assert not resolvable("tooling.grading.session:Run") and not resolvable("tests.part1_toy_models:Case")
     assert resolvable("part_utils.reference.part4_toy_sae:ToySAE") and resolvable("torch.nn.modules.module:Module")
-    assert not any(trusted_exportable(thing) for thing in (eval, exec, open, os.system, subprocess.run, type, Path.write_text))
+    assert not any(
+        trusted_exportable(thing) for thing in (eval, exec, open, os.system, subprocess.run, type, Path.write_text)
+    )
     assert trusted_exportable(mini_notebook) is False  # a test module's function, not a check's
 
 

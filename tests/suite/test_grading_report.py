@@ -39,7 +39,9 @@ PARTS = sorted(path.stem for path in (ROOT / "solutions").glob("[0-9][0-9]_*.ipy
 
 
 def exercise(part: str, title: str, *checks: str) -> Exercise:
-    return Exercise(part, title, tuple(CheckCall(f"tests.{part}", check, ("x",), (), f"checks.{check}(x)") for check in checks))
+    return Exercise(
+        part, title, tuple(CheckCall(f"tests.{part}", check, ("x",), (), f"checks.{check}(x)") for check in checks)
+    )
 
 
 EXERCISES = {
@@ -86,7 +88,9 @@ HOSTILE = "eve | ✔ | ✔ | `code` <b>*x*</b> [a](b) \\"
 
 def test_markdown_cannot_be_forged_or_formatted(tmp_path):
     graded = {
-        HOSTILE: [result("01_toy_models", [PASS, FAIL], message="| ✔ | ✔ |\n# heading\n<script>", problems=["- item | ✔"])],
+        HOSTILE: [
+            result("01_toy_models", [PASS, FAIL], message="| ✔ | ✔ |\n# heading\n<script>", problems=["- item | ✔"])
+        ],
         "1. alice": [result("01_toy_models", [PASS, PASS]), result("02_privileged_basis", [PASS, PASS])],
     }
     _, markdown_path = write_grades(graded, {HOSTILE: ["`x` | ✔ *bold*"]}, tmp_path, EXERCISES)
@@ -110,11 +114,13 @@ def test_markdown_cannot_be_forged_or_formatted(tmp_path):
 
 
 def test_csv_cells_never_start_a_formula(tmp_path):
-    graded = {"=HYPERLINK(\"http://x\")": [result("01_toy_models", [FAIL, ERROR], message="+1+2", problems=["@SUM(A1)"])]}
+    graded = {'=HYPERLINK("http://x")': [result("01_toy_models", [FAIL, ERROR], message="+1+2", problems=["@SUM(A1)"])]}
     csv_path, _ = write_grades(graded, {"-2": ["\tx"]}, tmp_path, EXERCISES)
     rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
-    assert {row["learner"] for row in rows} == {"'=HYPERLINK(\"http://x\")", "'-2"}
-    assert {row["message"] for row in rows if row["part"] == "01_toy_models" and row["learner"].startswith("'=")} == {"'+1+2"}
+    assert {row["learner"] for row in rows} == {'\'=HYPERLINK("http://x")', "'-2"}
+    assert {row["message"] for row in rows if row["part"] == "01_toy_models" and row["learner"].startswith("'=")} == {
+        "'+1+2"
+    }
     assert all(not row[column].startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for column in row)
     assert {row["problems"] for row in rows if row["learner"] == "'-2"} == {"'\tx"}
 
@@ -131,7 +137,9 @@ def test_every_learner_is_scored_on_the_same_exercises(tmp_path):
     assert rows["bob"][3] == SYMBOL[MISSING].strip() and rows["carol"][1:4] == [""] * 3
     rows_csv = list(csv.DictReader(csv_path.open(encoding="utf-8")))
     statuses = [(row["learner"], row["part"], row["check"], row["status"]) for row in rows_csv]
-    assert [status for learner, part, _, status in statuses if (learner, part) == ("bob", "02_privileged_basis")] == [MISSING] * 2
+    assert [status for learner, part, _, status in statuses if (learner, part) == ("bob", "02_privileged_basis")] == [
+        MISSING
+    ] * 2
     assert len(statuses) == 3 * 4  # every learner × every check, learners sorted
     assert [learner for learner, *_ in statuses[::4]] == ["alice", "bob", "carol"]
 
@@ -171,13 +179,17 @@ def test_grades_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_long_messages_are_capped(tmp_path):
-    csv_path, _ = write_grades({"alice": [result("01_toy_models", [FAIL, FAIL], message="x" * 2000)]}, {}, tmp_path, EXERCISES)
+    csv_path, _ = write_grades(
+        {"alice": [result("01_toy_models", [FAIL, FAIL], message="x" * 2000)]}, {}, tmp_path, EXERCISES
+    )
     messages = {row["message"] for row in csv.DictReader(csv_path.open(encoding="utf-8")) if row["status"] == FAIL}
     assert messages == {"x" * 499 + "…"}
 
 
 def test_progress_table_shows_each_exercise_and_failing_check():
-    timed_out = result("02_privileged_basis", [PASS, FAIL], message="wrong sign", problems=["stopped at the time limit"])
+    timed_out = result(
+        "02_privileged_basis", [PASS, FAIL], message="wrong sign", problems=["stopped at the time limit"]
+    )
     text = progress_table([timed_out])
     lines = text.splitlines()
     assert lines[0] == "02_privileged_basis: 0/1 exercises pass (3 s)"
@@ -238,10 +250,10 @@ COPIED_DIMENSIONALITY = '''def compute_dimensionality(W: Float[Tensor, "inst d_h
     unit = W / W.norm(dim=1, keepdim=True)
     dots = einsum(unit, W, "inst d_hidden feat_i, inst d_hidden feat_j -> inst feat_i feat_j")
     return sq / dots.pow(2).sum(dim=-1)'''
-REWRITTEN_DIMENSIONALITY = '''def compute_dimensionality(W: Float[Tensor, "inst d_hidden feats"]) -> Float[Tensor, "inst feats"]:
+REWRITTEN_DIMENSIONALITY = """def compute_dimensionality(W: Float[Tensor, "inst d_hidden feats"]) -> Float[Tensor, "inst feats"]:
     norms = W.norm(dim=1)
     overlaps = torch.einsum("ihf,ihg->ifg", W / norms[:, None, :], W)
-    return norms.pow(2) / overlaps.pow(2).sum(-1)'''
+    return norms.pow(2) / overlaps.pow(2).sum(-1)"""
 
 
 def exercise_notebook_with(part: str, cells: dict[int, str]) -> nbformat.NotebookNode:
@@ -273,9 +285,15 @@ def test_a_copied_solution_is_told_from_a_rewrite():
         ('toy = __import__("part_utils.refer" + "ence")', "names 'part_utils.reference' in a string"),
         ("ToyModel = checks.reference.ToyModel", "uses checks.reference"),
         ('exec(open("part_utils/reference/part1_toy_models.py").read())', "calls exec"),
-        ('exec(open("part_utils/reference/part1_toy_models.py").read())', "reads 'part_utils/reference/part1_toy_models.py'"),
+        (
+            'exec(open("part_utils/reference/part1_toy_models.py").read())',
+            "reads 'part_utils/reference/part1_toy_models.py'",
+        ),
         ("import tests.part3_feature_geometry as other", "imports tests.part3_feature_geometry"),
-        ("subprocess.run(['cat', 'x'])", "uses subprocess.run"),  # the setup cell imports subprocess; that is no licence
+        (
+            "subprocess.run(['cat', 'x'])",
+            "uses subprocess.run",
+        ),  # the setup cell imports subprocess; that is no licence
         ("import subprocess", "imports subprocess"),
         ("print(sys.modules['tests.part1_toy_models'])", "uses sys.modules"),
         ("from os import system as run\nrun('ls')", "imports os.system"),
@@ -288,7 +306,9 @@ def test_routes_to_the_reference_are_found(code, finding):
 
 
 def test_what_the_exercise_notebook_itself_does_is_no_route():
-    allowed = "import tests.part2_privileged_basis as checks\nfrom part_utils.reference.part1_toy_models import ToyModel"
+    allowed = (
+        "import tests.part2_privileged_basis as checks\nfrom part_utils.reference.part1_toy_models import ToyModel"
+    )
     assert reference_routes(exercise_notebook_with("02_privileged_basis", {5: allowed}), "02_privileged_basis") == []
 
 

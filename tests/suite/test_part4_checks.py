@@ -678,8 +678,8 @@ def make_resample_simple(
             direction = {
                 "randn": lambda: torch.randn(d_in, device=device),
                 "rand": lambda: torch.rand(d_in, device=device),
-                "per latent": lambda: per_latent[latent],
-                "per instance": lambda: per_instance[inst],
+                "per latent": lambda: per_latent[latent],  # noqa: B023  (called at once, below)
+                "per instance": lambda: per_instance[inst],  # noqa: B023
                 "ones": lambda: torch.ones(d_in, device=device),
             }["ones" if same_direction else draw]()
             if normalise:

@@ -25,9 +25,13 @@ KILLED = [(0, 1), (1, 3), (2, 0), (2, 4), (3, 2)]
 def pentagon_model() -> ToyModel:
     """The Part 4 toy model in fast mode: 5 features in 2D, instance 0's weights everywhere."""
     seed_everything(0)
-    single = ToyModel(ToyModelConfig(n_inst=1, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu"))
+    single = ToyModel(
+        ToyModelConfig(n_inst=1, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu")
+    )
     train_self_supervised(single, steps=1_500, lr=3e-3)
-    model = ToyModel(ToyModelConfig(n_inst=N_INST, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu"))
+    model = ToyModel(
+        ToyModelConfig(n_inst=N_INST, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu")
+    )
     with torch.no_grad():
         model.W.copy_(single.W.expand_as(model.W))
     return model
@@ -85,11 +89,15 @@ def test_redundant_latents_flags_the_less_active_duplicate():
     W = W / W.norm(dim=-1, keepdim=True)
     flagged = redundant_latents(W, torch.tensor([[0.2, 0.1, 0.3]]), threshold=0.99)
     assert flagged.tolist() == [[False, True, False]]
-    assert not redundant_latents(W, torch.tensor([[0.2, 0.0, 0.3]]), threshold=0.99).any()  # a dead one is not "redundant"
+    assert not redundant_latents(
+        W, torch.tensor([[0.2, 0.0, 0.3]]), threshold=0.99
+    ).any()  # a dead one is not "redundant"
 
 
 def test_animation_of_16_instances_and_200_frames_is_under_5_mb(pentagon_model, test_output_dir, offline_page):
-    model = ToyModel(ToyModelConfig(n_inst=16, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu"))
+    model = ToyModel(
+        ToyModelConfig(n_inst=16, n_features=5, d_hidden=2), feature_probability=0.025, device=torch.device("cpu")
+    )
     with torch.no_grad():
         model.W.copy_(pentagon_model.W[:1].expand_as(model.W))
     sae = ToySAE(ToySAEConfig(n_inst=16, d_in=2, d_sae=5), model)
@@ -108,7 +116,10 @@ def test_animation_of_16_instances_and_200_frames_is_under_5_mb(pentagon_model, 
 
     rail = page.query_selector(".slider-rail-rect").bounding_box()
     page.mouse.click(rail["x"] + rail["width"] - 1, rail["y"] + rail["height"] / 2)  # jump to the last frame
-    page.wait_for_function("n => document.querySelector('.plotly-graph-div')._fullLayout.sliders[0].active === n", arg=len(log.snapshots) - 1)
+    page.wait_for_function(
+        "n => document.querySelector('.plotly-graph-div')._fullLayout.sliders[0].active === n",
+        arg=len(log.snapshots) - 1,
+    )
     page.screenshot(path=str(test_output_dir / "animation-last-frame.png"))
     # plotly.js rejects the promise of an animation that a newer one interrupts, and its slider
     # leaves that rejection unhandled: the only error a user's clicks may cause.

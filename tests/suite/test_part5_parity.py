@@ -17,15 +17,23 @@ def test_reference_reproduces_every_published_value():
 def test_numpy_implementation_reproduces_the_published_loss_and_gradients():
     case = jumprelu_numpy.reference_setup()
     loss, grads, forward = jumprelu_numpy.loss_and_grads(
-        case.params, case.data[0], bandwidth=case.bandwidth, sparsity_coefficient=case.sparsity_coefficient, use_pre_encoder_bias=True
+        case.params,
+        case.data[0],
+        bandwidth=case.bandwidth,
+        sparsity_coefficient=case.sparsity_coefficient,
+        use_pre_encoder_bias=True,
     )
     assert abs(loss - part5.PUBLISHED["loss"][0]) <= 1e-5
     np.testing.assert_allclose(grads.log_threshold[::37], part5.PUBLISHED["grad log θ[::37]"], atol=1e-5)
     np.testing.assert_allclose(grads.W_dec.ravel()[::601], part5.PUBLISHED["grad W_dec[::601]"], atol=1e-5)
-    np.testing.assert_allclose(forward.reconstruction.ravel()[::5001], part5.PUBLISHED["reconstruction[::5001]"], atol=1e-5)
+    np.testing.assert_allclose(
+        forward.reconstruction.ravel()[::5001], part5.PUBLISHED["reconstruction[::5001]"], atol=1e-5
+    )
 
 
-def random_case(seed: int, d_in: int, d_sae: int, batch: int, steps: int) -> tuple[np.ndarray, jumprelu_numpy.JumpReLUParams]:
+def random_case(
+    seed: int, d_in: int, d_sae: int, batch: int, steps: int
+) -> tuple[np.ndarray, jumprelu_numpy.JumpReLUParams]:
     rng = np.random.default_rng(seed)
     W_dec = rng.normal(size=(d_sae, d_in))
     params = jumprelu_numpy.JumpReLUParams(
@@ -40,7 +48,11 @@ def random_case(seed: int, d_in: int, d_sae: int, batch: int, steps: int) -> tup
 
 def test_published_case_trains_like_the_independent_run():
     case = jumprelu_numpy.reference_setup()
-    options = {"bandwidth": case.bandwidth, "sparsity_coefficient": case.sparsity_coefficient, "use_pre_encoder_bias": True}
+    options = {
+        "bandwidth": case.bandwidth,
+        "sparsity_coefficient": case.sparsity_coefficient,
+        "use_pre_encoder_bias": True,
+    }
     differences = part5.training_comparison(case.data, case.params, lr=1e-3, fixed_decoder_norms=True, **options)
     assert max(differences.values()) <= 1e-8
     trained = jumprelu_numpy.train(case.params, case.data, lr=1e-3, fixed_decoder_norms=True, **options)
@@ -51,7 +63,9 @@ def test_published_case_trains_like_the_independent_run():
 @pytest.mark.parametrize("use_pre_encoder_bias", [True, False])
 @pytest.mark.parametrize("fixed_decoder_norms", [True, False])
 @pytest.mark.parametrize(("seed", "bandwidth", "sparsity_coefficient"), [(0, 0.3, 0.5), (1, 0.05, 2.0)])
-def test_any_case_trains_like_the_independent_run(use_pre_encoder_bias, fixed_decoder_norms, seed, bandwidth, sparsity_coefficient):
+def test_any_case_trains_like_the_independent_run(
+    use_pre_encoder_bias, fixed_decoder_norms, seed, bandwidth, sparsity_coefficient
+):
     data, params = random_case(seed, d_in=5, d_sae=11, batch=37, steps=4)
     differences = part5.training_comparison(
         data,
@@ -68,7 +82,14 @@ def test_any_case_trains_like_the_independent_run(use_pre_encoder_bias, fixed_de
 def test_training_comparison_detects_a_wrong_projection():
     case = jumprelu_numpy.reference_setup()
     differences = part5.training_comparison(
-        case.data, case.params, lr=1e-3, bandwidth=0.1, sparsity_coefficient=1.2, use_pre_encoder_bias=True, fixed_decoder_norms=True, project=lambda g, w: g
+        case.data,
+        case.params,
+        lr=1e-3,
+        bandwidth=0.1,
+        sparsity_coefficient=1.2,
+        use_pre_encoder_bias=True,
+        fixed_decoder_norms=True,
+        project=lambda g, w: g,
     )
     assert max(differences.values()) > 1e-8
 
@@ -76,10 +97,19 @@ def test_training_comparison_detects_a_wrong_projection():
 def test_the_published_epsilon_changes_the_three_steps_beyond_the_tolerance():
     """Projecting onto v / ‖v‖ instead of v / (‖v‖ + 1e-6) is another procedure: it lands ~1.4e-7 away."""
     case = jumprelu_numpy.reference_setup()
-    options = {"lr": 1e-3, "bandwidth": case.bandwidth, "sparsity_coefficient": case.sparsity_coefficient, "use_pre_encoder_bias": True, "fixed_decoder_norms": True}
+    options = {
+        "lr": 1e-3,
+        "bandwidth": case.bandwidth,
+        "sparsity_coefficient": case.sparsity_coefficient,
+        "use_pre_encoder_bias": True,
+        "fixed_decoder_norms": True,
+    }
     published = jumprelu_numpy.train(case.params, case.data, **options)
     without_eps = jumprelu_numpy.train(case.params, case.data, projection_eps=0.0, **options)
-    difference = max(np.abs(getattr(published, name) - getattr(without_eps, name)).max() for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"))
+    difference = max(
+        np.abs(getattr(published, name) - getattr(without_eps, name)).max()
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold")
+    )
     assert 1e-8 < difference < 1e-5
 
 
@@ -92,6 +122,13 @@ def test_a_projection_that_normalises_the_published_way_itself_trains_like_the_i
 
     case = jumprelu_numpy.reference_setup()
     differences = part5.training_comparison(
-        case.data, case.params, lr=1e-3, bandwidth=0.1, sparsity_coefficient=1.2, use_pre_encoder_bias=True, fixed_decoder_norms=True, project=published_projection
+        case.data,
+        case.params,
+        lr=1e-3,
+        bandwidth=0.1,
+        sparsity_coefficient=1.2,
+        use_pre_encoder_bias=True,
+        fixed_decoder_norms=True,
+        project=published_projection,
     )
     assert max(differences.values()) <= 1e-8

@@ -57,7 +57,9 @@ def test_batch_topk_inference_keeps_the_training_l0():
 
 def test_topk_sae_counts_dead_latents_only_in_training():
     seed_everything(0)
-    model = ToyModel(ToyModelConfig(n_inst=2, n_features=5, d_hidden=2), feature_probability=0.025).requires_grad_(False)
+    model = ToyModel(ToyModelConfig(n_inst=2, n_features=5, d_hidden=2), feature_probability=0.025).requires_grad_(
+        False
+    )
     sae = reference.TopKToySAE(reference.TopKToySAEConfig(n_inst=2, d_in=2, d_sae=5, k=1), model)
     h = sae.generate_batch(64)
     with torch.no_grad():

@@ -117,7 +117,9 @@ def test_identity_sae_recovers_all_of_the_loss_and_ablation_none():
 
 def test_sae_replacement_refuses_an_sae_of_the_wrong_size():
     with pytest.raises(ValueError, match="d_in=64, but the activation here has size 256"):
-        spliced_loss(model(), data().test_tokens[:2], "blocks.0.mlp.hook_post", sae_replacement(identity_sae(64), 0, scale=1.0))
+        spliced_loss(
+            model(), data().test_tokens[:2], "blocks.0.mlp.hook_post", sae_replacement(identity_sae(64), 0, scale=1.0)
+        )
 
 
 def test_activation_source_serves_buffer_rows_to_every_instance():
@@ -184,6 +186,8 @@ def test_install_on_colab_installs_only_in_colab(monkeypatch):
     monkeypatch.setitem(colab.sys.modules, "google.colab", object())
     colab.install_transformer_lens_on_colab()
     dependencies, transformer_lens = calls
-    assert dependencies[1:4] == ["-m", "pip", "install"] and any(item.startswith("transformers>=5.9") for item in dependencies)
+    assert dependencies[1:4] == ["-m", "pip", "install"] and any(
+        item.startswith("transformers>=5.9") for item in dependencies
+    )
     assert "--no-deps" in transformer_lens and transformer_lens[-1] == "transformer-lens>=4.3,<5"
     assert not any("wandb" in item for call in calls for item in call)

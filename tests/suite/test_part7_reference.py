@@ -32,7 +32,9 @@ def autograd_case(seed: int, shape: tuple[int, ...]) -> tuple[tuple, torch.Tenso
         x_t = active_values @ W_dec_in[active_in[t]] + b_dec_in
         return (mlp(x_t) - b_dec_out) @ W_enc_out[:, active_out[t]] + b_enc_out[active_out[t]]
 
-    expected = torch.stack([autograd_jacobian(lambda v, t=t: output_pre_acts(v, t), values[t]) for t in range(n_tokens)])
+    expected = torch.stack(
+        [autograd_jacobian(lambda v, t=t: output_pre_acts(v, t), values[t]) for t in range(n_tokens)]
+    )
     weights = reference.CircuitWeights(W_dec_in, W_in, W_out, W_enc_out)
     return (weights, x_hat @ W_in + b_in, active_in, active_out), expected
 
@@ -67,15 +69,21 @@ def test_the_three_decoders_agree(seed, n_tokens, k, d_sae, d_in, dtype):
 
 def test_decoder_benchmark_rows_cover_every_decoder_and_setting():
     settings = [(4, 2), (8, 3)]
-    rows = reference.decoder_benchmark(torch.device("cpu"), d_in=6, d_sae=50, settings=settings, warmup=1, min_runs=2, budget_seconds=0.0)
-    assert [(row["decoder"], row["tokens"], row["k"]) for row in rows] == [(name, n, k) for n, k in settings for name in reference.DECODERS]
+    rows = reference.decoder_benchmark(
+        torch.device("cpu"), d_in=6, d_sae=50, settings=settings, warmup=1, min_runs=2, budget_seconds=0.0
+    )
+    assert [(row["decoder"], row["tokens"], row["k"]) for row in rows] == [
+        (name, n, k) for n, k in settings for name in reference.DECODERS
+    ]
     for row in rows:
         assert row["runs"] == 2 and 0 < row["q1"] <= row["median"] <= row["q3"]
 
 
 def test_random_circuit_case_draws_distinct_active_latents():
     W_in, b_in, W_out = torch.randn(5, 9), torch.randn(9), torch.randn(9, 5)
-    weights, mlp_pre, active_in, active_out = reference.random_circuit_case(W_in, b_in, W_out, torch.randn(6, 5), d_sae=20, k=4)
+    weights, mlp_pre, active_in, active_out = reference.random_circuit_case(
+        W_in, b_in, W_out, torch.randn(6, 5), d_sae=20, k=4
+    )
     assert weights.W_dec_in.shape == (20, 5) and weights.W_enc_out.shape == (5, 20) and mlp_pre.shape == (6, 9)
     torch.testing.assert_close(weights.W_dec_in.norm(dim=-1), torch.ones(20))
     for active in (active_in, active_out):
@@ -87,6 +95,8 @@ def test_a_decoder_the_device_does_not_support_is_left_out(monkeypatch, capsys):
         raise NotImplementedError("no sparse kernels here")
 
     monkeypatch.setitem(reference.DECODERS, "sparse tensor matmul", unsupported)
-    rows = reference.decoder_benchmark(torch.device("cpu"), d_in=5, d_sae=30, settings=[(3, 2)], warmup=0, min_runs=1, budget_seconds=0.0)
+    rows = reference.decoder_benchmark(
+        torch.device("cpu"), d_in=5, d_sae=30, settings=[(3, 2)], warmup=0, min_runs=1, budget_seconds=0.0
+    )
     assert [row["decoder"] for row in rows] == ["dense scatter + matmul", "gather k rows"]
     assert "sparse tensor matmul is not supported on cpu" in capsys.readouterr().out

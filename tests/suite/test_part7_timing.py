@@ -34,7 +34,16 @@ class FakeDevice:
 
 def test_every_timed_run_is_fenced_by_synchronisation():
     fake = FakeDevice([9.0, 9.0] + [1.0, 2.0, 3.0, 4.0, 5.0])
-    result = measure(fake.launch, torch.device("cpu"), warmup=2, min_runs=5, budget_seconds=0.0, memory=False, clock=fake.clock, sync=fake.sync)
+    result = measure(
+        fake.launch,
+        torch.device("cpu"),
+        warmup=2,
+        min_runs=5,
+        budget_seconds=0.0,
+        memory=False,
+        clock=fake.clock,
+        sync=fake.sync,
+    )
     assert fake.events[:2] == ["call", "call"]  # warm-up, untimed
     assert fake.events[2:] == ["sync", "clock", "call", "sync", "clock"] * 5
     assert result.seconds == (1.0, 2.0, 3.0, 4.0, 5.0)  # the queued work is timed, warm-up excluded
@@ -43,7 +52,16 @@ def test_every_timed_run_is_fenced_by_synchronisation():
 
 def test_without_synchronisation_an_asynchronous_device_looks_free():
     fake = FakeDevice([0.0] + [1.0] * 5)
-    result = measure(fake.launch, torch.device("cpu"), warmup=1, min_runs=5, budget_seconds=0.0, memory=False, clock=fake.clock, sync=lambda: None)
+    result = measure(
+        fake.launch,
+        torch.device("cpu"),
+        warmup=1,
+        min_runs=5,
+        budget_seconds=0.0,
+        memory=False,
+        clock=fake.clock,
+        sync=lambda: None,
+    )
     assert result.median == 0.0  # what a benchmark that forgets to synchronise would report
 
 
@@ -57,10 +75,29 @@ def test_the_default_synchronisation_is_the_devices(monkeypatch):
 
 def test_runs_continue_until_the_budget_and_stop_at_max_runs():
     fake = FakeDevice([0.0] + [0.125] * 100)
-    result = measure(fake.launch, torch.device("cpu"), warmup=1, min_runs=2, budget_seconds=1.0, memory=False, clock=fake.clock, sync=fake.sync)
+    result = measure(
+        fake.launch,
+        torch.device("cpu"),
+        warmup=1,
+        min_runs=2,
+        budget_seconds=1.0,
+        memory=False,
+        clock=fake.clock,
+        sync=fake.sync,
+    )
     assert len(result.seconds) == 8  # 0.125 s each: eight runs reach the 1 s budget
     fake = FakeDevice([0.0] + [0.125] * 100)
-    result = measure(fake.launch, torch.device("cpu"), warmup=1, min_runs=2, max_runs=4, budget_seconds=1.0, memory=False, clock=fake.clock, sync=fake.sync)
+    result = measure(
+        fake.launch,
+        torch.device("cpu"),
+        warmup=1,
+        min_runs=2,
+        max_runs=4,
+        budget_seconds=1.0,
+        memory=False,
+        clock=fake.clock,
+        sync=fake.sync,
+    )
     assert len(result.seconds) == 4
 
 

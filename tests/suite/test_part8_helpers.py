@@ -88,7 +88,16 @@ def test_hierarchical_data_shares_orthonormal_or_unit_directions_across_instance
     assert superposed.W.shape == (2, 14, 20) and torch.allclose(superposed.W.norm(dim=1), torch.ones(2, 20), atol=1e-5)
 
 
-@pytest.mark.parametrize(("first", "d_sae", "sizes"), [(5, 40, [5, 10, 20, 40]), (5, 20, [5, 10, 20]), (5, 80, [5, 10, 20, 40, 80]), (5, 30, [5, 10, 20, 30]), (8, 5, [5])])
+@pytest.mark.parametrize(
+    ("first", "d_sae", "sizes"),
+    [
+        (5, 40, [5, 10, 20, 40]),
+        (5, 20, [5, 10, 20]),
+        (5, 80, [5, 10, 20, 40, 80]),
+        (5, 30, [5, 10, 20, 30]),
+        (8, 5, [5]),
+    ],
+)
 def test_doubling_prefixes(first, d_sae, sizes):
     assert reference.doubling_prefixes(first, d_sae) == sizes
 
@@ -121,7 +130,9 @@ def test_absorption_report_sees_a_fully_absorbed_parent():
             super().__init__()
             self.model = data
             directions = data.feature_directions[0]  # [feats, d]: parent, child
-            self.W_dec_normalized = torch.stack([directions[0], torch.nn.functional.normalize(directions[0] + directions[1], dim=0)])[None]
+            self.W_dec_normalized = torch.stack(
+                [directions[0], torch.nn.functional.normalize(directions[0] + directions[1], dim=0)]
+            )[None]
 
         def encode(self, h):
             parent, child = (h @ self.model.feature_directions[0].T).unbind(-1)
@@ -133,7 +144,11 @@ def test_absorption_report_sees_a_fully_absorbed_parent():
     features[4:, 0, 1] = 1.0
     report = reference.absorption_report(Absorbing(), features)
     assert report["parent_latent"].tolist() == [[0]]
-    assert report["absorption"].tolist() == [[1.0]] and report["fires_alone"].tolist() == [[1.0]] and report["fires_with_child"].tolist() == [[0.0]]
+    assert (
+        report["absorption"].tolist() == [[1.0]]
+        and report["fires_alone"].tolist() == [[1.0]]
+        and report["fires_with_child"].tolist() == [[0.0]]
+    )
 
 
 # figures --------------------------------------------------------------------------------------
@@ -163,7 +178,10 @@ def test_decomposition_draws_one_point_per_live_latent_and_a_legend():
     figure = plot_decoder_decomposition({"a": _panel(), "b": _panel(7)}, P, C)
     points = sum(len(trace.x) for trace in figure.data if trace.mode == "markers" and trace.x[0] is not None)
     assert points == 5 + 6
-    assert {trace.name for trace in figure.data if trace.showlegend is not False} >= {"family P0", "best match: the parent"}
+    assert {trace.name for trace in figure.data if trace.showlegend is not False} >= {
+        "family P0",
+        "best match: the parent",
+    }
 
 
 def test_bar_figures_have_a_bar_per_parent():

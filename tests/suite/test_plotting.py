@@ -28,7 +28,10 @@ def test_plot_features_in_2d_draws_a_line_and_marker_per_feature():
 
 
 def test_named_colours_get_no_colour_key():
-    assert not any(getattr(trace.marker, "showscale", False) for trace in plot_features_in_2d(torch.randn(2, 2, 4), colours="red").data)
+    assert not any(
+        getattr(trace.marker, "showscale", False)
+        for trace in plot_features_in_2d(torch.randn(2, 2, 4), colours="red").data
+    )
 
 
 def test_plot_features_in_2d_accepts_one_colour_or_a_list():
@@ -41,7 +44,10 @@ def test_plot_features_in_2d_accepts_one_colour_or_a_list():
 @pytest.mark.parametrize(
     ("call", "pattern"),
     [
-        (lambda: plot_features_in_2d(torch.randn(3, 5)), r"plot_features_in_2d: `W` must have shape \[inst, d_hidden=2, feats\], got \(3, 5\)"),
+        (
+            lambda: plot_features_in_2d(torch.randn(3, 5)),
+            r"plot_features_in_2d: `W` must have shape \[inst, d_hidden=2, feats\], got \(3, 5\)",
+        ),
         (lambda: plot_features_in_2d(torch.randn(3, 3, 5)), r"\[inst, d_hidden=2, feats\], got \(3, 3, 5\)"),
         (lambda: plot_features_in_2d([[1.0, 2.0]]), r"must be a torch.Tensor of shape \[inst, d_hidden=2, feats\]"),
         (lambda: plot_features_in_2d(torch.randn(2, 2, 4), colours=torch.rand(3, 4)), r"colours"),
@@ -114,7 +120,9 @@ def test_offline_renderer_is_the_default_and_inlines_plotly_once(monkeypatch):
 
 
 def test_animations_do_not_start_by_themselves():
-    html = OfflineRenderer().to_mimebundle(animate_features_in_2d(torch.randn(3, 1, 2, 3), [0, 1, 2]).to_dict())["text/html"]
+    html = OfflineRenderer().to_mimebundle(animate_features_in_2d(torch.randn(3, 1, 2, 3), [0, 1, 2]).to_dict())[
+        "text/html"
+    ]
     assert "Plotly.animate(" not in html.split("Plotly.newPlot(", 1)[1]
 
 
@@ -197,4 +205,3 @@ def test_rows_table_shows_labels_means_with_spreads_and_computed_columns():
     assert table.columns["twice"] == [2.0, 5.0] and table.title == "t"
     assert list(rows_table(rows, [("L0", "l0", ".1f")], title="t", labels=("setting",)).columns) == ["setting", "L0"]
     assert mean_sd(rows[0], "l0") == "1.000 ± 0.250"
-

@@ -49,12 +49,14 @@ def test_saebench_absorption_counts_every_parent_input_and_partial_absorption():
     parent_cosine = torch.tensor([[[1.0], [math.sqrt(0.5)]]])  # [inst 1, d_sae 2, parents 1]
     parent_latent = torch.tensor([[0]])
     parent_on = torch.tensor([[[True]], [[True]], [[True]], [[False]]])
-    acts = torch.tensor([
-        [[1.0, 0.0]],  # parent alone: the parent's latent writes all of it (fraction 0)
-        [[0.0, 1.4]],  # fully absorbed (fraction 1)
-        [[0.5, 0.7]],  # partly absorbed: 0.5 of 0.5 + 0.7·√0.5 along the parent comes from ℓ_p
-        [[0.0, 1.4]],  # parent off: not counted
-    ])
+    acts = torch.tensor(
+        [
+            [[1.0, 0.0]],  # parent alone: the parent's latent writes all of it (fraction 0)
+            [[0.0, 1.4]],  # fully absorbed (fraction 1)
+            [[0.5, 0.7]],  # partly absorbed: 0.5 of 0.5 + 0.7·√0.5 along the parent comes from ℓ_p
+            [[0.0, 1.4]],  # parent off: not counted
+        ]
+    )
     fraction = part8_feature_absorption.absorption_fraction(acts, parent_on, parent_cosine, parent_latent)
     partial = 1 - 0.5 / (0.5 + 0.7 * math.sqrt(0.5))
     assert fraction.item() == pytest.approx((0 + 1 + partial) / 3)

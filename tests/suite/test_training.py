@@ -13,13 +13,17 @@ from part_utils.training import constant_lr, cosine_decay_lr, linear_decay_lr, t
 
 
 def small_model() -> ToyModel:
-    return ToyModel(ToyModelConfig(n_inst=4, n_features=5, d_hidden=2), feature_probability=0.1, device=torch.device("cpu"))
+    return ToyModel(
+        ToyModelConfig(n_inst=4, n_features=5, d_hidden=2), feature_probability=0.1, device=torch.device("cpu")
+    )
 
 
 def test_training_reduces_the_loss_and_logs_at_log_steps():
     seed_everything(0)
     model = small_model()
-    log = train_self_supervised(model, steps=400, batch_size=256, lr=1e-2, log_every=100, snapshot=lambda: model.W.detach().clone())
+    log = train_self_supervised(
+        model, steps=400, batch_size=256, lr=1e-2, log_every=100, snapshot=lambda: model.W.detach().clone()
+    )
     assert log.steps == [0, 100, 200, 300, 399]
     assert len(log.snapshots) == 5 and log.snapshots[0].shape == (4, 2, 5)
     assert log.losses[-1] < 0.7 * log.losses[0]
