@@ -912,7 +912,32 @@ def forward_recomputing_each_prefix(self, h):
     )
 
 
-MATRYOSHKA_REWRITES = [make_forward(), make_forward(start="in place"), forward_recomputing_each_prefix]
+def forward_with_cumulative_sums(self, h):
+    """Correct: every group decoded at once, the nested prefixes as a cumulative sum over groups."""
+    pre_acts = self.pre_activations(h)
+    acts = self.activation(pre_acts)
+    W_dec = self.W_dec_normalized
+    ends = self.cfg.prefix_sizes
+    groups = [einsum(acts[..., a:b], W_dec[:, a:b], "b i g, i g d -> b i d") for a, b in zip([0, *ends[:-1]], ends)]
+    prefixes = torch.stack(groups).cumsum(dim=0) + self.b_dec  # [prefix, batch, inst, d_in]
+    losses = (prefixes - h).pow(2).mean(dim=-1)
+    dead = self.steps_since_fired >= self.cfg.dead_after_steps
+    loss_dict = {
+        "L_reconstruction": losses[-1],
+        "L_matryoshka": losses.sum(dim=0),
+        "L_aux": self.auxk_loss(pre_acts, h, prefixes[-1], dead),
+    }
+    self.record_firing(acts)
+    loss = (loss_dict["L_matryoshka"] + self.cfg.aux_coeff * loss_dict["L_aux"]).mean(dim=0).sum()
+    return SAEOutput(loss_dict, loss, acts, prefixes[-1])
+
+
+MATRYOSHKA_REWRITES = [
+    make_forward(),
+    make_forward(start="in place"),
+    forward_recomputing_each_prefix,
+    forward_with_cumulative_sums,
+]
 
 
 @pytest.mark.parametrize("forward", MATRYOSHKA_REWRITES)
