@@ -15,7 +15,7 @@ import pytest
 
 from notebook_build import ROOT, source_files
 from tooling.colab import build_id
-from tooling.notebook_runner import HeadlessClient, execute_notebook
+from tooling.notebook_runner import HeadlessClient, execute_notebook, temporary_environment
 
 COLAB_SIZE_LIMIT = 3_000_000  # bytes for executed Part 1
 
@@ -55,16 +55,8 @@ def colab_kernel_environment(tmp_path: Path, **extra: str) -> Iterator[Path]:
         "WORKBOOK_COLAB_ROOT": str(content / "sae-workbook"),
         **extra,
     }
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
+    with temporary_environment(values):
         yield content
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_setup_cell(notebook_path: Path, folder: Path) -> list[str]:
@@ -72,8 +64,12 @@ def run_setup_cell(notebook_path: Path, folder: Path) -> list[str]:
     notebook = nbformat.read(notebook_path, as_version=4)
     setup = next(cell for cell in notebook.cells if cell.cell_type == "code")
     run = nbformat.v4.new_notebook(cells=[setup], metadata=notebook.metadata)
-    HeadlessClient(run, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(folder)}}).execute()
-    return [output.get("text", "") or f"{output.get('ename')}: {output.get('evalue')}" for output in run.cells[0].outputs]
+    HeadlessClient(
+        run, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(folder)}}
+    ).execute()
+    return [
+        output.get("text", "") or f"{output.get('ename')}: {output.get('evalue')}" for output in run.cells[0].outputs
+    ]
 
 
 def test_part1_runs_in_simulated_colab_from_a_clone_at_its_own_commit(workbook_repository, tmp_path):
@@ -83,9 +79,17 @@ def test_part1_runs_in_simulated_colab_from_a_clone_at_its_own_commit(workbook_r
         result = execute_notebook(notebook, fast=True)
     assert result.error is None, result.error
     setup_text = "".join(output.get("text", "") for output in result.notebook.cells[1].outputs)
-    commit = subprocess.run(["git", "-C", str(workbook_repository), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    commit = subprocess.run(
+        ["git", "-C", str(workbook_repository), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
     assert f"at {commit[:10]}, the commit this notebook was built from" in setup_text
-    figures = [output for cell in result.notebook.cells if cell.cell_type == "code" for output in cell.outputs if "text/html" in output.get("data", {}) and "plotly" in output["data"]["text/html"]]
+    figures = [
+        output
+        for cell in result.notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "text/html" in output.get("data", {}) and "plotly" in output["data"]["text/html"]
+    ]
     assert figures, "no figures were drawn"
     for output in figures:
         assert "application/vnd.plotly.v1+json" not in output["data"]
@@ -98,7 +102,9 @@ def test_part1_runs_in_simulated_colab_from_a_clone_at_its_own_commit(workbook_r
 
 def test_colab_setup_unpacks_an_uploaded_zip_whatever_its_name(tmp_path):
     with colab_kernel_environment(tmp_path, WORKBOOK_REPO_URL="file:///nonexistent") as content:
-        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        tracked = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
         with zipfile.ZipFile(content / "sae-workbook-main.zip", "w") as archive:
             for name in tracked:
                 if (ROOT / name).is_file() and not name.endswith(".ipynb"):

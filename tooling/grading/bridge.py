@@ -28,19 +28,48 @@ from torch import nn
 from part_utils.tracebacks import learner_location
 from tooling.grading.wire import Channel
 
-DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
-    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
-    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
-)}
+DTYPES = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
 MAX_DEPTH = 24
 GRADING_DIR = str(Path(__file__).resolve().parent)
 MODULE_STATE = ("_parameters", "_buffers", "_modules")
-TORCH_INTERNALS = frozenset({
-    "training", "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks", "_backward_hooks",
-    "_is_full_backward_hook", "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_modules", "_compiled_call_impl",
-})
+TORCH_INTERNALS = frozenset(
+    {
+        "training",
+        "_parameters",
+        "_buffers",
+        "_non_persistent_buffers_set",
+        "_backward_pre_hooks",
+        "_backward_hooks",
+        "_is_full_backward_hook",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+        "_modules",
+        "_compiled_call_impl",
+    }
+)
 
 
 class BridgeError(RuntimeError):
@@ -65,7 +94,7 @@ class _Attach(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, link: tuple["Peer", Any, int, list], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.link = link
-        return tuple(tensor.clone() for tensor in tensors[link[2]:])
+        return tuple(tensor.clone() for tensor in tensors[link[2] :])
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
@@ -269,8 +298,11 @@ class Peer:
             return [None] * len(record.leaves)
         with torch.enable_grad():
             found = torch.autograd.grad(
-                [output for output, _ in outputs], record.leaves, [grad.to(output.dtype) for output, grad in outputs],
-                allow_unused=True, retain_graph=True,
+                [output for output, _ in outputs],
+                record.leaves,
+                [grad.to(output.dtype) for output, grad in outputs],
+                allow_unused=True,
+                retain_graph=True,
             )
         return [None if grad is None else grad.detach() for grad in found]
 
@@ -298,7 +330,8 @@ class Peer:
         side resolves by name: never one of this side's classes it refuses to resolve (the reference
         of the part being graded), which would lend the stand-in the reference's methods."""
         bases = tuple(
-            base for base in (decoder.decode(node) for node in _items(description.get("bases", [])))
+            base
+            for base in (decoder.decode(node) for node in _items(description.get("bases", [])))
             if isinstance(base, type) and ("_bridge_handle" in vars(base) or self.resolvable(class_path(base)))
         )
         namespace: dict[str, Any] = {"__module__": str(description.get("module", "__main__")), "_bridge_handle": handle}
@@ -616,7 +649,10 @@ class Encoder:
         if issubclass(cls, torch.autograd.Function):
             attributes.append(["apply", {"staticmethod": self.encode(cls.apply)}])
         return {
-            "name": cls.__name__, "qualname": cls.__qualname__, "module": cls.__module__, "attributes": attributes,
+            "name": cls.__name__,
+            "qualname": cls.__qualname__,
+            "module": cls.__module__,
+            "attributes": attributes,
             "bases": [self._class(base, 1) for base in cls.__bases__],
         }
 
@@ -659,7 +695,8 @@ class Encoder:
         if "_parameters" not in vars(module):
             return {"initialised": False, "attributes": [[key, node(item)] for key, item in vars(module).items()]}
         return {
-            "initialised": True, "training": bool(module.training),
+            "initialised": True,
+            "training": bool(module.training),
             **{key: [[name, node(item)] for name, item in vars(module)[key].items()] for key in MODULE_STATE},
             "attributes": [[key, node(item)] for key, item in vars(module).items() if key not in TORCH_INTERNALS],
         }
@@ -691,8 +728,10 @@ def _write_back(original: torch.Tensor, now: Any) -> None:
         raise BridgeError("a changed tensor of another type")
     if now.shape != original.shape:
         original.data = now.detach().clone()
-    elif not torch.equal(torch.nan_to_num(original.detach()) if original.is_floating_point() else original.detach(),
-                         torch.nan_to_num(now.detach()) if now.is_floating_point() else now.detach()):
+    elif not torch.equal(
+        torch.nan_to_num(original.detach()) if original.is_floating_point() else original.detach(),
+        torch.nan_to_num(now.detach()) if now.is_floating_point() else now.detach(),
+    ):
         original.copy_(now)
     if original.is_leaf and original.requires_grad != now.requires_grad:
         original.requires_grad_(now.requires_grad)
