@@ -87,7 +87,7 @@ def install_stamped(name: str, fingerprint: str, *pip_arguments: str) -> None:
 
 def setup(*, develop: bool = False) -> None:
     """The notebooks' packages (torch first); with `develop`, also the build and test tools."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036  (this script may be started by an older python3)
         sys.exit(f"The workbook needs Python 3.11 or newer; this is {platform.python_version()}.")
     if not venv_python().exists():
         print(f"Creating a virtual environment in {VENV.relative_to(ROOT)} ...", flush=True)
@@ -97,7 +97,9 @@ def setup(*, develop: bool = False) -> None:
     settings = project()
     without_dependencies = settings["tool"]["workbook"]["without-dependencies"]
     their_dependencies = settings["project"]["optional-dependencies"]["transformer-lens"]
-    fingerprint = hashlib.sha256(REQUIREMENTS.read_bytes() + "\n".join(without_dependencies + their_dependencies).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        REQUIREMENTS.read_bytes() + "\n".join(without_dependencies + their_dependencies).encode()
+    ).hexdigest()
     install_stamped("requirements", fingerprint, "-r", str(REQUIREMENTS), *their_dependencies)
     install_stamped("without-dependencies", fingerprint, "--no-deps", *without_dependencies)
     if develop:
@@ -132,7 +134,10 @@ def make_zip() -> int:
         for name in filter(None, listed.stdout.split("\0")):
             if (ROOT / name).is_file():
                 bundle.write(ROOT / name, f"sae-workbook/{name}")
-    print(f"wrote {archive.name} ({archive.stat().st_size / 1e6:.1f} MB): upload it to /content in Colab, then run the setup cell")
+    print(
+        f"wrote {archive.name} ({archive.stat().st_size / 1e6:.1f} MB): "
+        "upload it to /content in Colab, then run the setup cell"
+    )
     return 0
 
 
@@ -142,7 +147,12 @@ def in_venv_after_setup(*command: str, environment: dict[str, str] | None = None
 
 
 # Fast mode, quiet progress bars, and the notebooks' own thread policy (part_utils/threads.py) for pytest too.
-TEST_ENVIRONMENT = {"WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+TEST_ENVIRONMENT = {
+    "WORKBOOK_FAST": "1",
+    "TQDM_DISABLE": "1",
+    "PYTHONHASHSEED": "0",
+    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+}
 COMMANDS = {
     "lab": lab,
     "progress": lambda rest: in_venv_after_setup("-m", "tooling.grading_cli", "progress", *rest),
@@ -161,7 +171,11 @@ def main(arguments: list[str]) -> int:
         print(__doc__)
         return 0
     if command not in COMMANDS:
-        print(f"workbook.py: unknown command {command!r}; the commands are {', '.join(COMMANDS)} (see `python3 workbook.py help`).", file=sys.stderr)
+        print(
+            f"workbook.py: unknown command {command!r}; "
+            f"the commands are {', '.join(COMMANDS)} (see `python3 workbook.py help`).",
+            file=sys.stderr,
+        )
         return 2
     return COMMANDS[command](rest)
 

@@ -12,7 +12,7 @@ loop and both resampling methods work unchanged.
 from types import SimpleNamespace
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from part_utils.reference.part5_sae_variants import TopKToySAE
@@ -27,7 +27,10 @@ class ActivationSource(nn.Module):
     def __init__(self, activations: Float[Tensor, "tokens d"], n_inst: int, seed: int = 0) -> None:
         super().__init__()
         if activations.ndim != 2:
-            raise ValueError(f"expected activations of shape [tokens, d]; got {tuple(activations.shape)} (flatten batch and position first)")
+            raise ValueError(
+                f"expected activations of shape [tokens, d]; got {tuple(activations.shape)} "
+                "(flatten batch and position first)"
+            )
         d = activations.shape[1]
         self.cfg = SimpleNamespace(n_inst=n_inst, d_hidden=d)
         self.register_buffer("activations", activations)
@@ -35,7 +38,9 @@ class ActivationSource(nn.Module):
         self.generator = torch.Generator(device=activations.device).manual_seed(seed)
 
     def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst d"]:
-        rows = torch.randint(len(self.activations), (batch_size,), generator=self.generator, device=self.activations.device)
+        rows = torch.randint(
+            len(self.activations), (batch_size,), generator=self.generator, device=self.activations.device
+        )
         return self.activations[rows].unsqueeze(1).expand(-1, self.cfg.n_inst, -1)
 
 
@@ -49,13 +54,8 @@ class PublishedAuxKTopKSAE(TopKToySAE):
     d_in / 2 and aux_coeff 1/32, set through the config.
     """
 
-    def auxk_loss(
-        self,
-        pre_acts: Float[Tensor, "batch inst d_sae"],
-        h: Float[Tensor, "batch inst d_in"],
-        h_reconstructed: Float[Tensor, "batch inst d_in"],
-        dead: Bool[Tensor, "inst d_sae"],
-    ) -> Float[Tensor, "batch inst"]:
+    def auxk_loss(self, pre_acts: Tensor, h: Tensor, h_reconstructed: Tensor, dead: Tensor) -> Tensor:
+        """Arguments and shapes as Part 5's `auxk_loss`; its loss without the heuristic factor, over the variance."""
         scaled = super().auxk_loss(pre_acts, h, h_reconstructed, dead)
         # Undo the parent's factor: it is at least 1 / k_aux when a latent is dead; with none dead the loss is 0.
         heuristic = (dead.sum(dim=-1) / self.cfg.k_aux).clamp(min=1 / self.cfg.k_aux, max=1.0)

@@ -17,10 +17,16 @@ def validate_hook_name(model: TransformerBridge, hook_name: str) -> None:
 
 def validate_tokens(model: TransformerBridge, tokens: Tensor) -> None:
     if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
-        raise TypeError(f"tokens must be an integer tensor of shape [batch, pos]; got dtype {tokens.dtype}, shape {tuple(tokens.shape)}")
+        raise TypeError(
+            f"tokens must be an integer tensor of shape [batch, pos]; "
+            f"got dtype {tokens.dtype}, shape {tuple(tokens.shape)}"
+        )
     d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= d_vocab):
-        raise ValueError(f"token ids must lie in [0, {d_vocab - 1}] (the model's vocabulary); got {tokens.min().item()}…{tokens.max().item()}")
+        raise ValueError(
+            f"token ids must lie in [0, {d_vocab - 1}] (the model's vocabulary); "
+            f"got {tokens.min().item()}…{tokens.max().item()}"
+        )
     if tokens.shape[1] > n_ctx:
         raise ValueError(f"sequences are {tokens.shape[1]} tokens long; the model's context is {n_ctx}")
 

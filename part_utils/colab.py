@@ -9,7 +9,8 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
 def install_on_colab(*requirements: str, without_dependencies: tuple[str, ...] = ()) -> None:
-    """pip-install `requirements`, then `without_dependencies` with --no-deps, when running in Colab; nothing elsewhere."""
+    """pip-install `requirements`, then `without_dependencies` with --no-deps, when running in Colab; nothing
+    elsewhere."""
     if "google.colab" not in sys.modules:
         return
     if requirements:

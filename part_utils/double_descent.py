@@ -94,7 +94,9 @@ def train_on_fixed_set(n_examples: int, seeds: tuple[int, ...], cfg: DoubleDesce
 
     with torch.no_grad():
         # Fresh test inputs from a stream of their own, the same for every training-set size.
-        x_test = torch.cat([sparse_unit_inputs(1, cfg.n_test, cfg, torch.Generator().manual_seed(10_000 + s)) for s in seeds])
+        x_test = torch.cat(
+            [sparse_unit_inputs(1, cfg.n_test, cfg, torch.Generator().manual_seed(10_000 + s)) for s in seeds]
+        )
         return TrainedModels(
             W.detach(), b.detach(), x_train, reconstruction_loss(x_train, W, b), reconstruction_loss(x_test, W, b)
         )
@@ -127,11 +129,20 @@ def run_sweep(
         test_loss.append(models.test_loss)
         W.append(models.W)
         if size in geometry_sizes:
-            example_hidden[size] = einsum(models.train_inputs[0], models.W[0], "ex feats, d_hidden feats -> ex d_hidden")
+            example_hidden[size] = einsum(
+                models.train_inputs[0], models.W[0], "ex feats, d_hidden feats -> ex d_hidden"
+            )
         if verbose:
-            print(f"T = {size:>5}: train {models.train_loss.mean():.3f}, test {models.test_loss.mean():.3f}", flush=True)
+            print(
+                f"T = {size:>5}: train {models.train_loss.mean():.3f}, test {models.test_loss.mean():.3f}", flush=True
+            )
     return DoubleDescentSweep(
-        tuple(sizes), tuple(seeds), torch.stack(train_loss), torch.stack(test_loss), torch.stack(W), example_hidden,
+        tuple(sizes),
+        tuple(seeds),
+        torch.stack(train_loss),
+        torch.stack(test_loss),
+        torch.stack(W),
+        example_hidden,
         time.perf_counter() - start,
     )
 

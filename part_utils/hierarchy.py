@@ -42,10 +42,14 @@ def latent_order(cosine: Float[Tensor, "d_sae feats"], n_parents: int, n_childre
     position = torch.empty(cosine.shape[1], dtype=torch.long)
     position[tree_order(n_parents, n_children)] = torch.arange(cosine.shape[1])
     best_cosine, best_feature = cosine.max(dim=1)
-    return sorted(range(cosine.shape[0]), key=lambda latent: (int(position[best_feature[latent]]), -float(best_cosine[latent])))
+    return sorted(
+        range(cosine.shape[0]), key=lambda latent: (int(position[best_feature[latent]]), -float(best_cosine[latent]))
+    )
 
 
-def decompose_latents(cosine: Float[Tensor, "d_sae feats"], live: Bool[Tensor, " d_sae"], n_parents: int, n_children: int) -> dict[str, list[Any]]:
+def decompose_latents(
+    cosine: Float[Tensor, "d_sae feats"], live: Bool[Tensor, " d_sae"], n_parents: int, n_children: int
+) -> dict[str, list[Any]]:
     """Every live latent placed in its family (that of the feature its decoder matches best): its largest
     cosine with the family's children (x), its cosine with the family's parent (y), and whether its best
     match is the parent itself."""
@@ -66,7 +70,9 @@ def decompose_latents(cosine: Float[Tensor, "d_sae feats"], live: Bool[Tensor, "
     return points
 
 
-def count_child_latents(points: dict[str, list[Any]], *, carries_at: float = 0.3, clean_at: float = 0.8) -> tuple[int, int]:
+def count_child_latents(
+    points: dict[str, list[Any]], *, carries_at: float = 0.3, clean_at: float = 0.8
+) -> tuple[int, int]:
     """Of the latents whose best match is a child: how many carry the child's parent (cosine ≥ `carries_at`
     with it), and how many are clean (cosine ≥ `clean_at` with the child, below `carries_at` with the parent)."""
     children = [(x, y) for x, y, parent in zip(points["x"], points["y"], points["parent_best"]) if not parent]
@@ -80,7 +86,7 @@ def splitting_census(
     *,
     belongs_at: float = 0.5,
     foreign_below: float = 0.3,
-) -> dict[str, Float[Tensor, "inst"]]:
+) -> dict[str, Float[Tensor, " inst"]]:
     """How many live latents each parent has, per instance (averaged over parents).
 
     A latent belongs to parent p when its decoder has cosine ≥ `belongs_at` with p and below
@@ -91,7 +97,9 @@ def splitting_census(
     strong = with_parents >= belongs_at
     # For each parent, the decoder's largest cosine with any *other* parent (-inf with one parent only).
     itself = torch.eye(n_parents, dtype=torch.bool, device=cosine.device)
-    others = with_parents[..., None, :].expand(*with_parents.shape, n_parents).masked_fill(itself, -torch.inf).amax(dim=-1)
+    others = (
+        with_parents[..., None, :].expand(*with_parents.shape, n_parents).masked_fill(itself, -torch.inf).amax(dim=-1)
+    )
     belongs = strong & (others < foreign_below) & live[..., None]
     mixes = (strong & (others >= foreign_below) & live[..., None]).any(dim=-1)
     return {

@@ -12,7 +12,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 
-def hungarian_match(cosine: Float[Tensor, "inst feats d_sae"]) -> tuple[Float[Tensor, "inst feats"], Int[Tensor, "inst feats"]]:
+def hungarian_match(
+    cosine: Float[Tensor, "inst feats d_sae"],
+) -> tuple[Float[Tensor, "inst feats"], Int[Tensor, "inst feats"]]:
     """Per instance, the matching of features to distinct latents with the largest total cosine.
 
     Returns each feature's matched cosine and latent index; with fewer latents than features, the
@@ -29,7 +31,9 @@ def hungarian_match(cosine: Float[Tensor, "inst feats d_sae"]) -> tuple[Float[Te
 
 
 def matched_recall(
-    features: Float[Tensor, "batch inst feats"], acts: Float[Tensor, "batch inst d_sae"], matched_latent: Int[Tensor, "inst feats"]
+    features: Float[Tensor, "batch inst feats"],
+    acts: Float[Tensor, "batch inst d_sae"],
+    matched_latent: Int[Tensor, "inst feats"],
 ) -> Float[Tensor, "inst feats"]:
     """How often each feature's matched latent fires when the feature is active (0 for an unmatched feature)."""
     index = matched_latent.clamp_min(0).to(acts.device)

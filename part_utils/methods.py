@@ -19,7 +19,9 @@ def add_to_class(cls: type) -> Callable[[Member], Member]:
         function = member.fget if isinstance(member, property) else member
         name = getattr(function, "__name__", None)
         if name is None:
-            raise TypeError(f"add_to_class({cls.__name__}) expects a function or a property, got {type(member).__name__}")
+            raise TypeError(
+                f"add_to_class({cls.__name__}) expects a function or a property, got {type(member).__name__}"
+            )
         if callable(function) and hasattr(function, "__qualname__"):
             function.__qualname__ = f"{cls.__name__}.{name}"
         setattr(cls, name, member)

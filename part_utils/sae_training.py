@@ -55,12 +55,17 @@ def redundant_latents(
     # Latent i is redundant if some j fires more often (ties broken by index) along the same direction.
     fires_more = (frac_active[:, None, :] > frac_active[:, :, None]) | (
         (frac_active[:, None, :] == frac_active[:, :, None])
-        & (torch.arange(cosine.shape[-1], device=cosine.device)[None, None, :] < torch.arange(cosine.shape[-1], device=cosine.device)[None, :, None])
+        & (
+            torch.arange(cosine.shape[-1], device=cosine.device)[None, None, :]
+            < torch.arange(cosine.shape[-1], device=cosine.device)[None, :, None]
+        )
     )
     return ((cosine > threshold) & both_live & fires_more).any(dim=-1)
 
 
-def reset_adam_moments(optimizer: torch.optim.Optimizer, sae: TrainableSAE, resampled: Bool[Tensor, "inst d_sae"]) -> None:
+def reset_adam_moments(
+    optimizer: torch.optim.Optimizer, sae: TrainableSAE, resampled: Bool[Tensor, "inst d_sae"]
+) -> None:
     """Zero Adam's running moments for the resampled latents' weights.
 
     For a latent that was live until now (a redundant or starved one) this stops the old
@@ -147,7 +152,9 @@ def train_sae(
                     frac_active = frac_active.masked_fill(frac_active < resample_rarer_than, 0.0)
                 if resample_redundant_above is not None:
                     with torch.no_grad():
-                        redundant = redundant_latents(sae.W_dec_normalized, _firing_rates(sae, h), resample_redundant_above)
+                        redundant = redundant_latents(
+                            sae.W_dec_normalized, _firing_rates(sae, h), resample_redundant_above
+                        )
                     frac_active = frac_active.masked_fill(redundant, 0.0)
                 resampled = _resample(sae, resample_method, frac_active, resample_scale)
                 reset_adam_moments(optimizer, sae, resampled)

@@ -1,6 +1,5 @@
 """Shape validation for plotting and training helpers, with messages that name the expected shape."""
 
-
 import torch
 
 
@@ -35,4 +34,3 @@ def expect_shape(
 def _describe(axis: str, fixed: dict[str, int] | None, bound: dict[str, int] | None) -> str:
     size = (fixed or {}).get(axis, (bound or {}).get(axis))
     return axis if size is None else f"{axis}={size}"
-

@@ -38,7 +38,11 @@ def use_threads(work: Work = "toy") -> str:
     """Set torch's thread count for `work`; return a one-line description for the notebook's output."""
     count = threads_for(work)
     torch.set_num_threads(count)
-    source = f"{OVERRIDE}={os.environ[OVERRIDE]}" if os.environ.get(OVERRIDE, "").strip() else f"the workbook's choice for {work} work; set {OVERRIDE} to change"
+    source = (
+        f"{OVERRIDE}={os.environ[OVERRIDE]}"
+        if os.environ.get(OVERRIDE, "").strip()
+        else f"the workbook's choice for {work} work; set {OVERRIDE} to change"
+    )
     return f"CPU threads: {count} ({source}), OpenMP wait policy {os.environ.get('OMP_WAIT_POLICY', 'default')}"
 
 

@@ -56,7 +56,8 @@ class Timing:
     def __str__(self) -> str:
         q1, q3 = self.quartiles
         memory = "" if self.peak_bytes is None else f", peak +{format_bytes(self.peak_bytes)}"
-        return f"{format_seconds(self.median)} (IQR {format_seconds(q1)} to {format_seconds(q3)}, {len(self.seconds)} runs){memory}"
+        spread = f"IQR {format_seconds(q1)} to {format_seconds(q3)}, {len(self.seconds)} runs"
+        return f"{format_seconds(self.median)} ({spread}){memory}"
 
 
 def measure(

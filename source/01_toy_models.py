@@ -57,8 +57,8 @@ import tests.part1_toy_models as checks
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting import animate_features_in_2d, plot_features_in_2d, plot_features_in_Nd
 from part_utils.results import Results
-from part_utils.seeding import seed_everything
 from part_utils.section_artefacts import load_part1_explorer_grid
+from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
 
 device = get_device()
@@ -85,6 +85,7 @@ KEPT_NORM = results.record("kept_norm", 0.5)  # a feature counts as represented 
 # *sparsity* is `S = 1 - p`) and **importance** (how much each feature's error counts in the
 # loss). Shapes: `W` is `[inst, d_hidden, feats]`, `b_final` is `[inst, feats]`, a batch is
 # `[batch, inst, feats]`. The constructor is given; read it before you start.
+
 
 # %% tags=["reference"]
 @dataclass
@@ -117,7 +118,9 @@ class ToyModel(nn.Module):
         self.cfg = cfg
         device = device if device is not None else get_device()
         shape = (cfg.n_inst, cfg.n_features)
-        self.feature_probability = torch.broadcast_to(torch.as_tensor(feature_probability, dtype=torch.float32), shape).to(device)
+        self.feature_probability = torch.broadcast_to(
+            torch.as_tensor(feature_probability, dtype=torch.float32), shape
+        ).to(device)
         self.importance = torch.broadcast_to(torch.as_tensor(importance, dtype=torch.float32), shape).to(device)
         # Xavier-normal scale for each instance's [d_hidden, feats] matrix on its own.
         std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
@@ -161,11 +164,10 @@ class ToyModel(nn.Module):
 #
 # Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToyModel)
-def forward(
-    self, features: Float[Tensor, "batch inst feats"]
-) -> Float[Tensor, "batch inst feats"]:
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     # BEGIN SOLUTION
     hidden = einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")
     out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
@@ -218,6 +220,7 @@ checks.test_forward(ToyModel)
 #
 # Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToyModel)
 def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
@@ -238,7 +241,8 @@ checks.test_generate_batch(ToyModel)
 #
 # The loss is the importance-weighted squared error,
 #
-# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(x_{b,\text{inst},f} - x'_{b,\text{inst},f}\big)^2,$$
+# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f}
+# I_{\text{inst}, f}\,\big(x_{b,\text{inst},f} - x'_{b,\text{inst},f}\big)^2,$$
 #
 # averaged over the batch and the features, and **summed** over instances; `batch` is `x`
 # and `out` is the model's output `x'`. Return it as a single-number tensor: training calls
@@ -268,6 +272,7 @@ checks.test_generate_batch(ToyModel)
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(ToyModel)
@@ -380,7 +385,11 @@ if two_pairs.any() and pentagons_from_here_on.any():
 
 # %%
 animate_features_in_2d(
-    torch.stack(W_snapshots), log_2d.steps, colours=importance_2d, title="Training the 5-feature model", subplot_titles=titles_2d
+    torch.stack(W_snapshots),
+    log_2d.steps,
+    colours=importance_2d,
+    title="Training the 5-feature model",
+    subplot_titles=titles_2d,
 ).show()
 
 # %% [markdown]
@@ -410,7 +419,9 @@ results.record("explorer.decay_max", max(explorer.importance_decays))
 results.record("explorer.n_decays", len(explorer.importance_decays))
 results.record("explorer.p_max", max(explorer.feature_probabilities))
 results.record("explorer.p_min", min(explorer.feature_probabilities))
-explorer_importance = torch.tensor(explorer.importance_decays)[:, None] ** torch.arange(explorer.n_features)  # [decays, feats]
+explorer_importance = torch.tensor(explorer.importance_decays)[:, None] ** torch.arange(
+    explorer.n_features
+)  # [decays, feats]
 animate_features_in_2d(
     explorer.W,
     [f"{p:.3g}" for p in explorer.feature_probabilities],
@@ -515,7 +526,7 @@ PHASES = ("not represented", "dedicated dimension", "superposition")
 
 
 @torch.no_grad()
-def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor, "inst"]:
+def per_instance_loss(model: ToyModel, batch_size: int = 50_000) -> Float[Tensor, " inst"]:
     """Each instance's importance-weighted squared error on one fresh batch."""
     batch = model.generate_batch(batch_size)
     return (model.importance * (batch - model(batch)).pow(2)).mean(dim=(0, 2))
@@ -688,6 +699,7 @@ plot_features_in_Nd(
 #
 # Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def generate_correlated_features(
     batch_size: int, feature_probability: Float[Tensor, "inst pairs"]
@@ -736,6 +748,7 @@ checks.test_generate_correlated_features(generate_correlated_features)
 #
 # Stuck after the hints? The same cell in `solutions/01_toy_models.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def generate_anticorrelated_features(
     batch_size: int, feature_probability: Float[Tensor, "inst pairs"]
@@ -759,6 +772,7 @@ checks.test_generate_anticorrelated_features(generate_anticorrelated_features)
 # A model whose `generate_batch` puts correlated pairs first, then anticorrelated pairs, then
 # independent features (given, using your two functions):
 
+
 # %%
 class CorrelatedToyModel(ToyModel):
     """Features: correlated pairs first, then anticorrelated pairs, then independent features.
@@ -772,7 +786,9 @@ class CorrelatedToyModel(ToyModel):
         if self.cfg.n_correlated_pairs:
             blocks.append(generate_correlated_features(batch_size, self.feature_probability[:, 0:n_correlated:2]))
         if self.cfg.n_anticorrelated_pairs:
-            blocks.append(generate_anticorrelated_features(batch_size, self.feature_probability[:, n_correlated:n_paired:2]))
+            blocks.append(
+                generate_anticorrelated_features(batch_size, self.feature_probability[:, n_correlated:n_paired:2])
+            )
         if n_paired < self.cfg.n_features:
             blocks.append(super().generate_batch(batch_size)[..., n_paired:])
         return torch.cat(blocks, dim=-1)
@@ -803,13 +819,17 @@ for name, probabilities in pair_probabilities.items():
         n_correlated_pairs=n_correlated,
         n_anticorrelated_pairs=n_anticorrelated,
     )
-    model_pairs = CorrelatedToyModel(cfg_pairs, feature_probability=probabilities.repeat(n_pair_restarts)[:, None], device=device)
+    model_pairs = CorrelatedToyModel(
+        cfg_pairs, feature_probability=probabilities.repeat(n_pair_restarts)[:, None], device=device
+    )
     _ = train_self_supervised(
         model_pairs, steps=full_or_fast(3_000, 300), lr=3e-3, lr_schedule=cosine_decay_lr, description=f"{name} pairs"
     )
     # As in the phase diagram: keep the restart with the lowest loss for each probability.
     best = per_instance_loss(model_pairs, 200_000).reshape(n_pair_restarts, n_settings).argmin(dim=0)
-    best_pair_W[name] = model_pairs.W.detach().reshape(n_pair_restarts, n_settings, 2, 4)[best, torch.arange(n_settings, device=device)]
+    best_pair_W[name] = model_pairs.W.detach().reshape(n_pair_restarts, n_settings, 2, 4)[
+        best, torch.arange(n_settings, device=device)
+    ]
     plot_features_in_2d(
         best_pair_W[name],
         colours=pair_colours,
@@ -839,8 +859,8 @@ for name, W_pairs in best_pair_W.items():
 #
 # - *Anticorrelated* pairs: the two features of a pair (the two blues, the two reds) sit
 #   **antipodally** at every `p` (cosine between partners
-#   {{pairs.anticorrelated.partner_cos:.2f}}, mean ± sd over pairs and `p`). They are never active together, so the ReLU hides their interference completely,
-#   and the model reserves the cheap antipodal slot for exactly that partner.
+#   {{pairs.anticorrelated.partner_cos:.2f}}, mean ± sd over pairs and `p`). They are never active together, so the
+#   ReLU hides their interference completely, and the model reserves the cheap antipodal slot for exactly that partner.
 # - *Correlated* pairs, sparse (`p` = {{pairs.correlated.sparse_p|range:.2f}}): the two
 #   features of a pair sit at **right angles** (cosine within
 #   {{pairs.correlated.sparse_partner_abs_cos|max:.2f}} of 0).

@@ -26,6 +26,8 @@
 # %% tags=["workbook-setup"]
 
 # %% tags=["reference"]
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import einsum
@@ -82,6 +84,7 @@ results = Results(part=2)  # the numbers the text quotes, recorded by full-mode 
 #
 # Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 class NeuronModel(ToyModel):
     """A toy model whose hidden layer has a ReLU: its neurons form a privileged basis."""
@@ -113,7 +116,9 @@ seed_everything(0)
 sparsities = torch.tensor([0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999])
 cfg_neurons = ToyModelConfig(n_inst=results.record("neurons.n_inst", len(sparsities)), n_features=10, d_hidden=5)
 importance_neurons = results.record("neurons.importance_decay", 0.75) ** torch.arange(cfg_neurons.n_features)
-neuron_model = NeuronModel(cfg_neurons, feature_probability=(1 - sparsities)[:, None], importance=importance_neurons, device=device)
+neuron_model = NeuronModel(
+    cfg_neurons, feature_probability=(1 - sparsities)[:, None], importance=importance_neurons, device=device
+)
 _ = train_self_supervised(
     neuron_model, steps=full_or_fast(10_000, 500), lr=5e-3, lr_schedule=cosine_decay_lr, description="neuron model"
 )
@@ -180,6 +185,7 @@ results.record("neurons.sparsest_polysemantic", polysemantic[-1].sum())
 # A ReLU network computes `|x| = ReLU(x) + ReLU(-x)` with two neurons per feature. The
 # question is what it does when it has fewer neurons than that.
 
+
 # %% tags=["reference"]
 class NeuronComputationModel(ToyModel):
     """`x' = ReLU(W2 ReLU(W1 x) + b_final)`, trained to output |x|."""
@@ -187,8 +193,9 @@ class NeuronComputationModel(ToyModel):
     W1: Float[Tensor, "inst d_hidden feats"]
     W2: Float[Tensor, "inst feats d_hidden"]
 
-    def __init__(self, cfg: ToyModelConfig, feature_probability: float | Tensor = 0.01, importance: float | Tensor = 1.0, device: torch.device | None = None) -> None:
-        super().__init__(cfg, feature_probability, importance, device)
+    def __init__(self, cfg: ToyModelConfig, *args: Any, **kwargs: Any) -> None:
+        """ToyModel's arguments; its `W` is replaced by `W1` and `W2`."""
+        super().__init__(cfg, *args, **kwargs)
         del self.W
         std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
         device = self.b_final.device
@@ -221,6 +228,7 @@ class NeuronComputationModel(ToyModel):
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -264,6 +272,7 @@ checks.test_computation_forward(NeuronComputationModel)
 #
 # Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
 def generate_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
@@ -285,7 +294,8 @@ checks.test_computation_generate_batch(NeuronComputationModel)
 #
 # The target is `|x|`, not `x`:
 #
-# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f} I_{\text{inst}, f}\,\big(|x_{b,\text{inst},f}| - x'_{b,\text{inst},f}\big)^2,$$
+# $$L = \sum_{\text{inst}} \; \frac{1}{B \cdot F} \sum_{b, f}
+# I_{\text{inst}, f}\,\big(|x_{b,\text{inst},f}| - x'_{b,\text{inst},f}\big)^2,$$
 #
 # where `batch` is `x` and `out` is the model's output `x'`. Return a single-number tensor
 # that training can backpropagate through.
@@ -306,6 +316,7 @@ checks.test_computation_generate_batch(NeuronComputationModel)
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/02_privileged_basis.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(NeuronComputationModel)
@@ -332,11 +343,15 @@ computation_sparsities = torch.tensor(full_or_fast([0.0, 0.9, 0.99], [0.0, 0.99]
 cfg_computation = ToyModelConfig(n_inst=len(computation_sparsities), n_features=100, d_hidden=40)
 importance_computation = results.record("computation.importance_decay", 0.8) ** torch.arange(cfg_computation.n_features)
 computation_model = NeuronComputationModel(
-    cfg_computation, feature_probability=(1 - computation_sparsities)[:, None], importance=importance_computation, device=device
+    cfg_computation,
+    feature_probability=(1 - computation_sparsities)[:, None],
+    importance=importance_computation,
+    device=device,
 )
 _ = train_self_supervised(
     computation_model, steps=full_or_fast(4_000, 400), lr=3e-3, lr_schedule=cosine_decay_lr, description="computing |x|"
 )
+
 
 # %%
 def sorted_by_strongest_feature(W1: Float[Tensor, "inst d_hidden feats"], n_shown: int = 10) -> Tensor:
@@ -353,6 +368,7 @@ plot_features_in_neurons(
     subplot_titles=[f"S = {s:.2f}" for s in computation_sparsities.tolist()],
     row_height=230,
 ).show()
+
 
 # %%
 @torch.no_grad()

@@ -81,6 +81,7 @@ results = Results(part=3)  # the numbers the text quotes, recorded by full-mode 
 #
 # Stuck after the hints? The same cell in `solutions/03_feature_geometry.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def compute_dimensionality(W: Float[Tensor, "inst d_hidden feats"]) -> Float[Tensor, "inst feats"]:
     # BEGIN SOLUTION
@@ -117,7 +118,9 @@ inverse_density = torch.logspace(0.0, 1.3, n_inst_geometry)
 results.record("geometry.inv_p_min", inverse_density.min())
 results.record("geometry.inv_p_max", inverse_density.max())
 cfg_geometry = ToyModelConfig(n_inst=n_inst_geometry, n_features=100, d_hidden=10)
-geometry_model = ToyModel(cfg_geometry, feature_probability=(1 / inverse_density)[:, None], importance=1.0, device=device)
+geometry_model = ToyModel(
+    cfg_geometry, feature_probability=(1 / inverse_density)[:, None], importance=1.0, device=device
+)
 _ = train_self_supervised(
     geometry_model,
     steps=results.record("geometry.steps", full_or_fast(3_200, 300)),
@@ -146,11 +149,19 @@ figure = go.Figure(
             marker={"size": 5, "opacity": 0.5, "color": "#1f77b4"},
             name="feature dimensionality",
         ),
-        go.Scatter(x=inverse_density.tolist(), y=dims_per_feature.tolist(), mode="lines", line={"color": "black"}, name="dimensions per feature"),
+        go.Scatter(
+            x=inverse_density.tolist(),
+            y=dims_per_feature.tolist(),
+            mode="lines",
+            line={"color": "black"},
+            name="dimensions per feature",
+        ),
     ]
 )
 for label, value in STICKY_FRACTIONS.items():
-    figure.add_hline(y=value, line={"dash": "dot", "color": "#999", "width": 1}, annotation_text=label, annotation_position="right")
+    figure.add_hline(
+        y=value, line={"dash": "dot", "color": "#999", "width": 1}, annotation_text=label, annotation_position="right"
+    )
 figure.update_layout(
     title="Feature dimensionality sticks to fractions",
     xaxis={"title": "1 / (1 - S)", "type": "log"},
@@ -193,7 +204,9 @@ figure.show()
 
 # %%
 tolerance = 0.03
-on_line = {label: ((dimensionality - value).abs() < tolerance) & represented for label, value in STICKY_FRACTIONS.items()}
+on_line = {
+    label: ((dimensionality - value).abs() < tolerance) & represented for label, value in STICKY_FRACTIONS.items()
+}
 for label, near in on_line.items():
     print(f"features within {tolerance} of {label:>3}: {near.sum() / represented.sum():6.1%}")
 
@@ -294,7 +307,9 @@ results.record("dd.T_max", max(dd_sweep.sizes))
 results.record("dd.n_seeds", len(dd_sweep.seeds))
 results.record("dd.sweep_seconds", dd_sweep.seconds)
 # (Only the saved sweep's training time is printed: a live time would differ on every run.)
-trained_or_loaded = "trained here" if FAST_MODE or RUN_DOUBLE_DESCENT else f"loaded (training took {dd_sweep.seconds:.0f} s)"
+trained_or_loaded = (
+    "trained here" if FAST_MODE or RUN_DOUBLE_DESCENT else f"loaded (training took {dd_sweep.seconds:.0f} s)"
+)
 print(f"{len(dd_sweep.sizes)} training-set sizes x {len(dd_sweep.seeds)} seeds, {trained_or_loaded}")
 
 # %% [markdown]
@@ -306,7 +321,7 @@ print(f"{len(dd_sweep.sizes)} training-set sizes x {len(dd_sweep.seeds)} seeds, 
 dd_sizes = list(dd_sweep.sizes)
 zero_output_loss = 1 - (1 - dd_config.feature_probability) ** dd_config.n_features
 figure = go.Figure()
-for seed_index, seed in enumerate(dd_sweep.seeds):
+for seed_index in range(len(dd_sweep.seeds)):
     figure.add_scatter(
         x=dd_sizes,
         y=dd_sweep.test_loss[:, seed_index].tolist(),
@@ -315,9 +330,16 @@ for seed_index, seed in enumerate(dd_sweep.seeds):
         name="test loss, each seed",
         showlegend=seed_index == 0,
     )
-figure.add_scatter(x=dd_sizes, y=dd_sweep.test_loss.mean(1).tolist(), mode="lines+markers", line={"color": "#d62728"}, name="test loss, mean")
-figure.add_scatter(x=dd_sizes, y=dd_sweep.train_loss.mean(1).tolist(), mode="lines+markers", line={"color": "#1f77b4"}, name="train loss, mean")
-figure.add_hline(y=zero_output_loss, line={"dash": "dot", "color": "#777"}, annotation_text="output zero", annotation_position="bottom right")
+for loss, colour, name in ((dd_sweep.test_loss, "#d62728", "test"), (dd_sweep.train_loss, "#1f77b4", "train")):
+    figure.add_scatter(
+        x=dd_sizes, y=loss.mean(1).tolist(), mode="lines+markers", line={"color": colour}, name=f"{name} loss, mean"
+    )
+figure.add_hline(
+    y=zero_output_loss,
+    line={"dash": "dot", "color": "#777"},
+    annotation_text="output zero",
+    annotation_position="bottom right",
+)
 figure.update_layout(
     title="Test loss against training-set size (200 features, 2 dimensions)",
     xaxis={"title": "training examples T", "type": "log"},
@@ -332,7 +354,8 @@ for i, size in enumerate(dd_sizes):
     print(
         f"T = {size:>5}: train {dd_sweep.train_loss[i].mean():.3f}, test {dd_sweep.test_loss[i].mean():.3f}"
         f" | longest column of W {column_norms[i].amax(-1).mean():.2f},"
-        f" columns longer than {long_column}: {(column_norms[i] > long_column).sum(-1).float().mean():.0f} (means over seeds)"
+        f" columns longer than {long_column}: {(column_norms[i] > long_column).sum(-1).float().mean():.0f}"
+        " (means over seeds)"
     )
 
 # For the text (nothing more is printed).
@@ -402,7 +425,9 @@ for row, size in enumerate((small_size, large_size), start=1):
     points = {1: dd_sweep.example_hidden[size], 2: dd_sweep.W[dd_sizes.index(size), 0].T}  # first seed
     for col, vectors in points.items():
         for x, y in vectors.tolist():  # a faint line from the origin to every point
-            geometry.add_scatter(x=[0, x], y=[0, y], mode="lines", line={"color": "#bbb", "width": 1}, showlegend=False, row=row, col=col)
+            geometry.add_scatter(
+                x=[0, x], y=[0, y], mode="lines", line={"color": "#bbb", "width": 1}, showlegend=False, row=row, col=col
+            )
         geometry.add_scatter(
             x=vectors[:, 0].tolist(),
             y=vectors[:, 1].tolist(),
@@ -415,7 +440,9 @@ for row, size in enumerate((small_size, large_size), start=1):
 limit = 1.1 * max(float(v.abs().max()) for v in (*dd_sweep.example_hidden.values(), dd_sweep.W[:, 0]))
 geometry.update_xaxes(range=[-limit, limit], zeroline=False)
 geometry.update_yaxes(range=[-limit, limit], zeroline=False, scaleanchor="x")
-geometry.update_layout(title="What the 2 hidden dimensions hold: memorising (top) vs generalising (bottom)", height=800, width=800)
+geometry.update_layout(
+    title="What the 2 hidden dimensions hold: memorising (top) vs generalising (bottom)", height=800, width=800
+)
 geometry.show()
 
 
@@ -461,7 +488,9 @@ for size in (small_size, large_size):
         results.record(f"dd.T{size}.feature_gaps", gaps_between(long_features))
         results.record(f"dd.T{size}.short_feature_norms", features.norm(dim=1)[features.norm(dim=1) <= long_column])
         results.record(f"dd.T{size}.feature_to_example", to_examples.amin(dim=1))
-        results.record(f"dd.T{size}.features_per_example", to_examples.argmin(dim=1).bincount(minlength=len(long_examples)))
+        results.record(
+            f"dd.T{size}.features_per_example", to_examples.argmin(dim=1).bincount(minlength=len(long_examples))
+        )
         results.record(f"dd.T{size}.examples_on_features", (to_examples.amin(dim=0) < 5).sum())
 
 # %% [markdown]

@@ -64,7 +64,6 @@ import tests.part4_toy_sae as checks
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
 from part_utils.plotting import plot_features_in_2d
-from part_utils.reference.part1_toy_models import ToyModelConfig
 from part_utils.plotting.sae import (
     animate_sae_training,
     complete_instances,
@@ -73,6 +72,7 @@ from part_utils.plotting.sae import (
     recipe_table,
     recovery_table,
 )
+from part_utils.reference.part1_toy_models import ToyModelConfig
 from part_utils.results import Results
 from part_utils.seeding import seed_everything
 from part_utils.training import cosine_decay_lr, train_self_supervised
@@ -95,7 +95,9 @@ n_inst, n_features, d_hidden = 16, 5, 2
 feature_probability = 0.025
 single_cfg = ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden)
 toy_single = ToyModel(single_cfg, feature_probability=feature_probability, device=device)
-_ = train_self_supervised(toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model")
+_ = train_self_supervised(
+    toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model"
+)
 
 toy_cfg = ToyModelConfig(n_inst=n_inst, n_features=n_features, d_hidden=d_hidden)
 toy_model = ToyModel(toy_cfg, feature_probability=feature_probability, device=device)
@@ -153,6 +155,7 @@ results.record("toy.feature_norms", toy_single.W[0].detach().norm(dim=0).cpu())
 # transpose, $W_{dec} = W_{enc}^\top$, with no separate decoder parameter. **Untied** SAEs
 # have both. Shapes: `W_enc [inst, d_in, d_sae]`, `W_dec [inst, d_sae, d_in]`,
 # `b_enc [inst, d_sae]`, `b_dec [inst, d_in]`.
+
 
 # %% tags=["reference"]
 @dataclass
@@ -232,6 +235,7 @@ class ToySAE(nn.Module):
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToySAE)
 def __init__(self, cfg: ToySAEConfig, model: ToyModel) -> None:
@@ -284,6 +288,7 @@ checks.test_init(ToySAE)
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToySAE)
 @property
@@ -321,6 +326,7 @@ checks.test_W_dec_normalized(ToySAE)
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -383,6 +389,7 @@ checks.test_generate_batch(ToySAE)
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToySAE)
 def pre_activations(self, h: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, "batch inst d_sae"]:
@@ -444,6 +451,7 @@ checks.test_forward(ToySAE)
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def max_cosine_similarity(
     W_dec: Float[Tensor, "inst d_sae d_in"], feature_directions: Float[Tensor, "inst feats d_in"]
@@ -479,7 +487,9 @@ RECOVERED_AT = 0.99
 
 
 @torch.no_grad()
-def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
+def recovery_report(
+    sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000
+) -> dict[str, Tensor]:
     """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
     features = sae.model.generate_batch(n_samples)
     h = einsum(features, sae.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
@@ -502,7 +512,11 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
 def decoder_feature_cosines(
     W_dec: Float[Tensor, "inst d_sae d_in"], feature_directions: Float[Tensor, "inst feats d_in"]
 ) -> Float[Tensor, "inst feats d_sae"]:
-    return einsum(F.normalize(feature_directions, dim=-1), F.normalize(W_dec, dim=-1), "inst feats d_in, inst d_sae d_in -> inst feats d_sae")
+    return einsum(
+        F.normalize(feature_directions, dim=-1),
+        F.normalize(W_dec, dim=-1),
+        "inst feats d_in, inst d_sae d_in -> inst feats d_sae",
+    )
 
 
 # %% [markdown]
@@ -528,8 +542,13 @@ resampling = {
     "resample_scale": 0.5,
 }
 for name, value in {
-    "d_sae": sae_cfg.d_sae, "sparsity_coeff": sae_cfg.sparsity_coeff, "batch_size": sae_batch_size, "lr": sae_lr,
-    "steps": sae_steps, "recovered_at": RECOVERED_AT, **resampling,
+    "d_sae": sae_cfg.d_sae,
+    "sparsity_coeff": sae_cfg.sparsity_coeff,
+    "batch_size": sae_batch_size,
+    "lr": sae_lr,
+    "steps": sae_steps,
+    "recovered_at": RECOVERED_AT,
+    **resampling,
 }.items():
     results.record(f"settings.{name}", value)
 
@@ -565,7 +584,9 @@ recovery_table(report_plain, title="No resampling").show()
 # reconstruction in blue. Press play, or drag the slider.
 
 # %%
-animate_sae_training(log_plain, feature_directions, instances=range(8), colour_by_loss=True, title="SAE training, no resampling").show()
+animate_sae_training(
+    log_plain, feature_directions, instances=range(8), colour_by_loss=True, title="SAE training, no resampling"
+).show()
 
 # %% [markdown]
 # **What to look for.** Some latents stop firing: their encoder column and bias make the
@@ -649,6 +670,7 @@ if silent_at_end.any():
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(ToySAE)
@@ -762,6 +784,7 @@ animate_sae_training(log_simple, feature_directions, instances=range(8), title="
 #
 # Stuck after the hints? The same cell in `solutions/04_toy_sae.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(ToySAE)
 def resample_advanced(
@@ -801,7 +824,9 @@ sae_advanced, log_advanced = train_toy_sae(
 report_advanced = record_recovery("advanced", recovery_report(sae_advanced, feature_directions))
 recovery_table(report_advanced, title="Advanced resampling").show()
 results.record("advanced.b_dec_norm", sae_advanced.b_dec.detach().norm(dim=-1))  # per instance
-animate_sae_training(log_advanced, feature_directions, instances=range(8), colour_by_loss=True, title="SAE training, advanced resampling").show()
+animate_sae_training(
+    log_advanced, feature_directions, instances=range(8), colour_by_loss=True, title="SAE training, advanced resampling"
+).show()
 
 # %% [markdown]
 # **What to look for.** Resampled latents now jump straight onto the direction of a badly
@@ -865,6 +890,7 @@ results.record("settings.resample_batch", inspect.signature(ToySAE.resample_adva
 # The next cell measures this with the Adam that `train_sae` uses, on one weight whose gradient
 # is always 1: a fresh optimiser, and two whose moments are zeroed at the first and at the last
 # resampling step of our runs.
+
 
 # %% tags=["reference"]
 def adam_step_sizes(reset_at: int, n_steps: int, lr: float) -> list[float]:
@@ -1031,7 +1057,9 @@ for name, report in {"simple": report_simple, "advanced": report_advanced}.items
 # redundant.
 
 # %%
-animate_sae_training(improved["advanced"][1], feature_directions, instances=range(8), title="Advanced resampling with the improvements").show()
+animate_sae_training(
+    improved["advanced"][1], feature_directions, instances=range(8), title="Advanced resampling with the improvements"
+).show()
 
 # %% [markdown]
 # ## 6. Why normalise the decoder?
@@ -1040,6 +1068,7 @@ animate_sae_training(improved["advanced"][1], feature_directions, instances=rang
 # SAE has a cheat: shrink the encoder (smaller activations, smaller penalty) and grow the
 # decoder by the same factor (same reconstruction). The penalty can be driven towards zero
 # without the SAE becoming any sparser. Let us switch normalisation off and watch.
+
 
 # %%
 class UnnormalisedToySAE(ToySAE):

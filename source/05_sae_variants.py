@@ -81,12 +81,22 @@ seed_everything(0)
 n_features, d_hidden = 5, 2
 n_per_setting = full_or_fast(8, 2)  # instances per setting, each its own seed (fast mode: fewer, for CI)
 feature_probability = 0.025
-toy_single = ToyModel(ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden), feature_probability=feature_probability, device=device)
-_ = train_self_supervised(toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model")
+toy_single = ToyModel(
+    ToyModelConfig(n_inst=1, n_features=n_features, d_hidden=d_hidden),
+    feature_probability=feature_probability,
+    device=device,
+)
+_ = train_self_supervised(
+    toy_single, steps=full_or_fast(6_000, 1_500), lr=3e-3, lr_schedule=cosine_decay_lr, description="toy model"
+)
 
 
 def make_toy_model(n_inst: int) -> ToyModel:
-    model = ToyModel(ToyModelConfig(n_inst=n_inst, n_features=n_features, d_hidden=d_hidden), feature_probability=feature_probability, device=device)
+    model = ToyModel(
+        ToyModelConfig(n_inst=n_inst, n_features=n_features, d_hidden=d_hidden),
+        feature_probability=feature_probability,
+        device=device,
+    )
     with torch.no_grad():
         model.W.copy_(toy_single.W.expand_as(model.W))
         model.b_final.copy_(toy_single.b_final.expand_as(model.b_final))
@@ -174,6 +184,7 @@ def feature_directions_for(n_inst: int) -> Float[Tensor, "inst feats d_in"]:
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 class GatedToySAE(ToySAE):
     """Gated SAE: `W_enc`/`b_enc` are the gate's weights, `r_mag` and `b_mag` the magnitude path's."""
@@ -218,7 +229,10 @@ def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     acts, pi_gate = self.encode_with_gate(h)
     h_reconstructed = self.decode(acts)
     gate_acts = F.relu(pi_gate)
-    via_gate = einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec.detach()
+    via_gate = (
+        einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in")
+        + self.b_dec.detach()
+    )
     loss_dict = {
         "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
         "L_sparsity": gate_acts.sum(dim=-1),
@@ -300,6 +314,7 @@ checks.test_gated_forward(GatedToySAE)
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def rectangle(u: Tensor) -> Tensor:
     """The kernel K(u) = 1[-1/2 < u < 1/2], as 0.0/1.0 in u's dtype."""
@@ -358,6 +373,7 @@ checks.test_heaviside(Heaviside)
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 class JumpReLU(torch.autograd.Function):
     """z · H(z - θ), with ∂/∂z = H(z - θ) and ∂/∂θ = -(θ/ε) K((z - θ)/ε)."""
@@ -399,6 +415,7 @@ checks.test_jumprelu(JumpReLU)
 # of {{=0.001}} would let almost no input inform θ in a short run: we start θ at
 # {{=0.1}}, use ε = {{=0.1}}, and apply λ in full from the first step.
 
+
 # %% tags=["reference"]
 @dataclass
 class JumpReLUToySAEConfig(ToySAEConfig):
@@ -429,9 +446,13 @@ class JumpReLUToySAE(ToySAE):
             "L_sparsity": self.l0(pre_acts, threshold),
         }
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
-        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
+        return SAEOutput(
+            loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed
+        )
 
-    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+    def l0(
+        self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]
+    ) -> Float[Tensor, "batch inst"]:
         return Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
     def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
@@ -490,8 +511,11 @@ class JumpReLUToySAE(ToySAE):
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
-def remove_parallel_component(grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
+def remove_parallel_component(
+    grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "d_sae d_in"]:
     # BEGIN SOLUTION
     parallel = (grad * W_dec).sum(dim=-1, keepdim=True)
     return grad - parallel * W_dec
@@ -521,13 +545,21 @@ class JumpReLUSAE(nn.Module):
         heaviside: type[torch.autograd.Function] = Heaviside,
     ) -> None:
         super().__init__()
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec), ("log_threshold", log_threshold)):
+        for name, value in (
+            ("W_enc", W_enc),
+            ("b_enc", b_enc),
+            ("W_dec", W_dec),
+            ("b_dec", b_dec),
+            ("log_threshold", log_threshold),
+        ):
             setattr(self, name, nn.Parameter(value.detach().clone()))
         self.bandwidth, self.sparsity_coefficient = bandwidth, sparsity_coefficient
         self.use_pre_encoder_bias = use_pre_encoder_bias
         self.jumprelu, self.heaviside = jumprelu, heaviside
 
-    def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
+    def forward(
+        self, x: Float[Tensor, "batch d_in"]
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
         """Returns (loss, reconstruction, pre-activations)."""
         x_in = x - self.b_dec if self.use_pre_encoder_bias else x
         pre_acts = x_in @ self.W_enc + self.b_enc
@@ -617,6 +649,7 @@ checks.test_reference_parity(JumpReLU, Heaviside, remove_parallel_component)
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: int) -> Float[Tensor, "batch inst d_sae"]:
     # BEGIN SOLUTION
@@ -653,6 +686,7 @@ checks.test_topk_activation(topk_activation)
 # `L_reconstruction + aux_coeff · L_aux`. Like Part 4's SAEs it also accepts resampling.
 # `cfg.k` can be one value, or a list with one value per instance (a sweep in one SAE).
 
+
 # %% tags=["reference"]
 @dataclass
 class TopKToySAEConfig(ToySAEConfig):
@@ -670,7 +704,9 @@ class TopKToySAE(ToySAE):
         super().__init__(cfg, model)
         self.register_buffer("steps_since_fired", torch.zeros_like(self.b_enc, dtype=torch.long))
         k_per_instance = cfg.k if isinstance(cfg.k, list) else [cfg.k] * cfg.n_inst
-        self.instance_groups = {k: [i for i, k_i in enumerate(k_per_instance) if k_i == k] for k in sorted(set(k_per_instance))}
+        self.instance_groups = {
+            k: [i for i, k_i in enumerate(k_per_instance) if k_i == k] for k in sorted(set(k_per_instance))
+        }
 
     def activation(self, pre_acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_sae"]:
         return self._per_k(pre_acts, lambda group_pre_acts, k: topk_activation(group_pre_acts, int(k)))
@@ -704,7 +740,9 @@ class TopKToySAE(ToySAE):
         }
         self.record_firing(acts)
         per_input = loss_dict["L_reconstruction"] + self.cfg.aux_coeff * loss_dict["L_aux"]
-        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
+        return SAEOutput(
+            loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed
+        )
 
 
 # %% [markdown]
@@ -741,6 +779,7 @@ class TopKToySAE(ToySAE):
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(TopKToySAE)
@@ -782,6 +821,7 @@ checks.test_auxk_loss(TopKToySAE)
 # scaled `W_gate`). The function below folds a plain ReLU or TopK SAE; the same one line,
 # times the norms, applies to θ, `b_gate` and `b_mag`.
 
+
 # %% tags=["reference"]
 def fold_decoder_norms(
     W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
@@ -809,7 +849,9 @@ def topk_2d(pre_acts: Tensor) -> Tensor:
 
 
 for name, activation in (("ReLU", F.relu), (f"TopK (k={k_demo})", topk_2d)):
-    change = (decode_with(folded, activation) - decode_with((W_enc_demo, b_enc_demo, W_dec_demo), activation)).abs().max()
+    change = (
+        (decode_with(folded, activation) - decode_with((W_enc_demo, b_enc_demo, W_dec_demo), activation)).abs().max()
+    )
     print(f"{name:<12} largest change in the reconstruction after folding: {change:.2e}")
 
 # %% [markdown]
@@ -825,27 +867,39 @@ for name, activation in (("ReLU", F.relu), (f"TopK (k={k_demo})", topk_2d)):
 #
 # They must agree. Part 7 times them at realistic sizes.
 
+
 # %% tags=["reference"]
-def decode_dense(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_dense(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     dense = torch.zeros(values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device)
     return dense.scatter(-1, indices, values) @ W_dec
 
 
-def decode_gather(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_gather(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     return einsum(values, W_dec[indices], "batch k, batch k d_in -> batch d_in")
 
 
-def decode_sparse(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_sparse(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     batch, k = values.shape
     rows = torch.arange(batch, device=values.device).repeat_interleave(k)
-    sparse = torch.sparse_coo_tensor(torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (batch, W_dec.shape[0]), check_invariants=False)
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (batch, W_dec.shape[0]), check_invariants=False
+    )
     return torch.sparse.mm(sparse, W_dec)
 
 
 # %%
 top_demo = (x_demo @ W_enc_demo + b_enc_demo).topk(k_demo, dim=-1)
 values_demo = F.relu(top_demo.values)
-decoded = {decode.__name__: decode(values_demo, top_demo.indices, W_dec_demo) for decode in (decode_dense, decode_gather, decode_sparse)}
+decoded = {
+    decode.__name__: decode(values_demo, top_demo.indices, W_dec_demo)
+    for decode in (decode_dense, decode_gather, decode_sparse)
+}
 for name, result in decoded.items():
     print(f"{name:<14} max difference from decode_dense: {(result - decoded['decode_dense']).abs().max():.2e}")
 
@@ -887,6 +941,7 @@ for name, result in decoded.items():
 #
 # Stuck after the hints? The same cell in `solutions/05_sae_variants.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def batch_topk_activation(pre_acts: Float[Tensor, "batch inst d_sae"], k: float) -> Float[Tensor, "batch inst d_sae"]:
     # BEGIN SOLUTION
@@ -909,6 +964,7 @@ checks.test_batch_topk_activation(batch_topk_activation)
 # inference (`sae.eval()`) it fires a latent when its pre-activation exceeds θ: a JumpReLU
 # with one threshold for all latents.
 
+
 # %% tags=["reference"]
 class BatchTopKToySAE(TopKToySAE):
     threshold: Float[Tensor, " inst"]
@@ -930,7 +986,13 @@ class BatchTopKToySAE(TopKToySAE):
         smallest_kept = acts.masked_fill(acts <= 0, torch.inf).amin(dim=(0, 2))  # [inst]
         smallest_kept = torch.where(torch.isinf(smallest_kept), self.threshold, smallest_kept)
         first = torch.isnan(self.threshold)
-        self.threshold.copy_(torch.where(first, smallest_kept, self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_kept))
+        self.threshold.copy_(
+            torch.where(
+                first,
+                smallest_kept,
+                self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_kept,
+            )
+        )
 
 
 # %% [markdown]
@@ -939,9 +1001,9 @@ class BatchTopKToySAE(TopKToySAE):
 # Now the comparison. Each architecture trains five sparsity settings, {{settings.seeds:.0f}} instances per
 # setting, on the toy data, all side by side in one SAE (each instance has its own sparsity
 # coefficient, so one run covers a whole sweep). The instances of a setting differ only in their
-# random seed, so each number below is a mean over {{settings.seeds:.0f}} seeds, with its standard deviation. All runs use the recipe that worked best in
-# Part 4: encoder initialised as the decoder's transpose, cosine learning-rate decay, and
-# advanced resampling of dead and redundant latents (TopK and BatchTopK have AuxK as well).
+# random seed, so each number below is a mean over {{settings.seeds:.0f}} seeds, with its standard deviation. All runs
+# use the recipe that worked best in Part 4: encoder initialised as the decoder's transpose, cosine learning-rate
+# decay, and advanced resampling of dead and redundant latents (TopK and BatchTopK have AuxK as well).
 # One addition: latents that fire on fewer than {{=0.1}}% of inputs are resampled like dead ones.
 # The typical failure here is a *pair code*: two latents each fire on two neighbouring
 # features and reconstruct the feature between them together, while a third latent starves,
@@ -965,9 +1027,12 @@ class BatchTopKToySAE(TopKToySAE):
 # ‖ĥ‖ / ‖h‖ mixes in errors of direction, which also make ĥ shorter than h, and the decoder
 # bias; γ asks only how much a rescaling would help.)
 
+
 # %% tags=["reference"]
 @torch.no_grad()
-def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
+def variant_report(
+    sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000
+) -> dict[str, Tensor]:
     """Part 4's recovery report, plus the relative reconstruction bias γ, measured in inference mode."""
     was_training = sae.training
     sae.eval()
@@ -979,7 +1044,9 @@ def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_
     return report
 
 
-def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, " inst"]:
+def relative_reconstruction_bias(
+    h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]
+) -> Float[Tensor, " inst"]:
     """γ = argmin_γ E‖ĥ/γ − h‖² = E‖ĥ‖² / E[ĥ·h] per instance: below 1, reconstructions come out short."""
     return h_reconstructed.pow(2).sum(dim=(0, 2)) / (h_reconstructed * h).sum(dim=(0, 2))
 
@@ -994,18 +1061,28 @@ resampling = {
     "resample_rarer_than": 1e-3,
 }
 SETTINGS = {  # five settings of λ (or k) per architecture
-    "L1": [0.05, 0.1, 0.2, 0.4, 0.8], "Gated": [0.2, 0.4, 0.6, 1.0, 1.5], "JumpReLU": [0.003, 0.01, 0.03, 0.1, 0.3],
-    "TopK": [1, 2, 3, 4, 5], "BatchTopK": [0.08, 0.1, 0.12, 0.16, 0.2],
+    "L1": [0.05, 0.1, 0.2, 0.4, 0.8],
+    "Gated": [0.2, 0.4, 0.6, 1.0, 1.5],
+    "JumpReLU": [0.003, 0.01, 0.03, 0.1, 0.3],
+    "TopK": [1, 2, 3, 4, 5],
+    "BatchTopK": [0.08, 0.1, 0.12, 0.16, 0.2],
 }
 sweep = VariantSweep(
-    Definitions(globals(), part=5), make_toy_model, feature_directions_for, SETTINGS, results,
-    n_per_setting=n_per_setting, steps=comparison_steps, resampling=resampling,
+    Definitions(globals(), part=5),
+    make_toy_model,
+    feature_directions_for,
+    SETTINGS,
+    results,
+    n_per_setting=n_per_setting,
+    steps=comparison_steps,
+    resampling=resampling,
     set_up={"TopK": freeze_decoder_bias},  # b_dec stays at the origin, the data's geometric median (see above)
 )
 
 # %% [markdown]
 # One cell per architecture, each with its own progress bar: in full mode on two CPU cores
-# each takes a few minutes ({{settings.seeds:.0f}} seeds for each of five settings, {{settings.comparison_steps:,.0f}} steps).
+# each takes a few minutes ({{settings.seeds:.0f}} seeds for each of five settings, {{settings.comparison_steps:,.0f}}
+# steps).
 
 # %%
 sweep.run("L1", d_sae=5, label="L1 ReLU")
@@ -1037,37 +1114,38 @@ summary = sweep.show_summary()
 # each with its standard deviation, and the error bars in the plot show it.
 #
 # - **Shrinkage.** The L1 rows have γ below 1, further below the larger λ is, from
-#   {{L1.lam0.05.gamma|mean:.2f}} at λ = {{=0.05}} to {{L1.lam0.4.gamma|mean:.2f}} at λ = {{=0.4}}: the penalty pulls active latents towards zero and the
-#   reconstruction comes out short. Gated, JumpReLU, TopK and BatchTopK stay within a few
-#   percent of 1, since none of them charges for size, except where a setting breaks the SAE:
+#   {{L1.lam0.05.gamma|mean:.2f}} at λ = {{=0.05}} to {{L1.lam0.4.gamma|mean:.2f}} at λ = {{=0.4}}: the penalty pulls
+#   active latents towards zero and the reconstruction comes out short. Gated, JumpReLU, TopK and BatchTopK stay within
+#   a few percent of 1, since none of them charges for size, except where a setting breaks the SAE:
 #   Gated at λ = {{=1.5}} (γ {{Gated.lam1.5.gamma|mean:.2f}}, FVU {{Gated.lam1.5.fvu|mean:.2f}}) barely fires at all.
 # - **The frontier.** At a similar L0 the L1 SAE has the highest FVU, and much of its error is
-#   that shrinkage: at λ = {{=0.2}} it fires {{L1.lam0.2.l0|mean:.3f}} latents per input for an FVU of {{L1.lam0.2.fvu|mean:.3f}}, while
-#   BatchTopK at k = {{=0.12}} fires {{BatchTopK.k0.12.l0|mean:.3f}} for {{BatchTopK.k0.12.fvu|mean:.3f}} and JumpReLU at λ = {{=0.1}} fires {{JumpReLU.lam0.1.l0|mean:.3f}} for
-#   {{JumpReLU.lam0.1.fvu|mean:.3f}}. TopK sits far to the right: nothing stops it firing on the {{=88}}% of inputs that
-#   hold no feature at all (its top pre-activation is then just a bias, kept whenever it is
-#   positive), so its L0 is {{TopK.k1.l0:.2f}} already at k = 1, against the data's own {{data.l0:.3f}}.
+#   that shrinkage: at λ = {{=0.2}} it fires {{L1.lam0.2.l0|mean:.3f}} latents per input for an FVU of
+#   {{L1.lam0.2.fvu|mean:.3f}}, while BatchTopK at k = {{=0.12}} fires {{BatchTopK.k0.12.l0|mean:.3f}} for
+#   {{BatchTopK.k0.12.fvu|mean:.3f}} and JumpReLU at λ = {{=0.1}} fires {{JumpReLU.lam0.1.l0|mean:.3f}} for
+#   {{JumpReLU.lam0.1.fvu|mean:.3f}}. TopK sits far to the right: nothing stops it firing on the {{=88}}% of inputs
+#   that hold no feature at all (its top pre-activation is then just a bias, kept whenever it is positive), so its L0
+#   is {{TopK.k1.l0:.2f}} already at k = 1, against the data's own {{data.l0:.3f}}.
 # - **Recovery is a different question.** Better reconstruction does not mean better
-#   features. In our full-mode run the L1 SAE recovered all five features in {{L1.lam0.4.recovered:.0f}} of {{settings.seeds:.0f}} seeds at
-#   λ = {{=0.4}}, Gated in {{Gated.lam0.6.recovered:.0f}} at λ = {{=0.6}} and {{Gated.lam1.recovered:.0f}} at λ = {{=1}}, TopK in {{TopK.k1.recovered:.0f}} at k = 1, JumpReLU in at most
-#   {{JumpReLU.lam0.1.recovered:.0f}} (λ = {{=0.1}}) and BatchTopK in at most {{BatchTopK.k0.1.recovered:.0f}}; JumpReLU and BatchTopK settle with directions
-#   *between* features (MMCS {{JumpReLU.lam0.03.mmcs|mean:.2f}} to {{JumpReLU.lam0.1.mmcs|mean:.2f}} and {{BatchTopK.k0.12.mmcs|mean:.2f}} to {{BatchTopK.k0.2.mmcs|mean:.2f}}). With only 2 dimensions,
-#   two active latents can reconstruct any point exactly, so a pair code costs no
-#   reconstruction error. What it costs is sparsity: every objective here charges a pair
-#   code more than one latent per feature would, the L1 and L0 penalties and BatchTopK's budget
-#   alike. The difference is in the *gradient* that could act on that cost. The L1 of the
-#   activations (or of the gate, for Gated SAEs) pushes on the encoder, which is why both
-#   recover more as λ grows. JumpReLU's L0 reaches only the thresholds (the Heaviside step
-#   passes no gradient to the pre-activations), and a threshold cannot stop a latent firing on
-#   one of its two features without the other, since their pre-activations overlap. BatchTopK's
-#   budget is enforced by the selection itself, which passes no gradient either. TopK with
-#   k = 1 fires at most one latent per input, so it cannot form pair codes; its failures are
+#   features. In our full-mode run the L1 SAE recovered all five features in {{L1.lam0.4.recovered:.0f}} of
+#   {{settings.seeds:.0f}} seeds at λ = {{=0.4}}, Gated in {{Gated.lam0.6.recovered:.0f}} at λ = {{=0.6}} and
+#   {{Gated.lam1.recovered:.0f}} at λ = {{=1}}, TopK in {{TopK.k1.recovered:.0f}} at k = 1, JumpReLU in at most
+#   {{JumpReLU.lam0.1.recovered:.0f}} (λ = {{=0.1}}) and BatchTopK in at most {{BatchTopK.k0.1.recovered:.0f}};
+#   JumpReLU and BatchTopK settle with directions *between* features (MMCS {{JumpReLU.lam0.03.mmcs|mean:.2f}} to
+#   {{JumpReLU.lam0.1.mmcs|mean:.2f}} and {{BatchTopK.k0.12.mmcs|mean:.2f}} to {{BatchTopK.k0.2.mmcs|mean:.2f}}). With
+#   only 2 dimensions, two active latents can reconstruct any point exactly, so a pair code costs no reconstruction
+#   error. What it costs is sparsity: every objective here charges a pair code more than one latent per feature would,
+#   the L1 and L0 penalties and BatchTopK's budget alike. The difference is in the *gradient* that could act on that
+#   cost. The L1 of the activations (or of the gate, for Gated SAEs) pushes on the encoder, which is why both recover
+#   more as λ grows. JumpReLU's L0 reaches only the thresholds (the Heaviside step passes no gradient to the
+#   pre-activations), and a threshold cannot stop a latent firing on one of its two features without the other, since
+#   their pre-activations overlap. BatchTopK's budget is enforced by the selection itself, which passes no gradient
+#   either. TopK with k = 1 fires at most one latent per input, so it cannot form pair codes; its failures are
 #   latents left between two features when a neighbour wins every input of both. The section
 #   after the question tests this explanation for JumpReLU.
 # - **Recall** is the column to read beside MMCS. The L1 SAE that recovers every direction at
-#   λ = {{=0.4}} fires the matching latent on only {{L1.lam0.4.recall|mean:.2f}} of the occurrences of its feature, and Gated
-#   at λ = {{=1}} on {{Gated.lam1.recall|mean:.2f}}: occurrences with small magnitudes stay below the threshold their
-#   penalty sets. A dictionary with the right directions can still miss most of the inputs.
+#   λ = {{=0.4}} fires the matching latent on only {{L1.lam0.4.recall|mean:.2f}} of the occurrences of its feature, and
+#   Gated at λ = {{=1}} on {{Gated.lam1.recall|mean:.2f}}: occurrences with small magnitudes stay below the threshold
+#   their penalty sets. A dictionary with the right directions can still miss most of the inputs.
 # - **Dead latents** are rare: at the end of training none, except TopK's {{TopK.k1.dead|mean:.2f}} and
 #   {{TopK.k2.dead|mean:.2f}} per seed on average at k = 1 and 2. Resampling (and AuxK for the TopK family)
 #   revives them.
@@ -1094,29 +1172,32 @@ summary = sweep.show_summary()
 # the parity test above depends on it. We train it here only to test the explanation, at
 # JumpReLU's best setting (λ = {{diagnosis.lam:g}}) with everything else unchanged.
 
+
 # %% tags=["reference"]
 class HeavisideThroughInput(torch.autograd.Function):
     """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
 
-    # Written out rather than subclassing Heaviside, so that it does not rely on what your
-    # forward saves for backward.
+    # Not a subclass of Heaviside: it keeps its own pseudo-derivative from forward, so that it
+    # does not rely on what your forward saves for backward.
     @staticmethod
     def forward(ctx: Any, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.save_for_backward(rectangle((z - threshold) / bandwidth) / bandwidth)
+        ctx.threshold_shape = threshold.shape
         return (z > threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
-        z, threshold = ctx.saved_tensors
-        grad_z = rectangle((z - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_output
-        return grad_z, (-grad_z).sum_to_size(threshold.shape), None
+        (pseudo_derivative,) = ctx.saved_tensors
+        grad_z = pseudo_derivative * grad_output
+        return grad_z, (-grad_z).sum_to_size(ctx.threshold_shape), None
 
 
 class JumpReLUEncoderL0ToySAE(JumpReLUToySAE):
     """The JumpReLU toy SAE whose L0 penalty also trains the encoder."""
 
-    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+    def l0(
+        self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]
+    ) -> Float[Tensor, "batch inst"]:
         return HeavisideThroughInput.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
 
@@ -1126,22 +1207,24 @@ compare_l0_estimators(sweep, "JumpReLU", diagnosis_coeff, JumpReLUEncoderL0ToySA
 results.record("data.l0", n_features * feature_probability)
 
 # %% [markdown]
-# In our full-mode run the change lifts JumpReLU at λ = {{diagnosis.lam:g}} from {{diagnosis.reference.recovered:.0f}} to **{{diagnosis.through_z.recovered:.0f}} of {{settings.seeds:.0f}}** seeds
-# with all five directions found (MMCS {{diagnosis.reference.mmcs|mean:.3f}} → {{diagnosis.through_z.mmcs|mean:.4f}}, Hungarian {{diagnosis.reference.hungarian|mean:.3f}} → {{diagnosis.through_z.hungarian|mean:.4f}}). But read the
-# other columns before calling it a cure. L0 falls from {{diagnosis.reference.l0|mean:.3f}} to {{diagnosis.through_z.l0|mean:.3f}}, about half the data's own
-# {{data.l0:.3f}} active features per input. One latent per feature, firing whenever its feature is
-# active, would give {{data.l0:.3f}}; so the variant's latents point exactly along the features but stay
-# silent on about half of their occurrences, the ones with small magnitudes, because the same
-# gradient pulls down every pre-activation just above its threshold, much as an L1 penalty
-# would near the threshold. Its recall, {{diagnosis.through_z.recall|mean:.2f}}, says the same. (The reference SAE's recall,
-# {{diagnosis.reference.recall|mean:.2f}}, is low for another reason: under a pair code the latent matched to the feature
-# between the pair stays silent while the pair writes it.) The rise in FVU ({{diagnosis.reference.fvu|mean:.3f}} → {{diagnosis.through_z.fvu|mean:.3f}})
-# is the price of those missed occurrences, and γ falls to {{diagnosis.through_z.gamma|mean:.2f}} (from {{diagnosis.reference.gamma|mean:.2f}}). Neither estimator is simply right: the reference one keeps reconstructions
-# full-length and lets this toy's features blur into pairs; the variant finds the directions
-# and drops the weak occurrences. Anthropic's 2025 JumpReLU recipe also sends sparsity gradient
-# to the encoder, differently: it replaces the L0 count by a smooth tanh penalty on the
-# activations (scaled by decoder norms), which SAELens offers as
-# `jumprelu_sparsity_loss_mode="tanh"`.
+# In our full-mode run the change lifts JumpReLU at λ = {{diagnosis.lam:g}} from {{diagnosis.reference.recovered:.0f}}
+# to **{{diagnosis.through_z.recovered:.0f}} of {{settings.seeds:.0f}}** seeds with all five directions found (MMCS
+# {{diagnosis.reference.mmcs|mean:.3f}} → {{diagnosis.through_z.mmcs|mean:.4f}}, Hungarian
+# {{diagnosis.reference.hungarian|mean:.3f}} → {{diagnosis.through_z.hungarian|mean:.4f}}). But read the other columns
+# before calling it a cure. L0 falls from {{diagnosis.reference.l0|mean:.3f}} to {{diagnosis.through_z.l0|mean:.3f}},
+# about half the data's own {{data.l0:.3f}} active features per input. One latent per feature, firing whenever its
+# feature is active, would give {{data.l0:.3f}}; so the variant's latents point exactly along the features but stay
+# silent on about half of their occurrences, the ones with small magnitudes, because the same gradient pulls down every
+# pre-activation just above its threshold, much as an L1 penalty would near the threshold. Its recall,
+# {{diagnosis.through_z.recall|mean:.2f}}, says the same. (The reference SAE's recall,
+# {{diagnosis.reference.recall|mean:.2f}}, is low for another reason: under a pair code the latent matched to the
+# feature between the pair stays silent while the pair writes it.) The rise in FVU
+# ({{diagnosis.reference.fvu|mean:.3f}} → {{diagnosis.through_z.fvu|mean:.3f}}) is the price of those missed
+# occurrences, and γ falls to {{diagnosis.through_z.gamma|mean:.2f}} (from {{diagnosis.reference.gamma|mean:.2f}}).
+# Neither estimator is simply right: the reference one keeps reconstructions full-length and lets this toy's features
+# blur into pairs; the variant finds the directions and drops the weak occurrences. Anthropic's 2025 JumpReLU recipe
+# also sends sparsity gradient to the encoder, differently: it replaces the L0 count by a smooth tanh penalty on the
+# activations (scaled by decoder norms), which SAELens offers as `jumprelu_sparsity_loss_mode="tanh"`.
 #
 # BatchTopK has no penalty that could be redirected this way. What gives it a way out is
 # room. Try it: where the sweep above builds the TopK family, change `d_sae=5` to 20 (about
@@ -1150,13 +1233,15 @@ results.record("data.l0", n_features * feature_probability)
 # know the true features and want to see whether each gets a latent. Real SAEs are much wider
 # than the model's dimension, but the field assumes they are still *narrower* than the number
 # of features the model uses, and an SAE too narrow for correlated features blends them into
-# its latents (Chanin, Dulka and Garriga-Alonso 2025, "feature hedging"). Part 8 compares every architecture of this part where SAEs are really used: 40 latents
-# for 20 features that form a hierarchy, at matched L0, Matryoshka SAEs included.
+# its latents (Chanin, Dulka and Garriga-Alonso 2025, "feature hedging"). Part 8 compares every architecture of this
+# part where SAEs are really used: 40 latents for 20 features that form a hierarchy, at matched L0, Matryoshka SAEs
+# included.
 #
 # ### BatchTopK at inference
 #
 # The threshold BatchTopK learned during training should give about the same L0 at inference,
 # on fresh data and without any batch to compare against.
+
 
 # %% tags=["reference"]
 @torch.no_grad()
@@ -1166,7 +1251,9 @@ def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1
     l0 = {}
     for mode in (True, False):
         sae.train(mode)
-        counts = [(sae.encode(sae.generate_batch(batch_size)) > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)]
+        counts = [
+            (sae.encode(sae.generate_batch(batch_size)) > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)
+        ]
         l0[mode] = torch.stack(counts).mean(dim=0).cpu()
     sae.train(was_training)
     return l0[True], l0[False]

@@ -100,7 +100,10 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # %%
 data = palindrome_dataset()
 tokenizer = data.tokenizer
-print(f"{len(data.train_tokens):,} training strings, {len(data.test_tokens):,} held out; vocabulary: {''.join(tokenizer.vocabulary)}")
+print(
+    f"{len(data.train_tokens):,} training strings, {len(data.test_tokens):,} held out; "
+    f"vocabulary: {''.join(tokenizer.vocabulary)}"
+)
 print("examples:", tokenizer.decode(data.train_tokens[:4]))
 print("tokens of", tokenizer.decode(data.train_tokens[0]), "→", data.train_tokens[0].tolist())
 
@@ -119,7 +122,22 @@ print("tokens of", tokenizer.decode(data.train_tokens[0]), "→", data.train_tok
 
 # %%
 config = palindrome_model_config()
-print({name: getattr(config, name) for name in ["n_layers", "n_heads", "d_head", "d_model", "d_mlp", "act_fn", "normalization_type", "n_ctx", "d_vocab"]})
+print(
+    {
+        name: getattr(config, name)
+        for name in [
+            "n_layers",
+            "n_heads",
+            "d_head",
+            "d_model",
+            "d_mlp",
+            "act_fn",
+            "normalization_type",
+            "n_ctx",
+            "d_vocab",
+        ]
+    }
+)
 for name in ["n_heads", "d_model", "d_mlp"]:
     results.record(f"settings.{name}", getattr(config, name))
 if FAST_MODE:
@@ -143,8 +161,21 @@ else:
 accuracy = per_position_accuracy(model, data.test_tokens)
 labels = [f"pos {p} predicts token {p + 1}" for p in range(len(accuracy))]
 colours = ["#2a9d8f" if p in MIRRORED_POSITIONS else "#adb5bd" for p in range(len(accuracy))]
-fig = go.Figure(go.Bar(x=labels, y=accuracy.numpy(), marker_color=colours, text=[f"{a:.3f}" for a in accuracy.tolist()], textposition="outside"))
-fig.update_layout(title="Held-out next-token accuracy (green: the mirrored half and the end token)", yaxis_range=[0, 1.1], height=380, width=760)
+fig = go.Figure(
+    go.Bar(
+        x=labels,
+        y=accuracy.numpy(),
+        marker_color=colours,
+        text=[f"{a:.3f}" for a in accuracy.tolist()],
+        textposition="outside",
+    )
+)
+fig.update_layout(
+    title="Held-out next-token accuracy (green: the mirrored half and the end token)",
+    yaxis_range=[0, 1.1],
+    height=380,
+    width=760,
+)
 fig.show()
 held_out_accuracy = results.record("model.mirrored_accuracy", mirrored_accuracy(model, data.test_tokens))
 print(f"accuracy on the mirrored half and the end token (held out): {held_out_accuracy:.4f}")
@@ -255,7 +286,14 @@ seed_everything(1)
 normalised_rows = (train_rows / activation_scale).to(device)
 definitions = Definitions(globals(), part=6)  # the registry builds every SAE, of the classes this notebook uses
 l1_sae = build_sae("L1", l1_coeffs, ActivationSource(normalised_rows, len(l1_coeffs)), definitions, d_sae=d_sae)
-train_on_activations(l1_sae, "L1 SAEs", sparsity_schedule=sparsity_warmup, resample_method="advanced", resample_every=sae_steps // 4, resample_window=sae_steps // 20)
+train_on_activations(
+    l1_sae,
+    "L1 SAEs",
+    sparsity_schedule=sparsity_warmup,
+    resample_method="advanced",
+    resample_every=sae_steps // 4,
+    resample_window=sae_steps // 20,
+)
 topk_sae = train_topk(PublishedAuxKTopKSAE, k_aux)
 
 # %% [markdown]
@@ -265,7 +303,9 @@ topk_sae = train_topk(PublishedAuxKTopKSAE, k_aux)
 
 # %%
 @torch.no_grad()
-def encode_and_reconstruct(sae: ToySAE, acts: Float[Tensor, "tokens d_model"]) -> tuple[Float[Tensor, "inst tokens d_sae"], Float[Tensor, "inst tokens d_model"]]:
+def encode_and_reconstruct(
+    sae: ToySAE, acts: Float[Tensor, "tokens d_model"]
+) -> tuple[Float[Tensor, "inst tokens d_sae"], Float[Tensor, "inst tokens d_model"]]:
     h = (acts / activation_scale).unsqueeze(1).expand(-1, sae.cfg.n_inst, -1)
     latents = sae.encode(h)
     return latents.transpose(0, 1), sae.decode(latents).transpose(0, 1) * activation_scale
@@ -332,7 +372,7 @@ checks.test_fraction_variance_explained(fraction_variance_explained)
 # {{fve.mean_vector_about_zero:.2f}} that way.
 
 # %%
-for name, (latents, reconstruction) in encoded.items():
+for name, (_, reconstruction) in encoded.items():
     for i, label in enumerate(saes[name][1]):
         about_mean = float(fraction_variance_explained(test_rows, reconstruction[i]))
         about_zero = 1 - ((test_rows - reconstruction[i]).pow(2).sum() / test_rows.pow(2).sum()).item()
@@ -403,8 +443,19 @@ density = []
 for name, (latents, _) in encoded.items():
     for i, label in enumerate(saes[name][1]):
         frequency = firing_frequency(latents[i])
-        density += [{"SAE": f"{name} {label}", "log10 firing frequency": f} for f in frequency.clamp_min(1e-6).log10().tolist()]
-fig = px.histogram(density, x="log10 firing frequency", facet_col="SAE", facet_col_wrap=3, nbins=40, height=480, width=900, title="Latent density on held-out tokens")
+        density += [
+            {"SAE": f"{name} {label}", "log10 firing frequency": f} for f in frequency.clamp_min(1e-6).log10().tolist()
+        ]
+fig = px.histogram(
+    density,
+    x="log10 firing frequency",
+    facet_col="SAE",
+    facet_col_wrap=3,
+    nbins=40,
+    height=480,
+    width=900,
+    title="Latent density on held-out tokens",
+)
 fig.show()
 
 # %% [markdown]
@@ -465,6 +516,7 @@ def spliced_loss(
 ) -> float:
     validate_hook_name(model, hook_name)
     validate_tokens(model, tokens)
+
     # BEGIN SOLUTION
     def hook_fn(act: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
         return replace(act)
@@ -490,12 +542,17 @@ checks.test_loss_recovered(loss_recovered)
 
 
 # %% tags=["reference"]
-def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
+def sae_replacement(
+    sae: ToySAE, instance: int, scale: float
+) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
     """Replace every position but the first with SAE instance `instance`'s reconstruction."""
 
     def replace(act: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
         if act.shape[-1] != sae.cfg.d_in:
-            raise ValueError(f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size {act.shape[-1]}: was it trained on another hook?")
+            raise ValueError(
+                f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size "
+                f"{act.shape[-1]}: was it trained on another hook?"
+            )
         h = (act[:, 1:] / scale).unsqueeze(2).expand(-1, -1, sae.cfg.n_inst, -1).flatten(0, 1)
         reconstruction = sae.decode(sae.encode(h))[:, instance].reshape(act[:, 1:].shape) * scale
         return torch.cat([act[:, :1], reconstruction], dim=1)
@@ -503,7 +560,9 @@ def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float
     return replace
 
 
-def constant_replacement(value: Float[Tensor, " d"]) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
+def constant_replacement(
+    value: Float[Tensor, " d"],
+) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
     """Ablate every position but the first to `value` (zeros, or the mean activation)."""
     return lambda act: torch.cat([act[:, :1], value.expand_as(act[:, 1:])], dim=1)
 
@@ -517,7 +576,9 @@ identity_loss = spliced_loss(model, eval_tokens, HOOK, lambda act: act)
 for name, value in {"clean": clean_loss, "zero_ablated": zero_loss, "mean_ablated": mean_loss}.items():
     results.record(f"loss.{name}", value)
 print(f"clean {clean_loss:.4f}   zero-ablated {zero_loss:.4f}   mean-ablated {mean_loss:.4f}")
-print(f"sanity check, an identity 'SAE' recovers {loss_recovered(clean_loss, identity_loss, zero_loss):.1%} of the loss")
+print(
+    f"sanity check, an identity 'SAE' recovers {loss_recovered(clean_loss, identity_loss, zero_loss):.1%} of the loss"
+)
 
 # %% [markdown]
 # Everything in one table. Loss recovered is given against both ablations. Zero-ablation is
@@ -547,7 +608,13 @@ with torch.no_grad():
                     "recovered (mean)": loss_recovered(clean_loss, loss, mean_loss),
                 }
             )
-formats = {"L0": "{:.2f}", "FVE": "{:.4f}", "loss": "{:.4f}", "recovered (zero)": "{:.2%}", "recovered (mean)": "{:.2%}"}
+formats = {
+    "L0": "{:.2f}",
+    "FVE": "{:.4f}",
+    "loss": "{:.4f}",
+    "recovered (zero)": "{:.2%}",
+    "recovered (mean)": "{:.2%}",
+}
 columns = {c: [formats.get(c, "{}").format(row[c]) for row in rows] for c in rows[0]}
 html_table(columns, title=f"SAEs on {HOOK}, held-out strings (clean loss {clean_loss:.4f})").show()
 
@@ -674,14 +741,18 @@ print(f"{int((frequency > 0).sum())} live latents of {d_sae}")
 
 # %%
 @torch.no_grad()
-def direct_logit_effect(model: TransformerBridge, decoder_directions: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+def direct_logit_effect(
+    model: TransformerBridge, decoder_directions: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_vocab"]:
     """Logit change per unit of each latent along the direct path: centre, LayerNorm weights, unembed."""
     centred = decoder_directions - decoder_directions.mean(dim=-1, keepdim=True)
     return (centred * model.ln_final.w) @ model.W_U
 
 
 @torch.no_grad()
-def latent_profiles(latents: Float[Tensor, "strings pos d_sae"], next_tokens: Int[Tensor, "strings pos"], d_vocab: int) -> dict[str, Tensor]:
+def latent_profiles(
+    latents: Float[Tensor, "strings pos d_sae"], next_tokens: Int[Tensor, "strings pos"], d_vocab: int
+) -> dict[str, Tensor]:
     """Each latent's favourite position and next token, with the share of its activation they take."""
     mass = latents.sum(dim=(0, 1)).clamp_min(1e-12)
     by_position = latents.sum(dim=0) / mass
@@ -699,7 +770,9 @@ profiles = latent_profiles(latents_by_token, next_tokens, tokenizer.vocab_size)
 top_logit = direct_logit_effect(model, decoder_in_model_units).argmax(dim=-1).cpu()
 live = frequency > 0
 letter_positions = list(MIRRORED_POSITIONS[:-1])  # 4, 5, 6: the next token is a determined letter
-mirrored_share = latents_by_token[:, letter_positions].sum(dim=(0, 1)) / latents_by_token.sum(dim=(0, 1)).clamp_min(1e-12)
+mirrored_share = latents_by_token[:, letter_positions].sum(dim=(0, 1)) / latents_by_token.sum(dim=(0, 1)).clamp_min(
+    1e-12
+)
 MOSTLY = results.record("settings.most_share", 0.9)  # "most of a latent's activation": at least this share of it
 mirrored_letter = live & (mirrored_share >= MOSTLY)
 one_letter = mirrored_letter & (profiles["next-token share"] >= MOSTLY)
@@ -723,8 +796,13 @@ def profile_rows(latents: list[int]) -> dict[str, list[str]]:
         "latent": [str(j) for j in latents],
         "frequency": [f"{frequency[j]:.2%}" for j in latents],
         "share on positions 4–6": [f"{mirrored_share[j]:.0%}" for j in latents],
-        "top position (share)": [f"{int(profiles['position'][j])} ({profiles['position share'][j]:.0%})" for j in latents],
-        "next token (share)": [f"{tokenizer.vocabulary[int(profiles['next token'][j])]} ({profiles['next-token share'][j]:.0%})" for j in latents],
+        "top position (share)": [
+            f"{int(profiles['position'][j])} ({profiles['position share'][j]:.0%})" for j in latents
+        ],
+        "next token (share)": [
+            f"{tokenizer.vocabulary[int(profiles['next token'][j])]} ({profiles['next-token share'][j]:.0%})"
+            for j in latents
+        ],
         "direct-path top token": [tokenizer.vocabulary[int(top_logit[j])] for j in latents],
     }
 
@@ -732,7 +810,9 @@ def profile_rows(latents: list[int]) -> dict[str, list[str]]:
 by_frequency = frequency.argsort(descending=True)
 others = [j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j]][:5]
 chosen = [j for j in by_frequency.tolist() if mirrored_letter[j]][:7] + others
-html_table(profile_rows(chosen), title="The 7 most frequent latents of positions 4–6, then the 5 most frequent others").show()
+html_table(
+    profile_rows(chosen), title="The 7 most frequent latents of positions 4–6, then the 5 most frequent others"
+).show()
 results.record("interp.mirrored_letter.largest_frequency", (frequency * mirrored_letter).max())  # 0 if there are none
 
 
@@ -767,7 +847,9 @@ record_group("others.one_position", one_job)
 
 
 # %%
-def top_activating_examples(latents: Float[Tensor, "strings pos d_sae"], latent: int, n: int = 8) -> list[tuple[int, int, float]]:
+def top_activating_examples(
+    latents: Float[Tensor, "strings pos d_sae"], latent: int, n: int = 8
+) -> list[tuple[int, int, float]]:
     """(string index, position, activation) of the `n` largest activations of `latent`."""
     values, flat = latents[..., latent].flatten().topk(n)
     n_pos = latents.shape[1]
@@ -775,9 +857,14 @@ def top_activating_examples(latents: Float[Tensor, "strings pos d_sae"], latent:
 
 
 # %%
-showcase = [j for j in by_frequency.tolist() if one_letter[j]][:3] + [next(j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j])]
+showcase = [j for j in by_frequency.tolist() if one_letter[j]][:3] + [
+    next(j for j in by_frequency.tolist() if live[j] and not mirrored_letter[j])
+]
 for latent in showcase:
-    title = f"latent {latent}: fires on {frequency[latent]:.1%} of tokens; {mirrored_share[latent]:.0%} of its activation is on positions 4–6"
+    title = (
+        f"latent {latent}: fires on {frequency[latent]:.1%} of tokens; "
+        f"{mirrored_share[latent]:.0%} of its activation is on positions 4–6"
+    )
     display(HTML(max_activating_html(test_strings, top_activating_examples(latents_by_token, latent), title=title)))
 
 # %% [markdown]
@@ -793,7 +880,9 @@ for latent in showcase:
 logit_effects = direct_logit_effect(model, decoder_in_model_units).cpu()
 for latent in [showcase[0], showcase[-1]]:
     examples = [(test_strings[s], p, v) for s, p, v in top_activating_examples(latents_by_token, latent)]
-    latent_dashboard(latent, latents_by_token[..., latent], next_tokens, tokenizer.vocabulary, logit_effects[latent], examples).show()
+    latent_dashboard(
+        latent, latents_by_token[..., latent], next_tokens, tokenizer.vocabulary, logit_effects[latent], examples
+    ).show()
 
 # %% [markdown]
 # ### Exercise 6.1 (reading, no check): interpret the latents
@@ -864,9 +953,15 @@ for latent in [showcase[0], showcase[-1]]:
 
 # %%
 attempts = {
-    "a hook the model does not have": lambda: collect_activations(model, data.test_tokens[:2], "blocks.0.hook_mlp_output"),
-    "an SAE trained on another hook's size": lambda: spliced_loss(model, eval_tokens[:2], "blocks.0.mlp.hook_post", sae_replacement(topk_sae, 0, activation_scale)),
-    "a token id outside the vocabulary": lambda: collect_activations(model, torch.tensor([[0, 3, 4, 30, 1, 30, 4, 3, 2]]), HOOK),
+    "a hook the model does not have": lambda: collect_activations(
+        model, data.test_tokens[:2], "blocks.0.hook_mlp_output"
+    ),
+    "an SAE trained on another hook's size": lambda: spliced_loss(
+        model, eval_tokens[:2], "blocks.0.mlp.hook_post", sae_replacement(topk_sae, 0, activation_scale)
+    ),
+    "a token id outside the vocabulary": lambda: collect_activations(
+        model, torch.tensor([[0, 3, 4, 30, 1, 30, 4, 3, 2]]), HOOK
+    ),
     "a character outside the vocabulary": lambda: tokenizer.encode("<abC|Cba>"),
 }
 for what, attempt in attempts.items():

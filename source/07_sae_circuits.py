@@ -52,7 +52,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from part_utils.activation_sae import ActivationSource
-from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig, decode_dense, decode_gather, decode_sparse
+from part_utils.reference.part5_sae_variants import (
+    TopKToySAE,
+    TopKToySAEConfig,
+    decode_dense,
+    decode_gather,
+    decode_sparse,
+)
 from part_utils.timing import measure
 
 # %%
@@ -66,7 +72,8 @@ from part_utils.activation_sae import PublishedAuxKTopKSAE
 from part_utils.activations import collect_activations
 from part_utils.device import get_device
 from part_utils.modes import FAST_MODE, full_or_fast
-from part_utils.palindromes import MIRRORED_POSITIONS, SEQUENCE_LENGTH, load_palindrome_model, mlp_weights, palindrome_dataset
+from part_utils.palindromes import load_palindrome_model, mlp_weights
+from part_utils.palindromes.language import MIRRORED_POSITIONS, SEQUENCE_LENGTH, palindrome_dataset
 from part_utils.plotting.benchmarks import plot_timings, timing_table
 from part_utils.plotting.tables import html_table
 from part_utils.reference.part4_toy_sae import init_encoder_as_decoder_transpose
@@ -108,7 +115,10 @@ mlp_in = collect_activations(model, train_tokens, "blocks.0.mlp.hook_in").flatte
 mlp_out = collect_activations(model, train_tokens, "blocks.0.hook_mlp_out").flatten(0, 1)
 recomputed = F.relu(mlp_in @ W_in + b_in) @ W_out + b_out
 print(f"{len(mlp_in):,} training tokens, d_model {d_model}, d_mlp {d_mlp}")
-print(f"largest |MLP(mlp.hook_in) - hook_mlp_out|: {(recomputed - mlp_out).abs().max():.1e} (activations are of size {mlp_out.abs().max():.0f})")
+print(
+    f"largest |MLP(mlp.hook_in) - hook_mlp_out|: {(recomputed - mlp_out).abs().max():.1e} "
+    f"(activations are of size {mlp_out.abs().max():.0f})"
+)
 
 # %% [markdown]
 # Now the two SAEs: Part 5's TopK SAE with one instance, fed by Part 6's `ActivationSource`
@@ -129,7 +139,9 @@ for name, value in {"d_sae": d_sae, "k": k, "k_squared": k * k, "k_aux": k_aux}.
 
 def train_topk_sae(activations: Float[Tensor, "tokens d_model"], name: str) -> TopKToySAE:
     seed_everything(1)
-    cfg = TopKToySAEConfig(n_inst=1, d_in=d_model, d_sae=d_sae, k=k, k_aux=k_aux, aux_coeff=1 / 32, dead_after_steps=200)
+    cfg = TopKToySAEConfig(
+        n_inst=1, d_in=d_model, d_sae=d_sae, k=k, k_aux=k_aux, aux_coeff=1 / 32, dead_after_steps=200
+    )
     sae = PublishedAuxKTopKSAE(cfg, ActivationSource(activations, n_inst=1, seed=1))
     init_encoder_as_decoder_transpose(sae)
     with torch.no_grad():
@@ -164,7 +176,10 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # output SAE's pre-activations are `g = (y - b_dec_out) W_enc_out + b_enc_out`. By the chain
 # rule, for input latent `i` and output latent `o`,
 #
-# $$\frac{\partial g_o}{\partial f_i} = \sum_m \underbrace{(W_{dec,in} W_{in})_{i m}}_{\text{what } i \text{ writes into neuron } m} \cdot \underbrace{\mathbf 1[\text{pre}_m > 0]}_{\text{ReLU}'} \cdot \underbrace{(W_{out} W_{enc,out})_{m o}}_{\text{what } o \text{ reads from } m}$$
+# $$\frac{\partial g_o}{\partial f_i} = \sum_m
+# \underbrace{(W_{dec,in} W_{in})_{i m}}_{\text{what } i \text{ writes into neuron } m} \cdot
+# \underbrace{\mathbf 1[\text{pre}_m > 0]}_{\text{ReLU}'} \cdot
+# \underbrace{(W_{out} W_{enc,out})_{m o}}_{\text{what } o \text{ reads from } m}$$
 #
 # with `pre = x̂ W_in + b_in`. The biases vanish in the derivative, and so does TopK: near
 # the token's code, the same latents stay on top, and an active latent's output moves one for
@@ -216,6 +231,7 @@ print(f"output SAE: {sae_quality(sae_out, mlp_out)}")
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/07_sae_circuits.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @dataclass(frozen=True)
@@ -305,6 +321,7 @@ checks.test_jacobian_loop(jacobian_loop)
 #
 # Stuck after the hints? The same cell in `solutions/07_sae_circuits.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @dataclass(frozen=True)
 class LatentProducts:
@@ -383,6 +400,7 @@ checks.test_jacobian_vectorised(latent_products, jacobian_vectorised, loop=jacob
 # {{settings.bench_tokens:.0f}} · {{settings.bench_k:.0f}} · {{settings.bench_k:.0f}} =
 # {{settings.loop_products:,.0f}} small products per call, so it gets only a few runs.
 
+
 # %% tags=["reference"]
 def random_circuit_case(
     W_in: Float[Tensor, "d_model d_mlp"],
@@ -398,8 +416,12 @@ def random_circuit_case(
     generator = torch.Generator().manual_seed(seed)
     d_model, n_tokens = W_in.shape[0], len(x)
     random = lambda *shape: torch.randn(*shape, generator=generator).to(W_in)
-    weights = CircuitWeights(F.normalize(random(d_sae, d_model), dim=-1), W_in, W_out, random(d_model, d_sae) / d_model**0.5)
-    active_in, active_out = (torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices.to(W_in.device) for _ in range(2))
+    weights = CircuitWeights(
+        F.normalize(random(d_sae, d_model), dim=-1), W_in, W_out, random(d_model, d_sae) / d_model**0.5
+    )
+    active_in, active_out = (
+        torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices.to(W_in.device) for _ in range(2)
+    )
     return weights, x @ W_in + b_in, active_in, active_out
 
 
@@ -413,7 +435,13 @@ bench_case = random_circuit_case(W_in, b_in, W_out, mlp_in[:bench_tokens], d_sae
 bench_weights, bench_pre, bench_in, bench_out = bench_case
 bench_products = latent_products(bench_weights)
 jacobian_timings = {
-    "jacobian_loop": measure(lambda: jacobian_loop(bench_weights, bench_pre, bench_in, bench_out), device, warmup=1, min_runs=3, budget_seconds=0.0),
+    "jacobian_loop": measure(
+        lambda: jacobian_loop(bench_weights, bench_pre, bench_in, bench_out),
+        device,
+        warmup=1,
+        min_runs=3,
+        budget_seconds=0.0,
+    ),
     "jacobian_vectorised": measure(lambda: jacobian_vectorised(bench_products, bench_pre, bench_in, bench_out), device),
     "latent_products (once per SAE pair)": measure(lambda: latent_products(bench_weights), device),
 }
@@ -422,8 +450,10 @@ for name, timing in jacobian_timings.items():
 loop, vectorised, products = (timing.median for timing in jacobian_timings.values())
 speedup = results.record("timing.jacobian_speedup", loop / vectorised)
 speedup_with_products = results.record("timing.jacobian_speedup_with_products", loop / (vectorised + products))
-print(f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.get_num_threads()} thread(s): "
-      f"{speedup:.0f}×, or {speedup_with_products:.0f}× if the products are recomputed for every batch")
+print(
+    f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.get_num_threads()} thread(s): "
+    f"{speedup:.0f}×, or {speedup_with_products:.0f}× if the products are recomputed for every batch"
+)
 
 # %% [markdown]
 # In our full-mode run, on a {{machine.cpu_cores:.0f}}-core CPU shared with other work, the
@@ -440,9 +470,12 @@ print(f"speed-up at {bench_tokens} tokens, k {bench_k} on {device} with {torch.g
 # the input SAE, decode it, run the MLP's first layer on the reconstruction for the ReLU
 # derivative, and take the output SAE's active latents on the true `hook_mlp_out`.
 
+
 # %%
 @torch.no_grad()
-def topk_code(sae: TopKToySAE, x: Float[Tensor, "tokens d_in"]) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
+def topk_code(
+    sae: TopKToySAE, x: Float[Tensor, "tokens d_in"]
+) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
     """A one-instance TopK SAE's code in sparse form: the values and indices of its active latents."""
     top = sae.pre_activations(x[:, None, :])[:, 0].topk(int(sae.cfg.k), dim=-1)
     return F.relu(top.values), top.indices
@@ -450,7 +483,13 @@ def topk_code(sae: TopKToySAE, x: Float[Tensor, "tokens d_in"]) -> tuple[Float[T
 
 @torch.no_grad()
 def sae_circuit(
-    sae_in: TopKToySAE, sae_out: TopKToySAE, W_in: Tensor, b_in: Tensor, W_out: Tensor, x: Float[Tensor, "tokens d_model"], y: Float[Tensor, "tokens d_model"]
+    sae_in: TopKToySAE,
+    sae_out: TopKToySAE,
+    W_in: Tensor,
+    b_in: Tensor,
+    W_out: Tensor,
+    x: Float[Tensor, "tokens d_model"],
+    y: Float[Tensor, "tokens d_model"],
 ) -> tuple[CircuitWeights, Float[Tensor, "tokens d_mlp"], Int[Tensor, "tokens k_in"], Int[Tensor, "tokens k_out"]]:
     """Everything the Jacobian needs, for inputs `x` to the MLP and its outputs `y`."""
     values_in, active_in = topk_code(sae_in, x)
@@ -471,7 +510,9 @@ J = jacobian_vectorised(latent_products(weights), mlp_pre, active_in, active_out
 relative = (J.abs() / J.abs().amax(dim=(1, 2), keepdim=True)).flatten().cpu()
 
 # The same MLP and active-set sizes, but random SAE directions: is the trained pair's Jacobian sparser?
-random_weights, random_pre, random_in, random_out = random_circuit_case(W_in, b_in, W_out, test_in, d_sae=d_sae, k=k, seed=1)
+random_weights, random_pre, random_in, random_out = random_circuit_case(
+    W_in, b_in, W_out, test_in, d_sae=d_sae, k=k, seed=1
+)
 J_random = jacobian_vectorised(latent_products(random_weights), random_pre, random_in, random_out)
 relative_random = (J_random.abs() / J_random.abs().amax(dim=(1, 2), keepdim=True)).flatten().cpu()
 for fraction in (0.01, 0.1):
@@ -481,10 +522,19 @@ for fraction in (0.01, 0.1):
 
 histogram = go.Figure()
 for name, values in (("trained SAEs", relative), ("random SAE directions", relative_random)):
-    histogram.add_trace(go.Histogram(x=values.clamp_min(1e-4).log10().numpy(), name=name, histnorm="probability", opacity=0.6, xbins={"start": -4, "end": 0, "size": 0.1}))
+    histogram.add_trace(
+        go.Histogram(
+            x=values.clamp_min(1e-4).log10().numpy(),
+            name=name,
+            histnorm="probability",
+            opacity=0.6,
+            xbins={"start": -4, "end": 0, "size": 0.1},
+        )
+    )
 histogram.update_layout(
     barmode="overlay",
-    title=f"|J| relative to the largest entry of its token ({J.shape[1]}×{J.shape[2]} per token, {J.shape[0]:,} tokens)",
+    title=f"|J| relative to the largest entry of its token ({J.shape[1]}×{J.shape[2]} per token, "
+    f"{J.shape[0]:,} tokens)",
     xaxis_title="log10(|J| / max |J| at that token)",
     yaxis_title="fraction of entries",
     height=400,
@@ -509,25 +559,42 @@ histogram.show()
 # position it is most often active at. Then we rank the pairs of latents by their mean |J|
 # over the tokens at which both are active.
 
+
 # %%
 def describe_latents(
-    active: Int[Tensor, "tokens k"], positions: Int[Tensor, " tokens"], following: Int[Tensor, " tokens"], vocabulary: list[str], d_sae: int
+    active: Int[Tensor, "tokens k"],
+    positions: Int[Tensor, " tokens"],
+    following: Int[Tensor, " tokens"],
+    vocabulary: list[str],
+    d_sae: int,
 ) -> list[str]:
     """Per latent: the next character it most often precedes, and its most common position, each with its share."""
 
     def most_common(labels: Tensor, n_labels: int) -> tuple[list[int], list[float]]:
         counts = torch.zeros(d_sae, n_labels, device=active.device)
-        counts.index_put_((active.flatten(), labels[:, None].expand_as(active).flatten()), torch.ones(active.numel(), device=active.device), accumulate=True)
+        counts.index_put_(
+            (active.flatten(), labels[:, None].expand_as(active).flatten()),
+            torch.ones(active.numel(), device=active.device),
+            accumulate=True,
+        )
         top = counts.max(dim=-1)
         return top.indices.tolist(), (top.values / counts.sum(dim=-1).clamp_min(1)).tolist()
 
     letter, letter_share = most_common(following, len(vocabulary))
     position, position_share = most_common(positions, int(positions.max()) + 1)
-    return [f"before '{vocabulary[letter[i]]}' ({letter_share[i]:.0%}), pos {position[i]} ({position_share[i]:.0%})" for i in range(d_sae)]
+    return [
+        f"before '{vocabulary[letter[i]]}' ({letter_share[i]:.0%}), pos {position[i]} ({position_share[i]:.0%})"
+        for i in range(d_sae)
+    ]
 
 
 def strongest_connections(
-    J: Float[Tensor, "tokens k_out k_in"], active_in: Int[Tensor, "tokens k_in"], active_out: Int[Tensor, "tokens k_out"], d_sae_in: int, n: int, min_tokens: int
+    J: Float[Tensor, "tokens k_out k_in"],
+    active_in: Int[Tensor, "tokens k_in"],
+    active_out: Int[Tensor, "tokens k_out"],
+    d_sae_in: int,
+    n: int,
+    min_tokens: int,
 ) -> list[dict[str, Any]]:
     """The `n` (input latent, output latent) pairs with the largest mean |J| over the tokens where
     both are active, among pairs active together on at least `min_tokens` tokens."""
@@ -536,7 +603,15 @@ def strongest_connections(
     summed = lambda values: torch.zeros(d_sae_out * d_sae_in, device=J.device).index_add_(0, pair, values.flatten())
     count, signed, magnitude = summed(torch.ones_like(J)), summed(J), summed(J.abs())
     score = torch.where(count >= min_tokens, magnitude / count.clamp_min(1), 0.0)
-    return [{"in": int(p) % d_sae_in, "out": int(p) // d_sae_in, "mean J": (signed[p] / count[p]).item(), "tokens": int(count[p])} for p in score.topk(n).indices]
+    return [
+        {
+            "in": int(p) % d_sae_in,
+            "out": int(p) // d_sae_in,
+            "mean J": (signed[p] / count[p]).item(),
+            "tokens": int(count[p]),
+        }
+        for p in score.topk(n).indices
+    ]
 
 
 # %%
@@ -546,14 +621,19 @@ mirrored = (positions >= MIRRORED_POSITIONS[0]) & (positions <= MIRRORED_POSITIO
 vocabulary = data.tokenizer.vocabulary
 described_in = describe_latents(active_in[mirrored], positions[mirrored], following[mirrored], vocabulary, d_sae)
 described_out = describe_latents(active_out[mirrored], positions[mirrored], following[mirrored], vocabulary, d_sae)
-connections = strongest_connections(J[mirrored], active_in[mirrored], active_out[mirrored], d_sae, n=10, min_tokens=full_or_fast(50, 10))
+connections = strongest_connections(
+    J[mirrored], active_in[mirrored], active_out[mirrored], d_sae, n=10, min_tokens=full_or_fast(50, 10)
+)
 letter = lambda description: description.split("'")[1]
 same_letter = sum(letter(described_in[row["in"]]) == letter(described_out[row["out"]]) for row in connections)
 results.record("connections.n", len(connections))
 results.record("connections.same_letter", same_letter)
 same_letter_rows = [row for row in connections if letter(described_in[row["in"]]) == letter(described_out[row["out"]])]
 results.record("connections.same_letter_positive", sum(row["mean J"] > 0 for row in same_letter_rows))
-print(f"{same_letter} of the {len(connections)} strongest connections join two latents that mostly sit before the same character")
+print(
+    f"{same_letter} of the {len(connections)} strongest connections join two latents "
+    "that mostly sit before the same character"
+)
 columns = {
     "input latent": [row["in"] for row in connections],
     "input latent is active": [described_in[row["in"]] for row in connections],
@@ -597,17 +677,29 @@ html_table(columns, title="The strongest connections through the MLP, at positio
 # list of `(tokens, k)` settings, after checking that they agree.
 
 # %% tags=["reference"]
-DECODERS: dict[str, Callable[..., Tensor]] = {"dense scatter + matmul": decode_dense, "gather k rows": decode_gather, "sparse tensor matmul": decode_sparse}
+DECODERS: dict[str, Callable[..., Tensor]] = {
+    "dense scatter + matmul": decode_dense,
+    "gather k rows": decode_gather,
+    "sparse tensor matmul": decode_sparse,
+}
 
 
-def random_codes(n_tokens: int, k: int, d_sae: int, device: torch.device, generator: torch.Generator) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
+def random_codes(
+    n_tokens: int, k: int, d_sae: int, device: torch.device, generator: torch.Generator
+) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
     """Positive values and distinct latent indices per token, as a TopK SAE would give."""
     indices = torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices
     return torch.rand(n_tokens, k, generator=generator).to(device), indices.to(device)
 
 
 def decoder_benchmark(
-    device: torch.device, *, d_in: int, d_sae: int, settings: list[tuple[int, int]], seed: int = 0, **measure_options: Any
+    device: torch.device,
+    *,
+    d_in: int,
+    d_sae: int,
+    settings: list[tuple[int, int]],
+    seed: int = 0,
+    **measure_options: Any,
 ) -> list[dict[str, Any]]:
     """One row per (decoder, tokens, k): median and quartiles in seconds, runs, peak memory in bytes.
     A decoder the device does not support (e.g. sparse tensors on some MPS versions) is left out."""
@@ -623,13 +715,33 @@ def decoder_benchmark(
             except (NotImplementedError, RuntimeError) as error:
                 print(f"{name} is not supported on {device.type}, left out: {error}"[:200])
         for name, output in outputs.items():
-            torch.testing.assert_close(output, outputs["gather k rows"], msg=f"{name} disagrees with the gather decoder at {n_tokens} tokens, k {k}")
+            torch.testing.assert_close(
+                output,
+                outputs["gather k rows"],
+                msg=f"{name} disagrees with the gather decoder at {n_tokens} tokens, k {k}",
+            )
         for name in list(outputs):
             decode = DECODERS[name]
             del outputs[name]  # free it before measuring memory
-            timing = measure(lambda decode=decode, values=values, indices=indices: decode(values, indices, W_dec), device, **measure_options)
+            timing = measure(
+                lambda decode=decode, values=values, indices=indices: decode(values, indices, W_dec),
+                device,
+                **measure_options,
+            )
             q1, q3 = timing.quartiles
-            rows.append({"device": device.type, "decoder": name, "tokens": n_tokens, "k": k, "median": timing.median, "q1": q1, "q3": q3, "runs": len(timing.seconds), "peak_bytes": timing.peak_bytes})
+            rows.append(
+                {
+                    "device": device.type,
+                    "decoder": name,
+                    "tokens": n_tokens,
+                    "k": k,
+                    "median": timing.median,
+                    "q1": q1,
+                    "q3": q3,
+                    "runs": len(timing.seconds),
+                    "peak_bytes": timing.peak_bytes,
+                }
+            )
     return rows
 
 
@@ -637,6 +749,7 @@ def decoder_benchmark(
 # We time on the CPU and, where there is one, on your accelerator too. The sweep varies the
 # number of tokens at `k` = 32, and `k` at 64 tokens. On the CPU in fast mode the SAE is
 # narrower (`d_in` 128, `d_sae` 8,192) so that the notebook stays quick.
+
 
 # %%
 # Timings vary from run to run.
@@ -651,20 +764,36 @@ def benchmark_sizes(on: torch.device) -> dict[str, Any]:
 decoder_rows = []
 for on in dict.fromkeys([torch.device("cpu"), device]):
     sizes = benchmark_sizes(on)
-    print(f"{on.type}: d_in {sizes['d_in']}, d_sae {sizes['d_sae']:,}, {len(sizes['settings'])} settings; the three decoders agree at each")
+    print(
+        f"{on.type}: d_in {sizes['d_in']}, d_sae {sizes['d_sae']:,}, {len(sizes['settings'])} settings; "
+        "the three decoders agree at each"
+    )
     decoder_rows += decoder_benchmark(on, **sizes, warmup=2, min_runs=5, budget_seconds=full_or_fast(0.3, 0.05))
 
-headline = {row["decoder"]: row for row in decoder_rows if row["device"] == device.type and (row["tokens"], row["k"]) == (64, 32)}
+headline = {
+    row["decoder"]: row
+    for row in decoder_rows
+    if row["device"] == device.type and (row["tokens"], row["k"]) == (64, 32)
+}
 for name, row in headline.items():
     memory = "n/a" if row["peak_bytes"] is None else format_bytes(row["peak_bytes"])
     print(f"{name:<24} median {format_seconds(row['median']):>9}, peak memory +{memory}")
-print(f"gather is {headline['dense scatter + matmul']['median'] / headline['gather k rows']['median']:.0f}× faster than dense at 64 tokens, k 32 on {device.type}")
+print(
+    f"gather is {headline['dense scatter + matmul']['median'] / headline['gather k rows']['median']:.0f}× "
+    f"faster than dense at 64 tokens, k 32 on {device.type}"
+)
 
 # %%
 # Timings vary from run to run.
-timing_table(decoder_rows, ["device", "decoder", "tokens", "k"], title="Sparse decoding: median time, spread and peak memory").show()
-plot_timings([row for row in decoder_rows if row["k"] == 32], x="tokens", series="decoder", panels="device", title="Decoding time against tokens (k = 32)", x_title="tokens").show()
-plot_timings([row for row in decoder_rows if row["tokens"] == 64], x="k", series="decoder", panels="device", title="Decoding time against k (64 tokens)", x_title="k").show()
+timing_table(
+    decoder_rows, ["device", "decoder", "tokens", "k"], title="Sparse decoding: median time, spread and peak memory"
+).show()
+for x, held, at, title in (
+    ("tokens", "k", 32, "against tokens (k = 32)"),
+    ("k", "tokens", 64, "against k (64 tokens)"),
+):
+    rows = [row for row in decoder_rows if row[held] == at]
+    plot_timings(rows, x=x, series="decoder", panels="device", title=f"Decoding time {title}", x_title=x).show()
 
 
 # %%

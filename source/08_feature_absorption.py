@@ -93,12 +93,13 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # - given an active parent, with probability {{data.child_probability:g}} exactly one of its children is active too,
 #   chosen uniformly; otherwise (probability {{data.alone_probability:g}}) the parent appears alone;
 # - a child is never active without its parent;
-# - every active feature gets a magnitude drawn uniformly from [{{data.min_magnitude:g}}, {{data.max_magnitude:g}}]; inactive features are
-#   exactly 0.
+# - every active feature gets a magnitude drawn uniformly from [{{data.min_magnitude:g}}, {{data.max_magnitude:g}}];
+#   inactive features are exactly 0.
 #
-# So a child is active with probability {{data.parent_probability:g}} · {{data.child_probability:g}} / 3 = {{data.child_marginal:.2g}}, and an input holds on average
-# 5 · {{data.parent_probability:g}} · (1 + {{data.child_probability:g}}) = {{data.expected_active:.3g}} active features. The features are laid out parents first, then the
-# children grouped by parent: feature `p` is parent `p`, and feature `5 + 3p + c` is child `c` of
+# So a child is active with probability {{data.parent_probability:g}} · {{data.child_probability:g}} / 3 =
+# {{data.child_marginal:.2g}}, and an input holds on average 5 · {{data.parent_probability:g}} · (1 +
+# {{data.child_probability:g}}) = {{data.expected_active:.3g}} active features. The features are laid out parents
+# first, then the children grouped by parent: feature `p` is parent `p`, and feature `5 + 3p + c` is child `c` of
 # parent `p` (we label them `P2` and `P2.c1`).
 #
 # The model is simpler than Part 1's: each feature has a fixed direction in a 20-dimensional
@@ -109,6 +110,7 @@ print(f"device: {device}, fast mode: {FAST_MODE}")
 # in superposition, if you want to try.) `HierarchicalToyData` plays the part the toy model
 # played in Parts 4 and 5: an SAE built on it calls its `generate_batch` and multiplies by its
 # `W`, so every SAE class of those parts works on it unchanged.
+
 
 # %% tags=["reference"]
 @dataclass
@@ -209,6 +211,7 @@ def family_presence(
 #
 # Stuck after the hints? The same cell in `solutions/08_feature_absorption.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 @add_to_class(HierarchicalToyData)
 def generate_hierarchical_batch(self, batch_size: int) -> Float[Tensor, "batch inst feats"]:
@@ -232,8 +235,8 @@ checks.test_generate_hierarchical_batch(HierarchicalToyData)
 # The figure shows, for each feature in the row, how often each feature in the column is active
 # with it, in tree order: every parent followed by its children. A child's row has a 1 under its
 # parent (never without it) and zeros under its siblings (exactly one child); a parent's row has
-# about {{data.child_probability:g}} / 3 ≈ {{data.child_given_parent:.2f}} under each of its children, and the other families at their own base
-# rates, since families are independent.
+# about {{data.child_probability:g}} / 3 ≈ {{data.child_given_parent:.2f}} under each of its children, and the other
+# families at their own base rates, since families are independent.
 
 # %%
 seed_everything(0)
@@ -241,8 +244,13 @@ n_parents, n_children = 5, 3
 data_cfg = HierarchyConfig(n_inst=1)
 expected_active = record_data_settings(data_cfg, results)
 preview = HierarchicalToyData(data_cfg, device=device).generate_batch(100_000)[:, 0]
-print(f"mean number of active features per input: {(preview != 0).float().sum(-1).mean():.3f} ({expected_active:.2f} expected)")
-plot_cooccurrence(preview, n_parents, n_children, title="How often the column's feature is active when the row's is").show()
+print(
+    f"mean number of active features per input: {(preview != 0).float().sum(-1).mean():.3f} "
+    f"({expected_active:.2f} expected)"
+)
+plot_cooccurrence(
+    preview, n_parents, n_children, title="How often the column's feature is active when the row's is"
+).show()
 
 # %% [markdown]
 # <details><summary>Question: an input has a parent and one of its children active. How many
@@ -252,11 +260,12 @@ plot_cooccurrence(preview, n_parents, n_children, title="How often the column's 
 # One latent per feature fires two latents, the parent's and the child's. An SAE that gives the
 # child a latent whose decoder writes the child's direction *plus* the parent's reconstructs the
 # same input with one. Such a latent costs nothing on other inputs either, because the child is
-# never active without the parent. Of the {{data.expected_active:.3g}} features an average input holds, {{data.expected_children:.2g}} are children
-# (5 · {{data.parent_probability:g}} · {{data.child_probability:g}}), so absorbing every parent would bring L0 from {{data.expected_active:.3g}} down to {{data.l0_if_all_absorbed:.2g}}. Every
-# sparsity objective in this workbook rewards that: an L0 penalty or a fixed budget k counts one
-# latent instead of two, and an L1 penalty charges one activation of size about √2 (the length
-# of parent plus child) instead of two of size 1.
+# never active without the parent. Of the {{data.expected_active:.3g}} features an average input holds,
+# {{data.expected_children:.2g}} are children (5 · {{data.parent_probability:g}} · {{data.child_probability:g}}), so
+# absorbing every parent would bring L0 from {{data.expected_active:.3g}} down to {{data.l0_if_all_absorbed:.2g}}.
+# Every sparsity objective in this workbook rewards that: an L0 penalty or a fixed budget k counts one latent instead
+# of two, and an L1 penalty charges one activation of size about √2 (the length of parent plus child) instead of two of
+# size 1.
 # </details>
 #
 # ## 2. Absorption, seen
@@ -274,12 +283,12 @@ plot_cooccurrence(preview, n_parents, n_children, title="How often the column's 
 # as the decoder's transpose, cosine learning-rate decay, and advanced resampling of dead,
 # redundant (decoder cosine above {{settings.redundant_above:g}} with a more active latent) and starved (firing on fewer
 # than {{settings.rarer_than:.1%}} of inputs) latents; TopK and BatchTopK have AuxK as well. With 20 features in 20
-# orthogonal dimensions training is quick: {{settings.steps:,.0f}} steps of batch {{settings.batch_size:.0f}} at learning rate {{settings.lr:g}} (fast
-# mode: fewer steps and one instance per setting).
+# orthogonal dimensions training is quick: {{settings.steps:,.0f}} steps of batch {{settings.batch_size:.0f}} at
+# learning rate {{settings.lr:g}} (fast mode: fewer steps and one instance per setting).
 #
-# Here: the L1 SAE (λ = {{settings.L1|all:g}}), TopK (k = {{settings.TopK|all:g}}) and BatchTopK (k = {{settings.BatchTopK|all:g}};
-# {{settings.BatchTopK|0:g}} is the mean number of active features). The BatchTopK run also keeps a copy of its
-# weights every 25 steps, for an animation in section 6.
+# Here: the L1 SAE (λ = {{settings.L1|all:g}}), TopK (k = {{settings.TopK|all:g}}) and BatchTopK (k =
+# {{settings.BatchTopK|all:g}}; {{settings.BatchTopK|0:g}} is the mean number of active features). The BatchTopK run
+# also keeps a copy of its weights every 25 steps, for an animation in section 6.
 
 # %%
 n_per_setting = full_or_fast(5, 1)  # instances per setting, each its own seed
@@ -287,17 +296,34 @@ train_steps = full_or_fast(1_000, 400)
 eval_samples = full_or_fast(20_000, 10_000)
 d_sae = 40
 recipe = {
-    "batch_size": 256, "lr": 3e-3, "lr_schedule": cosine_decay_lr, "log_every": 25,
-    "resample_method": "advanced", "resample_every": train_steps // 5, "resample_window": 40,
-    "resample_redundant_above": 0.99, "resample_rarer_than": 1e-3,
+    "batch_size": 256,
+    "lr": 3e-3,
+    "lr_schedule": cosine_decay_lr,
+    "log_every": 25,
+    "resample_method": "advanced",
+    "resample_every": train_steps // 5,
+    "resample_window": 40,
+    "resample_redundant_above": 0.99,
+    "resample_rarer_than": 1e-3,
 }
 SETTINGS = {  # λ or k: three settings per architecture
-    "L1": [0.02, 0.035, 0.05], "Gated": [0.04, 0.06, 0.1], "JumpReLU": [0.001, 0.003, 0.01],
-    "TopK": [1, 2, 3], "BatchTopK": [1.35, 2.0, 2.5], "Matryoshka": [1.35, 2.0, 2.5],
+    "L1": [0.02, 0.035, 0.05],
+    "Gated": [0.04, 0.06, 0.1],
+    "JumpReLU": [0.001, 0.003, 0.01],
+    "TopK": [1, 2, 3],
+    "BatchTopK": [1.35, 2.0, 2.5],
+    "Matryoshka": [1.35, 2.0, 2.5],
 }
 comparison = AbsorptionComparison(
-    Definitions(globals(), part=8), SETTINGS, recipe, results, n_per_setting=n_per_setting, steps=train_steps,
-    eval_samples=eval_samples, d_sae=d_sae, device=device,
+    Definitions(globals(), part=8),
+    SETTINGS,
+    recipe,
+    results,
+    n_per_setting=n_per_setting,
+    steps=train_steps,
+    eval_samples=eval_samples,
+    d_sae=d_sae,
+    device=device,
     config_changes={"JumpReLU": {"initial_threshold": 0.2}},  # Part 5's 0.1 keeps L0 above the others' at these λ
 )
 for architecture in ("L1", "TopK", "BatchTopK"):
@@ -315,6 +341,7 @@ for architecture in ("L1", "TopK", "BatchTopK"):
 # families. A clean child latent sits at the bottom right, near (1, 0); an absorbing one up the
 # arc, near ({{=0.8}}, {{=0.6}}); a latent that reconstructs a parent (its best match is a parent, drawn
 # as a diamond) near the top left.
+
 
 # %% tags=["reference"]
 def decoder_cosines(sae: nn.Module) -> Float[Tensor, "inst d_sae feats"]:
@@ -488,6 +515,7 @@ checks.test_parent_latents(parent_latents)
 #
 # Stuck after the hints? The same cell in `solutions/08_feature_absorption.ipynb` has the answer.
 
+
 # %% tags=["reference"]
 def absorption_rate(
     acts: Float[Tensor, "batch inst d_sae"],
@@ -503,7 +531,9 @@ def absorption_rate(
     parent_fires = fires.gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
     latent = torch.arange(acts.shape[-1], device=acts.device)
     carriers = (parent_cosine >= threshold) & (latent[None, :, None] != parent_latent[:, None, :])
-    carrier_fires = einsum(fires.float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    carrier_fires = (
+        einsum(fires.float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    )
     absorbed = eligible & ~parent_fires & carrier_fires
     return absorbed.sum(dim=0) / eligible.sum(dim=0).clamp_min(1)
     # END SOLUTION
@@ -531,12 +561,17 @@ checks.test_absorption_rate(absorption_rate)
 #   $\ell_p$ writes all of it, 1 when other latents write all of it), averaged over those
 #   inputs. SAEBench defines it with the main latents' share of the probe projection.
 
+
 # %% tags=["reference"]
-def rate_where(event: Bool[Tensor, "batch inst parents"], condition: Bool[Tensor, "batch inst parents"]) -> Float[Tensor, "inst parents"]:
+def rate_where(
+    event: Bool[Tensor, "batch inst parents"], condition: Bool[Tensor, "batch inst parents"]
+) -> Float[Tensor, "inst parents"]:
     return (event & condition).sum(dim=0) / condition.sum(dim=0).clamp_min(1)
 
 
-def only_child(features: Float[Tensor, "batch inst feats"], n_parents: int, child: int) -> Float[Tensor, "batch inst feats"]:
+def only_child(
+    features: Float[Tensor, "batch inst feats"], n_parents: int, child: int
+) -> Float[Tensor, "batch inst feats"]:
     """The features with every child but number `child` of each parent set to 0."""
     n_children = features.shape[-1] // n_parents - 1
     keep = torch.ones(n_parents, n_children, dtype=torch.bool, device=features.device)
@@ -545,12 +580,17 @@ def only_child(features: Float[Tensor, "batch inst feats"], n_parents: int, chil
 
 
 def carrier_fires(
-    acts: Float[Tensor, "batch inst d_sae"], parent_cosine: Float[Tensor, "inst d_sae parents"], parent_latent: Int[Tensor, "inst parents"], threshold: float
+    acts: Float[Tensor, "batch inst d_sae"],
+    parent_cosine: Float[Tensor, "inst d_sae parents"],
+    parent_latent: Int[Tensor, "inst parents"],
+    threshold: float,
 ) -> Bool[Tensor, "batch inst parents"]:
     """Whether a latent that carries the parent (cosine ≥ threshold), other than ℓ_p, fires."""
     latent = torch.arange(acts.shape[-1], device=acts.device)
     carriers = (parent_cosine >= threshold) & (latent[None, :, None] != parent_latent[:, None, :])
-    return einsum((acts > 0).float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    return (
+        einsum((acts > 0).float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    )
 
 
 def absorption_fraction(
@@ -570,7 +610,9 @@ def absorption_fraction(
 
 
 @torch.no_grad()
-def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"], threshold: float = CARRIES_PARENT_AT) -> dict[str, Tensor]:
+def absorption_report(
+    sae: nn.Module, features: Float[Tensor, "batch inst feats"], threshold: float = CARRIES_PARENT_AT
+) -> dict[str, Tensor]:
     """Absorption per instance and parent on the inputs made of `features`, with what explains it."""
     n_parents, n_children = sae.model.cfg.n_parents, sae.model.cfg.n_children
     acts = inference_acts(sae, features)
@@ -579,7 +621,10 @@ def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"
     parent_latent = parent_latents(acts, features, parent_cosine, threshold)
     parent_on, child_on = family_presence(features, n_parents)
     parent_fires = (acts > 0).gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
-    per_child = [absorption_rate(acts, only_child(features, n_parents, c), parent_cosine, parent_latent, threshold) for c in range(n_children)]
+    per_child = [
+        absorption_rate(acts, only_child(features, n_parents, c), parent_cosine, parent_latent, threshold)
+        for c in range(n_children)
+    ]
     absorbed = ~parent_fires & carrier_fires(acts, parent_cosine, parent_latent, threshold)
     return {
         "absorption": absorption_rate(acts, features, parent_cosine, parent_latent, threshold).cpu(),
@@ -597,8 +642,9 @@ def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"
 # %% [markdown]
 # Every SAE is now measured the same way: `variant_report` from Part 5 (L0, FVU, dead latents,
 # the relative reconstruction bias γ, MMCS, the Hungarian score, recall, and features recovered
-# at cosine ≥ {{settings.recovered_at:g}}, all in inference mode), and the absorption report on {{settings.eval_samples:,.0f}} fresh
-# inputs. Each row of a table is one setting: the mean over its seeds ± their standard deviation.
+# at cosine ≥ {{settings.recovered_at:g}}, all in inference mode), and the absorption report on
+# {{settings.eval_samples:,.0f}} fresh inputs. Each row of a table is one setting: the mean over its seeds ± their
+# standard deviation.
 
 # %%
 for architecture in ("L1", "TopK", "BatchTopK"):
@@ -607,21 +653,23 @@ findings.show_parent_latent_firing(comparison, chosen)
 
 # %% [markdown]
 # **What to look for.** The first figure is absorption in its plainest form. In our full-mode
-# run the parent's latent fired on almost every input where the parent was alone ({{L1.lam0.035.d40.fires_alone|mean:.2f}} of them
-# for the L1 SAE, {{TopK.k2.d40.fires_alone|mean:.2f}} for TopK, {{BatchTopK.k1.35.d40.fires_alone|mean:.2f}} for BatchTopK, means over seeds) and on far fewer of those where a
-# child was active with it ({{L1.lam0.035.d40.fires_with_child|mean:.2f}}, {{TopK.k2.d40.fires_with_child|mean:.2f}} and {{BatchTopK.k1.35.d40.fires_with_child|mean:.2f}}). The second figure gives the rate per
-# parent; the means over parents and seeds were {{L1.lam0.035.d40.absorption:.2f}} for L1 at λ = {{settings.L1|1:g}},
-# {{TopK.k2.d40.absorption:.2f}} for TopK at k = {{settings.TopK|1:g}} and {{BatchTopK.k1.35.d40.absorption:.2f}} for BatchTopK at k = {{settings.BatchTopK|0:g}}
-# (± one standard deviation over seeds). On about half or more of the inputs where a parent and
-# one of its children are active, the parent's own latent is silent and a child's latent writes
-# the parent instead. The rate and the "fires with a child" fraction add up to about 1: when the
-# parent's latent is silent a carrier almost always fires, so the parent is rarely just missing
-# from the reconstruction.
+# run the parent's latent fired on almost every input where the parent was alone
+# ({{L1.lam0.035.d40.fires_alone|mean:.2f}} of them for the L1 SAE, {{TopK.k2.d40.fires_alone|mean:.2f}} for TopK,
+# {{BatchTopK.k1.35.d40.fires_alone|mean:.2f}} for BatchTopK, means over seeds) and on far fewer of those where a child
+# was active with it ({{L1.lam0.035.d40.fires_with_child|mean:.2f}}, {{TopK.k2.d40.fires_with_child|mean:.2f}} and
+# {{BatchTopK.k1.35.d40.fires_with_child|mean:.2f}}). The second figure gives the rate per parent; the means over
+# parents and seeds were {{L1.lam0.035.d40.absorption:.2f}} for L1 at λ = {{settings.L1|1:g}},
+# {{TopK.k2.d40.absorption:.2f}} for TopK at k = {{settings.TopK|1:g}} and {{BatchTopK.k1.35.d40.absorption:.2f}} for
+# BatchTopK at k = {{settings.BatchTopK|0:g}} (± one standard deviation over seeds). On about half or more of the
+# inputs where a parent and one of its children are active, the parent's own latent is silent and a child's latent
+# writes the parent instead. The rate and the "fires with a child" fraction add up to about 1: when the parent's latent
+# is silent a carrier almost always fires, so the parent is rarely just missing from the reconstruction.
 #
 # Per child, absorption is close to all or nothing. The table gives each child's rate in each
-# instance (seed) of BatchTopK at k = {{settings.BatchTopK|0:g}}; in our full-mode run {{per_child.below:.0f}} of the {{per_child.rates:.0f}} rates were below
-# {{per_child.low:g}}, {{per_child.above:.0f}} above {{per_child.high:g}} and {{per_child.between:.0f}} in between. A child's latent mostly either carries its parent or it does
-# not, and which children do differs from seed to seed, a matter of how training happened to go.
+# instance (seed) of BatchTopK at k = {{settings.BatchTopK|0:g}}; in our full-mode run {{per_child.below:.0f}} of the
+# {{per_child.rates:.0f}} rates were below {{per_child.low:g}}, {{per_child.above:.0f}} above {{per_child.high:g}} and
+# {{per_child.between:.0f}} in between. A child's latent mostly either carries its parent or it does not, and which
+# children do differs from seed to seed, a matter of how training happened to go.
 
 # %%
 findings.show_absorption_per_child(comparison, "BatchTopK", 1.35)
@@ -667,8 +715,9 @@ findings.show_absorption_per_child(comparison, "BatchTopK", 1.35)
 #   losses, uses an L1 penalty instead of BatchTopK, draws the prefix lengths anew for every
 #   batch and reorders latents by how often they fire. Adam's steps barely depend on the overall
 #   scale of a loss, so summing and averaging differ mainly in the weight of AuxK against the
-#   reconstruction terms, which averaging raises by the number of prefixes. `loss_dict["L_reconstruction"]` stays the full dictionary's loss, so that
-#   resampling and every report treat this SAE like the others.
+#   reconstruction terms, which averaging raises by the number of prefixes. `loss_dict["L_reconstruction"]` stays the
+#   full dictionary's loss, so that resampling and every report treat this SAE like the others.
+
 
 # %% tags=["reference"]
 @dataclass
@@ -681,7 +730,9 @@ class MatryoshkaToySAEConfig(TopKToySAEConfig):
             self.prefix_sizes = [self.d_sae]
         sizes = list(self.prefix_sizes)
         if sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] != self.d_sae:
-            raise ValueError(f"prefix_sizes must increase strictly from at least 1 up to d_sae = {self.d_sae}, got {sizes}")
+            raise ValueError(
+                f"prefix_sizes must increase strictly from at least 1 up to d_sae = {self.d_sae}, got {sizes}"
+            )
 
 
 class MatryoshkaToySAE(BatchTopKToySAE):
@@ -735,15 +786,16 @@ def doubling_prefixes(first: int, d_sae: int) -> list[int]:
 # <details><summary>Hint 2: slices and shapes</summary>
 #
 # A group is `acts[..., start:end]` (`[batch, inst, group]`) with the normalised decoder rows
-# `self.W_dec_normalized[:, start:end]` (`[inst, group, d_in]`; read the property once, before the loop), decoded with the einsum `batch inst group, inst
-# group d_in -> batch inst d_in`; the first reconstruction is `self.b_dec` broadcast to `h`'s
-# shape (`self.b_dec.expand_as(h)`, or `torch.zeros_like(h) + self.b_dec`). Write
+# `self.W_dec_normalized[:, start:end]` (`[inst, group, d_in]`; read the property once, before the loop), decoded with
+# the einsum `batch inst group, inst group d_in -> batch inst d_in`; the first reconstruction is `self.b_dec` broadcast
+# to `h`'s shape (`self.b_dec.expand_as(h)`, or `torch.zeros_like(h) + self.b_dec`). Write
 # `reconstruction = reconstruction + ...`, not `+=`: on `self.b_dec.expand_as(h)` an in-place
 # write fails (it is an expanded view), and on another tensor it would change one you may have
 # kept for an earlier prefix. `torch.stack(prefix_losses).sum(dim=0)` gives `L_matryoshka`.
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/08_feature_absorption.ipynb` has the answer.
+
 
 # %% tags=["reference"]
 @add_to_class(MatryoshkaToySAE)
@@ -755,7 +807,9 @@ def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     h_reconstructed = self.b_dec.expand_as(h)
     prefix_losses, start = [], 0
     for end in self.cfg.prefix_sizes:
-        group = einsum(acts[..., start:end], W_dec[:, start:end], "batch inst group, inst group d_in -> batch inst d_in")
+        group = einsum(
+            acts[..., start:end], W_dec[:, start:end], "batch inst group, inst group d_in -> batch inst d_in"
+        )
         h_reconstructed = h_reconstructed + group
         prefix_losses.append((h_reconstructed - h).pow(2).mean(dim=-1))
         start = end
@@ -785,23 +839,29 @@ findings.compare_at_same_k(comparison, "BatchTopK", "Matryoshka")
 
 # %% [markdown]
 # **What to look for.** In our full-mode run the Matryoshka SAE absorbed less than BatchTopK in
-# every seed at every k ({{ordering.k1.35.seeds_holding:.0f}}, {{ordering.k2.seeds_holding:.0f}} and {{ordering.k2.5.seeds_holding:.0f}} of {{settings.seeds:.0f}} seeds at k = {{settings.Matryoshka|all:g}}), at the same L0
-# ({{Matryoshka.k1.35.d40.l0|mean:.2f}} against {{BatchTopK.k1.35.d40.l0|mean:.2f}} at k = {{settings.Matryoshka|0:g}}, for instance). The mean absorption rate fell from
-# {{BatchTopK.k1.35.d40.absorption:.2f}} to {{Matryoshka.k1.35.d40.absorption:.2f}} at k = {{settings.Matryoshka|0:g}}, from {{BatchTopK.k2.d40.absorption:.2f}} to {{Matryoshka.k2.d40.absorption:.2f}} at k = {{settings.Matryoshka|1:g}} and from
-# {{BatchTopK.k2.5.d40.absorption:.2f}} to {{Matryoshka.k2.5.d40.absorption:.2f}} at k = {{settings.Matryoshka|2:g}} (mean ± standard deviation over seeds). Mind the spread: from seed
-# to seed BatchTopK's rate varies about as much as the differences between its settings, so
-# the ordering is what this table shows robustly, not the exact ratios. Its parents'
-# latents fired with a child on {{Matryoshka.k1.35.d40.fires_with_child|mean:.2f}} to {{Matryoshka.k2.5.d40.fires_with_child|mean:.2f}} of the inputs where they should, against
-# {{BatchTopK.k1.35.d40.fires_with_child|mean:.2f}} to {{BatchTopK.k2.5.d40.fires_with_child|mean:.2f}} for BatchTopK. The price is reconstruction: the FVU was {{ordering.k1.35.fvu_ratio:.1f}}
-# times BatchTopK's at k = {{settings.Matryoshka|0:g}} ({{BatchTopK.k1.35.d40.fvu|mean:.4f}} to {{Matryoshka.k1.35.d40.fvu|mean:.4f}}), {{ordering.k2.fvu_ratio:.1f}} times at k = {{settings.Matryoshka|1:g}}
-# ({{BatchTopK.k2.d40.fvu|mean:.4f}} to {{Matryoshka.k2.d40.fvu|mean:.4f}}) and {{ordering.k2.5.fvu_ratio:.1f}} times at k = {{settings.Matryoshka|2:g}} ({{BatchTopK.k2.5.d40.fvu|mean:.4f}} to {{Matryoshka.k2.5.d40.fvu|mean:.4f}}), ratios of the
-# means over seeds. The small prefixes' losses pull the early latents towards what suits a
-# 5-latent dictionary, which is not quite what suits the full one. That is feature hedging
-# (section 2) inside the Matryoshka SAE: each small prefix is a narrow SAE facing correlated
-# features, and its latents mix in some of the children. Chanin, Dulka and Garriga-Alonso
-# propose a *balanced* Matryoshka SAE that reweights the prefix losses to trade this hedging
-# against absorption; we keep the plain sum. At k = {{settings.Matryoshka|0:g}} it also had
-# more dead latents ({{Matryoshka.k1.35.d40.dead:.1f}} of 40, against {{BatchTopK.k1.35.d40.dead:.1f}}).
+# every seed at every k ({{ordering.k1.35.seeds_holding:.0f}}, {{ordering.k2.seeds_holding:.0f}} and
+# {{ordering.k2.5.seeds_holding:.0f}} of {{settings.seeds:.0f}} seeds at k = {{settings.Matryoshka|all:g}}), at the
+# same L0 ({{Matryoshka.k1.35.d40.l0|mean:.2f}} against {{BatchTopK.k1.35.d40.l0|mean:.2f}} at k =
+# {{settings.Matryoshka|0:g}}, for instance). The mean absorption rate fell from {{BatchTopK.k1.35.d40.absorption:.2f}}
+# to {{Matryoshka.k1.35.d40.absorption:.2f}} at k = {{settings.Matryoshka|0:g}}, from
+# {{BatchTopK.k2.d40.absorption:.2f}} to {{Matryoshka.k2.d40.absorption:.2f}} at k = {{settings.Matryoshka|1:g}} and
+# from {{BatchTopK.k2.5.d40.absorption:.2f}} to {{Matryoshka.k2.5.d40.absorption:.2f}} at k =
+# {{settings.Matryoshka|2:g}} (mean ± standard deviation over seeds). Mind the spread: from seed to seed BatchTopK's
+# rate varies about as much as the differences between its settings, so the ordering is what this table shows robustly,
+# not the exact ratios. Its parents' latents fired with a child on {{Matryoshka.k1.35.d40.fires_with_child|mean:.2f}}
+# to {{Matryoshka.k2.5.d40.fires_with_child|mean:.2f}} of the inputs where they should, against
+# {{BatchTopK.k1.35.d40.fires_with_child|mean:.2f}} to {{BatchTopK.k2.5.d40.fires_with_child|mean:.2f}} for BatchTopK.
+# The price is reconstruction: the FVU was {{ordering.k1.35.fvu_ratio:.1f}} times BatchTopK's at k =
+# {{settings.Matryoshka|0:g}} ({{BatchTopK.k1.35.d40.fvu|mean:.4f}} to {{Matryoshka.k1.35.d40.fvu|mean:.4f}}),
+# {{ordering.k2.fvu_ratio:.1f}} times at k = {{settings.Matryoshka|1:g}} ({{BatchTopK.k2.d40.fvu|mean:.4f}} to
+# {{Matryoshka.k2.d40.fvu|mean:.4f}}) and {{ordering.k2.5.fvu_ratio:.1f}} times at k = {{settings.Matryoshka|2:g}}
+# ({{BatchTopK.k2.5.d40.fvu|mean:.4f}} to {{Matryoshka.k2.5.d40.fvu|mean:.4f}}), ratios of the means over seeds. The
+# small prefixes' losses pull the early latents towards what suits a 5-latent dictionary, which is not quite what suits
+# the full one. That is feature hedging (section 2) inside the Matryoshka SAE: each small prefix is a narrow SAE facing
+# correlated features, and its latents mix in some of the children. Chanin, Dulka and Garriga-Alonso propose
+# a *balanced* Matryoshka SAE that reweights the prefix losses to trade this hedging against absorption; we keep the
+# plain sum. At k = {{settings.Matryoshka|0:g}} it also had more dead latents ({{Matryoshka.k1.35.d40.dead:.1f}} of 40,
+# against {{BatchTopK.k1.35.d40.dead:.1f}}).
 #
 # Where absorption remains, the first prefix tells why. The next cell prints, for each
 # seed at k = {{settings.Matryoshka|0:g}}, the feature that each of the five first-prefix latents matches best,
@@ -826,9 +886,11 @@ findings.compare_parent_latent_rules(comparison, ("BatchTopK", "Matryoshka"))
 
 # %% [markdown]
 # In our full-mode run (every setting and seed together) the cosine rule would have reported
-# {{rule.Matryoshka.cosine|mean:.3f}} for the Matryoshka SAE instead of {{rule.Matryoshka.firing|mean:.3f}}: for {{rule.Matryoshka.never_fires:.0f}} of its {{rule.parents:.0f}} parents the closest decoder row
-# belongs to a latent that never fires, so every eligible input counts as absorbed. For
-# BatchTopK the two rules gave {{rule.BatchTopK.cosine|mean:.3f}} against {{rule.BatchTopK.firing|mean:.3f}} ({{rule.BatchTopK.never_fires:.0f}} parents whose closest row never fires).
+# {{rule.Matryoshka.cosine|mean:.3f}} for the Matryoshka SAE instead of {{rule.Matryoshka.firing|mean:.3f}}: for
+# {{rule.Matryoshka.never_fires:.0f}} of its {{rule.parents:.0f}} parents the closest decoder row belongs to a latent
+# that never fires, so every eligible input counts as absorbed. For BatchTopK the two rules gave
+# {{rule.BatchTopK.cosine|mean:.3f}} against {{rule.BatchTopK.firing|mean:.3f}} ({{rule.BatchTopK.never_fires:.0f}}
+# parents whose closest row never fires).
 #
 # The decomposition tells the same story from the decoder's side.
 
@@ -850,10 +912,10 @@ comparison.plot_decomposition({"BatchTopK": 1.35, "Matryoshka": 1.35}, title=tit
 # of the fifteen children?</summary>
 #
 # The first prefix's loss sees every input, and it has 5 latents. A parent is active on
-# {{data.parent_probability:.0%}} of inputs and its family shares its direction; a child on {{data.child_marginal:.0%}}. A latent that writes a parent
-# reduces the error on every input of its family, whichever child (if any) is there; a latent
-# for one child helps only that child's inputs and leaves the other two children and the parent
-# alone unexplained. Five parent latents explain most of the variance a 5-latent dictionary can
+# {{data.parent_probability:.0%}} of inputs and its family shares its direction; a child on
+# {{data.child_marginal:.0%}}. A latent that writes a parent reduces the error on every input of its family, whichever
+# child (if any) is there; a latent for one child helps only that child's inputs and leaves the other two children and
+# the parent alone unexplained. Five parent latents explain most of the variance a 5-latent dictionary can
 # reach. The data's hierarchy and the prefix sizes agree here by construction (5 parents, a
 # first prefix of 5). On real data they cannot be made to agree exactly, which is one reason to
 # use several prefixes of growing size rather than one small one.
@@ -866,9 +928,9 @@ comparison.plot_decomposition({"BatchTopK": 1.35, "Matryoshka": 1.35}, title=tit
 # sub-cases. On hierarchical data the sub-cases are ready-made: a parent splits into "parent
 # with child 0", "parent with child 1" and so on, which is absorption seen from the other side.
 # Below, BatchTopK and Matryoshka SAEs at 20, 40 and 80 latents (once, twice and four times the
-# features), at k = {{settings.BatchTopK|0:g}} and k = {{settings.BatchTopK|1:g}}. The **census** counts, per parent, the live latents that belong to it
-# (decoder cosine ≥ {{=0.5}} with the parent, below {{=0.3}} with every other parent: the parent's own
-# latent and every child latent that carries it), and the latents that mix two families
+# features), at k = {{settings.BatchTopK|0:g}} and k = {{settings.BatchTopK|1:g}}. The **census** counts, per parent,
+# the live latents that belong to it (decoder cosine ≥ {{=0.5}} with the parent, below {{=0.3}} with every other
+# parent: the parent's own latent and every child latent that carries it), and the latents that mix two families
 # (cosine ≥ {{=0.5}} with one parent and ≥ {{=0.3}} with another).
 
 # %%
@@ -889,21 +951,30 @@ plot_decoder_heatmaps(heatmaps, n_parents, n_children, title=title).show()
 
 # %% [markdown]
 # **What to look for.** In our full-mode run BatchTopK absorbed more as it widened from 20 to 40
-# latents ({{BatchTopK.k1.35.d20.absorption|mean:.2f}} to {{BatchTopK.k1.35.d40.absorption|mean:.2f}} at k = {{settings.BatchTopK|0:g}}, {{BatchTopK.k2.d20.absorption|mean:.2f}} to {{BatchTopK.k2.d40.absorption|mean:.2f}} at k = {{settings.BatchTopK|1:g}}; means over
-# seeds), and the census shows the splitting behind it: {{BatchTopK.k1.35.d20.latents_per_parent|mean:.1f}} latents per parent at 20 latents,
-# {{BatchTopK.k1.35.d40.latents_per_parent|mean:.1f}} at 40 and {{BatchTopK.k1.35.d80.latents_per_parent|mean:.1f}} at 80 (k = {{settings.BatchTopK|0:g}}), as more and more child latents carry their
-# parent. From 40 to 80 latents absorption changed little ({{BatchTopK.k1.35.d80.absorption|mean:.2f}} and {{BatchTopK.k2.d80.absorption|mean:.2f}}) while the spare
-# latents went to mixtures: {{BatchTopK.k1.35.d80.mixed_latents|mean:.1f}} latents mixed two families at 80 latents, against
-# {{BatchTopK.k1.35.d20.mixed_latents|mean:.1f}} at 20. Those are latents for frequent *combinations* of features from different
-# families, which is what an SAE with many more latents than features does with its room. The
-# Matryoshka SAE kept closer to one latent per parent ({{Matryoshka.k1.35.d20.latents_per_parent|mean:.1f}} and {{Matryoshka.k1.35.d40.latents_per_parent|mean:.1f}} at 20 and 40 latents,
-# k = {{settings.BatchTopK|0:g}}) and absorbed far less at every width ({{Matryoshka.k1.35.d20.absorption|mean:.2f}}, {{Matryoshka.k1.35.d40.absorption|mean:.2f}} and {{Matryoshka.k1.35.d80.absorption|mean:.2f}} at k = {{settings.BatchTopK|0:g}};
-# {{Matryoshka.k2.d20.absorption|mean:.2f}}, {{Matryoshka.k2.d40.absorption|mean:.2f}} and {{Matryoshka.k2.d80.absorption|mean:.2f}} at k = {{settings.BatchTopK|1:g}}). Its costs show at both ends: at 20 latents its FVU
-# was about twice BatchTopK's ({{Matryoshka.k1.35.d20.fvu:.3f}} against {{BatchTopK.k1.35.d20.fvu:.3f}} at k = {{settings.BatchTopK|0:g}}), and at 80 latents
-# {{Matryoshka.k1.35.d80.dead|mean:.1f}} of its latents were dead at k = {{settings.BatchTopK|0:g}} ({{Matryoshka.k2.d80.dead|mean:.1f}} at k = {{settings.BatchTopK|1:g}}). At 80 latents both SAEs'
-# FVU at k = {{settings.BatchTopK|0:g}} also varied wildly from seed to seed (BatchTopK {{BatchTopK.k1.35.d80.fvu:.3f}}, Matryoshka
-# {{Matryoshka.k1.35.d80.fvu:.3f}}): with twice the latents, some seeds spend many of them on mixtures and
-# leave features poorly reconstructed, a sign that {{settings.steps:,.0f}} steps are not enough at that width.
+# latents ({{BatchTopK.k1.35.d20.absorption|mean:.2f}} to {{BatchTopK.k1.35.d40.absorption|mean:.2f}} at k =
+# {{settings.BatchTopK|0:g}}, {{BatchTopK.k2.d20.absorption|mean:.2f}} to {{BatchTopK.k2.d40.absorption|mean:.2f}} at
+# k = {{settings.BatchTopK|1:g}}; means over seeds), and the census shows the splitting behind it:
+# {{BatchTopK.k1.35.d20.latents_per_parent|mean:.1f}} latents per parent at 20 latents,
+# {{BatchTopK.k1.35.d40.latents_per_parent|mean:.1f}} at 40 and {{BatchTopK.k1.35.d80.latents_per_parent|mean:.1f}}
+# at 80 (k = {{settings.BatchTopK|0:g}}), as more and more child latents carry their parent. From 40 to 80 latents
+# absorption changed little ({{BatchTopK.k1.35.d80.absorption|mean:.2f}} and {{BatchTopK.k2.d80.absorption|mean:.2f}})
+# while the spare latents went to mixtures: {{BatchTopK.k1.35.d80.mixed_latents|mean:.1f}} latents mixed two families
+# at 80 latents, against {{BatchTopK.k1.35.d20.mixed_latents|mean:.1f}} at 20. Those are latents for
+# frequent *combinations* of features from different families, which is what an SAE with many more latents than
+# features does with its room. The Matryoshka SAE kept closer to one latent per parent
+# ({{Matryoshka.k1.35.d20.latents_per_parent|mean:.1f}} and {{Matryoshka.k1.35.d40.latents_per_parent|mean:.1f}} at 20
+# and 40 latents, k = {{settings.BatchTopK|0:g}}) and absorbed far less at every width
+# ({{Matryoshka.k1.35.d20.absorption|mean:.2f}}, {{Matryoshka.k1.35.d40.absorption|mean:.2f}} and
+# {{Matryoshka.k1.35.d80.absorption|mean:.2f}} at k = {{settings.BatchTopK|0:g}};
+# {{Matryoshka.k2.d20.absorption|mean:.2f}}, {{Matryoshka.k2.d40.absorption|mean:.2f}} and
+# {{Matryoshka.k2.d80.absorption|mean:.2f}} at k = {{settings.BatchTopK|1:g}}). Its costs show at both ends: at 20
+# latents its FVU was about twice BatchTopK's ({{Matryoshka.k1.35.d20.fvu:.3f}} against {{BatchTopK.k1.35.d20.fvu:.3f}}
+# at k = {{settings.BatchTopK|0:g}}), and at 80 latents {{Matryoshka.k1.35.d80.dead|mean:.1f}} of its latents were dead
+# at k = {{settings.BatchTopK|0:g}} ({{Matryoshka.k2.d80.dead|mean:.1f}} at k = {{settings.BatchTopK|1:g}}). At 80
+# latents both SAEs' FVU at k = {{settings.BatchTopK|0:g}} also varied wildly from seed to seed (BatchTopK
+# {{BatchTopK.k1.35.d80.fvu:.3f}}, Matryoshka {{Matryoshka.k1.35.d80.fvu:.3f}}): with twice the latents, some seeds
+# spend many of them on mixtures and leave features poorly reconstructed, a sign that {{settings.steps:,.0f}} steps are
+# not enough at that width.
 #
 # ### In superposition
 #
@@ -915,10 +986,13 @@ plot_decoder_heatmaps(heatmaps, n_parents, n_children, title=title).show()
 in_superposition(comparison, ("BatchTopK", "Matryoshka"), width_settings, d_hidden=14)
 
 # %% [markdown]
-# In our full-mode run absorption survived superposition: BatchTopK absorbed at {{superposed.BatchTopK.k1.35.d40.absorption:.2f}}
-# (k = {{settings.BatchTopK|0:g}}) and {{superposed.BatchTopK.k2.d40.absorption:.2f}} (k = {{settings.BatchTopK|1:g}}), and the Matryoshka SAE still cut it, to {{superposed.Matryoshka.k1.35.d40.absorption:.2f}} and
-# {{superposed.Matryoshka.k2.d40.absorption:.2f}}, though with a spread over seeds as large as its mean. Both reconstruct worse than with
-# orthogonal features (FVU {{superposed.BatchTopK.k1.35.d40.fvu|mean:.3f}} and {{superposed.Matryoshka.k1.35.d40.fvu|mean:.3f}} at k = {{settings.BatchTopK|0:g}}, against {{BatchTopK.k1.35.d40.fvu|mean:.3f}} and {{Matryoshka.k1.35.d40.fvu|mean:.3f}}),
+# In our full-mode run absorption survived superposition: BatchTopK absorbed at
+# {{superposed.BatchTopK.k1.35.d40.absorption:.2f}} (k = {{settings.BatchTopK|0:g}}) and
+# {{superposed.BatchTopK.k2.d40.absorption:.2f}} (k = {{settings.BatchTopK|1:g}}), and the Matryoshka SAE still cut it,
+# to {{superposed.Matryoshka.k1.35.d40.absorption:.2f}} and {{superposed.Matryoshka.k2.d40.absorption:.2f}}, though
+# with a spread over seeds as large as its mean. Both reconstruct worse than with orthogonal features (FVU
+# {{superposed.BatchTopK.k1.35.d40.fvu|mean:.3f}} and {{superposed.Matryoshka.k1.35.d40.fvu|mean:.3f}} at k =
+# {{settings.BatchTopK|0:g}}, against {{BatchTopK.k1.35.d40.fvu|mean:.3f}} and {{Matryoshka.k1.35.d40.fvu|mean:.3f}}),
 # since overlapping directions interfere with each other.
 
 # %% [markdown]
@@ -935,13 +1009,17 @@ show_replay(comparison, ("BatchTopK", "Matryoshka"), 1.35)
 # %% [markdown]
 # **What to look for.** At step 0 the latents sit in a cloud in the middle of the figure: no
 # decoder row points at one feature yet. Averaged over the {{settings.seeds:.0f}} seeds, BatchTopK's absorption
-# rate was {{replay.BatchTopK.first.absorption|mean:.2f}} at step {{replay.first.step:.0f}}, {{replay.BatchTopK.quarter.absorption|mean:.2f}} at step {{replay.quarter.step:.0f}}, {{replay.BatchTopK.half.absorption|mean:.2f}} at step {{replay.half.step:.0f}} and {{replay.BatchTopK.last.absorption|mean:.2f}} at the end
-# (step {{replay.last.step:.0f}}); the Matryoshka SAE's was {{replay.Matryoshka.first.absorption|mean:.2f}}, {{replay.Matryoshka.quarter.absorption|mean:.2f}}, {{replay.Matryoshka.half.absorption|mean:.2f}} and {{replay.Matryoshka.last.absorption|mean:.2f}}. Absorption appeared within the first
-# {{replay.first.step:.0f}} steps in both. BatchTopK's then grew, while the Matryoshka SAE's fell once its first prefix
-# sorted itself out, most of the fall within the first quarter of training.
-# The printout follows instance 0 step by step: watch the child latents that carry their parent
-# against the clean ones. Right after each resampling (every {{settings.resample_every:.0f}} steps) the bars can
-# dip for a frame or two while the moved latents find new places.
+# rate was {{replay.BatchTopK.first.absorption|mean:.2f}} at step {{replay.first.step:.0f}},
+# {{replay.BatchTopK.quarter.absorption|mean:.2f}} at step {{replay.quarter.step:.0f}},
+# {{replay.BatchTopK.half.absorption|mean:.2f}} at step {{replay.half.step:.0f}} and
+# {{replay.BatchTopK.last.absorption|mean:.2f}} at the end (step {{replay.last.step:.0f}}); the Matryoshka SAE's was
+# {{replay.Matryoshka.first.absorption|mean:.2f}}, {{replay.Matryoshka.quarter.absorption|mean:.2f}},
+# {{replay.Matryoshka.half.absorption|mean:.2f}} and {{replay.Matryoshka.last.absorption|mean:.2f}}. Absorption
+# appeared within the first {{replay.first.step:.0f}} steps in both. BatchTopK's then grew, while the Matryoshka SAE's
+# fell once its first prefix sorted itself out, most of the fall within the first quarter of training. The printout
+# follows instance 0 step by step: watch the child latents that carry their parent against the clean ones. Right after
+# each resampling (every {{settings.resample_every:.0f}} steps) the bars can dip for a frame or two while the moved
+# latents find new places.
 #
 # ## 7. Every architecture where SAEs are really used
 #
@@ -964,29 +1042,34 @@ findings.show_every_architecture(comparison)
 # JumpReLU at λ = {{settings.JumpReLU|0:g}}, TopK, BatchTopK and Matryoshka at k = 2). In our full-mode run (means
 # over {{settings.seeds:.0f}} seeds; the table gives the spreads):
 #
-# - **Absorption**: {{L1.lam0.035.d40.absorption|mean:.2f}} for L1, {{Gated.lam0.04.d40.absorption|mean:.2f}} for Gated, {{JumpReLU.lam0.001.d40.absorption|mean:.2f}} for JumpReLU, {{TopK.k2.d40.absorption|mean:.2f}} for TopK,
-#   {{BatchTopK.k2.d40.absorption|mean:.2f}} for BatchTopK and {{Matryoshka.k2.d40.absorption|mean:.3f}} for Matryoshka. Of these rows TopK, which fires exactly k
-#   latents on every input whatever it holds, absorbed most. Every standard architecture
-#   absorbed at every setting in the table (the lowest mean rate, {{BatchTopK.k2.5.d40.absorption|mean:.2f}}, is BatchTopK's at
-#   k = {{settings.BatchTopK|2:g}}). The SAEBench-style columns tell the same story: the rate over all parent
-#   inputs is lower by about the share of parent-alone inputs, and the absorption fraction,
-#   which also counts partial absorption, stays well above zero even where full absorption is
-#   rare (Matryoshka {{Matryoshka.k2.d40.absorption_fraction|mean:.2f}} at k = 2): the parent's latent fires but other latents write part of
-#   the parent.
-# - **Reconstruction** (FVU): BatchTopK {{BatchTopK.k2.d40.fvu|mean:.4f}}, Matryoshka {{Matryoshka.k2.d40.fvu|mean:.4f}}, Gated {{Gated.lam0.04.d40.fvu|mean:.4f}}, JumpReLU
-#   {{JumpReLU.lam0.001.d40.fvu|mean:.4f}}, TopK {{TopK.k2.d40.fvu|mean:.4f}}, L1 {{L1.lam0.035.d40.fvu|mean:.3f}}. The L1 SAE pays for its shrinkage: its relative reconstruction
-#   bias γ is {{L1.lam0.035.d40.gamma|mean:.2f}} at λ = {{settings.L1|1:g}} (its reconstructions come out about a quarter short); at L0 ≈ 2 the
-#   others stay within a few percent of 1.
-# - **Recovery** at cosine ≥ {{settings.recovered_at:g}} was low for every architecture (at most {{JumpReLU.lam0.01.d40.recovered|mean:.1f}} of the 20 features
-#   on average, JumpReLU at λ = {{settings.JumpReLU|2:g}}), and the Matryoshka SAE recovered none at k = {{settings.Matryoshka|1:g}} and {{settings.Matryoshka|2:g}}. Its
-#   parents' latents carry the average child and its child latents take it back (section 4), so
-#   few of its latents point exactly along one true feature, although its dictionary is the one
-#   that keeps parents and children apart. "Recovers the true directions" and "does not absorb"
-#   are different questions, and on hierarchical data they pull apart. Recall shows a third
-#   question: TopK at k = 1 fires the latent matched to a feature on only {{TopK.k1.d40.recall|mean:.2f}} of that
-#   feature's occurrences, since one latent per input cannot cover a parent and its child.
-# - **Dead latents** were rare except for TopK ({{TopK.k1.d40.dead|mean:.1f}} of 40 at k = 1, {{TopK.k2.d40.dead|mean:.1f}} at k = 2) and the
-#   Matryoshka SAE at k = {{settings.Matryoshka|0:g}} ({{Matryoshka.k1.35.d40.dead|mean:.1f}}).
+# - **Absorption**: {{L1.lam0.035.d40.absorption|mean:.2f}} for L1, {{Gated.lam0.04.d40.absorption|mean:.2f}} for
+#   Gated, {{JumpReLU.lam0.001.d40.absorption|mean:.2f}} for JumpReLU, {{TopK.k2.d40.absorption|mean:.2f}} for TopK,
+#   {{BatchTopK.k2.d40.absorption|mean:.2f}} for BatchTopK and {{Matryoshka.k2.d40.absorption|mean:.3f}} for
+#   Matryoshka. Of these rows TopK, which fires exactly k latents on every input whatever it holds, absorbed most.
+#   Every standard architecture absorbed at every setting in the table (the lowest mean rate,
+#   {{BatchTopK.k2.5.d40.absorption|mean:.2f}}, is BatchTopK's at k = {{settings.BatchTopK|2:g}}). The SAEBench-style
+#   columns tell the same story: the rate over all parent inputs is lower by about the share of parent-alone inputs,
+#   and the absorption fraction, which also counts partial absorption, stays well above zero even where full absorption
+#   is rare (Matryoshka {{Matryoshka.k2.d40.absorption_fraction|mean:.2f}} at k = 2): the parent's latent fires but
+#   other latents write part of the parent.
+# - **Reconstruction** (FVU): BatchTopK {{BatchTopK.k2.d40.fvu|mean:.4f}}, Matryoshka
+#   {{Matryoshka.k2.d40.fvu|mean:.4f}}, Gated {{Gated.lam0.04.d40.fvu|mean:.4f}}, JumpReLU
+#   {{JumpReLU.lam0.001.d40.fvu|mean:.4f}}, TopK {{TopK.k2.d40.fvu|mean:.4f}}, L1 {{L1.lam0.035.d40.fvu|mean:.3f}}. The
+#   L1 SAE pays for its shrinkage: its relative reconstruction bias γ is {{L1.lam0.035.d40.gamma|mean:.2f}} at λ =
+#   {{settings.L1|1:g}} (its reconstructions come out about a quarter short); at L0 ≈ 2 the others stay within a few
+#   percent of 1.
+# - **Recovery** at cosine ≥ {{settings.recovered_at:g}} was low for every architecture (at most
+#   {{JumpReLU.lam0.01.d40.recovered|mean:.1f}} of the 20 features on average, JumpReLU at λ =
+#   {{settings.JumpReLU|2:g}}), and the Matryoshka SAE recovered none at k = {{settings.Matryoshka|1:g}} and
+#   {{settings.Matryoshka|2:g}}. Its parents' latents carry the average child and its child latents take it back
+#   (section 4), so few of its latents point exactly along one true feature, although its dictionary is the one that
+#   keeps parents and children apart. "Recovers the true directions" and "does not absorb" are different questions, and
+#   on hierarchical data they pull apart. Recall shows a third question: TopK at k = 1 fires the latent matched to a
+#   feature on only {{TopK.k1.d40.recall|mean:.2f}} of that feature's occurrences, since one latent per input cannot
+#   cover a parent and its child.
+# - **Dead latents** were rare except for TopK ({{TopK.k1.d40.dead|mean:.1f}} of 40 at k = 1,
+#   {{TopK.k2.d40.dead|mean:.1f}} at k = 2) and the Matryoshka SAE at k = {{settings.Matryoshka|0:g}}
+#   ({{Matryoshka.k1.35.d40.dead|mean:.1f}}).
 #
 # <details><summary>Question: if absorption is invisible to FVU and L0, how would you detect it in
 # an SAE on a real model?</summary>
@@ -1003,9 +1086,9 @@ findings.show_every_architecture(comparison)
 # ## 8. What the recipe decides
 #
 # Every absorption rate in this part is a mean over seeds, and the seeds disagree: BatchTopK's
-# rate at k = {{settings.BatchTopK|0:g}} ranged over {{BatchTopK.k1.35.d40.absorption|range:.2f}} between seeds. The recipe matters as much. Here we
-# change one piece of it at a time and train BatchTopK and Matryoshka again at k = {{settings.BatchTopK|0:g}}: once
-# without any resampling, and once with the decoder rows started at norm 1 instead of
+# rate at k = {{settings.BatchTopK|0:g}} ranged over {{BatchTopK.k1.35.d40.absorption|range:.2f}} between seeds. The
+# recipe matters as much. Here we change one piece of it at a time and train BatchTopK and Matryoshka again at k =
+# {{settings.BatchTopK|0:g}}: once without any resampling, and once with the decoder rows started at norm 1 instead of
 # Kaiming's small random rows (norm about {{=0.09}} here). Our decoders are normalised in the forward pass,
 # so the starting norm does not change what the SAE computes; it sets how far one Adam step
 # turns a row, since Adam's steps have about the same size whatever the row's norm.
@@ -1021,16 +1104,20 @@ compare_recipes(comparison, recipe_variants, ("BatchTopK", "Matryoshka"), 1.35, 
 
 # %% [markdown]
 # **What to look for.** The ordering survived every recipe: Matryoshka absorbed less than
-# BatchTopK in {{recipe.as_above.seeds_holding:.0f}}, {{recipe.no_resampling.seeds_holding:.0f}} and {{recipe.unit_decoder.seeds_holding:.0f}} of {{settings.seeds:.0f}} seeds. The magnitudes did not. Without resampling,
-# BatchTopK's absorption was {{recipe.no_resampling.BatchTopK.k1.35.d40.absorption:.2f}} instead of {{BatchTopK.k1.35.d40.absorption:.2f}}, and its FVU was lower too
-# ({{recipe.no_resampling.BatchTopK.k1.35.d40.fvu|mean:.4f}} against {{BatchTopK.k1.35.d40.fvu|mean:.4f}}), at the price of {{recipe.no_resampling.BatchTopK.k1.35.d40.dead|mean:.1f}} dead latents of 40: in this short run,
-# moving dead, redundant and rare latents every few hundred steps costs more than it gains.
-# With unit decoder rows at the start BatchTopK
-# absorbed {{recipe.unit_decoder.BatchTopK.k1.35.d40.absorption:.2f}}; the Matryoshka SAE's rate stayed low under all three
-# ({{Matryoshka.k1.35.d40.absorption|mean:.2f}}, {{recipe.no_resampling.Matryoshka.k1.35.d40.absorption|mean:.2f}} and {{recipe.unit_decoder.Matryoshka.k1.35.d40.absorption|mean:.2f}}). So read this part's numbers the way its tables give them: that
-# Matryoshka absorbs less than BatchTopK at the same L0 held in every seed, at every k and under
-# every recipe we tried; how much each SAE absorbs depends on the seed, the sparsity setting and
-# the training recipe, and should not be quoted without them.
+# BatchTopK in {{recipe.as_above.seeds_holding:.0f}}, {{recipe.no_resampling.seeds_holding:.0f}} and
+# {{recipe.unit_decoder.seeds_holding:.0f}} of {{settings.seeds:.0f}} seeds. The magnitudes did not. Without
+# resampling, BatchTopK's absorption was {{recipe.no_resampling.BatchTopK.k1.35.d40.absorption:.2f}} instead of
+# {{BatchTopK.k1.35.d40.absorption:.2f}}, and its FVU was lower too
+# ({{recipe.no_resampling.BatchTopK.k1.35.d40.fvu|mean:.4f}} against {{BatchTopK.k1.35.d40.fvu|mean:.4f}}), at the
+# price of {{recipe.no_resampling.BatchTopK.k1.35.d40.dead|mean:.1f}} dead latents of 40: in this short run, moving
+# dead, redundant and rare latents every few hundred steps costs more than it gains. With unit decoder rows at the
+# start BatchTopK absorbed {{recipe.unit_decoder.BatchTopK.k1.35.d40.absorption:.2f}}; the Matryoshka SAE's rate stayed
+# low under all three ({{Matryoshka.k1.35.d40.absorption|mean:.2f}},
+# {{recipe.no_resampling.Matryoshka.k1.35.d40.absorption|mean:.2f}} and
+# {{recipe.unit_decoder.Matryoshka.k1.35.d40.absorption|mean:.2f}}). So read this part's numbers the way its tables
+# give them: that Matryoshka absorbs less than BatchTopK at the same L0 held in every seed, at every k and under every
+# recipe we tried; how much each SAE absorbs depends on the seed, the sparsity setting and the training recipe, and
+# should not be quoted without them.
 #
 # ## Summary
 #

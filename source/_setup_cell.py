@@ -13,7 +13,9 @@ WORKBOOK_BUILD = "__WORKBOOK_BUILD__"  # this notebook's build; Colab checks out
 
 def find_workbook() -> Path:
     """The folder holding part_utils/: WORKBOOK_ROOT, or this notebook's folder or one above it."""
-    candidates = [Path(os.environ["WORKBOOK_ROOT"])] if os.environ.get("WORKBOOK_ROOT") else [Path.cwd(), *Path.cwd().parents]
+    candidates = (
+        [Path(os.environ["WORKBOOK_ROOT"])] if os.environ.get("WORKBOOK_ROOT") else [Path.cwd(), *Path.cwd().parents]
+    )
     for folder in candidates:
         if (folder / "part_utils").is_dir():
             return folder
@@ -25,7 +27,11 @@ def find_workbook() -> Path:
 
 def bring_workbook_to_colab(root: Path) -> None:
     """Unpack an uploaded zip of the workbook, or clone it at the commit this notebook was built from."""
-    archives = [path for path in sorted(root.parent.glob("*.zip")) if any(name.endswith("part_utils/__init__.py") for name in zipfile.ZipFile(path).namelist())]
+    archives = [
+        path
+        for path in sorted(root.parent.glob("*.zip"))
+        if any(name.endswith("part_utils/__init__.py") for name in zipfile.ZipFile(path).namelist())
+    ]
     if archives:
         unpacked = root.parent / "sae-workbook-unzipped"
         zipfile.ZipFile(archives[0]).extractall(unpacked)
@@ -34,7 +40,23 @@ def bring_workbook_to_colab(root: Path) -> None:
         return
     url = os.environ.get("WORKBOOK_REPO_URL", WORKBOOK_REPOSITORY)
     subprocess.run(["git", "clone", "--quiet", url, str(root)], check=True)
-    found = subprocess.run(["git", "-C", str(root), "log", "--reverse", "--format=%H", "-S", WORKBOOK_BUILD, "--", "notebooks", "solutions"], capture_output=True, text=True)
+    found = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(root),
+            "log",
+            "--reverse",
+            "--format=%H",
+            "-S",
+            WORKBOOK_BUILD,
+            "--",
+            "notebooks",
+            "solutions",
+        ],
+        capture_output=True,
+        text=True,
+    )
     commit = next(iter(found.stdout.split()), "")
     if commit:
         subprocess.run(["git", "-C", str(root), "checkout", "--quiet", commit], check=True)
@@ -49,7 +71,9 @@ if IN_COLAB:
     if not (WORKBOOK_ROOT / "part_utils").is_dir():
         bring_workbook_to_colab(WORKBOOK_ROOT)
         # Colab has torch, plotly, ipywidgets and tqdm; add the rest and leave its torch alone.
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "jaxtyping", "einops", "latex2mathml"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "jaxtyping", "einops", "latex2mathml"], check=True
+        )
 else:
     WORKBOOK_ROOT = find_workbook()
 if str(WORKBOOK_ROOT) not in sys.path:

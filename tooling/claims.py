@@ -152,10 +152,18 @@ def check(parts: list[int] | None = None, root: Path | None = None) -> list[Prob
     if problems:
         return problems  # the notebooks cannot be generated until the sources render
     root = root or notebook_build.ROOT
-    stale = [path for path, content in notebook_build.generated_files(root, parts).items()
-             if path.name != "README.md" and (not path.exists() or path.read_text() != content)]
-    problems += [Problem(str(path.relative_to(root)), "differs from its source and results: "
-                         "edited by hand, or not rebuilt (`python3 workbook.py build`)") for path in stale]
+    stale = [
+        path
+        for path, content in notebook_build.generated_files(root, parts).items()
+        if path.name != "README.md" and (not path.exists() or path.read_text() != content)
+    ]
+    problems += [
+        Problem(
+            str(path.relative_to(root)),
+            "differs from its source and results: edited by hand, or not rebuilt (`python3 workbook.py build`)",
+        )
+        for path in stale
+    ]
     return problems
 
 
@@ -170,8 +178,9 @@ def changed_sentences(source: Path, before: dict[str, Value], after: dict[str, V
     for markdown in markdown_cells(source):
         if not PLACEHOLDER.search(markdown):
             continue
-        old, new = (sentences(render(markdown, results)) if _renders(markdown, results) else []
-                    for results in (before, after))
+        old, new = (
+            sentences(render(markdown, results)) if _renders(markdown, results) else [] for results in (before, after)
+        )
         changes += [(o, n) for o, n in zip(old, new, strict=False) if o != n]
     return changes
 

@@ -2,6 +2,8 @@
 
 import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,21 @@ class HeadlessClient(NotebookClient):
         return None
 
 
+@contextmanager
+def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (a kernel started meanwhile inherits them); restore the old ones after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @dataclass
 class ExecutionResult:
     notebook: nbformat.NotebookNode
@@ -35,24 +52,17 @@ def execute_notebook(
 ) -> ExecutionResult:
     """Run every cell of `path` in a fresh kernel started in the notebook's folder."""
     notebook = nbformat.read(path, as_version=4)
-    saved = {name: os.environ.get(name) for name in ("WORKBOOK_FAST", "TQDM_DISABLE")}
-    os.environ.update({"WORKBOOK_FAST": "1" if fast else "0", "TQDM_DISABLE": "1"})
-    client = HeadlessClient(
-        notebook,
-        timeout=timeout_per_cell,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-        allow_errors=not stop_on_error,
-    )
-    start, error = time.perf_counter(), None
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        error = exc
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with temporary_environment({"WORKBOOK_FAST": "1" if fast else "0", "TQDM_DISABLE": "1"}):
+        client = HeadlessClient(
+            notebook,
+            timeout=timeout_per_cell,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+            allow_errors=not stop_on_error,
+        )
+        start, error = time.perf_counter(), None
+        try:
+            client.execute()
+        except CellExecutionError as exc:
+            error = exc
     return ExecutionResult(notebook, time.perf_counter() - start, error)

@@ -23,9 +23,33 @@ BUILD_SEED, EVALUATION_SEED = 1, 1000
 PER_SEED = ("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall", "recovered")
 PER_PARENT = ("absorption", "absorption_all_inputs", "absorption_fraction", "fires_alone", "fires_with_child")
 
+FORMATS = {
+    ".1f": ("dead", "mixed_latents"),
+    ".2f": ("l0", "gamma", "recall", "latents_per_parent"),
+    ".3f": ("mmcs", "hungarian", "absorption", "absorption_all_inputs", "absorption_fraction"),
+    ".4f": ("fvu",),
+}
+"""How Part 8's tables show each metric, so that every table shows a metric alike."""
+HEADERS = {
+    "l0": "L0",
+    "fvu": "FVU",
+    "gamma": "γ",
+    "mmcs": "MMCS",
+    "hungarian": "Hungarian",
+    "absorption_all_inputs": "absorption, all parent inputs",
+    "mixed_latents": "latents mixing families",
+}
+"""Column headers that are not the metric's name with spaces for underscores."""
+
 Row = dict[str, Any]
 """One setting of one SAE: architecture, setting, d_sae, each metric's mean and `_sd` over seeds, the
 per-seed values under `seeds`, and per-parent details."""
+
+
+def table_columns(*metrics: str) -> list[tuple[str, str, str]]:
+    """(header, row key, format) for `rows_table`, one per metric."""
+    format_of = {metric: fmt for fmt, formatted in FORMATS.items() for metric in formatted}
+    return [(HEADERS.get(metric, metric.replace("_", " ")), metric, format_of[metric]) for metric in metrics]
 
 
 class WeightRecorder:

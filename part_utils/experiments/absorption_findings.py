@@ -4,21 +4,17 @@ every architecture side by side."""
 
 from collections.abc import Mapping, Sequence
 
-from part_utils.experiments.absorption_comparison import AbsorptionComparison
+from part_utils.experiments.absorption_comparison import AbsorptionComparison, table_columns
 from part_utils.hierarchy import feature_labels
 from part_utils.plotting.absorption import plot_absorption_by_parent, plot_parent_latent_firing
 from part_utils.plotting.pareto import plot_pareto
 from part_utils.plotting.tables import html_table, mean_sd, rows_table
 
-SAME_K_COLUMNS = [
-    ("L0", "l0", ".2f"), ("absorption", "absorption", ".3f"), ("FVU", "fvu", ".4f"), ("dead latents", "dead", ".1f"),
-]
-EVERY_ARCHITECTURE_COLUMNS = [
-    ("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("γ", "gamma", ".2f"), ("dead", "dead", ".1f"),
-    ("MMCS", "mmcs", ".3f"), ("Hungarian", "hungarian", ".3f"), ("recall", "recall", ".2f"),
-    ("absorption", "absorption", ".3f"), ("absorption, all parent inputs", "absorption_all_inputs", ".3f"),
-    ("absorption fraction", "absorption_fraction", ".3f"),
-]
+SAME_K_COLUMNS = [*table_columns("l0", "absorption", "fvu"), ("dead latents", "dead", ".1f")]
+EVERY_ARCHITECTURE_COLUMNS = table_columns(
+    *("l0", "fvu", "gamma", "dead", "mmcs", "hungarian", "recall"),
+    *("absorption", "absorption_all_inputs", "absorption_fraction"),
+)
 
 
 def show_parent_latent_firing(comparison: AbsorptionComparison, chosen: Mapping[str, float]) -> None:
@@ -85,8 +81,7 @@ def compare_at_same_k(comparison: AbsorptionComparison, base: str, other: str) -
             f"seeds with less absorption ({other})": [f"{count}/{n}" for count in holding],
         },
         title=(
-            f"{base} against {other} at the same k"
-            f" (d_sae {comparison.d_sae}; mean ± standard deviation over {n} seeds)"
+            f"{base} against {other} at the same k (d_sae {comparison.d_sae}; mean ± standard deviation over {n} seeds)"
         ),
     ).show()
     for k, (b, o), count in zip(settings, pairs, holding):

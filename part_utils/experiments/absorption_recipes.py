@@ -3,14 +3,11 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from part_utils.experiments.absorption_comparison import AbsorptionComparison
+from part_utils.experiments.absorption_comparison import AbsorptionComparison, table_columns
 from part_utils.plotting.tables import rows_table
 from part_utils.sae_registry import setting_label
 
-RECIPE_COLUMNS = [
-    ("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("dead", "dead", ".1f"), ("absorption", "absorption", ".3f"),
-    ("absorption fraction", "absorption_fraction", ".3f"),
-]
+RECIPE_COLUMNS = table_columns("l0", "fvu", "dead", "absorption", "absorption_fraction")
 
 
 def compare_recipes(

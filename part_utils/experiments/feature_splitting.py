@@ -5,13 +5,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from part_utils.experiments.absorption_comparison import AbsorptionComparison
+from part_utils.experiments.absorption_comparison import AbsorptionComparison, table_columns
 from part_utils.plotting.tables import rows_table
 
-WIDTH_COLUMNS = [
-    ("L0", "l0", ".2f"), ("FVU", "fvu", ".4f"), ("dead", "dead", ".1f"), ("absorption", "absorption", ".3f"),
-    ("latents per parent", "latents_per_parent", ".2f"), ("latents mixing families", "mixed_latents", ".1f"),
-]
+WIDTH_COLUMNS = table_columns("l0", "fvu", "dead", "absorption", "latents_per_parent", "mixed_latents")
 SUPERPOSED_COLUMNS = WIDTH_COLUMNS[:4]
 
 

@@ -14,8 +14,13 @@ SettingReport = dict[str, Any]
 """One setting of a sweep: its label ("λ=0.1") and each metric of `variant_report` for its seeds."""
 
 COLUMNS = [
-    ("L0", "l0", ".3f"), ("FVU", "fvu", ".4f"), ("γ", "gamma", ".3f"), ("dead", "dead", ".2f"),
-    ("MMCS", "mmcs", ".3f"), ("Hungarian", "hungarian", ".3f"), ("recall", "recall", ".3f"),
+    ("L0", "l0", ".3f"),
+    ("FVU", "fvu", ".4f"),
+    ("γ", "gamma", ".3f"),
+    ("dead", "dead", ".2f"),
+    ("MMCS", "mmcs", ".3f"),
+    ("Hungarian", "hungarian", ".3f"),
+    ("recall", "recall", ".3f"),
 ]
 PARETO_TITLE = (
     "Reconstruction error against sparsity (lower left is better)"

@@ -32,7 +32,10 @@ class PalindromeTokenizer:
         texts = [texts] if isinstance(texts, str) else texts
         unknown = sorted({c for text in texts for c in text if c not in self.index})
         if unknown:
-            raise ValueError(f"characters {unknown} are not in the vocabulary; expected lowercase letters and '{BEGIN}{SEPARATOR}{END}'")
+            raise ValueError(
+                f"characters {unknown} are not in the vocabulary; "
+                f"expected lowercase letters and '{BEGIN}{SEPARATOR}{END}'"
+            )
         if len({len(text) for text in texts}) > 1:
             raise ValueError("all strings in a batch must have the same length")
         return torch.tensor([[self.index[c] for c in text] for text in texts], dtype=torch.long)
@@ -48,7 +51,10 @@ class PalindromeTokenizer:
         if tokens.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"tokens must be an integer tensor of ids, got dtype {tokens.dtype}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}]; got values from {tokens.min().item()} to {tokens.max().item()}")
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size - 1}]; "
+                f"got values from {tokens.min().item()} to {tokens.max().item()}"
+            )
 
 
 def palindrome(letters: str) -> str:

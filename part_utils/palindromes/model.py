@@ -9,7 +9,12 @@ from torch import Tensor
 from transformer_lens import TransformerBridge, TransformerBridgeConfig
 
 from part_utils.device import get_device
-from part_utils.palindromes.language import MIRRORED_POSITIONS, SEQUENCE_LENGTH, PalindromeDataset, PalindromeTokenizer, palindrome_dataset
+from part_utils.palindromes.language import (
+    MIRRORED_POSITIONS,
+    SEQUENCE_LENGTH,
+    PalindromeDataset,
+    PalindromeTokenizer,
+)
 from part_utils.progress import progress_bar
 from part_utils.training import set_learning_rate, warmup_cosine_lr
 
@@ -69,7 +74,7 @@ def train_palindrome_model(
 
 
 @torch.no_grad()
-def per_position_accuracy(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "pos_minus_1"]:
+def per_position_accuracy(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, " pos_minus_1"]:
     """Accuracy of the most likely next token at each position (position p predicts token p + 1)."""
     tokens = tokens.to(next(model.parameters()).device)
     predictions = model(tokens).argmax(dim=-1)[:, :-1]
@@ -88,6 +93,10 @@ def load_palindrome_model(path: Path = WEIGHTS_PATH, device: torch.device | None
     return model.eval().requires_grad_(False)
 
 
-def mlp_weights(model: TransformerBridge) -> tuple[Float[Tensor, "d_model d_mlp"], Float[Tensor, "d_mlp"], Float[Tensor, "d_mlp d_model"], Float[Tensor, "d_model"]]:
+def mlp_weights(
+    model: TransformerBridge,
+) -> tuple[
+    Float[Tensor, "d_model d_mlp"], Float[Tensor, " d_mlp"], Float[Tensor, "d_mlp d_model"], Float[Tensor, " d_model"]
+]:
     """The MLP of block 0 in TransformerLens layout: post = ReLU(x W_in + b_in); out = post W_out + b_out."""
     return model.W_in[0], model.b_in[0], model.W_out[0], model.b_out[0]

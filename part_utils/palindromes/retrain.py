@@ -16,7 +16,10 @@ if __name__ == "__main__":
     data = palindrome_dataset()
     model = build_palindrome_model(device=torch.device("cpu"))
     losses = train_palindrome_model(model, data)
-    print(f"final loss {losses[-1]:.4f}; mirrored-half accuracy on held-out strings {mirrored_accuracy(model, data.test_tokens):.4f}")
+    print(
+        f"final loss {losses[-1]:.4f}; "
+        f"mirrored-half accuracy on held-out strings {mirrored_accuracy(model, data.test_tokens):.4f}"
+    )
     WEIGHTS_PATH.parent.mkdir(exist_ok=True)
     torch.save(model.state_dict(), WEIGHTS_PATH)
     print(f"saved {WEIGHTS_PATH}")

@@ -30,7 +30,9 @@ def _family_colour(parent: int) -> str:
     return FAMILY_COLOURS[parent % len(FAMILY_COLOURS)]
 
 
-def plot_cooccurrence(features: Float[Tensor, "batch feats"], n_parents: int, n_children: int, *, title: str | None = None) -> go.Figure:
+def plot_cooccurrence(
+    features: Float[Tensor, "batch feats"], n_parents: int, n_children: int, *, title: str | None = None
+) -> go.Figure:
     """P(column feature active | row feature active), both in tree order."""
     n_features = n_parents * (1 + n_children)
     expect_shape("features", features, "batch feats", where="plot_cooccurrence", fixed={"feats": n_features})
@@ -64,17 +66,35 @@ def plot_cooccurrence(features: Float[Tensor, "batch feats"], n_parents: int, n_
 def _arc() -> go.Scatter:
     """Unit-norm rows in the plane of one parent and one child: cos² + cos² = 1."""
     angle = np.linspace(-math.pi / 2, math.pi / 2, 61)
-    return go.Scatter(x=np.cos(angle).round(4), y=np.sin(angle).round(4), mode="lines", line={"color": ARC_COLOUR, "dash": "dot"}, hoverinfo="skip", showlegend=False)
+    return go.Scatter(
+        x=np.cos(angle).round(4),
+        y=np.sin(angle).round(4),
+        mode="lines",
+        line={"color": ARC_COLOUR, "dash": "dot"},
+        hoverinfo="skip",
+        showlegend=False,
+    )
 
 
 def _legend_entries(n_parents: int) -> list[go.Scatter]:
     """Legend-only traces: a colour per family, and the two marker shapes."""
     entries = [
-        go.Scatter(x=[None], y=[None], mode="markers", name=f"family P{p}", legendgroup=f"P{p}", marker={"color": _family_colour(p), "size": 9, "symbol": "circle"})
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            name=f"family P{p}",
+            legendgroup=f"P{p}",
+            marker={"color": _family_colour(p), "size": 9, "symbol": "circle"},
+        )
         for p in range(n_parents)
     ]
     for symbol, name in (("circle", "best match: a child"), ("diamond", "best match: the parent")):
-        entries.append(go.Scatter(x=[None], y=[None], mode="markers", name=name, marker={"color": "#555555", "size": 9, "symbol": symbol}))
+        entries.append(
+            go.Scatter(
+                x=[None], y=[None], mode="markers", name=name, marker={"color": "#555555", "size": 9, "symbol": symbol}
+            )
+        )
     return entries
 
 
@@ -106,13 +126,21 @@ def _decomposition_trace(points: Mapping[str, list[Any]]) -> list[go.Scatter]:
 DECOMPOSITION_RANGES = {"x": [-0.15, 1.08], "y": [-0.7, 1.08]}
 
 
-def plot_decoder_decomposition(panels: Mapping[str, Panel], n_parents: int, n_children: int, *, title: str | None = None) -> go.Figure:
+def plot_decoder_decomposition(
+    panels: Mapping[str, Panel], n_parents: int, n_children: int, *, title: str | None = None
+) -> go.Figure:
     """One panel per SAE: every live latent at (cosine with its best child, cosine with that child's parent)."""
     names = list(panels)
     figure = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
     for column, name in enumerate(names, start=1):
         cosine, live = panels[name]
-        expect_shape("cosine", cosine, "d_sae feats", where="plot_decoder_decomposition", fixed={"feats": n_parents * (1 + n_children)})
+        expect_shape(
+            "cosine",
+            cosine,
+            "d_sae feats",
+            where="plot_decoder_decomposition",
+            fixed={"feats": n_parents * (1 + n_children)},
+        )
         figure.add_trace(_arc(), row=1, col=column)
         for trace in _decomposition_trace(decompose_latents(cosine, live, n_parents, n_children)):
             figure.add_trace(trace, row=1, col=column)
@@ -135,15 +163,27 @@ def plot_parent_latent_firing(
     for column, name in enumerate(names, start=1):
         alone, with_child = (values.detach().cpu().double().numpy() for values in panels[name])
         parents = [f"P{p}" for p in range(len(alone))]
-        for values, label, colour in ((alone, "parent alone", ALONE_COLOUR), (with_child, "parent with a child", WITH_CHILD_COLOUR)):
+        for values, label, colour in (
+            (alone, "parent alone", ALONE_COLOUR),
+            (with_child, "parent with a child", WITH_CHILD_COLOUR),
+        ):
             figure.add_trace(
-                go.Bar(x=parents, y=values.round(4), name=label, marker_color=colour, showlegend=column == 1, legendgroup=label,
-                       hovertemplate=f"{label}: %{{y:.2f}}<extra>%{{x}}</extra>"),
+                go.Bar(
+                    x=parents,
+                    y=values.round(4),
+                    name=label,
+                    marker_color=colour,
+                    showlegend=column == 1,
+                    legendgroup=label,
+                    hovertemplate=f"{label}: %{{y:.2f}}<extra>%{{x}}</extra>",
+                ),
                 row=1,
                 col=column,
             )
     figure.update_yaxes(range=[0, 1.05], row=1, col=1, title_text="fraction of those inputs on which it fires")
-    figure.update_layout(title=title, barmode="group", width=min(MAX_FIGURE_WIDTH, 300 * len(names) + 160), height=400, margin={"t": 90})
+    figure.update_layout(
+        title=title, barmode="group", width=min(MAX_FIGURE_WIDTH, 300 * len(names) + 160), height=400, margin={"t": 90}
+    )
     return figure
 
 
@@ -178,7 +218,9 @@ def _sorted_live_latents(cosine: Tensor, live: Tensor, n_parents: int, n_childre
     return [latent for latent in latent_order(cosine.detach().cpu(), n_parents, n_children) if latent in alive]
 
 
-def plot_decoder_heatmaps(panels: Mapping[tuple[str, int], Panel], n_parents: int, n_children: int, *, title: str | None = None) -> go.Figure:
+def plot_decoder_heatmaps(
+    panels: Mapping[tuple[str, int], Panel], n_parents: int, n_children: int, *, title: str | None = None
+) -> go.Figure:
     """Rows of panels per architecture, columns per width: decoder cosine of each live latent (x) with each
     true feature (y, in tree order), latents sorted by the feature they match best."""
     row_names = list(dict.fromkeys(name for name, _ in panels))
@@ -215,9 +257,18 @@ def plot_decoder_heatmaps(panels: Mapping[tuple[str, int], Panel], n_parents: in
                 row=row,
                 col=column,
             )
-            figure.update_yaxes(autorange="reversed", showticklabels=column == 1, tickfont={"size": 9}, row=row, col=column, title_text=name if column == 1 else None)
+            figure.update_yaxes(
+                autorange="reversed",
+                showticklabels=column == 1,
+                tickfont={"size": 9},
+                row=row,
+                col=column,
+                title_text=name if column == 1 else None,
+            )
             figure.update_xaxes(showticklabels=False, title_text="live latents", row=row, col=column)
-    figure.update_layout(title=title, width=MAX_FIGURE_WIDTH, height=330 * len(row_names) + 120, margin={"t": 90, "l": 70})
+    figure.update_layout(
+        title=title, width=MAX_FIGURE_WIDTH, height=330 * len(row_names) + 120, margin={"t": 90, "l": 70}
+    )
     return figure
 
 
@@ -233,7 +284,14 @@ def animate_absorption(
     names = list(replays)
     if any(len(frames) != len(steps) for frames in replays.values()):
         raise ValueError("animate_absorption: every replay needs one (cosine, live, absorption) frame per step")
-    figure = make_subplots(rows=2, cols=len(names), subplot_titles=names, row_heights=[0.62, 0.38], vertical_spacing=0.1, horizontal_spacing=0.08)
+    figure = make_subplots(
+        rows=2,
+        cols=len(names),
+        subplot_titles=names,
+        row_heights=[0.62, 0.38],
+        vertical_spacing=0.1,
+        horizontal_spacing=0.08,
+    )
     for column in range(1, len(names) + 1):
         figure.add_trace(_arc(), row=1, col=column)
         figure.update_xaxes(range=DECOMPOSITION_RANGES["x"], title_text="cosine with its best child", row=1, col=column)
@@ -259,17 +317,33 @@ def animate_absorption(
                     "size": 9,
                     "line": {"width": 0.5, "color": "white"},
                 },
-                "hovertext": [f"latent {latent}: best match {label}" for latent, label in zip(points["latent"], points["label"])],
+                "hovertext": [
+                    f"latent {latent}: best match {label}" for latent, label in zip(points["latent"], points["label"])
+                ],
             }
             bars = {"x": parents, "y": absorption.detach().cpu().double().numpy().round(4).tolist()}
             if index == 0:  # the first frame carries the styling; later frames only what moves
                 xref, yref = axes[(1, column)]
-                scatter.update(type="scatter", mode="markers", xaxis=xref, yaxis=yref, showlegend=False,
-                               hovertemplate="%{hovertext}<br>cos with child %{x:.2f}, with parent %{y:.2f}<extra></extra>")
+                scatter.update(
+                    type="scatter",
+                    mode="markers",
+                    xaxis=xref,
+                    yaxis=yref,
+                    showlegend=False,
+                    hovertemplate="%{hovertext}<br>cos with child %{x:.2f}, with parent %{y:.2f}<extra></extra>",
+                )
                 xref, yref = axes[(2, column)]
-                bars.update(type="bar", xaxis=xref, yaxis=yref, showlegend=False, marker={"color": [_family_colour(p) for p in range(n_parents)]},
-                            hovertemplate="%{x}: %{y:.2f}<extra></extra>")
+                bars.update(
+                    type="bar",
+                    xaxis=xref,
+                    yaxis=yref,
+                    showlegend=False,
+                    marker={"color": [_family_colour(p) for p in range(n_parents)]},
+                    hovertemplate="%{x}: %{y:.2f}<extra></extra>",
+                )
             traces += [scatter, bars]
         frames.append(traces)
-    figure.update_layout(title=title, width=min(MAX_FIGURE_WIDTH, 420 * len(names) + 120), height=720, margin={"t": 90, "b": 110})
+    figure.update_layout(
+        title=title, width=min(MAX_FIGURE_WIDTH, 420 * len(names) + 120), height=720, margin={"t": 90, "b": 110}
+    )
     return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False, frame_duration_ms=150)

@@ -68,7 +68,11 @@ def _as_dict(trace: Trace) -> dict[str, Any]:
 
 
 def _add_controls(figure: go.Figure, frame_labels: Sequence[str], frame_duration_ms: int, slider_prefix: str) -> None:
-    play_args = {"frame": {"duration": frame_duration_ms, "redraw": True}, "fromcurrent": True, "transition": {"duration": 0}}
+    play_args = {
+        "frame": {"duration": frame_duration_ms, "redraw": True},
+        "fromcurrent": True,
+        "transition": {"duration": 0},
+    }
     pause_args = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate", "transition": {"duration": 0}}
     figure.update_layout(
         updatemenus=[
@@ -95,7 +99,11 @@ def _add_controls(figure: go.Figure, frame_labels: Sequence[str], frame_duration
                 "pad": {"t": 30},
                 "currentvalue": {"prefix": slider_prefix},
                 "steps": [
-                    {"label": label, "method": "animate", "args": [[label], {**pause_args, "frame": {"duration": 0, "redraw": True}}]}
+                    {
+                        "label": label,
+                        "method": "animate",
+                        "args": [[label], {**pause_args, "frame": {"duration": 0, "redraw": True}}],
+                    }
                     for label in frame_labels
                 ],
             }

@@ -22,20 +22,29 @@ def timing_table(rows: Sequence[Row], keys: Sequence[str], *, title: str) -> Htm
     columns["median"] = [format_seconds(row["median"]) for row in rows]
     columns["IQR"] = [f"{format_seconds(row['q1'])} to {format_seconds(row['q3'])}" for row in rows]
     columns["runs"] = [row["runs"] for row in rows]
-    columns["peak memory"] = ["n/a" if row["peak_bytes"] is None else f"+{format_bytes(row['peak_bytes'])}" for row in rows]
+    columns["peak memory"] = [
+        "n/a" if row["peak_bytes"] is None else f"+{format_bytes(row['peak_bytes'])}" for row in rows
+    ]
     return html_table(columns, title=title)
 
 
-def plot_timings(rows: Sequence[Row], *, x: str, series: str, panels: str | None = None, title: str, x_title: str) -> go.Figure:
+def plot_timings(
+    rows: Sequence[Row], *, x: str, series: str, panels: str | None = None, title: str, x_title: str
+) -> go.Figure:
     """Median time against `x` on log-log axes, one line per value of `series`, the bars
     spanning the interquartile range; one panel per value of `panels` (e.g. the device)."""
     panel_values = list(dict.fromkeys(row[panels] for row in rows)) if panels else [None]
     series_values = list(dict.fromkeys(row[series] for row in rows))
     colours = dict(zip(series_values, px.colors.qualitative.D3, strict=False))
-    figure = make_subplots(rows=1, cols=len(panel_values), subplot_titles=[str(panel) for panel in panel_values] if panels else None)
+    figure = make_subplots(
+        rows=1, cols=len(panel_values), subplot_titles=[str(panel) for panel in panel_values] if panels else None
+    )
     for column, panel in enumerate(panel_values, start=1):
         for name in series_values:
-            points = sorted((row for row in rows if row[series] == name and (panels is None or row[panels] == panel)), key=lambda row: row[x])
+            points = sorted(
+                (row for row in rows if row[series] == name and (panels is None or row[panels] == panel)),
+                key=lambda row: row[x],
+            )
             if not points:
                 continue
             medians = [row["median"] * 1e3 for row in points]

@@ -1,6 +1,7 @@
 """Pictures of how a toy model stores its features."""
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 import plotly.express as px
@@ -20,28 +21,39 @@ per feature, or values of shape [feats] or [inst, feats] (e.g. importance) mappe
 MAX_FIGURE_WIDTH = 1000  # pixels: wider figures get clipped in a JupyterLab or Colab output area
 
 
-def plot_features_in_2d(
-    W: Float[Tensor, "inst d_hidden=2 feats"],
-    *,
-    colours: FeatureColours = None,
-    title: str | None = None,
-    subplot_titles: Sequence[str] | None = None,
-    n_cols: int | None = None,
-    subplot_size: int = 160,
-    colour_title: str = "importance",
-) -> go.Figure:
+class FeaturePlotOptions(TypedDict, total=False):
+    """The keywords of plot_features_in_2d and animate_features_in_2d; FEATURE_PLOT_DEFAULTS has their defaults."""
+
+    colours: FeatureColours
+    title: str | None
+    subplot_titles: Sequence[str] | None
+    n_cols: int | None
+    """Subplots per row; by default as many as fit MAX_FIGURE_WIDTH."""
+    subplot_size: int
+    """Pixels per subplot."""
+    colour_title: str
+    """The colour bar's title, when colours are values (or None: by feature index)."""
+
+
+FEATURE_PLOT_DEFAULTS: FeaturePlotOptions = {
+    "colours": None,
+    "title": None,
+    "subplot_titles": None,
+    "n_cols": None,
+    "subplot_size": 160,
+    "colour_title": "importance",
+}
+
+
+def plot_features_in_2d(W: Float[Tensor, "inst d_hidden=2 feats"], **options: Unpack[FeaturePlotOptions]) -> go.Figure:
     """One subplot per instance; each feature is a line from the origin to its 2D embedding.
 
     Colours given as values (or None: by feature index) get a colour bar titled `colour_title`."""
-    sizes = expect_shape("W", W, "inst d_hidden feats", where="plot_features_in_2d", fixed={"d_hidden": 2})
-    weights = W.detach().float().cpu().numpy()
-    figure, n_cols = _grid_of_instances(sizes["inst"], title, subplot_titles, n_cols, subplot_size)
-    colour_grid = _colour_grid(colours, sizes["inst"], sizes["feats"], where="plot_features_in_2d")
-    limit = max(1.5, 1.1 * float(np.abs(weights).max(initial=0.0)))
-    for inst in range(sizes["inst"]):
-        figure.add_traces(_feature_traces_2d(weights[inst], colour_grid[inst], inst, n_cols))
-    _square_axes(figure, sizes["inst"], limit)
-    _add_colour_key(figure, colours, sizes["feats"], colour_title)
+    expect_shape("W", W, "inst d_hidden feats", where="plot_features_in_2d", fixed={"d_hidden": 2})
+    snapshot = W.detach().float().cpu().numpy()[None]
+    figure, frames, resolved = _features_figure(snapshot, options, where="plot_features_in_2d")
+    figure.add_traces(frames[0])
+    _add_colour_key(figure, resolved["colours"], snapshot.shape[-1], resolved["colour_title"])
     return figure
 
 
@@ -49,29 +61,44 @@ def animate_features_in_2d(
     W_history: Float[Tensor, "snapshots inst d_hidden=2 feats"],
     steps: Sequence[int],
     *,
-    colours: FeatureColours = None,
-    title: str | None = None,
-    subplot_titles: Sequence[str] | None = None,
-    n_cols: int | None = None,
-    subplot_size: int = 160,
-    colour_title: str = "importance",
     slider_prefix: str = "step ",
+    **options: Unpack[FeaturePlotOptions],
 ) -> go.Figure:
     """Like plot_features_in_2d, with a slider over snapshots (training steps, or any labels)."""
-    sizes = expect_shape("W_history", W_history, "snapshots inst d_hidden feats", where="animate_features_in_2d", fixed={"d_hidden": 2})
+    sizes = expect_shape(
+        "W_history", W_history, "snapshots inst d_hidden feats", where="animate_features_in_2d", fixed={"d_hidden": 2}
+    )
     if len(steps) != sizes["snapshots"]:
         raise ValueError(f"animate_features_in_2d: got {sizes['snapshots']} snapshots but {len(steps)} steps.")
     history = W_history.detach().float().cpu().numpy()
-    figure, n_cols = _grid_of_instances(sizes["inst"], title, subplot_titles, n_cols, subplot_size)
-    colour_grid = _colour_grid(colours, sizes["inst"], sizes["feats"], where="animate_features_in_2d")
+    figure, frames, resolved = _features_figure(history, options, where="animate_features_in_2d")
+    _add_colour_key(figure, resolved["colours"], sizes["feats"], resolved["colour_title"])
+    return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False, slider_prefix=slider_prefix)
+
+
+def _features_figure(
+    history: Float[np.ndarray, "snapshots inst 2 feats"], options: FeaturePlotOptions, *, where: str
+) -> tuple[go.Figure, list[list[BaseTraceType]], FeaturePlotOptions]:
+    """The grid of square subplots, each snapshot's traces, and the options with their defaults filled in."""
+    unknown = options.keys() - FEATURE_PLOT_DEFAULTS.keys()
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+    resolved: FeaturePlotOptions = {**FEATURE_PLOT_DEFAULTS, **options}
+    n_inst, n_feats = history.shape[1], history.shape[3]
+    figure, n_cols = _grid_of_instances(
+        n_inst, resolved["title"], resolved["subplot_titles"], resolved["n_cols"], resolved["subplot_size"]
+    )
+    colour_grid = _colour_grid(resolved["colours"], n_inst, n_feats, where=where)
     frames = [
-        [trace for inst in range(sizes["inst"]) for trace in _feature_traces_2d(snapshot[inst], colour_grid[inst], inst, n_cols)]
+        [
+            trace
+            for inst in range(n_inst)
+            for trace in _feature_traces_2d(snapshot[inst], colour_grid[inst], inst, n_cols)
+        ]
         for snapshot in history
     ]
-    limit = max(1.5, 1.1 * float(np.abs(history).max(initial=0.0)))
-    _square_axes(figure, sizes["inst"], limit)
-    _add_colour_key(figure, colours, sizes["feats"], colour_title)
-    return build_animation(figure, frames, [str(step) for step in steps], fix_axes=False, slider_prefix=slider_prefix)
+    _square_axes(figure, n_inst, max(1.5, 1.1 * float(np.abs(history).max(initial=0.0))))
+    return figure, frames, resolved
 
 
 def plot_features_in_Nd(
@@ -115,7 +142,14 @@ def plot_features_in_Nd(
                 zmin=-1,
                 zmax=1,
                 showscale=inst == 0,
-                colorbar={"title": {"text": "WᵀW"}, "len": 0.35, "y": 1.0, "yanchor": "top", "x": 0.43, "thickness": 12},
+                colorbar={
+                    "title": {"text": "WᵀW"},
+                    "len": 0.35,
+                    "y": 1.0,
+                    "yanchor": "top",
+                    "x": 0.43,
+                    "thickness": 12,
+                },
                 hovertemplate="features %{y}, %{x}: %{z:.2f}<extra></extra>",
             ),
             row=inst + 1,
@@ -132,7 +166,13 @@ def plot_features_in_Nd(
                     "cmin": 0,
                     "cmax": 1,
                     "showscale": inst == 0,
-                    "colorbar": {"title": {"text": "overlap<br>Σ_{j≠i} (Ŵ_i·W_j)²"}, "len": 0.35, "y": 1.0, "yanchor": "top", "thickness": 12},
+                    "colorbar": {
+                        "title": {"text": "overlap<br>Σ_{j≠i} (Ŵ_i·W_j)²"},
+                        "len": 0.35,
+                        "y": 1.0,
+                        "yanchor": "top",
+                        "thickness": 12,
+                    },
                 },
                 customdata=sharing[inst].numpy(),
                 hovertemplate="feature %{y}: norm %{x:.2f}, shared %{customdata:.2f}<extra></extra>",
@@ -144,10 +184,22 @@ def plot_features_in_Nd(
         axis = {"dtick": tick_step, "tickangle": 0, "tick0": 0}
         figure.update_xaxes(**axis, title_text="feature j", title_standoff=4, constrain="domain", row=inst + 1, col=1)
         heatmap_x = "x" if inst == 0 else f"x{2 * inst + 1}"
-        figure.update_yaxes(**axis, title_text="feature i", autorange="reversed", scaleanchor=heatmap_x, constrain="domain", row=inst + 1, col=1)
+        figure.update_yaxes(
+            **axis,
+            title_text="feature i",
+            autorange="reversed",
+            scaleanchor=heatmap_x,
+            constrain="domain",
+            row=inst + 1,
+            col=1,
+        )
         figure.update_yaxes(**axis, title_text="feature i", autorange="reversed", row=inst + 1, col=2)
-        figure.update_xaxes(title_text="‖W_i‖", title_standoff=4, range=[0, max(1.1, float(norms.max()) * 1.05)], row=inst + 1, col=2)
-    figure.update_layout(height=row_height * n_inst + 100, width=MAX_FIGURE_WIDTH, title=title, margin={"t": 90, "b": 40}, bargap=0.1)
+        figure.update_xaxes(
+            title_text="‖W_i‖", title_standoff=4, range=[0, max(1.1, float(norms.max()) * 1.05)], row=inst + 1, col=2
+        )
+    figure.update_layout(
+        height=row_height * n_inst + 100, width=MAX_FIGURE_WIDTH, title=title, margin={"t": 90, "b": 40}, bargap=0.1
+    )
     return figure
 
 
@@ -212,7 +264,13 @@ def _feature_traces_2d(weights: np.ndarray, colours: list[str], inst: int, n_col
 def _square_axes(figure: go.Figure, n_inst: int, limit: float) -> None:
     for inst in range(n_inst):
         xref, yref = _axis_refs(inst)
-        axis_style = {"range": [-limit, limit], "showticklabels": False, "zeroline": True, "zerolinecolor": "#ccc", "showgrid": False}
+        axis_style = {
+            "range": [-limit, limit],
+            "showticklabels": False,
+            "zeroline": True,
+            "zerolinecolor": "#ccc",
+            "showgrid": False,
+        }
         figure.layout[f"xaxis{xref[1:]}"].update(**axis_style, constrain="domain")
         figure.layout[f"yaxis{yref[1:]}"].update(**axis_style, scaleanchor=xref, scaleratio=1)
 
@@ -247,7 +305,13 @@ def _add_colour_key(figure: go.Figure, colours: FeatureColours, n_feats: int, ti
                 "cmin": low,
                 "cmax": high,
                 "showscale": True,
-                "colorbar": {"title": {"text": title}, "thickness": 12, "len": min(1.0, 300 / max(1, figure.layout.height or 300)), "y": 1.0, "yanchor": "top"},
+                "colorbar": {
+                    "title": {"text": title},
+                    "thickness": 12,
+                    "len": min(1.0, 300 / max(1, figure.layout.height or 300)),
+                    "y": 1.0,
+                    "yanchor": "top",
+                },
             },
         )
     )
@@ -275,5 +339,7 @@ def _colour_grid(colours: FeatureColours, n_inst: int, n_feats: int, *, where: s
         return [px.colors.sample_colorscale("Viridis", row.tolist()) for row in scaled]
     colour_list = list(colours)
     if len(colour_list) != n_feats:
-        raise ValueError(f"{where}: `colours` as a list needs one colour per feature ({n_feats}), got {len(colour_list)}.")
+        raise ValueError(
+            f"{where}: `colours` as a list needs one colour per feature ({n_feats}), got {len(colour_list)}."
+        )
     return [colour_list for _ in range(n_inst)]

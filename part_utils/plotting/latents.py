@@ -20,7 +20,9 @@ def _highlighted(text: str, position: int, shade: float) -> str:
     for i, character in enumerate(text):
         style = "padding:1px 3px;font-family:monospace;font-size:15px;"
         if i == position:
-            style += f"background:rgba(230,57,70,{0.25 + 0.75 * shade:.2f});color:white;border-radius:3px;font-weight:bold;"
+            style += (
+                f"background:rgba(230,57,70,{0.25 + 0.75 * shade:.2f});color:white;border-radius:3px;font-weight:bold;"
+            )
         cells.append(f'<span style="{style}">{html.escape(character)}</span>')
     return "".join(cells)
 
@@ -39,7 +41,9 @@ def max_activating_html(texts: Sequence[str], examples: Sequence[tuple[int, int,
             f"<td style='text-align:center;padding:2px 10px;font-family:monospace'>{following}</td></tr>"
         )
     header = "<tr><th>activation</th><th>string (position highlighted)</th><th>position</th><th>next token</th></tr>"
-    return f"<div><b>{html.escape(title)}</b><table style='border-collapse:collapse'>{header}{''.join(rows)}</table></div>"
+    return (
+        f"<div><b>{html.escape(title)}</b><table style='border-collapse:collapse'>{header}{''.join(rows)}</table></div>"
+    )
 
 
 def latent_dashboard(
@@ -60,7 +64,11 @@ def latent_dashboard(
         rows=2,
         cols=3,
         specs=[[{}, {}, {}], [{"type": "table", "colspan": 3}, None, None]],
-        subplot_titles=["non-zero activations", "where it fires: position, next token", f"direct path: top {n_logits} logits raised"],
+        subplot_titles=[
+            "non-zero activations",
+            "where it fires: position, next token",
+            f"direct path: top {n_logits} logits raised",
+        ],
         row_heights=[0.55, 0.45],
         vertical_spacing=0.12,
         horizontal_spacing=0.14,  # room for the heatmap's colour bar between it and the logits
@@ -75,18 +83,36 @@ def latent_dashboard(
             x=list(vocabulary),
             y=[f"pos {p}" for p in range(acts.shape[1])],
             colorscale="Reds",
-            colorbar={"title": {"text": "share of<br>activation"}, "len": 0.5, "y": 1.0, "yanchor": "top", "x": figure.layout.xaxis2.domain[1] + 0.01, "thickness": 10},
+            colorbar={
+                "title": {"text": "share of<br>activation"},
+                "len": 0.5,
+                "y": 1.0,
+                "yanchor": "top",
+                "x": figure.layout.xaxis2.domain[1] + 0.01,
+                "thickness": 10,
+            },
             hovertemplate="%{y}, next token %{x}: %{z:.1%}<extra></extra>",
         ),
         row=1,
         col=2,
     )
     # Every next token labelled (plotly thins crowded category labels), small and upright.
-    figure.update_xaxes(tickmode="array", tickvals=list(vocabulary), ticktext=list(vocabulary), tickangle=0, tickfont={"size": 8}, title_text="next token", row=1, col=2)
+    figure.update_xaxes(
+        tickmode="array",
+        tickvals=list(vocabulary),
+        ticktext=list(vocabulary),
+        tickangle=0,
+        tickfont={"size": 8},
+        title_text="next token",
+        row=1,
+        col=2,
+    )
 
     order = logit_effect.argsort(descending=True)[:n_logits].tolist()
     figure.add_trace(
-        go.Bar(x=[vocabulary[t] for t in order], y=logit_effect[order].numpy(), marker_color="#2a9d8f", showlegend=False),
+        go.Bar(
+            x=[vocabulary[t] for t in order], y=logit_effect[order].numpy(), marker_color="#2a9d8f", showlegend=False
+        ),
         row=1,
         col=3,
     )
@@ -96,7 +122,7 @@ def latent_dashboard(
             cells={
                 "values": [
                     [f"{value:.3f}" for _, _, value in examples],
-                    [f"{text[:position]}[{text[position]}]{text[position + 1:]}" for text, position, _ in examples],
+                    [f"{text[:position]}[{text[position]}]{text[position + 1 :]}" for text, position, _ in examples],
                     [position for _, position, _ in examples],
                     [text[position + 1] if position + 1 < len(text) else "—" for text, position, _ in examples],
                 ]

@@ -31,7 +31,12 @@ def plot_features_in_neurons(
         raise ValueError(f"plot_features_in_neurons: got {len(subplot_titles)} subplot titles for {n_inst} instances.")
     weights = W.detach().float().cpu().numpy()
     colour_grid = _colour_grid(colours, n_inst, n_feats, where="plot_features_in_neurons")
-    figure = make_subplots(rows=n_inst, cols=1, subplot_titles=list(subplot_titles) if subplot_titles else None, vertical_spacing=0.4 / n_inst)
+    figure = make_subplots(
+        rows=n_inst,
+        cols=1,
+        subplot_titles=list(subplot_titles) if subplot_titles else None,
+        vertical_spacing=0.4 / n_inst,
+    )
     neurons = np.arange(n_neurons)
     for inst in range(n_inst):
         for feature in range(n_feats):

@@ -13,8 +13,14 @@ from plotly.subplots import make_subplots
 ARCHITECTURE_COLOURS = qualitative.Plotly
 
 LABEL_SIDES = {  # plotly's textposition: the label's offset from its marker, in x and y
-    "middle right": (1, 0), "middle left": (-1, 0), "top center": (0, 1), "bottom center": (0, -1),
-    "top right": (1, 1), "top left": (-1, 1), "bottom right": (1, -1), "bottom left": (-1, -1),
+    "middle right": (1, 0),
+    "middle left": (-1, 0),
+    "top center": (0, 1),
+    "bottom center": (0, -1),
+    "top right": (1, 1),
+    "top left": (-1, 1),
+    "bottom right": (1, -1),
+    "bottom left": (-1, -1),
 }
 CHARACTER_WIDTH, LABEL_HEIGHT = 6, 13  # pixels, at font size 10
 

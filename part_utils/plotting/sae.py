@@ -35,7 +35,13 @@ def animate_sae_training(
     unit length (encoder columns normalised), with the true features as grey lines.
     """
     n_inst = log.h_sample.shape[1]
-    expect_shape("feature_directions", feature_directions, "inst feats d_in", where="animate_sae_training", fixed={"inst": n_inst, "d_in": 2})
+    expect_shape(
+        "feature_directions",
+        feature_directions,
+        "inst feats d_in",
+        where="animate_sae_training",
+        fixed={"inst": n_inst, "d_in": 2},
+    )
     chosen = list(range(n_inst) if instances is None else instances)
     features = feature_directions.detach().float().cpu().numpy()
     features = features / np.linalg.norm(features, axis=-1, keepdims=True).clip(1e-12)
@@ -56,14 +62,23 @@ def animate_sae_training(
             figure.add_trace(_lines_from_origin(features[inst], colour="#bbbbbb", width=4), row=row, col=column)
         points = log.h_sample[shown_points[column - 1], inst].numpy()
         figure.add_trace(
-            go.Scatter(x=points[:, 0], y=points[:, 1], mode="markers", marker={"color": "#cccccc", "size": 7}, hoverinfo="skip"),
+            go.Scatter(
+                x=points[:, 0], y=points[:, 1], mode="markers", marker={"color": "#cccccc", "size": 7}, hoverinfo="skip"
+            ),
             row=3,
             col=column,
         )
     for column in range(1, n_cols + 1):
         for row, limit in ((1, 1.25), (2, 1.25), (3, data_limit)):
             figure.update_xaxes(range=[-limit, limit], visible=False, row=row, col=column)
-            figure.update_yaxes(range=[-limit, limit], visible=False, row=row, col=column, scaleanchor=_axis_name(figure, row, column), scaleratio=1)
+            figure.update_yaxes(
+                range=[-limit, limit],
+                visible=False,
+                row=row,
+                col=column,
+                scaleanchor=_axis_name(figure, row, column),
+                scaleratio=1,
+            )
 
     axis_refs = {
         (row, column): subplot_axes(figure, row, column) for row in (1, 2, 3) for column in range(1, n_cols + 1)
@@ -84,7 +99,9 @@ def animate_sae_training(
             reconstruction = np.round(snapshot.h_reconstructed[rows, inst].double().numpy(), 3)
             trace: dict = {"x": reconstruction[:, 0].tolist(), "y": reconstruction[:, 1].tolist()}
             if colour_by_loss:
-                trace["marker"] = {"color": np.round(snapshot.reconstruction_loss[rows, inst].double().numpy(), 4).tolist()}
+                trace["marker"] = {
+                    "color": np.round(snapshot.reconstruction_loss[rows, inst].double().numpy(), 4).tolist()
+                }
             if full:
                 xref, yref = axis_refs[(3, column)]
                 marker = {"size": 5, "color": "#1f77b4"}
@@ -102,10 +119,14 @@ def animate_sae_training(
         margin={"l": 20, "r": 40, "t": 90, "b": 20},
         plot_bgcolor="white",
     )
-    return build_animation(figure, frames, [str(snapshot.step) for snapshot in log.snapshots], fix_axes=False, frame_duration_ms=60)
+    return build_animation(
+        figure, frames, [str(snapshot.step) for snapshot in log.snapshots], fix_axes=False, frame_duration_ms=60
+    )
 
 
-def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | None = None, title: str | None = None) -> go.Figure:
+def plot_firing_frequencies(
+    log: SAETrainingLog, *, instances: Iterable[int] | None = None, title: str | None = None
+) -> go.Figure:
     """Each latent's firing frequency (on the logged sample) over training, on a log scale; one subplot per instance.
 
     A latent that did not fire on the sample sits on the bottom edge."""
@@ -117,7 +138,9 @@ def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | N
     frequency = np.maximum(frequency, floor)
     n_cols = min(4, len(chosen))
     n_rows = -(-len(chosen) // n_cols)
-    figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[f"inst {inst}" for inst in chosen], shared_yaxes=True)
+    figure = make_subplots(
+        rows=n_rows, cols=n_cols, subplot_titles=[f"inst {inst}" for inst in chosen], shared_yaxes=True
+    )
     for index, inst in enumerate(chosen):
         row, column = index // n_cols + 1, index % n_cols + 1
         for latent in range(frequency.shape[-1]):
@@ -135,7 +158,9 @@ def plot_firing_frequencies(log: SAETrainingLog, *, instances: Iterable[int] | N
                 col=column,
             )
     # One tick per decade, as powers of ten: the default log axis labels 2 and 5 of every decade too.
-    figure.update_yaxes(type="log", range=[np.log10(floor) - 0.1, 0.05], dtick=1, exponentformat="power", showexponent="all")
+    figure.update_yaxes(
+        type="log", range=[np.log10(floor) - 0.1, 0.05], dtick=1, exponentformat="power", showexponent="all"
+    )
     figure.update_yaxes(title_text="fraction of inputs", col=1)
     figure.update_xaxes(title_text="training step", row=n_rows)
     figure.update_layout(title=title, height=230 * n_rows + 100, width=MAX_FIGURE_WIDTH)
@@ -235,7 +260,10 @@ def _latent_star(directions: np.ndarray, resampled: np.ndarray, axes: tuple[str,
     }
     if full:
         xref, yref = axes
-        colours = ["rgba(0,0,0,0)" if i % 2 == 0 else LATENT_COLOURS[(i // 2) % len(LATENT_COLOURS)] for i in range(2 * n_latents)]
+        colours = [
+            "rgba(0,0,0,0)" if i % 2 == 0 else LATENT_COLOURS[(i // 2) % len(LATENT_COLOURS)]
+            for i in range(2 * n_latents)
+        ]
         trace.update(
             type="scatter",
             mode="lines+markers",

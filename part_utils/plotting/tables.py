@@ -33,11 +33,22 @@ class HtmlTable:
         table_style, header_style, cell_style = STYLE
         header = "".join(f"<th style='{header_style}'>{html.escape(str(name))}</th>" for name in self.columns)
         rows = "".join(
-            "<tr>" + "".join(f"<td style='{cell_style}'>{html.escape(str(values[row]))}</td>" for values in self.columns.values()) + "</tr>"
+            "<tr>"
+            + "".join(
+                f"<td style='{cell_style}'>{html.escape(str(values[row]))}</td>" for values in self.columns.values()
+            )
+            + "</tr>"
             for row in range(self.n_rows)
         )
-        caption = f"<div style='font-family:sans-serif;font-size:15px;margin-top:8px'><b>{html.escape(self.title)}</b></div>" if self.title else ""
-        return f"{caption}<table class='workbook-table' style='{table_style}'><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+        caption = (
+            f"<div style='font-family:sans-serif;font-size:15px;margin-top:8px'><b>{html.escape(self.title)}</b></div>"
+            if self.title
+            else ""
+        )
+        return (
+            f"{caption}<table class='workbook-table' style='{table_style}'>"
+            f"<thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+        )
 
     def show(self) -> None:
         display(self)

@@ -44,7 +44,9 @@ class ToyModel(nn.Module):
         self.cfg = cfg
         device = device if device is not None else get_device()
         shape = (cfg.n_inst, cfg.n_features)
-        self.feature_probability = torch.broadcast_to(torch.as_tensor(feature_probability, dtype=torch.float32), shape).to(device)
+        self.feature_probability = torch.broadcast_to(
+            torch.as_tensor(feature_probability, dtype=torch.float32), shape
+        ).to(device)
         self.importance = torch.broadcast_to(torch.as_tensor(importance, dtype=torch.float32), shape).to(device)
         # Xavier-normal scale for each instance's [d_hidden, feats] matrix on its own.
         std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
@@ -53,9 +55,7 @@ class ToyModel(nn.Module):
 
 
 @add_to_class(ToyModel)
-def forward(
-    self, features: Float[Tensor, "batch inst feats"]
-) -> Float[Tensor, "batch inst feats"]:
+def forward(self, features: Float[Tensor, "batch inst feats"]) -> Float[Tensor, "batch inst feats"]:
     hidden = einsum(self.W, features, "inst d_hidden feats, batch inst feats -> batch inst d_hidden")
     out = einsum(self.W, hidden, "inst d_hidden feats, batch inst d_hidden -> batch inst feats")
     return F.relu(out + self.b_final)

@@ -2,6 +2,8 @@
 
 Do not edit: change the source and run `python workbook.py build`."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import einsum
@@ -29,8 +31,9 @@ class NeuronComputationModel(ToyModel):
     W1: Float[Tensor, "inst d_hidden feats"]
     W2: Float[Tensor, "inst feats d_hidden"]
 
-    def __init__(self, cfg: ToyModelConfig, feature_probability: float | Tensor = 0.01, importance: float | Tensor = 1.0, device: torch.device | None = None) -> None:
-        super().__init__(cfg, feature_probability, importance, device)
+    def __init__(self, cfg: ToyModelConfig, *args: Any, **kwargs: Any) -> None:
+        """ToyModel's arguments; its `W` is replaced by `W1` and `W2`."""
+        super().__init__(cfg, *args, **kwargs)
         del self.W
         std = (2.0 / (cfg.d_hidden + cfg.n_features)) ** 0.5
         device = self.b_final.device

@@ -125,7 +125,9 @@ RECOVERED_AT = 0.99
 
 
 @torch.no_grad()
-def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
+def recovery_report(
+    sae: Any, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000
+) -> dict[str, Tensor]:
     """Per-instance feature recovery, dead latents, L0 and fraction of variance unexplained."""
     features = sae.model.generate_batch(n_samples)
     h = einsum(features, sae.model.W, "batch inst feats, inst d_in feats -> batch inst d_in")
@@ -148,7 +150,11 @@ def recovery_report(sae: Any, feature_directions: Float[Tensor, "inst feats d_in
 def decoder_feature_cosines(
     W_dec: Float[Tensor, "inst d_sae d_in"], feature_directions: Float[Tensor, "inst feats d_in"]
 ) -> Float[Tensor, "inst feats d_sae"]:
-    return einsum(F.normalize(feature_directions, dim=-1), F.normalize(W_dec, dim=-1), "inst feats d_in, inst d_sae d_in -> inst feats d_sae")
+    return einsum(
+        F.normalize(feature_directions, dim=-1),
+        F.normalize(W_dec, dim=-1),
+        "inst feats d_in, inst d_sae d_in -> inst feats d_sae",
+    )
 
 
 @add_to_class(ToySAE)

@@ -58,7 +58,10 @@ def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     acts, pi_gate = self.encode_with_gate(h)
     h_reconstructed = self.decode(acts)
     gate_acts = F.relu(pi_gate)
-    via_gate = einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in") + self.b_dec.detach()
+    via_gate = (
+        einsum(gate_acts, self.W_dec_normalized.detach(), "batch inst d_sae, inst d_sae d_in -> batch inst d_in")
+        + self.b_dec.detach()
+    )
     loss_dict = {
         "L_reconstruction": (h_reconstructed - h).pow(2).mean(dim=-1),
         "L_sparsity": gate_acts.sum(dim=-1),
@@ -137,9 +140,13 @@ class JumpReLUToySAE(ToySAE):
             "L_sparsity": self.l0(pre_acts, threshold),
         }
         per_input = loss_dict["L_reconstruction"] + self.cfg.sparsity_coeff * loss_dict["L_sparsity"]
-        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
+        return SAEOutput(
+            loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed
+        )
 
-    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+    def l0(
+        self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]
+    ) -> Float[Tensor, "batch inst"]:
         return Heaviside.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
     def reset_latent_state(self, resampled: Bool[Tensor, "inst d_sae"]) -> None:
@@ -147,7 +154,9 @@ class JumpReLUToySAE(ToySAE):
         self.log_threshold.data[resampled] = math.log(self.cfg.initial_threshold)
 
 
-def remove_parallel_component(grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "d_sae d_in"]:
+def remove_parallel_component(
+    grad: Float[Tensor, "d_sae d_in"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "d_sae d_in"]:
     parallel = (grad * W_dec).sum(dim=-1, keepdim=True)
     return grad - parallel * W_dec
 
@@ -170,13 +179,21 @@ class JumpReLUSAE(nn.Module):
         heaviside: type[torch.autograd.Function] = Heaviside,
     ) -> None:
         super().__init__()
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec), ("log_threshold", log_threshold)):
+        for name, value in (
+            ("W_enc", W_enc),
+            ("b_enc", b_enc),
+            ("W_dec", W_dec),
+            ("b_dec", b_dec),
+            ("log_threshold", log_threshold),
+        ):
             setattr(self, name, nn.Parameter(value.detach().clone()))
         self.bandwidth, self.sparsity_coefficient = bandwidth, sparsity_coefficient
         self.use_pre_encoder_bias = use_pre_encoder_bias
         self.jumprelu, self.heaviside = jumprelu, heaviside
 
-    def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
+    def forward(
+        self, x: Float[Tensor, "batch d_in"]
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
         """Returns (loss, reconstruction, pre-activations)."""
         x_in = x - self.b_dec if self.use_pre_encoder_bias else x
         pre_acts = x_in @ self.W_enc + self.b_enc
@@ -241,7 +258,9 @@ class TopKToySAE(ToySAE):
         super().__init__(cfg, model)
         self.register_buffer("steps_since_fired", torch.zeros_like(self.b_enc, dtype=torch.long))
         k_per_instance = cfg.k if isinstance(cfg.k, list) else [cfg.k] * cfg.n_inst
-        self.instance_groups = {k: [i for i, k_i in enumerate(k_per_instance) if k_i == k] for k in sorted(set(k_per_instance))}
+        self.instance_groups = {
+            k: [i for i, k_i in enumerate(k_per_instance) if k_i == k] for k in sorted(set(k_per_instance))
+        }
 
     def activation(self, pre_acts: Float[Tensor, "batch inst d_sae"]) -> Float[Tensor, "batch inst d_sae"]:
         return self._per_k(pre_acts, lambda group_pre_acts, k: topk_activation(group_pre_acts, int(k)))
@@ -275,7 +294,9 @@ class TopKToySAE(ToySAE):
         }
         self.record_firing(acts)
         per_input = loss_dict["L_reconstruction"] + self.cfg.aux_coeff * loss_dict["L_aux"]
-        return SAEOutput(loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed)
+        return SAEOutput(
+            loss_dict=loss_dict, loss=per_input.mean(dim=0).sum(), acts=acts, h_reconstructed=h_reconstructed
+        )
 
 
 @add_to_class(TopKToySAE)
@@ -302,19 +323,27 @@ def fold_decoder_norms(
     return W_enc * norms, b_enc * norms, W_dec / norms[:, None]
 
 
-def decode_dense(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_dense(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     dense = torch.zeros(values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device)
     return dense.scatter(-1, indices, values) @ W_dec
 
 
-def decode_gather(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_gather(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     return einsum(values, W_dec[indices], "batch k, batch k d_in -> batch d_in")
 
 
-def decode_sparse(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, "batch d_in"]:
+def decode_sparse(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
     batch, k = values.shape
     rows = torch.arange(batch, device=values.device).repeat_interleave(k)
-    sparse = torch.sparse_coo_tensor(torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (batch, W_dec.shape[0]), check_invariants=False)
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (batch, W_dec.shape[0]), check_invariants=False
+    )
     return torch.sparse.mm(sparse, W_dec)
 
 
@@ -346,11 +375,19 @@ class BatchTopKToySAE(TopKToySAE):
         smallest_kept = acts.masked_fill(acts <= 0, torch.inf).amin(dim=(0, 2))  # [inst]
         smallest_kept = torch.where(torch.isinf(smallest_kept), self.threshold, smallest_kept)
         first = torch.isnan(self.threshold)
-        self.threshold.copy_(torch.where(first, smallest_kept, self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_kept))
+        self.threshold.copy_(
+            torch.where(
+                first,
+                smallest_kept,
+                self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_kept,
+            )
+        )
 
 
 @torch.no_grad()
-def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000) -> dict[str, Tensor]:
+def variant_report(
+    sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_in"], n_samples: int = 50_000
+) -> dict[str, Tensor]:
     """Part 4's recovery report, plus the relative reconstruction bias γ, measured in inference mode."""
     was_training = sae.training
     sae.eval()
@@ -362,7 +399,9 @@ def variant_report(sae: ToySAE, feature_directions: Float[Tensor, "inst feats d_
     return report
 
 
-def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]) -> Float[Tensor, " inst"]:
+def relative_reconstruction_bias(
+    h: Float[Tensor, "batch inst d_in"], h_reconstructed: Float[Tensor, "batch inst d_in"]
+) -> Float[Tensor, " inst"]:
     """γ = argmin_γ E‖ĥ/γ − h‖² = E‖ĥ‖² / E[ĥ·h] per instance: below 1, reconstructions come out short."""
     return h_reconstructed.pow(2).sum(dim=(0, 2)) / (h_reconstructed * h).sum(dim=(0, 2))
 
@@ -370,25 +409,27 @@ def relative_reconstruction_bias(h: Float[Tensor, "batch inst d_in"], h_reconstr
 class HeavisideThroughInput(torch.autograd.Function):
     """H(z - θ) whose pseudo-derivative reaches z as well: ∂/∂z = +(1/ε) K((z - θ)/ε) = -∂/∂θ."""
 
-    # Written out rather than subclassing Heaviside, so that it does not rely on what your
-    # forward saves for backward.
+    # Not a subclass of Heaviside: it keeps its own pseudo-derivative from forward, so that it
+    # does not rely on what your forward saves for backward.
     @staticmethod
     def forward(ctx: Any, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.save_for_backward(rectangle((z - threshold) / bandwidth) / bandwidth)
+        ctx.threshold_shape = threshold.shape
         return (z > threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
-        z, threshold = ctx.saved_tensors
-        grad_z = rectangle((z - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_output
-        return grad_z, (-grad_z).sum_to_size(threshold.shape), None
+        (pseudo_derivative,) = ctx.saved_tensors
+        grad_z = pseudo_derivative * grad_output
+        return grad_z, (-grad_z).sum_to_size(ctx.threshold_shape), None
 
 
 class JumpReLUEncoderL0ToySAE(JumpReLUToySAE):
     """The JumpReLU toy SAE whose L0 penalty also trains the encoder."""
 
-    def l0(self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]) -> Float[Tensor, "batch inst"]:
+    def l0(
+        self, pre_acts: Float[Tensor, "batch inst d_sae"], threshold: Float[Tensor, "inst d_sae"]
+    ) -> Float[Tensor, "batch inst"]:
         return HeavisideThroughInput.apply(pre_acts, threshold, self.cfg.bandwidth).sum(dim=-1)
 
 
@@ -399,7 +440,9 @@ def batch_topk_l0(sae: BatchTopKToySAE, n_batches: int = 20, batch_size: int = 1
     l0 = {}
     for mode in (True, False):
         sae.train(mode)
-        counts = [(sae.encode(sae.generate_batch(batch_size)) > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)]
+        counts = [
+            (sae.encode(sae.generate_batch(batch_size)) > 0).float().sum(dim=-1).mean(dim=0) for _ in range(n_batches)
+        ]
         l0[mode] = torch.stack(counts).mean(dim=0).cpu()
     sae.train(was_training)
     return l0[True], l0[False]

@@ -36,6 +36,7 @@ def spliced_loss(
 ) -> float:
     validate_hook_name(model, hook_name)
     validate_tokens(model, tokens)
+
     def hook_fn(act: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
         return replace(act)
 
@@ -46,12 +47,17 @@ def loss_recovered(clean: float, spliced: float, ablated: float) -> float:
     return (ablated - spliced) / (ablated - clean)
 
 
-def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
+def sae_replacement(
+    sae: ToySAE, instance: int, scale: float
+) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
     """Replace every position but the first with SAE instance `instance`'s reconstruction."""
 
     def replace(act: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
         if act.shape[-1] != sae.cfg.d_in:
-            raise ValueError(f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size {act.shape[-1]}: was it trained on another hook?")
+            raise ValueError(
+                f"this SAE reads vectors of size d_in={sae.cfg.d_in}, but the activation here has size "
+                f"{act.shape[-1]}: was it trained on another hook?"
+            )
         h = (act[:, 1:] / scale).unsqueeze(2).expand(-1, -1, sae.cfg.n_inst, -1).flatten(0, 1)
         reconstruction = sae.decode(sae.encode(h))[:, instance].reshape(act[:, 1:].shape) * scale
         return torch.cat([act[:, :1], reconstruction], dim=1)
@@ -59,6 +65,8 @@ def sae_replacement(sae: ToySAE, instance: int, scale: float) -> Callable[[Float
     return replace
 
 
-def constant_replacement(value: Float[Tensor, " d"]) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
+def constant_replacement(
+    value: Float[Tensor, " d"],
+) -> Callable[[Float[Tensor, "batch pos d"]], Float[Tensor, "batch pos d"]]:
     """Ablate every position but the first to `value` (zeros, or the mean activation)."""
     return lambda act: torch.cat([act[:, :1], value.expand_as(act[:, 1:])], dim=1)

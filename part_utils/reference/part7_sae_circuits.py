@@ -13,7 +13,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from part_utils.activation_sae import ActivationSource
-from part_utils.reference.part5_sae_variants import TopKToySAE, TopKToySAEConfig, decode_dense, decode_gather, decode_sparse
+from part_utils.reference.part5_sae_variants import (
+    TopKToySAE,
+    TopKToySAEConfig,
+    decode_dense,
+    decode_gather,
+    decode_sparse,
+)
 from part_utils.timing import measure
 
 
@@ -89,22 +95,38 @@ def random_circuit_case(
     generator = torch.Generator().manual_seed(seed)
     d_model, n_tokens = W_in.shape[0], len(x)
     random = lambda *shape: torch.randn(*shape, generator=generator).to(W_in)
-    weights = CircuitWeights(F.normalize(random(d_sae, d_model), dim=-1), W_in, W_out, random(d_model, d_sae) / d_model**0.5)
-    active_in, active_out = (torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices.to(W_in.device) for _ in range(2))
+    weights = CircuitWeights(
+        F.normalize(random(d_sae, d_model), dim=-1), W_in, W_out, random(d_model, d_sae) / d_model**0.5
+    )
+    active_in, active_out = (
+        torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices.to(W_in.device) for _ in range(2)
+    )
     return weights, x @ W_in + b_in, active_in, active_out
 
 
-DECODERS: dict[str, Callable[..., Tensor]] = {"dense scatter + matmul": decode_dense, "gather k rows": decode_gather, "sparse tensor matmul": decode_sparse}
+DECODERS: dict[str, Callable[..., Tensor]] = {
+    "dense scatter + matmul": decode_dense,
+    "gather k rows": decode_gather,
+    "sparse tensor matmul": decode_sparse,
+}
 
 
-def random_codes(n_tokens: int, k: int, d_sae: int, device: torch.device, generator: torch.Generator) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
+def random_codes(
+    n_tokens: int, k: int, d_sae: int, device: torch.device, generator: torch.Generator
+) -> tuple[Float[Tensor, "tokens k"], Int[Tensor, "tokens k"]]:
     """Positive values and distinct latent indices per token, as a TopK SAE would give."""
     indices = torch.rand(n_tokens, d_sae, generator=generator).topk(k, dim=-1).indices
     return torch.rand(n_tokens, k, generator=generator).to(device), indices.to(device)
 
 
 def decoder_benchmark(
-    device: torch.device, *, d_in: int, d_sae: int, settings: list[tuple[int, int]], seed: int = 0, **measure_options: Any
+    device: torch.device,
+    *,
+    d_in: int,
+    d_sae: int,
+    settings: list[tuple[int, int]],
+    seed: int = 0,
+    **measure_options: Any,
 ) -> list[dict[str, Any]]:
     """One row per (decoder, tokens, k): median and quartiles in seconds, runs, peak memory in bytes.
     A decoder the device does not support (e.g. sparse tensors on some MPS versions) is left out."""
@@ -120,11 +142,31 @@ def decoder_benchmark(
             except (NotImplementedError, RuntimeError) as error:
                 print(f"{name} is not supported on {device.type}, left out: {error}"[:200])
         for name, output in outputs.items():
-            torch.testing.assert_close(output, outputs["gather k rows"], msg=f"{name} disagrees with the gather decoder at {n_tokens} tokens, k {k}")
+            torch.testing.assert_close(
+                output,
+                outputs["gather k rows"],
+                msg=f"{name} disagrees with the gather decoder at {n_tokens} tokens, k {k}",
+            )
         for name in list(outputs):
             decode = DECODERS[name]
             del outputs[name]  # free it before measuring memory
-            timing = measure(lambda decode=decode, values=values, indices=indices: decode(values, indices, W_dec), device, **measure_options)
+            timing = measure(
+                lambda decode=decode, values=values, indices=indices: decode(values, indices, W_dec),
+                device,
+                **measure_options,
+            )
             q1, q3 = timing.quartiles
-            rows.append({"device": device.type, "decoder": name, "tokens": n_tokens, "k": k, "median": timing.median, "q1": q1, "q3": q3, "runs": len(timing.seconds), "peak_bytes": timing.peak_bytes})
+            rows.append(
+                {
+                    "device": device.type,
+                    "decoder": name,
+                    "tokens": n_tokens,
+                    "k": k,
+                    "median": timing.median,
+                    "q1": q1,
+                    "q3": q3,
+                    "runs": len(timing.seconds),
+                    "peak_bytes": timing.peak_bytes,
+                }
+            )
     return rows

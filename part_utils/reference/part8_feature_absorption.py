@@ -150,16 +150,22 @@ def absorption_rate(
     parent_fires = fires.gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
     latent = torch.arange(acts.shape[-1], device=acts.device)
     carriers = (parent_cosine >= threshold) & (latent[None, :, None] != parent_latent[:, None, :])
-    carrier_fires = einsum(fires.float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    carrier_fires = (
+        einsum(fires.float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    )
     absorbed = eligible & ~parent_fires & carrier_fires
     return absorbed.sum(dim=0) / eligible.sum(dim=0).clamp_min(1)
 
 
-def rate_where(event: Bool[Tensor, "batch inst parents"], condition: Bool[Tensor, "batch inst parents"]) -> Float[Tensor, "inst parents"]:
+def rate_where(
+    event: Bool[Tensor, "batch inst parents"], condition: Bool[Tensor, "batch inst parents"]
+) -> Float[Tensor, "inst parents"]:
     return (event & condition).sum(dim=0) / condition.sum(dim=0).clamp_min(1)
 
 
-def only_child(features: Float[Tensor, "batch inst feats"], n_parents: int, child: int) -> Float[Tensor, "batch inst feats"]:
+def only_child(
+    features: Float[Tensor, "batch inst feats"], n_parents: int, child: int
+) -> Float[Tensor, "batch inst feats"]:
     """The features with every child but number `child` of each parent set to 0."""
     n_children = features.shape[-1] // n_parents - 1
     keep = torch.ones(n_parents, n_children, dtype=torch.bool, device=features.device)
@@ -168,12 +174,17 @@ def only_child(features: Float[Tensor, "batch inst feats"], n_parents: int, chil
 
 
 def carrier_fires(
-    acts: Float[Tensor, "batch inst d_sae"], parent_cosine: Float[Tensor, "inst d_sae parents"], parent_latent: Int[Tensor, "inst parents"], threshold: float
+    acts: Float[Tensor, "batch inst d_sae"],
+    parent_cosine: Float[Tensor, "inst d_sae parents"],
+    parent_latent: Int[Tensor, "inst parents"],
+    threshold: float,
 ) -> Bool[Tensor, "batch inst parents"]:
     """Whether a latent that carries the parent (cosine ≥ threshold), other than ℓ_p, fires."""
     latent = torch.arange(acts.shape[-1], device=acts.device)
     carriers = (parent_cosine >= threshold) & (latent[None, :, None] != parent_latent[:, None, :])
-    return einsum((acts > 0).float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    return (
+        einsum((acts > 0).float(), carriers.float(), "batch inst d_sae, inst d_sae parents -> batch inst parents") > 0
+    )
 
 
 def absorption_fraction(
@@ -193,7 +204,9 @@ def absorption_fraction(
 
 
 @torch.no_grad()
-def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"], threshold: float = CARRIES_PARENT_AT) -> dict[str, Tensor]:
+def absorption_report(
+    sae: nn.Module, features: Float[Tensor, "batch inst feats"], threshold: float = CARRIES_PARENT_AT
+) -> dict[str, Tensor]:
     """Absorption per instance and parent on the inputs made of `features`, with what explains it."""
     n_parents, n_children = sae.model.cfg.n_parents, sae.model.cfg.n_children
     acts = inference_acts(sae, features)
@@ -202,7 +215,10 @@ def absorption_report(sae: nn.Module, features: Float[Tensor, "batch inst feats"
     parent_latent = parent_latents(acts, features, parent_cosine, threshold)
     parent_on, child_on = family_presence(features, n_parents)
     parent_fires = (acts > 0).gather(-1, parent_latent.expand(acts.shape[0], -1, -1))
-    per_child = [absorption_rate(acts, only_child(features, n_parents, c), parent_cosine, parent_latent, threshold) for c in range(n_children)]
+    per_child = [
+        absorption_rate(acts, only_child(features, n_parents, c), parent_cosine, parent_latent, threshold)
+        for c in range(n_children)
+    ]
     absorbed = ~parent_fires & carrier_fires(acts, parent_cosine, parent_latent, threshold)
     return {
         "absorption": absorption_rate(acts, features, parent_cosine, parent_latent, threshold).cpu(),
@@ -227,7 +243,9 @@ class MatryoshkaToySAEConfig(TopKToySAEConfig):
             self.prefix_sizes = [self.d_sae]
         sizes = list(self.prefix_sizes)
         if sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] != self.d_sae:
-            raise ValueError(f"prefix_sizes must increase strictly from at least 1 up to d_sae = {self.d_sae}, got {sizes}")
+            raise ValueError(
+                f"prefix_sizes must increase strictly from at least 1 up to d_sae = {self.d_sae}, got {sizes}"
+            )
 
 
 class MatryoshkaToySAE(BatchTopKToySAE):
@@ -252,7 +270,9 @@ def forward(self, h: Float[Tensor, "batch inst d_in"]) -> SAEOutput:
     h_reconstructed = self.b_dec.expand_as(h)
     prefix_losses, start = [], 0
     for end in self.cfg.prefix_sizes:
-        group = einsum(acts[..., start:end], W_dec[:, start:end], "batch inst group, inst group d_in -> batch inst d_in")
+        group = einsum(
+            acts[..., start:end], W_dec[:, start:end], "batch inst group, inst group d_in -> batch inst d_in"
+        )
         h_reconstructed = h_reconstructed + group
         prefix_losses.append((h_reconstructed - h).pow(2).mean(dim=-1))
         start = end

@@ -10,6 +10,7 @@ with θ = exp(log_threshold) so the threshold stays positive while being trained
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 import numpy as np
 from jaxtyping import Bool, Float
@@ -38,8 +39,7 @@ class JumpReLUParams:
         )
 
 
-@dataclass
-class ForwardPass:
+class ForwardPass(NamedTuple):
     """What the backward pass needs from the forward pass."""
 
     x_in: Float[np.ndarray, "batch d_in"]

@@ -15,7 +15,7 @@ import pytest
 
 from notebook_build import ROOT, source_files
 from tooling.colab import build_id
-from tooling.notebook_runner import HeadlessClient, execute_notebook
+from tooling.notebook_runner import HeadlessClient, execute_notebook, temporary_environment
 
 COLAB_SIZE_LIMIT = 3_000_000  # bytes for executed Part 1
 
@@ -55,16 +55,8 @@ def colab_kernel_environment(tmp_path: Path, **extra: str) -> Iterator[Path]:
         "WORKBOOK_COLAB_ROOT": str(content / "sae-workbook"),
         **extra,
     }
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
+    with temporary_environment(values):
         yield content
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_setup_cell(notebook_path: Path, folder: Path) -> list[str]:

@@ -47,8 +47,10 @@ def circuit_benchmarks() -> None:
         )
         for row in rows:
             memory = "n/a" if row["peak_bytes"] is None else format_bytes(row["peak_bytes"])
-            print(f"  decode, d_sae 49,152, k 32, 64 tokens, {row['decoder']:<24} median {row['median'] * 1e3:8.3f} ms"
-                  f" (IQR {row['q1'] * 1e3:.3f} to {row['q3'] * 1e3:.3f}, {row['runs']} runs), peak +{memory}")
+            print(
+                f"  decode, d_sae 49,152, k 32, 64 tokens, {row['decoder']:<24} median {row['median'] * 1e3:8.3f} ms"
+                f" (IQR {row['q1'] * 1e3:.3f} to {row['q3'] * 1e3:.3f}, {row['runs']} runs), peak +{memory}"
+            )
         medians = {row["decoder"]: row["median"] for row in rows}
         print(
             f"  gather is {medians['dense scatter + matmul'] / medians['gather k rows']:.0f}x faster than dense",

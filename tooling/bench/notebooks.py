@@ -66,7 +66,7 @@ def print_notebook_timings(parts: list[str], *, full: bool, contended: bool) -> 
     print(header)
     total = 0.0
     for part in parts:
-        for fast in ([False, True] if full else [True]):
+        for fast in [False, True] if full else [True]:
             quiet = time_notebook(part, fast=fast)
             total += quiet.seconds if not fast else 0.0
             slowest = f"cell {quiet.slowest_cell}: {quiet.slowest_seconds:.1f}s"

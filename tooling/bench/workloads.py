@@ -5,15 +5,38 @@ runs a fixed number of steps through the real code path (the workbook's training
 reference methods, or the plain classroom loop) and returns that number.
 """
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
-from tooling.bench.classroom import ClassroomToyModel, ClassroomToySAE, classroom_sae_step, classroom_toy_step
-from tooling.bench.compare import Block
 from part_utils.device import get_device
 from part_utils.seeding import seed_everything
+from tooling.bench.classroom import ClassroomToyModel, ClassroomToySAE, classroom_sae_step, classroom_toy_step
+from tooling.bench.compare import Block
 
 TOY = {"n_inst": 16, "n_features": 5, "d_hidden": 2}
 LOG_EVERY = 100  # the notebooks log every steps // 200, i.e. every 100 steps of a 20,000-step run
+
+
+def _block(run: Callable[[], object], steps: int) -> Block:
+    """A Block whose one call of `run` does all `steps` steps."""
+
+    def block() -> int:
+        run()
+        return steps
+
+    return block
+
+
+def _repeated(step: Callable[[], object], steps: int) -> Block:
+    """A Block that calls `step` `steps` times."""
+
+    def run() -> None:
+        for _ in range(steps):
+            step()
+
+    return _block(run, steps)
 
 
 def _toy_probability() -> torch.Tensor:
@@ -33,25 +56,15 @@ def workbook_toy_model(steps: int) -> Block:
     model = ToyModel(
         ToyModelConfig(**TOY), feature_probability=_toy_probability(), importance=_toy_importance(), device=get_device()
     )
-
-    def block() -> int:
-        train_self_supervised(model, steps=steps, batch_size=1024, lr=1e-3, log_every=LOG_EVERY)
-        return steps
-
-    return block
+    return _block(
+        partial(train_self_supervised, model, steps=steps, batch_size=1024, lr=1e-3, log_every=LOG_EVERY), steps
+    )
 
 
 def classroom_toy_model(steps: int) -> Block:
     seed_everything(0)
     model = ClassroomToyModel(**TOY, feature_probability=_toy_probability(), importance=_toy_importance())
-    step = classroom_toy_step(model)
-
-    def block() -> int:
-        for _ in range(steps):
-            step()
-        return steps
-
-    return block
+    return _repeated(classroom_toy_step(model), steps)
 
 
 def _toy_sae_sizes(wide: bool) -> tuple[dict[str, int], int]:
@@ -74,9 +87,9 @@ def workbook_toy_sae(steps: int, *, wide: bool = False) -> Block:
     seed_everything(0)
     model = ToyModel(ToyModelConfig(**sizes), feature_probability=0.025, device=get_device())
     sae = ToySAE(ToySAEConfig(n_inst=sizes["n_inst"], d_in=sizes["d_hidden"], d_sae=d_sae), model)
-
-    def block() -> int:
-        train_sae(
+    return _block(
+        partial(
+            train_sae,
             sae,
             steps=steps,
             batch_size=1024,
@@ -85,24 +98,16 @@ def workbook_toy_sae(steps: int, *, wide: bool = False) -> Block:
             resample_every=500,
             resample_window=100,
             log_every=LOG_EVERY,
-        )
-        return steps
-
-    return block
+        ),
+        steps,
+    )
 
 
 def classroom_toy_sae(steps: int, *, wide: bool = False) -> Block:
     sizes, d_sae = _toy_sae_sizes(wide)
     seed_everything(0)
     model = ClassroomToyModel(**sizes, feature_probability=torch.tensor(0.025), importance=torch.tensor(1.0))
-    step = classroom_sae_step(ClassroomToySAE(model, d_sae))
-
-    def block() -> int:
-        for _ in range(steps):
-            step()
-        return steps
-
-    return block
+    return _repeated(classroom_sae_step(ClassroomToySAE(model, d_sae)), steps)
 
 
 def transformer_training(steps: int) -> Block:
@@ -111,12 +116,7 @@ def transformer_training(steps: int) -> Block:
 
     seed_everything(0)
     model, data = build_palindrome_model(device=get_device()), palindrome_dataset()
-
-    def block() -> int:
-        train_palindrome_model(model, data, steps=steps)
-        return steps
-
-    return block
+    return _block(partial(train_palindrome_model, model, data, steps=steps), steps)
 
 
 def activation_sae(steps: int) -> Block:
@@ -131,12 +131,7 @@ def activation_sae(steps: int) -> Block:
         ToySAEConfig(n_inst=3, d_in=64, d_sae=256, sparsity_coeff=0.01),
         ActivationSource(torch.randn(50_000, 64, device=device), 3),
     )
-
-    def block() -> int:
-        train_sae(sae, steps=steps, batch_size=1024, lr=1e-3, log_every=steps)
-        return steps
-
-    return block
+    return _block(partial(train_sae, sae, steps=steps, batch_size=1024, lr=1e-3, log_every=steps), steps)
 
 
 def dense_decoding(steps: int) -> Block:
@@ -147,10 +142,4 @@ def dense_decoding(steps: int) -> Block:
     device = get_device()
     W_dec = torch.randn(49_152, 768, device=device)
     top = torch.randn(64, 49_152, device=device).topk(32, dim=-1)
-
-    def block() -> int:
-        for _ in range(steps):
-            decode_dense(top.values, top.indices, W_dec)
-        return steps
-
-    return block
+    return _repeated(partial(decode_dense, top.values, top.indices, W_dec), steps)

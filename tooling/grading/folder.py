@@ -49,7 +49,12 @@ def grade_submission(
 
 
 def grade_folder(
-    folder: Path, out_dir: Path, *, time_limit: float = 300.0, catalogue: Path = EXERCISES, sandboxed: bool = True,
+    folder: Path,
+    out_dir: Path,
+    *,
+    time_limit: float = 300.0,
+    catalogue: Path = EXERCISES,
+    sandboxed: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[SubmissionResult]]:
     submissions, problems = find_submissions(folder, catalogue)

@@ -49,7 +49,9 @@ def sandbox_problem() -> str | None:
         return "bubblewrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
     probe = subprocess.run(
         ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     if probe.returncode != 0:
         return f"bubblewrap cannot create namespaces here ({probe.stderr.strip()[:200] or probe.returncode})"
@@ -181,16 +183,40 @@ def _system_binds() -> list[str]:
 def sandbox_command(part: str, imported: set[str], scratch: Path, worker_fds: tuple[int, int]) -> list[str]:
     root, reference = str(ROOT), ROOT / "part_utils" / "reference"
     command = [
-        "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox",
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(NOBODY),
+        "--gid",
+        str(NOBODY),
+        "--hostname",
+        "sandbox",
         # The private /tmp first: the workbook or its environment may live under /tmp, and their binds must land on top.
-        "--size", str(TMP_SIZE), "--tmpfs", "/tmp",
-        "--size", str(TMP_SIZE), "--tmpfs", "/home/learner",
+        "--size",
+        str(TMP_SIZE),
+        "--tmpfs",
+        "/tmp",
+        "--size",
+        str(TMP_SIZE),
+        "--tmpfs",
+        "/home/learner",
         *_system_binds(),
-        "--proc", "/proc", "--dev", "/dev",
-        "--ro-bind", str(ROOT / "part_utils"), f"{root}/part_utils",
-        "--tmpfs", str(reference),
-        "--ro-bind", str(reference / "__init__.py"), str(reference / "__init__.py"),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--ro-bind",
+        str(ROOT / "part_utils"),
+        f"{root}/part_utils",
+        "--tmpfs",
+        str(reference),
+        "--ro-bind",
+        str(reference / "__init__.py"),
+        str(reference / "__init__.py"),
     ]
     for name in sorted(allowed_reference_modules(part, imported)):
         command += ["--ro-bind", str(reference / f"{name}.py"), str(reference / f"{name}.py")]
@@ -199,10 +225,21 @@ def sandbox_command(part: str, imported: set[str], scratch: Path, worker_fds: tu
     if (ROOT / "section_data").is_dir():
         command += ["--ro-bind", str(ROOT / "section_data"), f"{root}/section_data"]
     command += [
-        "--ro-bind", str(stand_in_checks(scratch)), f"{root}/tests",
-        "--chdir", "/home/learner",
+        "--ro-bind",
+        str(stand_in_checks(scratch)),
+        f"{root}/tests",
+        "--chdir",
+        "/home/learner",
         "--clearenv",
-        "--setenv", "HOME", "/home/learner", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+        "--setenv",
+        "HOME",
+        "/home/learner",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
     ]
     return command
 
@@ -212,8 +249,14 @@ def start_worker(part: str, imported: set[str], *, sandboxed: bool, cpu_seconds:
     to_worker_read, to_worker = os.pipe()
     from_worker, from_worker_write = os.pipe()
     environment = {
-        "WORKBOOK_FAST": "1", "TQDM_DISABLE": "1", "WORKBOOK_ROOT": str(ROOT), "PYTHONPATH": str(ROOT),
-        "PLOTLY_RENDERER": "json", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
+        "WORKBOOK_FAST": "1",
+        "TQDM_DISABLE": "1",
+        "WORKBOOK_ROOT": str(ROOT),
+        "PYTHONPATH": str(ROOT),
+        "PLOTLY_RENDERER": "json",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "MPLBACKEND": "Agg",
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
     program = [sys.executable, "-m", WORKER, str(to_worker_read), str(from_worker_write)]
     extra_fds: tuple[int, ...] = ()

@@ -10,8 +10,8 @@ function raises or returns here: nothing the submission prints or writes is read
 import ast
 import contextlib
 import functools
-import inspect
 import importlib
+import inspect
 import io
 import secrets
 import tempfile
@@ -151,8 +151,13 @@ def _run_check(run: Run, call: CheckCall, secret: int) -> Verdict:
 
 
 def grade_notebook(
-    path: Path, part: str | None = None, *, time_limit: float = 300.0, catalogue: Path = EXERCISES,
-    sandboxed: bool = True, notebook: nbformat.NotebookNode | None = None,
+    path: Path,
+    part: str | None = None,
+    *,
+    time_limit: float = 300.0,
+    catalogue: Path = EXERCISES,
+    sandboxed: bool = True,
+    notebook: nbformat.NotebookNode | None = None,
 ) -> SubmissionResult:
     part = part or part_of(path, catalogue)
     if part is None:
@@ -176,7 +181,7 @@ def grade_notebook(
         torch.set_grad_enabled(True)
         run = Run(part, exercise_notebook, time_limit=time_limit, sandboxed=sandboxed)
         run.request("ready")
-        for index, source in enumerate(cells[: last + 1]):
+        for source in cells[: last + 1]:
             calls = calls_by_cell.get(source.strip())
             if calls is None:
                 run.request("run_cell", source=source)

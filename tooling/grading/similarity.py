@@ -145,7 +145,15 @@ ROUTE_TEXT = re.compile(
     r"(?:^|[./\\])(?:reference|solutions)(?:[./\\]|$)|(?:^|[/\\])source[/\\]|(?:^|[./\\])tests[./\\]part\d"
 )
 OUTSIDE_MODULES = {
-    "importlib", "subprocess", "socket", "ctypes", "signal", "builtins", "runpy", "pty", "multiprocessing"
+    "importlib",
+    "subprocess",
+    "socket",
+    "ctypes",
+    "signal",
+    "builtins",
+    "runpy",
+    "pty",
+    "multiprocessing",
 }
 OUTSIDE_ATTRIBUTE = re.compile(
     r"^(?:os\.(?:system|popen|kill|killpg|fork|forkpty|exec\w*|(?:posix_)?spawn\w*)|sys\.modules)$"
