@@ -13,7 +13,8 @@ from tests.oracles import jumprelu_numpy
 from tests.part5_sae_variants._common import _autograd_function
 from tests.part5_sae_variants._step_functions import _apply
 
-# Google DeepMind's published regression values for its JumpReLU reference (CURRICULUM.md).
+# The regression values Google DeepMind publishes with its JumpReLU SAE reference implementation (float64);
+# Part 5's section on reference parity says where they come from.
 PUBLISHED = {
     "dataset[::13001]": [-0.26036463, 0.07950339, -0.10517059, 0.11135695],
     "reconstruction[::5001]": [-0.34825447, -0.12089294, -0.20722952, 1.4071178],
