@@ -31,19 +31,16 @@ class FakeDevice:
         self.events.append("call")
         self.pending += next(self.durations)  # asynchronous: returns at once
 
+    def measure(self, **options: object) -> Timing:
+        """`measure` on this device's work, clock and synchronisation (`sync=None`: a benchmark that forgets it)."""
+        sync = options.pop("sync", self.sync) or (lambda: None)
+        settings = {"warmup": 1, "budget_seconds": 0.0, "memory": False, **options}
+        return measure(self.launch, torch.device("cpu"), clock=self.clock, sync=sync, **settings)
+
 
 def test_every_timed_run_is_fenced_by_synchronisation():
     fake = FakeDevice([9.0, 9.0] + [1.0, 2.0, 3.0, 4.0, 5.0])
-    result = measure(
-        fake.launch,
-        torch.device("cpu"),
-        warmup=2,
-        min_runs=5,
-        budget_seconds=0.0,
-        memory=False,
-        clock=fake.clock,
-        sync=fake.sync,
-    )
+    result = fake.measure(warmup=2, min_runs=5)
     assert fake.events[:2] == ["call", "call"]  # warm-up, untimed
     assert fake.events[2:] == ["sync", "clock", "call", "sync", "clock"] * 5
     assert result.seconds == (1.0, 2.0, 3.0, 4.0, 5.0)  # the queued work is timed, warm-up excluded
@@ -52,16 +49,7 @@ def test_every_timed_run_is_fenced_by_synchronisation():
 
 def test_without_synchronisation_an_asynchronous_device_looks_free():
     fake = FakeDevice([0.0] + [1.0] * 5)
-    result = measure(
-        fake.launch,
-        torch.device("cpu"),
-        warmup=1,
-        min_runs=5,
-        budget_seconds=0.0,
-        memory=False,
-        clock=fake.clock,
-        sync=lambda: None,
-    )
+    result = fake.measure(min_runs=5, sync=None)
     assert result.median == 0.0  # what a benchmark that forgets to synchronise would report
 
 
@@ -75,29 +63,10 @@ def test_the_default_synchronisation_is_the_devices(monkeypatch):
 
 def test_runs_continue_until_the_budget_and_stop_at_max_runs():
     fake = FakeDevice([0.0] + [0.125] * 100)
-    result = measure(
-        fake.launch,
-        torch.device("cpu"),
-        warmup=1,
-        min_runs=2,
-        budget_seconds=1.0,
-        memory=False,
-        clock=fake.clock,
-        sync=fake.sync,
-    )
+    result = fake.measure(min_runs=2, budget_seconds=1.0)
     assert len(result.seconds) == 8  # 0.125 s each: eight runs reach the 1 s budget
     fake = FakeDevice([0.0] + [0.125] * 100)
-    result = measure(
-        fake.launch,
-        torch.device("cpu"),
-        warmup=1,
-        min_runs=2,
-        max_runs=4,
-        budget_seconds=1.0,
-        memory=False,
-        clock=fake.clock,
-        sync=fake.sync,
-    )
+    result = fake.measure(min_runs=2, max_runs=4, budget_seconds=1.0)
     assert len(result.seconds) == 4
 
 
