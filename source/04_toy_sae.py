@@ -21,7 +21,8 @@
 #
 # **You will**
 # - write an SAE with tied or untied weights and a normalised decoder (`__init__`,
-#   `W_dec_normalized`, `generate_batch`, `forward`);
+#   `W_dec_normalized`, `generate_batch`, and `pre_activations`, `decode` and `forward`, the
+#   interface every SAE in this workbook keeps);
 # - measure feature recovery (mean max cosine similarity, a one-to-one Hungarian matching,
 #   recall, dead latents, L0, fraction of variance unexplained);
 # - watch training as an animation and see latents die;
