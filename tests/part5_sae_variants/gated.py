@@ -51,7 +51,8 @@ AUX_DECODER = ("aux W_dec", "aux b_dec")  # what the text detaches: the decoder 
 
 def _with_learner_encode(sae: reference.GatedToySAE, encode: Callable[..., Any]) -> reference.GatedToySAE:
     """The same SAE, whose `self.encode_with_gate` is the learner's: their forward may call it."""
-    sae.__class__ = type("GatedWithYourEncode", (reference.GatedToySAE,), {"encode_with_gate": encode})
+    # Named as the class it extends, so that a grader's sandbox binds the learner's own methods by that name.
+    sae.__class__ = type("GatedToySAE", (reference.GatedToySAE,), {"encode_with_gate": encode})
     return sae
 
 
