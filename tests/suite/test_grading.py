@@ -311,6 +311,16 @@ def test_a_real_solution_notebook_passes_every_exercise():
     assert exercise.checks[0].check == "test_compute_dimensionality"
 
 
+@pytest.mark.parametrize("part", ["04_toy_sae", "05_sae_variants"])
+def test_sae_solutions_pass_through_the_bridge(part):
+    """The SAE checks swap the learner's own methods into the reference's objects: across the sandbox too."""
+    if sandbox_problem():
+        pytest.skip("no sandbox here")
+    result = grade_notebook(ROOT / "solutions" / f"{part}.ipynb", time_limit=600)
+    assert {verdict.status for verdict in result.verdicts} == {PASS} and not result.problems, result
+    assert len(result.verdicts) == sum(len(exercise.checks) for exercise in exercises_of(part))
+
+
 def test_the_grader_never_lends_learner_code_its_own_reference_or_tools():
     resolvable = trusted_resolvable("01_toy_models")
     assert not resolvable("part_utils.reference.part1_toy_models:ToyModel")
