@@ -1,6 +1,8 @@
 """Shared fixtures for the workbook's own test suite."""
 
 import functools
+import itertools
+import linecache
 import os
 import re
 import shutil
@@ -10,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import einsum
 
 from part_utils.threads import threads_for
 from tests.checking import CheckFailure
@@ -23,6 +27,25 @@ TEST_OUTPUT = ROOT / "test-output"
 def stub(*args: object, **kwargs: object) -> None:
     """What an exercise looks like before the learner writes it."""
     raise NotImplementedError("Exercise: write this part, run the cell, then run the check below.")
+
+
+def notebook_cells(*cells: str, **variables: object) -> dict[str, object]:
+    """Run source as a notebook does: each cell its own file, known to linecache, all in one `__main__` namespace
+    that also holds `variables` (the notebook's own numbers and tensors, say)."""
+    namespace: dict[str, object] = {"__name__": "__main__", "torch": torch, "F": F, "einsum": einsum, **variables}
+    for source in cells:
+        filename = f"<notebook cell {next(_cell_numbers)}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def notebook_function(source: str, name: str, **variables: object) -> Any:
+    """The function `name` that one notebook cell defines, beside the notebook's `variables`."""
+    return notebook_cells(source, **variables)[name]
+
+
+_cell_numbers = itertools.count()
 
 
 def with_extra_draws(function: Any, draws: int) -> Any:

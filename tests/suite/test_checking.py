@@ -1,6 +1,5 @@
 """The shared check machinery itself (tests/checking.py): snapshots, wrong objects, gradients, statistics."""
 
-import linecache
 import math
 import types
 
@@ -21,6 +20,7 @@ from tests.checking import (
     gradients,
     learner_callable,
 )
+from tests.suite.conftest import notebook_cells
 
 
 class Holder(nn.Module):
@@ -109,16 +109,6 @@ def test_call_learner_turns_stubs_and_crashes_into_one_sentence():
         CheckFailure, match=r"raised RuntimeError: .* \(at line 2 of `crash`: `return x @ torch.ones\(7\)`\)"
     ):
         call_learner(crash, torch.ones(2), what="crash")
-
-
-def notebook_cells(*cells: str) -> dict[str, object]:
-    """Run source as notebook cells do: each cell its own file, known to linecache, all in one namespace."""
-    namespace: dict[str, object] = {"torch": torch, "__name__": "__main__"}
-    for index, source in enumerate(cells):
-        filename = f"<notebook cell {index}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        exec(compile(source, filename, "exec"), namespace)
-    return namespace
 
 
 def test_a_crash_in_a_helper_the_notebook_gives_is_placed_at_the_learners_call():

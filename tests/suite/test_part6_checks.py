@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import tests.part6_sae_transformer as part6
 from part_utils.reference import part6_sae_transformer as reference
 from tests.checking import close
-from tests.suite.conftest import stub
+from tests.suite.conftest import notebook_function, stub
 
 # Fraction of variance explained -----------------------------------------------------------
 
@@ -157,13 +157,6 @@ def fve_absolute_errors(x, x_hat):
 
 def fve_unsquared_errors(x, x_hat):
     return 1 - torch.linalg.norm(x - x_hat) / (x - x.mean(dim=0)).pow(2).sum()
-
-
-def notebook_function(source: str, name: str, **globals_: object):
-    """A function defined in a notebook cell (its module is `__main__`), with the notebook's variables."""
-    namespace = {"torch": torch, "F": F, "__name__": "__main__", **globals_}
-    exec(compile(source, f"<notebook cell {name}>", "exec"), namespace)
-    return namespace[name]
 
 
 # Written against the notebook's `test_rows` instead of its argument `x`.

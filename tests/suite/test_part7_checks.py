@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import tests.part7_sae_circuits as part7
 from part_utils.reference import part7_sae_circuits as reference
 from tests.checking import CheckFailure
-from tests.suite.conftest import stub
+from tests.suite.conftest import notebook_function, stub
 
 DERIVATIVES = {
     "step": lambda pre: (pre > 0).double(),
@@ -445,13 +445,6 @@ def test_a_value_instead_of_the_function_is_named(checks):
 
 
 # Issue 24: wrong indices and loop ranges, state across calls, the promise of no Python loops -----------
-
-
-def notebook_function(source: str, name: str, **globals_: object):
-    """A function defined in a notebook cell (its module is `__main__`), with the notebook's variables."""
-    namespace = {"torch": torch, "__name__": "__main__", **globals_}
-    exec(compile(source, f"<notebook cell {name}>", "exec"), namespace)
-    return namespace[name]
 
 
 def loop_derivatives_first(weights, mlp_pre, active_in, active_out):

@@ -21,7 +21,7 @@ from part_utils.reference import part8_feature_absorption as reference
 from part_utils.reference.part5_sae_variants import batch_topk_activation, topk_activation
 from part_utils.sae_interface import SAEOutput
 from tests.checking import binomial_tolerance
-from tests.suite.conftest import stub, with_extra_draws
+from tests.suite.conftest import notebook_function, stub, with_extra_draws
 
 Data = reference.HierarchicalToyData
 SAMPLER = "generate_hierarchical_batch"
@@ -189,13 +189,6 @@ def sampler_child_by_argmax_of_uniforms(self, batch_size):
     which = torch.rand(*shape, cfg.n_children, device=device).argmax(dim=-1)
     child_on = (which[..., None] == torch.arange(cfg.n_children, device=device)) & has_child[..., None]
     return _values(self, _join(parent_on, child_on))
-
-
-def notebook_function(source: str, name: str, **notebook: Any) -> Any:
-    """`name` defined by `source` in a notebook's namespace (`__main__`) that holds the variables `notebook`."""
-    namespace = {"__name__": "__main__", "torch": torch, "F": F, "einsum": einsum, "reference": reference, **notebook}
-    exec(source, namespace)  # noqa: S102
-    return namespace[name]
 
 
 SAMPLER_WITH_NOTEBOOK_SIZES = """
@@ -538,7 +531,7 @@ def parents_zeroing_acts_in_place(acts, features, parent_cosine, threshold=0.5):
         (parents_returning_scores, r"returned \[inst, d_sae, parents\]"),
         (parents_zeroing_acts_in_place, r"changed `acts` in place"),
         (
-            notebook_function(PARENT_LATENTS_WITH_NOTEBOOK_SIZES, "parent_latents", n_parents=5),
+            notebook_function(PARENT_LATENTS_WITH_NOTEBOOK_SIZES, "parent_latents", n_parents=5, reference=reference),
             r"raised RuntimeError.*reads the notebook's `n_parents`",
         ),
     ],
@@ -738,7 +731,7 @@ def absorption_flattening_acts_in_place(acts, features, parent_cosine, parent_la
         (absorption_mean_of_children, "mean of the children's rates"),
         (absorption_flattening_acts_in_place, r"changed `acts` in place"),
         (
-            notebook_function(ABSORPTION_WITH_NOTEBOOK_SIZES, "absorption_rate", n_parents=5),
+            notebook_function(ABSORPTION_WITH_NOTEBOOK_SIZES, "absorption_rate", n_parents=5, reference=reference),
             r"raised RuntimeError.*reads the notebook's `n_parents`",
         ),
     ],
