@@ -40,9 +40,10 @@ def attribute_all(
     index = torch.tensor([target.index for target in targets])
     layer = torch.tensor([target.layer for target in targets])
     is_logit = torch.tensor([target.kind == "logit" for target in targets])
+    demeaned = logits - logits.mean(dim=-1, keepdim=True)
     values = torch.where(
         is_logit,
-        logits[copy, pos, index.clamp(max=logits.shape[-1] - 1)],
+        demeaned[copy, pos, index.clamp(max=logits.shape[-1] - 1)],
         latent_pre[layer, copy, pos, index.clamp(max=latent_pre.shape[-1] - 1)],
     )
     gradients = torch.autograd.grad(values.sum(), (leaves.embeddings, leaves.latents, leaves.errors), allow_unused=True)

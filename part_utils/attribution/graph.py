@@ -82,15 +82,3 @@ def top_path(normalized: Float[Tensor, "target source"], target: int) -> list[in
     while previous[path[-1]] >= 0:
         path.append(previous[path[-1]].item())
     return path
-
-
-def total_effects(graph: AttributionGraph) -> Float[Tensor, "target source"]:
-    """Signed effect of a unit change in each node's activation on every later node, along all paths.
-
-    Dividing each edge by its source's activation gives the direct derivative; active latents pass a
-    change on one to one (TopK's slope where it fires), so the sum over paths is (I - D)⁻¹ - I.
-    """
-    activation = torch.tensor([node.activation for node in graph.nodes], dtype=graph.adjacency.dtype)
-    direct = graph.adjacency / torch.where(activation == 0, 1.0, activation)
-    eye = torch.eye(len(graph.nodes), dtype=direct.dtype)
-    return torch.linalg.solve(eye - direct, eye) - eye

@@ -32,15 +32,20 @@ def letter_f1(
 
 @dataclass(frozen=True)
 class LetterMatch:
-    latent: Int[Tensor, "layer letter"]
-    """The latent matched to each letter, per layer."""
-    f1: Float[Tensor, "layer letter"]
+    latent: Int[Tensor, "layer pos letter"]
+    """The latent matched to each letter, per layer and position."""
+    f1: Float[Tensor, "layer pos letter"]
     """How well that latent detects the letter (1 = fires exactly when the letter is there)."""
 
 
-def match_letters(fires: Bool[Tensor, "tokens layer d_latent"], letters: Int[Tensor, " tokens"]) -> LetterMatch:
-    f1, latent = hungarian_match(letter_f1(fires, letters))
-    return LetterMatch(latent=latent, f1=f1)
+def match_letters(
+    fires: Bool[Tensor, "prompts pos layer d_latent"], letters: Int[Tensor, "prompts pos"]
+) -> LetterMatch:
+    """Per layer and position, each letter's latent: the one-to-one matching with the largest total F1."""
+    matched = [hungarian_match(letter_f1(fires[:, pos], letters[:, pos])) for pos in range(fires.shape[1])]
+    return LetterMatch(
+        latent=torch.stack([latent for _, latent in matched], dim=1), f1=torch.stack([f1 for f1, _ in matched], dim=1)
+    )
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class TruthScore:
     """Share of the logit's influence that flows from the mirrored token through letter-x latents only."""
     top_path_true: bool
     """Whether the graph's strongest path from the logit back to an input is the ground-truth path."""
+    top_path_structural: bool
+    """Looser: the strongest path runs from the mirrored token through latents at the output or source position."""
     top_path: list[int]
 
 
@@ -61,8 +68,8 @@ def truth_latents(
         for i, node in enumerate(graph.nodes)
         if node.kind == "latent"
         and node.pos in positions
-        and match.latent[node.layer, letter] == node.index
-        and match.f1[node.layer, letter] >= min_f1
+        and match.latent[node.layer, node.pos, letter] == node.index
+        and match.f1[node.layer, node.pos, letter] >= min_f1
     ]
 
 
@@ -76,5 +83,9 @@ def score_position(
     via = truth_latents(graph, match, letter, (output_pos, source_pos), min_f1)
     share = share_through(normalized, logit, source, torch.tensor(via, dtype=torch.long))
     path = top_path(normalized, logit)
-    is_true = len(path) >= 3 and path[-1] == source and all(node in via for node in path[1:-1])
-    return TruthScore(share=share, top_path_true=is_true, top_path=path)
+    through_latents = len(path) >= 3 and path[-1] == source
+    is_true = through_latents and all(node in via for node in path[1:-1])
+    structural = through_latents and all(
+        graph.nodes[node].kind == "latent" and graph.nodes[node].pos in (output_pos, source_pos) for node in path[1:-1]
+    )
+    return TruthScore(share=share, top_path_true=is_true, top_path_structural=structural, top_path=path)
