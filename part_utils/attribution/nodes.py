@@ -31,11 +31,13 @@ class Dictionary(Protocol):
         ...
 
 
+@dataclass
 class TopKDictionary:
-    """Per-layer access to a stacked TopK dictionary (one instance per layer) with W_enc, b_enc, W_dec, b_dec."""
+    """Per-layer access to a stacked TopK dictionary (one instance per layer) with W_enc, b_enc, W_dec, b_dec.
 
-    def __init__(self, sae: torch.nn.Module) -> None:
-        self.sae = sae
+    A dataclass, so that it crosses the grader's sandbox boundary by value."""
+
+    sae: torch.nn.Module
 
     def encoder_input(self, layer: int, mlp_in: Float[Tensor, "*batch pos d_model"]) -> Tensor:
         return mlp_in
@@ -50,17 +52,23 @@ class TopKDictionary:
         return acts @ self.sae.W_dec_normalized[layer] + self.sae.b_dec[layer]
 
 
+@dataclass
 class TranscoderDictionary(TopKDictionary):
     """A transcoder per layer: reads the MLP's input, writes its output."""
 
 
+@dataclass
 class MLPOutputSAEDictionary(TopKDictionary):
-    """An SAE per layer on the MLP's output, read through the MLP with this prompt's ReLU pattern frozen."""
+    """An SAE per layer on the MLP's output, read through the MLP with one prompt's ReLU pattern frozen."""
 
-    def __init__(self, sae: torch.nn.Module, weights: TransformerWeights, recorded: RecordedPrompt) -> None:
-        super().__init__(sae)
-        self.weights = weights
-        self.relu_pattern = (recorded.mlp_pre > 0).to(recorded.mlp_pre.dtype)
+    weights: TransformerWeights
+    relu_pattern: Float[Tensor, "layer pos d_mlp"]
+
+    @classmethod
+    def at_prompt(
+        cls, sae: torch.nn.Module, weights: TransformerWeights, recorded: RecordedPrompt
+    ) -> "MLPOutputSAEDictionary":
+        return cls(sae, weights, (recorded.mlp_pre > 0).to(recorded.mlp_pre.dtype))
 
     def encoder_input(self, layer: int, mlp_in: Float[Tensor, "*batch pos d_model"]) -> Tensor:
         w = self.weights
