@@ -74,7 +74,6 @@ from part_utils.sae_interface import SAEOutput
 
 # %%
 import os
-import time
 from collections import defaultdict
 
 import plotly.graph_objects as go
@@ -397,7 +396,6 @@ for name, value in {"n_seeds": len(SEEDS), "steps": STEPS, "d_latent": D_LATENT,
 
 transcoders: dict[int, Transcoder] = {}
 output_saes: dict[int, Transcoder] = {}
-started = time.perf_counter()
 for seed in SEEDS:
     seed_everything(seed)
     transcoders[seed] = Transcoder(dictionary_config, device)
@@ -415,7 +413,6 @@ for seed in SEEDS:
         seed=seed,
         description=f"SAE on MLP output, seed {seed}",
     )
-print(f"trained in {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
 # How good a stand-in is each transcoder? On held-out strings: the fraction of the MLP output's
@@ -737,6 +734,9 @@ batched = attribute_all(replacement_forward, weights, recorded, dictionary, node
 looped = [attribute(replacement_forward, weights, recorded, dictionary, nodes, target) for target in targets]
 agreement = max((batched.latents[i] - edges_i.latents).abs().max().item() for i, edges_i in enumerate(looped))
 print(f"{len(targets)} targets; largest difference between batched and looped edges: {agreement:.1e}")
+
+# %%
+# Timings vary from run to run.
 cpu = torch.device("cpu")
 loop_time = measure(
     lambda: [attribute(replacement_forward, weights, recorded, dictionary, nodes, t) for t in targets],
