@@ -82,6 +82,8 @@ def plot_attribution_graph(
         )
     for kind, colour in KIND_COLOUR.items():
         members = [i for i in shown if graph.nodes[i].kind == kind]
+        if not members:  # no empty legend entry for a kind that pruning removed
+            continue
         figure.add_trace(
             go.Scatter(
                 x=[coordinates[i][0] for i in members],
