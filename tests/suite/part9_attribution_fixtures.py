@@ -88,7 +88,7 @@ def prompt_setup(
     weights = model_weights(dtype)
     recorded = run_and_record(weights, held_out_prompts()[index])
     if kind == "mlp_output_sae":
-        dictionary: Dictionary = MLPOutputSAEDictionary(random_transcoder(dtype, seed=1), weights, recorded)
+        dictionary: Dictionary = MLPOutputSAEDictionary.at_prompt(random_transcoder(dtype, seed=1), weights, recorded)
     elif kind == "silent_layer_1":
         dictionary = TranscoderDictionary(silent_layer_1_transcoder(dtype))
     else:
