@@ -274,9 +274,8 @@ class Transcoder(nn.Module):
         self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(shape_dec, device=device)))
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_latent, device=device))
         self.b_dec = nn.Parameter(torch.zeros(cfg.n_inst, cfg.d_out, device=device))
-        with torch.no_grad():  # unit decoder rows, encoder their transpose (Gao et al.): fewer dead latents
+        with torch.no_grad():  # unit decoder rows; no encoder-as-transpose: input and output are different spaces
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
-            self.W_enc.copy_(self.W_dec.transpose(-1, -2))
         self.register_buffer(
             "steps_since_fired", torch.zeros(cfg.n_inst, cfg.d_latent, dtype=torch.long, device=device)
         )

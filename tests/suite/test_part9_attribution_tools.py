@@ -4,6 +4,8 @@ Each test builds a case whose answer is known by construction (a perfect letter 
 path, a dictionary that is the MLP itself, a linear map to learn) and holds the machinery to it.
 """
 
+import math
+
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -12,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from part_utils.attribution.build import build_graph
+from part_utils.attribution.edge_stability import median_relative_spread, unit_effects
 from part_utils.attribution.graph import AttributionGraph, Node
 from part_utils.attribution.interventions import predicted_logit_change
 from part_utils.attribution.nodes import Nodes, Target
@@ -313,3 +316,23 @@ def test_plot_truth_scores_averages_each_position_over_prompts_then_seeds():
     assert share.y == pytest.approx([0.3, 0.3, 0.4])  # position 4: seeds 1 and 2 give 0.2 and 0.4
     assert share.error_y.array == pytest.approx([0.1 * 2**0.5, 0.0, 0.0])
     assert top_path.y == pytest.approx([1.0, 0.5, 0.5])
+
+
+def test_edge_stability_collects_per_unit_effects_and_their_relative_spread():
+    def graph(edge: float, activation: float) -> AttributionGraph:
+        nodes = [
+            Node("embedding", -1, 0, 3, 1.0),
+            Node("latent", 0, 1, 7, activation),
+            Node("latent", 1, 1, 2, 1.0),
+            Node("latent", 1, 2, 5, 1.0),  # another position: never collected
+        ]
+        adjacency = torch.zeros(4, 4)
+        adjacency[2, 1] = edge
+        adjacency[3, 1] = 9.0
+        return AttributionGraph(nodes, adjacency)
+
+    effects = unit_effects(graph(2.0, 4.0))
+    unit_effects(graph(3.0, 2.0), into=effects)
+    assert dict(effects) == {(0, 7, 1, 2, 1): [0.5, 1.5]}
+    assert median_relative_spread(effects, min_prompts=2) == pytest.approx(0.5)
+    assert math.isnan(median_relative_spread(effects, min_prompts=3))
