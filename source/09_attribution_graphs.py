@@ -453,9 +453,12 @@ for kind, by_seed in reports.items():
 # The transcoders explain {{transcoder.fve.layer0}} of MLP 0's output variance and
 # {{transcoder.fve.layer1}} of MLP 1's, and recover {{transcoder.loss_recovered.layer0}} and
 # {{transcoder.loss_recovered.layer1}} of the loss that mean-ablating each MLP loses
-# ({{transcoder.dead.layer0}} and {{transcoder.dead.layer1}} dead latents of {{settings.d_latent:.0f}}).
-# The SAEs on the MLPs' outputs: FVE {{sae.fve.layer0}} and {{sae.fve.layer1}}, loss recovered
-# {{sae.loss_recovered.layer0}} and {{sae.loss_recovered.layer1}}.
+# ({{transcoder.dead.layer0:.0f}} and {{transcoder.dead.layer1:.0f}} dead latents of
+# {{settings.d_latent:.0f}}). The SAEs on the MLPs' outputs: FVE {{sae.fve.layer0}} and
+# {{sae.fve.layer1}}, loss recovered {{sae.loss_recovered.layer0}} and {{sae.loss_recovered.layer1}}.
+# Many latents die: this task has only a few hundred distinct (letter, position, context)
+# situations to represent, `k` is {{settings.k:.0f}}, and AuxK does not bring every latent back;
+# the live ones are enough for the reconstruction.
 #
 # **Do the latents stand for letters?** For every layer and position we match the 26 letters
 # one-to-one to latents (the Hungarian algorithm, as in Part 5), scoring a pair by the F1 of
@@ -484,13 +487,16 @@ for kind, saes, source in (("transcoder", transcoders, test_in), ("sae", output_
         print(f"{kind}, layer {layer}: mean F1 of the matched latents at the output positions {f1}")
 
 # %% [markdown]
-# At the output positions the SAE's latents on MLP 0's output are letter detectors: matched F1
-# {{sae.letter_f1.layer0}}. The transcoder's MLP 0 latents are not: {{transcoder.letter_f1.layer0}}.
-# Look at them and most fire for two or three letters, a combinatorial code: the letter arrives
-# compressed through a 4-dimensional head, the MLP decodes it with {{settings.d_mlp:.0f}} ReLU
-# neurons, and a transcoder has to do the same with one linear map and a TopK. After MLP 0
-# has written f(x), the letter is easy to read, and the layer-1 transcoder's latents match
-# letters well ({{transcoder.letter_f1.layer1}}). Keep this in mind when we score the graphs.
+# At the output positions, neither dictionary has one latent per letter in layer 0. The matched
+# F1 is {{transcoder.letter_f1.layer0:.2f}} for the transcoders and {{sae.letter_f1.layer0:.2f}}
+# for the SAEs on MLP 0's output (a latent that fires for exactly three letters, every time one of
+# them is there, scores F1 {{=0.5}}). The transcoder's case is the instructive one: the letter
+# arrives compressed through a 4-dimensional head, the MLP decodes it with
+# {{settings.d_mlp:.0f}} ReLU neurons, and a transcoder has to do the same with one linear map
+# and a TopK, so its latents form a code for groups of letters. After MLP 0 has written f(x),
+# the letter is easy to read, and the layer-1 latents match letters well: F1
+# {{transcoder.letter_f1.layer1:.2f}} for the transcoders, {{sae.letter_f1.layer1:.2f}} for the
+# SAEs. Keep this in mind when we score the graphs.
 
 # %% [markdown]
 # ## 3. The local replacement model
@@ -924,17 +930,17 @@ plot_truth_scores(truth, SEEDS, OUTPUT_POSITIONS).show()
 # What is robust across seeds: both graphs find the structure. The strongest path from the
 # logit of f(x) usually starts at the mirrored token and runs through latents at the output
 # position; the rest of the influence goes to the current token's own embedding and to error
-# nodes. What differs is the middle. The SAE's latents on MLP 0's output stand for letters, so
-# its paths go through "the latent for x". The transcoder's layer-0 latents form the
-# combinatorial code we saw in section 2, so its paths go through latents that each stand for
-# a few letters, and by the strict, letter-by-letter score the transcoder's graph is right
-# less often. The strict scores also depend on the recipe (width, `k`, training length), which
-# we did not tune; the ordering of the two kinds of graph held for every seed.
+# nodes. What differs is the middle. The strict score needs the latents on the path to stand for
+# x, and in layer 0 the SAE's latents do so more often than the transcoder's, which form the
+# code for groups of letters we saw in section 2. So by the strict, letter-by-letter score the
+# transcoder's graph is right less often. On the two strict scores the SAEs' graphs came out ahead for every seed; on the
+# structural score the two kinds are close. All of these depend on the recipe (width, `k`,
+# training length, initialisation), which we did not tune.
 #
 # This is a property of *this* model, and a lesson about transcoders in general. A transcoder
 # has to compute its latents from the MLP's input with one linear map and a threshold. Where the
 # MLP does genuinely nonlinear work (here, decoding a letter squeezed through a 4-dimensional
-# head), the transcoder cannot have one latent per true feature, and the graph shows its
+# head), the transcoder we trained did not find one latent per true feature, and the graph shows its
 # approximation of the MLP rather than the MLP's own variables. An SAE on the MLP's output reads
 # the result after the MLP has done the work.
 #
@@ -944,10 +950,11 @@ plot_truth_scores(truth, SEEDS, OUTPUT_POSITIONS).show()
 # for each pair of latents in consecutive layers at the same position, the edge divided by the
 # source's activation, across the prompts where both fire, has a median relative spread
 # (std / |mean|) of {{truth.transcoder.edge_spread:.3f}} for transcoders and
-# {{truth.sae.edge_spread:.3f}} for the SAEs. On this small model the difference is small: the
-# MLPs' ReLU patterns barely change between prompts that activate the same pair of latents. On a
-# large model, with many more ways to reach a latent, it is what makes a transcoder's weights
-# readable as a global circuit.
+# {{truth.sae.edge_spread:.3f}} for the SAEs. The transcoders' edges are the steadier, though on
+# this small model neither kind varies much: prompts that activate the same pair of latents are
+# alike, and so are their MLPs' ReLU patterns. On a large model, with many more ways to reach a
+# latent, that steadiness is what lets a transcoder's weights be read as a circuit that holds
+# beyond one prompt.
 
 # %% [markdown]
 # ## 7. Interventions: does the model do what the graph says?

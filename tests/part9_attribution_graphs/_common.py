@@ -112,7 +112,7 @@ def dictionary_like(dictionary: Dictionary, weights: TransformerWeights, recorde
     """The same kind of dictionary around a copy of its SAE, reading through `weights` and `recorded` if it must."""
     sae = copy.deepcopy(dictionary.sae) if weights.W_E.dtype == dictionary.sae.W_enc.dtype else float64(dictionary.sae)
     if isinstance(dictionary, MLPOutputSAEDictionary):
-        return MLPOutputSAEDictionary(sae, weights, recorded)
+        return MLPOutputSAEDictionary.at_prompt(sae, weights, recorded)
     return TranscoderDictionary(sae)
 
 
@@ -141,7 +141,9 @@ def random_prompt(*, output_sae: bool = False) -> Prompt:
     tokens = clear_prompt(weights, transcoder)
     recorded = run_and_record(weights, tokens)
     dictionary = (
-        MLPOutputSAEDictionary(transcoder, weights, recorded) if output_sae else TranscoderDictionary(transcoder)
+        MLPOutputSAEDictionary.at_prompt(transcoder, weights, recorded)
+        if output_sae
+        else TranscoderDictionary(transcoder)
     )
     nodes = prompt_nodes(recorded, dictionary)
     return Prompt(weights, recorded, dictionary, nodes)

@@ -6,11 +6,10 @@ exercise writes (what is compared with what, the reductions, the order of the co
 """
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from part_utils.reference import part9_attribution_graphs as reference
 from tests.checking import KINK_MARGIN
@@ -102,11 +101,7 @@ def _transcoder(n_inst: int, d_in: int, d_out: int, d_latent: int, k: int, k_aux
     cfg = reference.TranscoderConfig(
         n_inst=n_inst, d_in=d_in, d_out=d_out, d_latent=d_latent, k=k, k_aux=k_aux, aux_coeff=0.3, dead_after_steps=10
     )
-    # The constructor ties W_enc to W_decᵀ, which needs d_in = d_out: build square, then give the decoder its shape.
-    transcoder = reference.Transcoder(dataclasses.replace(cfg, d_out=d_in))
-    transcoder.cfg = cfg
-    transcoder.W_dec = nn.Parameter(torch.empty(n_inst, d_latent, d_out))
-    transcoder.b_dec = nn.Parameter(torch.empty(n_inst, d_out))
+    transcoder = reference.Transcoder(cfg)
     with torch.no_grad():
         transcoder.W_enc.copy_(torch.randn_like(transcoder.W_enc))
         transcoder.W_dec.copy_(torch.randn_like(transcoder.W_dec) * (torch.rand(n_inst, d_latent, 1) + 0.5))
