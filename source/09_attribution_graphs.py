@@ -933,15 +933,15 @@ plot_truth_scores(truth, SEEDS, OUTPUT_POSITIONS).show()
 # nodes. What differs is the middle. The strict score needs the latents on the path to stand for
 # x, and in layer 0 the SAE's latents do so more often than the transcoder's, which form the
 # code for groups of letters we saw in section 2. So by the strict, letter-by-letter score the
-# transcoder's graph is right less often. On the two strict scores the SAEs' graphs came out ahead for every seed; on the
-# structural score the two kinds are close. All of these depend on the recipe (width, `k`,
-# training length, initialisation), which we did not tune.
+# transcoder's graph is right less often. On the two strict scores the SAEs' graphs came out
+# ahead for every seed; on the structural score the two kinds are close. All of these depend on
+# the recipe (width, `k`, training length, initialisation), which we did not tune.
 #
 # This is a property of *this* model, and a lesson about transcoders in general. A transcoder
 # has to compute its latents from the MLP's input with one linear map and a threshold. Where the
 # MLP does genuinely nonlinear work (here, decoding a letter squeezed through a 4-dimensional
-# head), the transcoder we trained did not find one latent per true feature, and the graph shows its
-# approximation of the MLP rather than the MLP's own variables. An SAE on the MLP's output reads
+# head), the transcoder we trained did not find one latent per true feature, and the graph shows
+# its approximation of the MLP rather than the MLP's own variables. An SAE on the MLP's output reads
 # the result after the MLP has done the work.
 #
 # The argument *for* transcoders is the other column of the ledger: their edges do not depend on
