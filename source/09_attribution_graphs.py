@@ -450,12 +450,12 @@ for kind, by_seed in reports.items():
     print(kind, {seed: {m: [round(v, 4) for v in values] for m, values in r.items()} for seed, r in by_seed.items()})
 
 # %% [markdown]
-# The transcoders explain {{transcoder.fve.layer0}} of MLP 0's output variance and
-# {{transcoder.fve.layer1}} of MLP 1's, and recover {{transcoder.loss_recovered.layer0}} and
-# {{transcoder.loss_recovered.layer1}} of the loss that mean-ablating each MLP loses
+# The transcoders explain {{transcoder.fve.layer0:.3f}} of MLP 0's output variance and
+# {{transcoder.fve.layer1:.3f}} of MLP 1's, and recover {{transcoder.loss_recovered.layer0:.3f}} and
+# {{transcoder.loss_recovered.layer1:.3f}} of the loss that mean-ablating each MLP loses
 # ({{transcoder.dead.layer0:.0f}} and {{transcoder.dead.layer1:.0f}} dead latents of
-# {{settings.d_latent:.0f}}). The SAEs on the MLPs' outputs: FVE {{sae.fve.layer0}} and
-# {{sae.fve.layer1}}, loss recovered {{sae.loss_recovered.layer0}} and {{sae.loss_recovered.layer1}}.
+# {{settings.d_latent:.0f}}). The SAEs on the MLPs' outputs: FVE {{sae.fve.layer0:.3f}} and
+# {{sae.fve.layer1:.3f}}, loss recovered {{sae.loss_recovered.layer0:.3f}} and {{sae.loss_recovered.layer1:.3f}}.
 # Many latents die: this task has only a few hundred distinct (letter, position, context)
 # situations to represent, `k` is {{settings.k:.0f}}, and AuxK does not bring every latent back;
 # the live ones are enough for the reconstruction.
@@ -784,8 +784,8 @@ print(f"loop: {loop_time}\nbatched: {batch_time}\nspeed-up {loop_time.median / b
 # one: a logit's influence is shared out among the inputs.
 #
 # Pruning keeps what carries most of it. For each logit row of `B`, sort the nodes by influence
-# and keep the fewest that carry at least a share (say 80 %) of that row's total; keep the union
-# over logits, and the logits themselves. circuit-tracer prunes a little differently: it pools
+# and keep the fewest that carry at least a share (say {{=80 %}}, circuit-tracer's default) of
+# that row's total; keep the union over logits, and the logits themselves. circuit-tracer prunes a little differently: it pools
 # the logits' rows, weighted by each logit's probability, into one score per node, keeps the
 # nodes that carry the share of that pooled score together with every token, and then prunes
 # edges the same way. With one logit per output position, each as certain as the next, a
@@ -871,7 +871,7 @@ plot_attribution_graph(graph, kept, node_labels(graph, letter_match, tokenizer))
 # Two scores per logit node:
 # - **share**: the share of the logit's influence that reaches the embedding at q along paths
 #   whose every intermediate node is a latent matched to x (at p or q, in either layer, matched
-#   with F1 at least 0.5): `Â[t, V] (I − Â[V, V])⁻¹ Â[V, q]` with V those latents;
+#   with F1 at least {{=0.5}}): `Â[t, V] (I − Â[V, V])⁻¹ Â[V, q]` with V those latents;
 # - **top path**: whether the graph's strongest path (largest product of normalised edges) from
 #   the logit back to an input is such a path.
 #
@@ -1121,8 +1121,9 @@ results.record("interventions.n_prompts", len(intervention_prompts))
 # Read the steering result with its companion numbers: the swap changed the model's answer in
 # only {{interventions.steering_changed:.0%}} of cases, and made it answer f(y) in
 # {{interventions.steered_to_f_y:.0%}}. The graph predicts both outcomes right, including when the
-# answer does not move: MLP 0's latents and the direct path from the mirrored token still carry
-# the letter x into the last layer, and one layer-1 latent cannot outvote them. A graph that
+# answer does not move. The graph also shows why it often does not: other paths carry the letter
+# x to the logit too (MLP 0's latents and the direct path from the mirrored token through
+# attention), and one layer-1 latent does not outvote them. A graph that
 # says "this latent matters a little" and an intervention that confirms it is a correct graph.
 #
 # ## Summary
