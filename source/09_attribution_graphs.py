@@ -785,10 +785,11 @@ print(f"loop: {loop_time}\nbatched: {batch_time}\nspeed-up {loop_time.median / b
 #
 # Pruning keeps what carries most of it. For each logit row of `B`, sort the nodes by influence
 # and keep the fewest that carry at least a share (say {{=80 %}}, circuit-tracer's default) of
-# that row's total; keep the union over logits, and the logits themselves. circuit-tracer prunes a little differently: it pools
-# the logits' rows, weighted by each logit's probability, into one score per node, keeps the
-# nodes that carry the share of that pooled score together with every token, and then prunes
-# edges the same way. With one logit per output position, each as certain as the next, a
+# that row's total; keep the union over logits, and the logits themselves. circuit-tracer prunes
+# a little differently: it pools the logits' rows, weighted by each logit's probability, into
+# one score per node, keeps the nodes that carry the share of that pooled score together with
+# every token, and then prunes edges the same way. With one logit per output position, each as
+# certain as the next, a
 # per-logit rule keeps every position's circuit in view.
 #
 # ### Exercise 5.1: `influence` and `prune`
