@@ -789,8 +789,7 @@ print(f"loop: {loop_time}\nbatched: {batch_time}\nspeed-up {loop_time.median / b
 # a little differently: it pools the logits' rows, weighted by each logit's probability, into
 # one score per node, keeps the nodes that carry the share of that pooled score together with
 # every token, and then prunes edges the same way. With one logit per output position, each as
-# certain as the next, a
-# per-logit rule keeps every position's circuit in view.
+# certain as the next, a per-logit rule keeps every position's circuit in view.
 #
 # ### Exercise 5.1: `influence` and `prune`
 #
