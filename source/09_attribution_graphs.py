@@ -499,6 +499,27 @@ for kind, saes, source in (("transcoder", transcoders, test_in), ("sae", output_
 # SAEs. Keep this in mind when we score the graphs.
 
 # %% [markdown]
+# From here on we work one prompt at a time: the model's weights as plain tensors
+# (`TransformerWeights`), a held-out prompt, and what the model computed on it (`run_and_record`,
+# explained in the next section). These tensors are small, so the CPU is the fastest place for them.
+
+# %%
+weights = TransformerWeights.from_model(model)
+weights = TransformerWeights(
+    **{name: value.cpu() if isinstance(value, Tensor) else value for name, value in vars(weights).items()}
+)
+transcoders = {
+    seed: sae.cpu() for seed, sae in transcoders.items()
+}  # one prompt at a time: small tensors, CPU is fastest
+output_saes = {seed: sae.cpu() for seed, sae in output_saes.items()}
+prompt = data.test_tokens[0]
+recorded = run_and_record(weights, prompt)
+dictionary = TranscoderDictionary(transcoders[SEEDS[0]])
+nodes = prompt_nodes(recorded, dictionary)
+print("prompt:", tokenizer.decode(prompt), "| active latents per layer:", (nodes.latents != 0).sum(dim=(1, 2)).tolist())
+
+
+# %% [markdown]
 # ## 3. The local replacement model
 #
 # Pick one prompt. Run the original model on it and record what a replacement must hold fixed
@@ -566,21 +587,6 @@ for kind, saes, source in (("transcoder", transcoders, test_in), ("sae", output_
 # </details>
 #
 # Stuck after the hints? The same cell in `solutions/09_attribution_graphs.ipynb` has the answer.
-
-# %%
-weights = TransformerWeights.from_model(model)
-weights = TransformerWeights(
-    **{name: value.cpu() if isinstance(value, Tensor) else value for name, value in vars(weights).items()}
-)
-transcoders = {
-    seed: sae.cpu() for seed, sae in transcoders.items()
-}  # one prompt at a time: small tensors, CPU is fastest
-output_saes = {seed: sae.cpu() for seed, sae in output_saes.items()}
-prompt = data.test_tokens[0]
-recorded = run_and_record(weights, prompt)
-dictionary = TranscoderDictionary(transcoders[SEEDS[0]])
-nodes = prompt_nodes(recorded, dictionary)
-print("prompt:", tokenizer.decode(prompt), "| active latents per layer:", (nodes.latents != 0).sum(dim=(1, 2)).tolist())
 
 
 # %% tags=["reference"]

@@ -311,9 +311,11 @@ def test_a_real_solution_notebook_passes_every_exercise():
     assert exercise.checks[0].check == "test_compute_dimensionality"
 
 
-@pytest.mark.parametrize("part", ["04_toy_sae", "05_sae_variants"])
-def test_sae_solutions_pass_through_the_bridge(part):
-    """The SAE checks swap the learner's own methods into the reference's objects: across the sandbox too."""
+@pytest.mark.parametrize("part", ["04_toy_sae", "05_sae_variants", "09_attribution_graphs"])
+def test_solutions_that_exchange_objects_pass_through_the_bridge(part):
+    """The SAE checks swap the learner's own methods into the reference's objects; Part 9's hand the learner
+    dataclasses, a dictionary holding a reference module, and the reference forward pass to call back and
+    differentiate through: across the sandbox too."""
     if sandbox_problem():
         pytest.skip("no sandbox here")
     result = grade_notebook(ROOT / "solutions" / f"{part}.ipynb", time_limit=600)
