@@ -456,9 +456,8 @@ for kind, by_seed in reports.items():
 # ({{transcoder.dead.layer0:.0f}} and {{transcoder.dead.layer1:.0f}} dead latents of
 # {{settings.d_latent:.0f}}). The SAEs on the MLPs' outputs: FVE {{sae.fve.layer0:.3f}} and
 # {{sae.fve.layer1:.3f}}, loss recovered {{sae.loss_recovered.layer0:.3f}} and {{sae.loss_recovered.layer1:.3f}}.
-# Many latents die: this task has only a few hundred distinct (letter, position, context)
-# situations to represent, `k` is {{settings.k:.0f}}, and AuxK does not bring every latent back;
-# the live ones are enough for the reconstruction.
+# Many latents die, and AuxK does not bring them all back; the live ones are enough for the
+# reconstruction, as the FVE shows.
 #
 # **Do the latents stand for letters?** For every layer and position we match the 26 letters
 # one-to-one to latents (the Hungarian algorithm, as in Part 5), scoring a pair by the F1 of
