@@ -723,3 +723,41 @@ def test_checks_leave_every_random_state_and_the_thread_count_as_they_were(check
 def test_failure_messages_do_not_reveal_reference_values(checks, check, learner):
     text = checks.fails(check, learner, ".")
     assert not re.search(r"\d\.\d{3}", text), text
+
+
+def forward_changing_its_target(self, x, target):
+    result = reference.Transcoder.forward(self, x, target)
+    target.mul_(2.0)
+    return result
+
+
+def influence_changing_the_adjacency(adjacency):
+    result = reference.influence(adjacency)
+    adjacency.abs_().add_(1.0)
+    return result
+
+
+def prune_changing_the_influence(influence_matrix, logit_nodes, share):
+    result = reference.prune(influence_matrix, logit_nodes, share)
+    influence_matrix.add_(1.0)
+    return result
+
+
+def intervention_changing_the_decoder(weights, tokens, dictionary, layer, edits):
+    result = reference.intervention_effect(weights, tokens, dictionary, layer, edits)
+    with torch.no_grad():
+        dictionary.sae.W_dec.mul_(2.0)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("check", "learner", "changed"),
+    [
+        (part9.test_transcoder_forward, transcoder_class(forward_changing_its_target), "target"),
+        (part9.test_influence, influence_changing_the_adjacency, "adjacency"),
+        (part9.test_prune, prune_changing_the_influence, "influence_matrix"),
+        (part9.test_intervention_effect, intervention_changing_the_decoder, "dictionary.sae.W_dec"),
+    ],
+)
+def test_each_check_names_what_the_learners_code_changed_in_place(checks, check, learner, changed):
+    checks.fails(check, learner, rf"changed `{re.escape(changed)}` in place")
