@@ -4,14 +4,19 @@ The tokenizer is Part 6's (same 29 tokens). The letter map f is a fixed derangem
 itself), so the model cannot finish a string by copying: it must fetch the mirrored letter and then apply f.
 """
 
-import itertools
-from dataclasses import dataclass
-
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from part_utils.palindromes.language import BEGIN, END, LETTERS, SEPARATOR, PalindromeTokenizer
+from part_utils.palindromes.language import (
+    BEGIN,
+    END,
+    LETTERS,
+    SEPARATOR,
+    PalindromeDataset,
+    PalindromeTokenizer,
+    split_strings,
+)
 
 HALF_LENGTH = 3
 SEQUENCE_LENGTH = 2 * HALF_LENGTH + 3  # begin, letters, separator, mapped mirrored letters, end
@@ -59,18 +64,6 @@ def ground_truth(tokens: Int[Tensor, "batch pos"]) -> tuple[Int[Tensor, "batch o
     return mirrored, letter_map[mirrored]
 
 
-@dataclass
-class MirrorDataset:
-    tokenizer: PalindromeTokenizer
-    train_tokens: Int[Tensor, "n_train pos"]
-    test_tokens: Int[Tensor, "n_test pos"]
-
-
-def mirror_dataset(test_fraction: float = 0.2, seed: int = 0) -> MirrorDataset:
+def mirror_dataset(test_fraction: float = 0.2, seed: int = 0) -> PalindromeDataset:
     """All 26³ mirror strings, shuffled once with `seed` and split; held-out strings are never trained on."""
-    tokenizer = PalindromeTokenizer()
-    everything = [mirror("".join(letters)) for letters in itertools.product(LETTERS, repeat=HALF_LENGTH)]
-    tokens = tokenizer.encode(everything)
-    order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))
-    n_test = int(len(tokens) * test_fraction)
-    return MirrorDataset(tokenizer, train_tokens=tokens[order[n_test:]], test_tokens=tokens[order[:n_test]])
+    return split_strings(mirror, test_fraction, seed)

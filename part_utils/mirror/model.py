@@ -13,8 +13,8 @@ from torch import Tensor
 from transformer_lens import TransformerBridge, TransformerBridgeConfig
 
 from part_utils.device import get_device
-from part_utils.mirror.language import END_POSITION, OUTPUT_POSITIONS, SEQUENCE_LENGTH, MirrorDataset
-from part_utils.palindromes.language import PalindromeTokenizer
+from part_utils.mirror.language import END_POSITION, OUTPUT_POSITIONS, SEQUENCE_LENGTH
+from part_utils.palindromes.language import PalindromeDataset, PalindromeTokenizer
 from part_utils.palindromes.model import per_position_accuracy, train_palindrome_model
 
 WEIGHTS_PATH = Path(__file__).resolve().parents[2] / "section_data" / "part9_mirror_model.pt"
@@ -41,7 +41,7 @@ def build_mirror_model(seed: int = 0, device: torch.device | None = None) -> Tra
 
 
 def train_mirror_model(
-    model: TransformerBridge, data: MirrorDataset, steps: int = TRAINING_STEPS, seed: int = 0
+    model: TransformerBridge, data: PalindromeDataset, steps: int = TRAINING_STEPS, seed: int = 0
 ) -> list[float]:
     """Part 6's next-token training loop (AdamW, warm-up then cosine decay) on the mirror strings."""
     return train_palindrome_model(model, data, steps=steps, seed=seed)

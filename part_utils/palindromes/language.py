@@ -2,6 +2,7 @@
 
 import itertools
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,16 +64,24 @@ def palindrome(letters: str) -> str:
 
 @dataclass
 class PalindromeDataset:
+    """Every string of a language over three-letter first halves, split once into training and held-out strings."""
+
     tokenizer: PalindromeTokenizer
     train_tokens: Int[Tensor, "n_train pos"]
     test_tokens: Int[Tensor, "n_test pos"]
 
 
-def palindrome_dataset(test_fraction: float = 0.2, seed: int = 0) -> PalindromeDataset:
-    """All 26³ palindromes, shuffled once with `seed` and split; held-out strings are never trained on."""
+def split_strings(complete: Callable[[str], str], test_fraction: float = 0.2, seed: int = 0) -> PalindromeDataset:
+    """`complete(first_half)` for all 26³ first halves, shuffled once with `seed` and split: held-out strings
+    are never trained on. Part 6 completes palindromes, Part 9 mirror strings."""
     tokenizer = PalindromeTokenizer()
-    everything = [palindrome("".join(letters)) for letters in itertools.product(LETTERS, repeat=HALF_LENGTH)]
+    everything = [complete("".join(letters)) for letters in itertools.product(LETTERS, repeat=HALF_LENGTH)]
     tokens = tokenizer.encode(everything)
     order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))
     n_test = int(len(tokens) * test_fraction)
     return PalindromeDataset(tokenizer, train_tokens=tokens[order[n_test:]], test_tokens=tokens[order[:n_test]])
+
+
+def palindrome_dataset(test_fraction: float = 0.2, seed: int = 0) -> PalindromeDataset:
+    """All 26³ palindromes, shuffled once with `seed` and split; held-out strings are never trained on."""
+    return split_strings(palindrome, test_fraction, seed)
